@@ -1,0 +1,3 @@
+"""eclip: catalog-aware vision-language representation learning for e-commerce."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Catalog data: schema, readers, text cleaning and composition, safe images, the demo catalog."""

@@ -1,0 +1,3 @@
+"""Placeholder; replaced by the CLI."""
+def main(argv=None) -> int:
+    return 0

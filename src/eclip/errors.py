@@ -1,0 +1,38 @@
+"""One exception family for everything a user can get wrong.
+
+Messages say what was wrong and how to mend it; where a file, row or field is involved they name it.
+"""
+
+from __future__ import annotations
+
+
+class EclipError(Exception):
+    """Base class of user-facing errors. The CLI prints the message and exits with status 2."""
+
+
+class CatalogError(EclipError):
+    """A catalog file or one of its rows cannot be used."""
+
+    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
+                 field: str | None = None):
+        where = ", ".join(
+            part for part in (
+                f"file {file}" if file is not None else None,
+                f"row {row}" if row is not None else None,
+                f"field '{field}'" if field is not None else None,
+            ) if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+        self.file, self.row, self.field, self.reason = file, row, field, message
+
+
+class ImageError(EclipError):
+    """An image cannot be decoded safely (missing, corrupt, truncated, too large, ...)."""
+
+
+class ConfigError(EclipError):
+    """A recipe or command-line override is invalid."""
+
+
+class ModelError(EclipError):
+    """A model directory is missing files or does not match the code."""

@@ -1,0 +1,1 @@
+"""Dual encoder, tower registry, save / load."""

@@ -1,0 +1,1 @@
+"""Downstream evaluation: embedding a catalog, retrieval, zero-shot classification, the report."""

@@ -1,0 +1,1 @@
+"""Losses, schedules, sampling, the training loop and checkpoints."""
