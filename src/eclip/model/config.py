@@ -1,0 +1,128 @@
+"""The dual encoder's configuration: a plain dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_args, get_origin, get_type_hints
+
+from eclip.errors import ConfigError
+
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+
+VIT_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"patch_size": 16, "hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3},
+    "small": {"patch_size": 16, "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "base": {"patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+# Per image tower: the (mean, std) its pixels are normalised with. Towers registered later add theirs.
+IMAGE_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+_FALLBACK_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+TEXT_POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class DualEncoderConfig:
+    """Everything needed to rebuild a DualEncoder's architecture (weights live in model.safetensors)."""
+
+    # text tower
+    text_tower: str = "hf"
+    text_model: str = BUNDLED_MINILM
+    text_pooling: str = "mean"
+    max_length: int = 48
+    scratch_hidden: int = 256
+    scratch_layers: int = 4
+    scratch_heads: int = 4
+    scratch_vocab_size: int = 8000
+    text_hf_config: dict | None = None
+    # image tower
+    image_tower: str = "efficientnet_lite0"
+    vit_preset: str = "tiny"
+    image_size: int = 128
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    image_hf_config: dict | None = None
+    # joint space
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _checked(field.name, getattr(self, field.name), hints[field.name]))
+        mean, std = IMAGE_NORMALISATION.get(self.image_tower, _FALLBACK_NORMALISATION)
+        if self.image_mean is None:
+            self.image_mean = list(mean)
+        if self.image_std is None:
+            self.image_std = list(std)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ConfigError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
+                              f"got '{self.text_pooling}'")
+        if self.vit_preset not in VIT_PRESETS:
+            raise ConfigError(f"vit_preset must be one of {', '.join(VIT_PRESETS)}, got '{self.vit_preset}'")
+        for name in ("max_length", "scratch_hidden", "scratch_layers", "scratch_heads",
+                     "scratch_vocab_size", "image_size", "embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.scratch_hidden % self.scratch_heads:
+            raise ConfigError(f"scratch_hidden ({self.scratch_hidden}) must be divisible by "
+                              f"scratch_heads ({self.scratch_heads})")
+        if not self.init_temperature > 0:
+            raise ConfigError(f"init_temperature must be > 0, got {self.init_temperature}")
+        if not self.max_logit_scale > 0:
+            raise ConfigError(f"max_logit_scale must be > 0, got {self.max_logit_scale}")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if len(values) != 3:
+                raise ConfigError(f"{name} needs 3 values (R, G, B), got {values}")
+        if any(s <= 0 for s in self.image_std):
+            raise ConfigError(f"image_std values must be > 0, got {self.image_std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DualEncoderConfig:
+        """Build from a mapping; unknown keys raise ConfigError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; "
+                              f"known keys are: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to the field's type (int -> float, tuple -> list) or raise ConfigError."""
+    args = get_args(hint)
+    if isinstance(hint, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    kind = get_origin(hint) or hint
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, (list, tuple)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+    elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"model config field '{name}' must be {_type_name(hint)}, "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return "a list of numbers" if get_origin(hint) is list else getattr(hint, "__name__", str(hint))

@@ -1,0 +1,66 @@
+"""The sections of a training recipe (``configs/*.yaml``) as dataclasses.
+
+``model`` and ``data.text`` stay plain mappings here and are validated by the classes that own them
+(``DualEncoderConfig`` and ``ComposerConfig``), so that each idea has one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eclip.config import apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class DataConfig:
+    catalog: str | None = None  # a JSONL / CSV / Parquet catalog file
+    image_root: str | None = None  # default: the catalog file's folder
+    column_map: dict[str, str] = field(default_factory=dict)  # standard field -> user's column
+    strict: bool = False  # stop at the first bad row instead of skipping and reporting it
+    train_split: str = "train"
+    val_split: str = "val"
+    val_fraction: float = 0.1  # used when the catalog has no split column: held out by catalog
+    text: dict[str, Any] = field(default_factory=dict)  # ComposerConfig for training text
+    augment: bool = False  # random-resized crops on training images
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/eclip"  # checkpoints, metrics.jsonl, tensorboard/, bad-row report
+    model_dir: str | None = None  # where the trained model is saved; default OUTPUT_DIR/model
+    targets: str = "catalog"  # "catalog" (e-CLIP) or "clip" (identity targets, for ablation)
+    epochs: int = 5
+    max_steps: int | None = None  # stop early after this many optimizer steps
+    batch_size: int = 64
+    per_group: int = 2  # listings of one catalog kept together in a batch (1 = plain shuffle)
+    lr: float = 1e-4
+    tower_lr_scale: float = 1.0  # learning rate of unlocked towers relative to the heads
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    lock_image: bool = False
+    lock_text: bool = False
+    cache_locked_features: bool = True  # embed a locked tower's inputs once, not every step
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Recipe:
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Recipe from a YAML file (optional) with ``section.key=value`` overrides applied on top."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Recipe, data, "")

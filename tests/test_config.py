@@ -1,0 +1,62 @@
+import pytest
+
+from eclip.config import apply_overrides, load_yaml, parse_override
+from eclip.errors import ConfigError
+from eclip.train.recipe import load_recipe
+
+
+def test_override_values_are_read_as_yaml():
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], 1e-4)
+    assert parse_override("train.lock_image=true") == (["train", "lock_image"], True)
+    assert parse_override("data.column_map={title: name}") == (["data", "column_map"], {"title": "name"})
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("train.lr")
+
+
+def test_precedence_defaults_then_yaml_then_cli(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.01\nmodel:\n  embed_dim: 64\n")
+    recipe = load_recipe(path, ["train.lr=0.5", "data.catalog=x.csv"])
+    assert recipe.train.epochs == 3          # from YAML
+    assert recipe.train.lr == 0.5            # CLI beats YAML
+    assert recipe.train.batch_size == 64     # default
+    assert recipe.data.catalog == "x.csv"
+    assert recipe.model == {"embed_dim": 64}
+
+
+def test_unknown_key_is_named_with_known_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch' in section 'train'.*epochs"):
+        load_recipe(None, ["train.epoch=3"])
+
+
+def test_type_errors_are_reported():
+    with pytest.raises(ConfigError, match="'train.epochs' must be int"):
+        load_recipe(None, ["train.epochs=many"])
+
+
+def test_override_into_a_value_is_refused():
+    with pytest.raises(ConfigError, match="is a value"):
+        apply_overrides({"train": {"lr": 1}}, ["train.lr.x=2"])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "missing.yaml")
+
+
+def test_bundled_demo_recipe_parses():
+    from eclip.demo import bundled_recipe
+
+    recipe = load_recipe(bundled_recipe("demo"))
+    assert recipe.train.lock_image is True and recipe.train.targets == "catalog"
+
+
+def test_exponent_without_dot_is_a_number_in_yaml_and_cli(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: 3e-4\n")
+    assert load_recipe(path).train.lr == 3e-4
+    assert load_recipe(None, ["train.weight_decay=1E-2"]).train.weight_decay == 0.01
