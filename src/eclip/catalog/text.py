@@ -94,7 +94,8 @@ SELLER_WORDS: tuple[str, ...] = (
 TAG_WORDS: tuple[str, ...] = (
     "best", "new", "hot", "hit", "pick", "md", "deal", "free", "genuine", "authentic",
     "베스트", "추천", "강추", "인기", "인기상품", "신상", "신상품", "신제품", "단독", "정품", "국내정품",
-    "당일", "무료", "무배", "한정", "오늘", "특별", "대박", "핫", "쿠폰", "적립", "증정", "최대",
+    "당일", "무료", "무배", "한정", "오늘", "특별", "대박", "핫", "쿠폰", "적립", "증정", "최대", "행사",
+    "상품",
 )
 
 _BRACKETS = {
@@ -112,8 +113,8 @@ _HTML_BLOCK = {"br", "hr", "p", "div", "img", "li", "ul", "ol", "table", "tbody"
 
 _COMPAT_JAMO = re.compile(r"([\u3131-\u318e]+)")
 # Removed before NFKC: invisible characters and trademark marks (NFKC would spell ™ as "TM").
-_INVISIBLE = "\u00ad\u034f\u115f\u1160\u180e\u200b\u200c\u200e\u200f\u2060\u2061\u2062\u2063\u2064" \
-             "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u3164\ufeff\uffa0"
+_INVISIBLE = ("\u00ad\u034f\u115f\u1160\u180e\u200b\u200c\u200e\u200f\u2060\u2061\u2062\u2063"
+              "\u2064\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u3164\ufeff\uffa0")
 _MARKS = "\u2122\u00ae\u00a9\u2120"
 _EMOJI_JOINERS = "\u200d\ufe0e\ufe0f\u20e3"
 
@@ -127,7 +128,8 @@ def _halfwidth_jamo_table() -> dict[int, str]:
     return table
 
 
-_PRE_NFKC = str.maketrans({**{ord(c): None for c in _INVISIBLE + _MARKS}, **_halfwidth_jamo_table()})
+_PRE_NFKC = str.maketrans({**{ord(c): None for c in _INVISIBLE + _MARKS},
+                           **_halfwidth_jamo_table()})
 
 _DECOR_RANGES = (
     "\u2190-\u21ff\u2300\u2302-\u2307\u2310-\u2319\u231a\u231b\u2328\u23cf\u23e9-\u23fa"
@@ -138,12 +140,14 @@ _EMOJI_RANGES = "\U0001f000-\U0001faff\U000e0020-\U000e007f"
 _DECOR = re.compile(f"[{_DECOR_RANGES}]+")
 _EMOJI = re.compile(f"[{_EMOJI_RANGES}]+")
 _EMOJI_JOINER = re.compile(f"[{_EMOJI_JOINERS}]")
+# With keep_emoji, a joiner survives only after an emoji, a keycap base or another joiner.
+_STRAY_JOINER = re.compile(f"(?<![{_EMOJI_RANGES}0-9#*{_EMOJI_JOINERS}])[{_EMOJI_JOINERS}]+")
 # A segment between two of the same decorative symbol: ★오늘출발★, ◆◆BEST◆◆.
 _DECOR_PAIR = re.compile(f"([{_DECOR_RANGES}])\\1*([^{_DECOR_RANGES}]{{1,40}}?)\\1+")
 
 _BANG_RUN = re.compile(r"([!?,])[!?,]*")
 _DECOR_PUNCT_RUN = re.compile(r"([~.\-_=*#/|^\\])\1+|[~.\-_=*#/|^\\]{3,}")
-_REPEATED_SEP = re.compile(r"([/|,·:;+\-])(?:\s*\1)+")
+_REPEATED_SEP = re.compile(r"([/|,·:;\-])(?:\s*\1)+")
 _WS = re.compile(r"\s+")
 _EDGE = " -|/\\,;:·~!?.*=^_"
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,!?])")
@@ -253,7 +257,9 @@ def _clean_fragment(text: str, rules: _Rules, keep_emoji: bool) -> tuple[str, bo
 
     text = rules.promo.sub(drop_promo, text)
     text = _DECOR.sub(" ", text)
-    if not keep_emoji:
+    if keep_emoji:
+        text = _STRAY_JOINER.sub("", text)
+    else:
         text = _EMOJI_JOINER.sub("", _EMOJI.sub(" ", text))
     return _tidy(text), found
 
@@ -299,7 +305,8 @@ def _resolve_decor_pairs(text: str, rules: _Rules, keep_emoji: bool) -> str:
     return _DECOR_PAIR.sub(replace, text)
 
 
-def normalize_title(title: str, *, extra_promo: Iterable[str] = (), keep_emoji: bool = False) -> str:
+def normalize_title(title: str, *, extra_promo: Iterable[str] = (),
+                    keep_emoji: bool = False) -> str:
     """Remove marketplace noise from a listing title; see the module docstring for the rules.
 
     ``extra_promo`` adds phrases to :data:`PROMO_PHRASES` for this call. The result has no doubled

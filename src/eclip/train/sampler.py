@@ -2,12 +2,12 @@
 
 Catalog-aware targets only help when listings of one catalog meet in a batch; with a plain shuffle over
 millions of listings they almost never do. ``CatalogBatchSampler`` cuts every catalog into *chunks* of up
-to ``per_group`` listings, shuffles the chunks and packs them into batches without splitting them.
+to ``per_group`` listings, shuffles the chunks and packs them into batches, keeping each chunk whole
+wherever the batch size allows.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
@@ -20,8 +20,9 @@ from eclip.errors import ConfigError
 class CatalogBatchSampler:
     """An iterable of index lists, usable as ``batch_sampler=`` of a ``torch.utils.data.DataLoader``.
 
-    ``group_ids[i]`` names the catalog of row i. ``None`` or a negative integer means "no catalog": such
-    a row is a group of its own (the loss uses the same convention). A 1-D integer tensor is accepted.
+    ``group_ids[i]`` names the catalog of row i. ``None``, ``""`` or a negative integer means "no
+    catalog": such a row is a group of its own (the loss uses the same convention for negative ids). A
+    1-D integer tensor is accepted.
 
     Each epoch, every group's rows are shuffled and cut into chunks of ``min(per_group, batch_size)``
     rows (the last chunk of a group may be shorter); the chunks are shuffled and packed in that order:
@@ -34,9 +35,10 @@ class CatalogBatchSampler:
 
     The order depends on ``(seed, epoch)`` only. Progress is counted in batches yielded:
     ``state_dict()`` taken after k batches, loaded into a fresh sampler, makes the next pass continue
-    with batch k + 1 of the same epoch. A pass that starts after a complete epoch moves on to the next
-    epoch by itself; ``set_epoch`` sets the epoch explicitly (as with ``DistributedSampler``) and keeps
-    the progress when the epoch is the current one, so that calling it after ``load_state_dict`` is safe.
+    with batch k + 1 of the same epoch. Once the last batch of an epoch is yielded the state reads
+    ``{"epoch": epoch + 1, "batches_done": 0}``, so successive passes walk through the epochs by
+    themselves. ``set_epoch`` sets the epoch explicitly (as with ``DistributedSampler``) and keeps the
+    progress when the epoch is the current one, so that calling it after ``load_state_dict`` is safe.
     With ``DataLoader`` workers prefetching, the sampler runs ahead of training: take the progress to
     save from the number of batches the loop consumed, not from this counter.
     """
@@ -65,18 +67,13 @@ class CatalogBatchSampler:
 
     @staticmethod
     def _number_groups(group_ids: Sequence[Hashable]) -> np.ndarray:
-        """Dense group numbers, one per row; rows without a catalog get numbers of their own."""
+        """One integer per row, equal for rows of one catalog; a row without a catalog gets -(row + 1)."""
         numbers: dict[Hashable, int] = {}
         out = np.empty(len(group_ids), dtype=np.int64)
-        count = 0
         for row, gid in enumerate(group_ids):
-            own = gid is None or (isinstance(gid, (int, np.integer)) and not isinstance(gid, bool) and gid < 0)
-            if own or gid not in numbers:
-                if not own:
-                    numbers[gid] = count
-                out[row], count = count, count + 1
-            else:
-                out[row] = numbers[gid]
+            no_catalog = gid is None or gid == "" or (
+                isinstance(gid, (int, np.integer)) and not isinstance(gid, bool) and gid < 0)
+            out[row] = -(row + 1) if no_catalog else numbers.setdefault(gid, len(numbers))
         return out
 
     def __len__(self) -> int:
@@ -101,53 +98,62 @@ class CatalogBatchSampler:
             raise ConfigError(
                 f"sampler state {state} does not fit this data: it has {len(self)} batches per epoch; "
                 "resume with the same catalog, batch_size and drop_last as the interrupted run")
-        self.epoch, self.batches_done = epoch, done
+        self.epoch, self.batches_done = (epoch + 1, 0) if done == len(self) > 0 else (epoch, done)
 
     def batches(self, epoch: int) -> list[list[int]]:
         """All batches of ``epoch``, in order (``drop_last`` applied)."""
         if self.num_rows == 0:
             return []
         rng = np.random.default_rng([self.seed, epoch])
-        # One queue per chunk size, each in shuffled order; the position breaks ties between queues.
-        queues: list[deque[tuple[int, list[int]]]] = [deque() for _ in range(self.chunk_size + 1)]
-        for position, chunk in enumerate(self._chunks(rng)):
-            queues[len(chunk)].append((position, chunk.tolist()))
-
-        batches: list[list[int]] = []
-        carry: list[int] = []  # the rest of a chunk split at the end of the previous batch
-        while carry or any(queues):
-            batch, carry = carry, []
-            while len(batch) < self.batch_size and any(queues):
-                room = self.batch_size - len(batch)
-                fitting = [q for q in queues[1:room + 1] if q]
-                if fitting:
-                    _, chunk = min(fitting, key=lambda q: q[0][0]).popleft()
-                    batch.extend(chunk)
-                else:  # nothing fits whole: split the earliest chunk
-                    _, chunk = min((q for q in queues if q), key=lambda q: q[0][0]).popleft()
-                    batch.extend(chunk[:room])
-                    carry = chunk[room:]
-            batches.append(batch)
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
+        order, starts, lengths = self._chunks(rng)
+        packed = self._pack(lengths)
+        # Lay the packed chunks end to end; batches are then consecutive runs of batch_size rows.
+        offsets = np.cumsum(lengths[packed]) - lengths[packed]
+        rows = order[np.arange(self.num_rows) + np.repeat(starts[packed] - offsets, lengths[packed])]
+        stop = len(self) * self.batch_size if self.drop_last else self.num_rows
+        return [rows[i:i + self.batch_size].tolist() for i in range(0, stop, self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.batches_done >= len(self) > 0:
-            self.epoch, self.batches_done = self.epoch + 1, 0
-        batches = self.batches(self.epoch)
-        while self.batches_done < len(batches):
-            batch = batches[self.batches_done]
-            self.batches_done += 1
-            yield batch
+        epoch = self.epoch
+        batches = self.batches(epoch)
+        for k in range(self.batches_done, len(batches)):
+            # The end of an epoch is recorded as the start of the next one.
+            self.epoch, self.batches_done = (epoch + 1, 0) if k + 1 == len(batches) else (epoch, k + 1)
+            yield batches[k]
 
-    def _chunks(self, rng: np.random.Generator) -> list[np.ndarray]:
-        """Every group's rows in random order, cut into chunks; the chunks in random order."""
-        # Sorting by (group, random key) shuffles the rows inside each group in one vectorised step.
+    def _chunks(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows grouped by catalog in random order, and the chunks (start in it, length), shuffled."""
+        # Sorting by (group, random key) shuffles the rows inside every group in one vectorised step.
         order = np.lexsort((rng.random(self.num_rows), self._group_of))
         groups = self._group_of[order]
-        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-        rank = np.arange(self.num_rows) - np.repeat(starts, np.diff(np.r_[starts, self.num_rows]))
-        chunk_start = np.flatnonzero((rank % self.chunk_size) == 0)
-        chunks = np.split(order, chunk_start[1:])
-        return [chunks[i] for i in rng.permutation(len(chunks))]
+        group_start = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        rank = np.arange(self.num_rows) - np.repeat(group_start, np.diff(np.r_[group_start, self.num_rows]))
+        starts = np.flatnonzero(rank % self.chunk_size == 0)
+        lengths = np.diff(np.r_[starts, self.num_rows])
+        shuffle = rng.permutation(len(starts))
+        return order, starts[shuffle], lengths[shuffle]
+
+    def _pack(self, lengths: np.ndarray) -> np.ndarray:
+        """Chunk positions in batch order: each batch takes the earliest chunk that fits its room."""
+        if self.chunk_size == 1:
+            return np.arange(len(lengths))
+        by_size = [np.flatnonzero(lengths == size).tolist() for size in range(self.chunk_size + 1)]
+        heads = [0] * (self.chunk_size + 1)
+        packed: list[int] = []
+        fill = 0  # rows already in the batch being filled
+        for _ in range(len(lengths)):
+            room = self.batch_size - fill
+            fit = fit_size = first = first_size = -1
+            for size in range(1, self.chunk_size + 1):
+                if heads[size] < len(by_size[size]):
+                    position = by_size[size][heads[size]]
+                    if first < 0 or position < first:
+                        first, first_size = position, size
+                    if size <= room and (fit < 0 or position < fit):
+                        fit, fit_size = position, size
+            if fit < 0:  # nothing fits whole: split the earliest chunk, its rest opens the next batch
+                fit, fit_size = first, first_size
+            heads[fit_size] += 1
+            packed.append(fit)
+            fill = (fill + fit_size) % self.batch_size
+        return np.asarray(packed, dtype=np.int64)

@@ -158,17 +158,20 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         log(f"no checkpoint in {ckpt_dir}: starting from scratch")
     (out_dir / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2), encoding="utf-8")
 
+    # The loop's own position: with DataLoader workers the sampler runs ahead of the loop.
+    position = dict(sampler.state_dict())
+
     def checkpoint() -> None:
         save_checkpoint(ckpt_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+            "scheduler": scheduler.state_dict(), "sampler": dict(position),
             "torch_rng": torch.get_rng_state(), "step": step,
         })
 
     metrics = MetricsLog(out_dir)
     bar = tqdm(total=total_steps, initial=step, desc=f"train ({cfg.targets})", unit="step",
                disable=not cfg.progress)
-    start_epoch = sampler.state_dict()["epoch"]
+    start_epoch = position["epoch"]
     model.train()
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -177,9 +180,11 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
             if state is None or epoch != start_epoch:
                 sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
+            position.update(epoch=epoch, batches_done=sampler.state_dict()["batches_done"])
             t_wait = time.perf_counter()
             for batch in loader:
                 t_step = time.perf_counter()
+                position["batches_done"] += 1
                 image_emb = image_input(model, batch)
                 text_emb = model.encode_text(batch["input_ids"], batch["attention_mask"])
                 loss = loss_fn(image_emb, text_emb, model.logit_scale(), batch["group"])
@@ -211,6 +216,8 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
                 if step >= total_steps:
                     break
                 t_wait = time.perf_counter()
+            else:
+                position.update(epoch=epoch + 1, batches_done=0)
             if val_listings:
                 values = validate(model, list(val_listings), composer, image_cache=image_cache,
                                   batch_size=cfg.eval_batch_size)
