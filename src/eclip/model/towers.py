@@ -99,7 +99,7 @@ def resolve_text_model(name: str) -> Path:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars for the duration of a load."""
     from transformers.utils import logging as hf_logging
 
@@ -133,11 +133,18 @@ def _hf_config_to_dict(hf_config: Any) -> dict:
     return data
 
 
-def _pooling_kwargs(model_class: type) -> dict[str, bool]:
-    """Ask for no pooler head where the architecture has one: pooling is done here."""
+def _pooling_kwargs(hf_config: Any) -> dict[str, bool]:
+    """Ask for no pooler head where the architecture has one: pooling is done by the tower."""
     import inspect
 
-    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class).parameters else {}
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        model_class = MODEL_MAPPING[type(hf_config)]
+    except KeyError:
+        return {}
+    has_pooler_switch = "add_pooling_layer" in inspect.signature(model_class).parameters
+    return {"add_pooling_layer": False} if has_pooler_switch else {}
 
 
 class HFTextTower(TextTower):
@@ -163,11 +170,12 @@ class HFTextTower(TextTower):
 
 def _build_hf_model(hf_config: Any) -> nn.Module:
     from transformers import AutoModel
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    model_class = MODEL_MAPPING[type(hf_config)]
-    with _quiet_transformers():
-        return AutoModel.from_config(hf_config, **_pooling_kwargs(model_class))
+    with quiet_transformers():
+        try:
+            return AutoModel.from_config(hf_config, **_pooling_kwargs(hf_config))
+        except ValueError as err:
+            raise ConfigError(f"transformers cannot build a model from this config: {err}") from err
 
 
 def _check_vocab(model: nn.Module, tokenizer: Any) -> None:
@@ -182,15 +190,13 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
     """Any Hugging Face AutoModel directory; with ``load_weights`` its weights, else its architecture."""
     if load_weights:
         from transformers import AutoConfig, AutoModel
-        from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
         path = resolve_text_model(config.text_model)
-        model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(path))]
         try:
-            with _quiet_transformers():
-                model, info = AutoModel.from_pretrained(path, output_loading_info=True,
-                                                        **_pooling_kwargs(model_class))
-        except OSError as err:
+            with quiet_transformers():
+                model, info = AutoModel.from_pretrained(
+                    path, output_loading_info=True, **_pooling_kwargs(AutoConfig.from_pretrained(path)))
+        except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load the weights of text_model '{config.text_model}': {err}") from err
         if info.get("missing_keys") or info.get("mismatched_keys"):
             raise ModelError(f"text_model '{config.text_model}' does not match its architecture: missing "

@@ -1,0 +1,229 @@
+"""DualEncoder: an image tower and a text tower projected into one normalised embedding space.
+
+Saved as a Hugging Face-style directory::
+
+    config.json               DualEncoderConfig + model_type + eclip_version + the towers' HF configs
+    model.safetensors         the full state dict
+    tokenizer.json, ...       the tokenizer
+    preprocessor_config.json  image_size, image_mean, image_std
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from eclip import __version__
+from eclip.errors import ConfigError, ModelError
+from eclip.model.config import DualEncoderConfig
+from eclip.model.tokenizer import load_tokenizer
+from eclip.model.towers import ImageTower, TextTower, build_image_tower, build_text_tower
+
+MODEL_TYPE = "eclip-dual-encoder"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+class DualEncoder(nn.Module):
+    """CLIP-style dual encoder; build with ``DualEncoder.build`` or ``DualEncoder.from_pretrained``."""
+
+    def __init__(self, config: DualEncoderConfig, tokenizer: Any, text_tower: TextTower,
+                 image_tower: ImageTower):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.text_tower = text_tower
+        self.image_tower = image_tower
+        self.text_proj = nn.Linear(text_tower.out_dim, config.embed_dim, bias=False)
+        self.image_proj = nn.Linear(image_tower.out_dim, config.embed_dim, bias=False)
+        nn.init.normal_(self.text_proj.weight, std=text_tower.out_dim ** -0.5)
+        nn.init.normal_(self.image_proj.weight, std=image_tower.out_dim ** -0.5)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self._image_locked = False
+        self._text_locked = False
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, config: DualEncoderConfig, tokenizer: Any = None) -> DualEncoder:
+        """Build the towers named in ``config``; bundled/pretrained weights load when ``config.pretrained``.
+
+        A ``scratch`` text tower needs ``tokenizer`` (see ``train_tokenizer``); ``hf`` towers default to
+        the tokenizer of ``config.text_model``.
+        """
+        return cls._assemble(config, tokenizer, load_weights=config.pretrained)
+
+    @classmethod
+    def _assemble(cls, config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> DualEncoder:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(config)
+        text_tower = build_text_tower(config, tokenizer, load_weights)
+        image_tower = build_image_tower(config, load_weights)
+        config = dataclasses.replace(config, text_hf_config=text_tower.hf_config,
+                                     image_hf_config=image_tower.hf_config)
+        return cls(config, tokenizer, text_tower, image_tower)
+
+    # ------------------------------------------------------------------------------- encoding
+    def logit_scale(self) -> Tensor:
+        """``exp(log_scale)`` capped at ``max_logit_scale`` (gradients flow while below the cap)."""
+        return self.log_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """Pooled image-tower features, before projection."""
+        return self.image_tower(pixel_values)
+
+    def text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooled text-tower features, before projection."""
+        return self.text_tower(input_ids, attention_mask)
+
+    def project_image(self, features: Tensor, normalize: bool = True) -> Tensor:
+        """Image-tower features -> joint space (unit length when ``normalize``)."""
+        emb = self.image_proj(features)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def project_text(self, features: Tensor, normalize: bool = True) -> Tensor:
+        """Text-tower features -> joint space (unit length when ``normalize``)."""
+        emb = self.text_proj(features)
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_image(self, pixel_values: Tensor, normalize: bool = True) -> Tensor:
+        return self.project_image(self.image_features(pixel_values), normalize)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
+        return self.project_text(self.text_features(input_ids, attention_mask), normalize)
+
+    def encode_product(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """One vector per listing: the normalised sum of its normalised image and text embeddings."""
+        both = self.encode_image(pixel_values) + self.encode_text(input_ids, attention_mask)
+        return F.normalize(both, dim=-1)
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor,
+                attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(image_emb, text_emb, logit_scale)`` with unit-length embeddings."""
+        return (self.encode_image(pixel_values), self.encode_text(input_ids, attention_mask),
+                self.logit_scale())
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """``input_ids`` and ``attention_mask`` [B, L], padded to the longest, cut at ``max_length``."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+                               max_length=self.config.max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    # ------------------------------------------------------------------------------- locking
+    @property
+    def image_locked(self) -> bool:
+        return self._image_locked
+
+    @property
+    def text_locked(self) -> bool:
+        return self._text_locked
+
+    def set_trainable(self, image: bool = True, text: bool = True) -> DualEncoder:
+        """Lock (``False``) or unlock a tower; a locked tower has no gradients and stays in eval mode.
+
+        Projections and the logit scale stay trainable.
+        """
+        self.image_tower.requires_grad_(image)
+        self.text_tower.requires_grad_(text)
+        self._image_locked, self._text_locked = not image, not text
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        super().train(mode)
+        if self._image_locked:
+            self.image_tower.eval()
+        if self._text_locked:
+            self.text_tower.eval()
+        return self
+
+    # ---------------------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model directory; files go to a temporary sibling that is renamed into place.
+
+        An existing ``directory`` is replaced only if it is empty or holds an eclip model.
+        """
+        target = Path(directory)
+        _check_replaceable(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            config = {"model_type": MODEL_TYPE, "eclip_version": __version__, **self.config.to_dict()}
+            _write_json(tmp / CONFIG_FILE, config)
+            _write_json(tmp / PREPROCESSOR_FILE, {"image_size": self.config.image_size,
+                                                  "image_mean": self.config.image_mean,
+                                                  "image_std": self.config.image_std})
+            self.tokenizer.save_pretrained(str(tmp))
+            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "eclip_version": __version__})
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> DualEncoder:
+        """Rebuild from a directory written by ``save_pretrained`` (no bundled weights, no pickle)."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory")
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{config_path} cannot be read: {err}") from err
+        if not isinstance(data, dict) or data.pop("model_type", None) != MODEL_TYPE:
+            raise ModelError(f"{config_path} is not an eclip model config (model_type != '{MODEL_TYPE}')")
+        data.pop("eclip_version", None)
+        try:
+            config = DualEncoderConfig.from_dict(data)
+        except ConfigError as err:
+            raise ModelError(f"{config_path}: {err}") from err
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelError(f"{weights} is missing: the model directory has no weights")
+        model = cls._assemble(config, load_tokenizer(config, directory), load_weights=False)
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False)
+        except (SafetensorError, RuntimeError, OSError) as err:
+            raise ModelError(f"{weights} does not fit the model in {config_path}: {err}") from err
+        if missing or unexpected:
+            raise ModelError(f"{weights} does not match {config_path}: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        return model
+
+
+def _check_replaceable(target: Path) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ModelError(f"cannot save the model to {target}: it exists and is not a directory")
+    if any(target.iterdir()):
+        try:
+            model_type = json.loads((target / CONFIG_FILE).read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if model_type != MODEL_TYPE:
+            raise ModelError(f"cannot save the model to {target}: it holds other files; "
+                             f"choose an empty or new directory")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,79 @@
+"""Tokenizers: train one on the catalog (Korean-friendly) or load the one a model was built with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from eclip.errors import ConfigError, ModelError
+from eclip.model.config import DualEncoderConfig
+from eclip.model.towers import quiet_transformers, resolve_text_model
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MODEL_MAX_LENGTH = 512
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a Unigram tokenizer on ``texts`` and wrap it as a ``transformers.PreTrainedTokenizerFast``.
+
+    Text is NFKC-normalised (Hangul stays as composed syllables, full-width forms fold to ASCII) and
+    lower-cased (Hangul has no case), whitespace is collapsed, and words are split at whitespace,
+    punctuation and between digits. Every character seen in training is in the vocabulary, so text
+    seen in training never produces [UNK]; an unseen character costs one [UNK] piece, not the word.
+    Encodings are BERT-style: ``[CLS] text [SEP]`` (pairs: ``[CLS] a [SEP] b [SEP]``).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ConfigError(f"vocab_size must be larger than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                      unk_token="[UNK]", show_progress=False)
+    count = 0
+
+    def counted() -> Iterable[str]:
+        nonlocal count
+        for text in texts:
+            count += 1
+            yield text
+
+    tokenizer.train_from_iterator(counted(), trainer)
+    if count == 0:
+        raise ConfigError("cannot train a tokenizer on no texts: the training catalog is empty")
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=MODEL_MAX_LENGTH, unk_token="[UNK]",
+        pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(config: DualEncoderConfig, model_dir: str | Path | None = None):
+    """The tokenizer saved in ``model_dir``, else the one of ``config.text_model`` (``hf`` towers)."""
+    from transformers import AutoTokenizer
+
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+            raise ModelError(f"{model_dir / _TOKENIZER_FILES[0]} is missing: the model directory has no "
+                             f"tokenizer; save it again with DualEncoder.save_pretrained")
+        with quiet_transformers():  # it peeks at config.json, whose model_type transformers does not know
+            return AutoTokenizer.from_pretrained(str(model_dir))
+    if config.text_tower == "scratch":
+        raise ConfigError("text_tower 'scratch' has no stock tokenizer: train one with "
+                          "eclip.model.train_tokenizer(texts, config.scratch_vocab_size) and pass it")
+    return AutoTokenizer.from_pretrained(str(resolve_text_model(config.text_model)))
