@@ -71,8 +71,10 @@ NO_MATERIAL_GROUPS: frozenset[str] = frozenset({"Food & Drink"})
 # pack count -> (Korean patterns, English patterns); "{n}" is the count.
 PACK_WORDS: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
     1: (("단품", "1개"), ("single", "1pc", "1 pack")),
-    2: (("{n}개입", "{n}개 세트", "{n}P", "x{n}", "1+1"), ("{n} pack", "{n}-pack", "set of {n}", "x{n}", "{n}pcs")),
-    3: (("{n}개입", "{n}개 세트", "{n}P", "x{n}"), ("{n} pack", "{n}-pack", "set of {n}", "x{n}", "{n}pcs")),
+    2: (("{n}개입", "{n}개 세트", "{n}P", "x{n}", "1+1"),
+        ("{n} pack", "{n}-pack", "set of {n}", "x{n}", "{n}pcs")),
+    3: (("{n}개입", "{n}개 세트", "{n}P", "x{n}"),
+        ("{n} pack", "{n}-pack", "set of {n}", "x{n}", "{n}pcs")),
 }
 PACK_WEIGHTS: dict[int, float] = {1: 0.6, 2: 0.25, 3: 0.15}
 
@@ -130,10 +132,14 @@ PROMO_PREFIX_EN: tuple[str, ...] = (
     "[FREE SHIPPING]", "BEST", "HOT DEAL", "NEW", "*SALE*", "[Official]", "(Genuine)", "<<TOP>>",
 )
 PROMO_SUFFIX_EN: tuple[str, ...] = (
-    "free shipping", "!!!", "- fast delivery", "gift idea", "best seller", "limited", "100% authentic",
+    "free shipping", "!!!", "- fast delivery", "gift idea", "best seller", "limited",
+    "100% authentic",
 )
 ADULT_MARKS_KO: tuple[str, ...] = ("(19세 이상)", "[성인인증]", "19+")
 ADULT_MARKS_EN: tuple[str, ...] = ("(19+)", "[adults only]", "19+")
 
 # photo badges and their colours (ASCII: drawn with PIL's default font)
 BADGES: tuple[str, ...] = ("SALE", "BEST", "NEW", "-30%", "-50%", "HOT", "1+1", "TOP")
+BADGE_COLORS: tuple[tuple[int, int, int], ...] = (
+    (220, 30, 40), (250, 120, 0), (20, 20, 20), (0, 110, 220),
+)

