@@ -1,0 +1,292 @@
+"""Safe image decoding and the model's image transforms (PIL + numpy + torch; no torchvision).
+
+``load_image`` turns any product photo a marketplace may hold into a fully decoded RGB image, or
+raises :class:`~eclip.errors.ImageError` naming the file and the reason. It never lets another
+exception out, and it guards against hostile files without touching PIL's global settings:
+
+* only common photo formats are opened (JPEG/MPO, PNG/APNG, GIF, WebP, BMP, TIFF, AVIF where PIL has
+  it), so no file can reach a Ghostscript or other exotic decoder;
+* the dimensions from the header are checked against ``max_pixels`` before any pixel is decoded
+  (PIL's own decompression-bomb error, raised for absurd sizes while opening, is translated too);
+* truncated files are reported, never half-loaded, even if other code has set
+  ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: reads past the end of the file are watched;
+* colour modes are converted with care: transparency is composited onto white, 16/32-bit and float
+  greyscale are scaled (not clipped) to 8 bit, the first frame of an animation is used and the EXIF
+  orientation is applied.
+
+``ImageTransform`` maps a decoded image to the normalised (3, size, size) tensor a vision tower eats.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from eclip.errors import ConfigError, ImageError
+
+# 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
+# threshold (about 89 megapixels), so PIL never warns about an image that eclip would accept.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+class _Rejected(Exception):
+    """Internal: why a file is not a usable image (the text ``check_image`` returns)."""
+
+
+class _WatchedFile:
+    """A read-only file wrapper that notes a read at the end of the file (a truncated image)."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self.read_past_end = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if not data and size != 0:
+            self.read_past_end = True
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@cache
+def _allowed_formats() -> tuple[str, ...]:
+    Image.init()  # registers the bundled plugins (idempotent), so availability can be asked
+    return tuple(f for f in _FORMATS if f in Image.OPEN)
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` fully into an RGB image, or raise ImageError saying which file and why."""
+    try:
+        return _decode(path, max_pixels, reduced=False)
+    except _Rejected as exc:
+        raise ImageError(f"cannot use image {os.fspath(path)}: {exc}") from None
+
+
+def check_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """``None`` when ``load_image(path)`` would succeed, otherwise the reason (``"kind: detail"``).
+
+    The whole file is decoded (so truncation and corrupt data are found), JPEGs at 1/8 scale, which
+    reads every byte but skips most of the work.
+    """
+    try:
+        _decode(path, max_pixels, reduced=True)
+    except _Rejected as exc:
+        return str(exc)
+    return None
+
+
+def _decode(path: str | os.PathLike[str], max_pixels: int, *, reduced: bool) -> Image.Image:
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except FileNotFoundError:
+        raise _Rejected("file not found") from None
+    except OSError as exc:
+        raise _Rejected(f"cannot open file: {exc.strerror or exc}") from None
+    if not file.is_file():
+        raise _Rejected("not a file")
+    if stat.st_size == 0:
+        raise _Rejected("empty file: 0 bytes")
+    try:
+        raw = open(file, "rb")
+    except OSError as exc:
+        raise _Rejected(f"cannot open file: {exc.strerror or exc}") from None
+    with raw:
+        watched = _WatchedFile(raw)
+        image = _open_and_load(watched, max_pixels, reduced)
+        if ImageFile.LOAD_TRUNCATED_IMAGES and watched.read_past_end:
+            # PIL was told (by someone) to accept truncated files; eclip does not.
+            raise _Rejected("truncated image: the file ends before the image data does")
+    _apply_orientation(image)
+    try:
+        return to_rgb(image)
+    except Exception as exc:  # noqa: BLE001 - PIL/numpy refuse exotic modes in various ways
+        raise _Rejected(f"unsupported colour mode: {image.mode} ({exc})") from None
+
+
+def _open_and_load(fp: _WatchedFile, max_pixels: int, reduced: bool) -> Image.Image:
+    try:
+        image = Image.open(fp, formats=_allowed_formats())
+    except UnidentifiedImageError:
+        raise _Rejected("not an image file: unknown or unsupported format "
+                        f"(accepted: {', '.join(_allowed_formats())})") from None
+    except Image.DecompressionBombError as exc:
+        raise _Rejected(f"too large: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a hostile header may raise anything; report it
+        raise _failure("corrupt image header", exc) from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise _Rejected(f"zero-size image: {width}x{height}")
+    if width * height > max_pixels:
+        raise _Rejected(f"too large: {width}x{height} = {width * height} pixels "
+                        f"exceeds max_pixels={max_pixels}")
+    fp.read_past_end = False  # only reads while decoding pixels count
+    try:
+        if reduced and image.format in ("JPEG", "MPO"):
+            image.draft(image.mode, (1, 1))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, ...
+        raise _failure("corrupt image data", exc) from None
+    return image
+
+
+def _failure(kind: str, exc: Exception) -> _Rejected:
+    """PIL says "truncated" in various ways (while opening or decoding); name it so."""
+    message = str(exc)
+    if "truncated" in message.lower():
+        return _Rejected(f"truncated image: {message}")
+    return _Rejected(f"{kind}: {type(exc).__name__}: {message}")
+
+
+def _apply_orientation(image: Image.Image) -> None:
+    """Rotate/flip as the EXIF orientation says (and drop the tag, so it is not applied twice).
+
+    A broken EXIF block is ignored: it is metadata and must not make a good photo unusable.
+    """
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # noqa: BLE001 - malformed EXIF raises anything from struct.error to KeyError
+        pass
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image of any PIL mode to RGB (transparency composited onto white)."""
+    mode = image.mode
+    if mode in _WIDE_GREY_MODES:
+        grey = _grey_to_uint8(np.asarray(image), mode)
+        return Image.fromarray(grey).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale 16/32-bit integer or float greyscale to 0..255.
+
+    16-bit modes use their full range (65535 -> 255). For 32-bit integers and floats the range is
+    ambiguous, so the smallest usual ceiling that holds the data is taken (floats: 1.0, then 255,
+    then 65535; integers: 255, then 65535), with the data's own maximum beyond those; data with
+    negative values is stretched from its minimum to its maximum.
+    """
+    data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    else:
+        low, top = float(data.min()), float(data.max())
+        if low < 0:
+            high = top
+        else:
+            low = 0.0
+            ceilings = (1.0, 255.0, 65535.0) if mode == "F" else (255.0, 65535.0)
+            high = next((c for c in ceilings if top <= c), top)
+    if high <= low:
+        return np.zeros(data.shape, dtype=np.uint8)
+    scaled = np.rint((data - low) * (255.0 / (high - low)))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """PIL image -> normalised float tensor (3, size, size) for a vision tower.
+
+    Evaluation: the centred square of the image (shorter side) resized to ``size`` (bicubic), i.e.
+    resize-shorter-side then centre-crop. Training: a random crop whose area is a fraction in
+    ``scale`` of the image and whose aspect ratio lies in ``ratio`` (log-uniform), resized to
+    ``size``. There are no flips: mirrored text or logos would change what a listing says. Values
+    are ``(x / 255 - mean) / std`` per channel. The same generator state gives the same crop.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train: bool = False
+    scale: tuple[float, float] = (0.6, 1.0)
+    ratio: tuple[float, float] = (4 / 5, 5 / 4)
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std", "scale", "ratio"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ConfigError(f"image transform: size must be a positive integer, got {self.size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("image transform: mean and std need one value per RGB channel")
+        if min(self.std) <= 0:
+            raise ConfigError(f"image transform: std values must be > 0, got {self.std}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"image transform: scale must satisfy 0 < min <= max <= 1, "
+                              f"got {self.scale}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"image transform: ratio must satisfy 0 < min <= max, got {self.ratio}")
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = to_rgb(img)
+        box = self.crop_box(img.size, generator)
+        resized = img.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
+        pixels = np.array(resized, dtype=np.float32)  # (size, size, 3)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        pixels = (pixels / 255.0 - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def crop_box(self, image_size: tuple[int, int], generator: torch.Generator | None = None
+                 ) -> tuple[float, float, float, float]:
+        """The region ``(left, top, right, bottom)`` of an image of ``image_size`` (width, height)
+        that is resized to the output: random when training, the centred square otherwise."""
+        width, height = image_size
+        if not self.train:
+            side = min(width, height)
+            left, top = (width - side) / 2, (height - side) / 2
+            return left, top, left + side, top + side
+        area = width * height
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            u_area, u_ratio, u_left, u_top = torch.rand(4, generator=generator).tolist()
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)
+            aspect = math.exp(log_low + (log_high - log_low) * u_ratio)
+            crop_w, crop_h = math.sqrt(target * aspect), math.sqrt(target / aspect)
+            if crop_w <= width and crop_h <= height:
+                left, top = (width - crop_w) * u_left, (height - crop_h) * u_top
+                return left, top, left + crop_w, top + crop_h
+        # No sampled crop fits (a very elongated image): the largest centred crop within ``ratio``.
+        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
+        crop_w, crop_h = min(width, height * aspect), min(height, width / aspect)
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        return left, top, left + crop_w, top + crop_h
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready settings, e.g. for a model's preprocessor config."""
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "train": self.train, "scale": list(self.scale), "ratio": list(self.ratio)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageTransform":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"image transform: unknown setting(s) {unknown}; "
+                              f"known settings are {sorted(known)}")
+        missing = sorted({"size", "mean", "std"} - set(data))
+        if missing:
+            raise ConfigError(f"image transform: missing setting(s) {missing}")
+        return cls(**data)

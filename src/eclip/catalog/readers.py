@@ -1,0 +1,557 @@
+"""Read a marketplace catalog file into validated :class:`Listing` objects, and write one back.
+
+Formats, chosen by extension: ``.jsonl`` / ``.ndjson`` (one JSON object per line), ``.json`` (a list
+of objects), ``.csv``, ``.tsv`` (UTF-8, first line is the header) and ``.parquet``.
+
+Row numbers in issues and errors are 1-based: for JSONL the line number (blank lines are skipped and
+not counted as rows, but keep their line numbers), for JSON the position in the list, for CSV/TSV
+and Parquet the data row (the CSV header and blank lines are not counted; a quoted cell spanning
+several lines is one row).
+
+Bad rows are never dropped silently: each becomes an :class:`Issue` (``action="skipped_row"``), and
+each unreadable image of an otherwise good listing one with ``action="dropped_image"``. With
+``strict=True`` the first problem raises :class:`CatalogError` instead.
+
+Missing values: ``None``, a float NaN, an empty or blank string, and the strings ``nan``, ``none``
+and ``null`` (any case; what spreadsheet and pandas exports write for a missing cell) all count as
+"not given".
+
+Image paths must be local files; an ``http(s)://`` URL is dropped from its listing with an issue
+(download the images first).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from eclip.catalog.images import check_image
+from eclip.catalog.schema import FIELDS, Listing, join_category
+from eclip.errors import CatalogError
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet"}
+REQUIRED = ("title", "images")
+SKIPPED_ROW = "skipped_row"
+DROPPED_IMAGE = "dropped_image"
+
+_NULL_TEXT = frozenset({"", "nan", "none", "null"})
+_TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "19+", "18+", "adult"})
+_FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
+_INTEGRAL_TEXT = re.compile(r"-?\d+\.0+")
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass
+class Issue:
+    """One problem found in a catalog file.
+
+    ``reason`` reads ``"kind"`` or ``"kind: detail"``; ``kind`` is what the summary counts.
+    ``action`` is ``"skipped_row"`` (the row was not used) or ``"dropped_image"`` (one image was
+    removed from a listing that was kept).
+    """
+
+    file: str
+    row: int
+    field: str | None
+    reason: str
+    action: str
+
+    @property
+    def kind(self) -> str:
+        return self.reason.split(": ", 1)[0]
+
+
+@dataclass
+class CatalogRead:
+    """What ``read_catalog`` found: the good listings, every issue and the number of rows read."""
+
+    path: str
+    listings: list[Listing]
+    issues: list[Issue]
+    total_rows: int
+
+    @property
+    def skipped_rows(self) -> int:
+        return sum(1 for issue in self.issues if issue.action == SKIPPED_ROW)
+
+    @property
+    def dropped_images(self) -> int:
+        return sum(1 for issue in self.issues if issue.action == DROPPED_IMAGE)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Issue counts by action, then by kind of reason, most frequent first."""
+        by_action: dict[str, Counter[str]] = {SKIPPED_ROW: Counter(), DROPPED_IMAGE: Counter()}
+        for issue in self.issues:
+            by_action.setdefault(issue.action, Counter())[issue.kind] += 1
+        return {action: dict(counter.most_common()) for action, counter in by_action.items()}
+
+    def summary(self) -> str:
+        def detail(counter: dict[str, int]) -> str:
+            if not counter:
+                return ""
+            return " (" + ", ".join(f"{n} {kind}" for kind, n in counter.items()) + ")"
+
+        counts = self.counts()
+        return (f"Read {self.total_rows} rows from {self.path}: kept {len(self.listings)} listings; "
+                f"skipped {self.skipped_rows} rows{detail(counts[SKIPPED_ROW])}; "
+                f"dropped {self.dropped_images} images{detail(counts[DROPPED_IMAGE])}.")
+
+    def write_report(self, path: str | os.PathLike[str]) -> None:
+        """Write the counts and every issue as JSON (UTF-8)."""
+        report = {"catalog": self.path, "total_rows": self.total_rows,
+                  "listings": len(self.listings), "skipped_rows": self.skipped_rows,
+                  "dropped_images": self.dropped_images, "counts": self.counts(),
+                  "issues": [asdict(issue) for issue in self.issues]}
+        _write_text_atomic(Path(path), json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+
+
+class _BadRow(Exception):
+    """Internal: a row cannot become a listing."""
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[str] | None = None,
+                 column_map: dict[str, str] | None = None, strict: bool = False,
+                 check_images: bool = True, progress: bool = False) -> CatalogRead:
+    """Read and validate a catalog file.
+
+    ``column_map`` maps standard field names (``title``, ``images``, ...) to the file's column
+    names; fields not in it are looked up under their standard names. Relative image paths are
+    resolved against ``image_root`` (default: the catalog file's directory). With ``check_images``
+    every image is decoded once to make sure it can be used.
+    """
+    file = Path(path)
+    name = os.fspath(path)
+    kind = FORMATS.get(file.suffix.lower())
+    if kind is None:
+        raise CatalogError(f"unknown catalog format '{file.suffix}'; accepted extensions are "
+                           f"{', '.join(FORMATS)}", file=name)
+    if not file.is_file():
+        raise CatalogError("file not found" if not file.exists() else "not a file", file=name)
+    if file.stat().st_size == 0:
+        raise CatalogError("the file is empty", file=name)
+    columns = _check_column_map(column_map, name)
+    root = Path(image_root) if image_root is not None else file.parent
+    parser = _RowParser(name, file.stem, os.path.abspath(root), columns, check_images)
+
+    records, total, file_columns = _open_records(file, name, kind, columns)
+    if file_columns:  # a JSON file whose every row is malformed has none; its rows are reported
+        _check_columns(columns, set(column_map or {}), file_columns, name)
+
+    listings: list[Listing] = []
+    issues: list[Issue] = []
+    rows = 0
+    with tqdm(records, total=total, disable=not progress, desc=f"reading {file.name}",
+              unit="row") as bar:
+        for row, record in bar:
+            rows += 1
+            found: list[Issue] = []
+            try:
+                listing = parser.parse(row, record, found)
+            except _BadRow as bad:
+                listing = None
+                found.append(Issue(name, row, bad.field, bad.reason, SKIPPED_ROW))
+            if strict and found:
+                first = found[0]
+                raise CatalogError(first.reason, file=name, row=first.row, field=first.field)
+            issues.extend(found)
+            if listing is not None:
+                listings.append(listing)
+    if rows == 0:
+        raise CatalogError("the file has no rows", file=name)
+    return CatalogRead(name, listings, issues, rows)
+
+
+def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
+                   image_root: str | os.PathLike[str] | None = None) -> None:
+    """Write listings as JSONL (UTF-8, one ``Listing.to_dict()`` per line).
+
+    With ``image_root`` the image paths are written relative to it, so that
+    ``read_catalog(path, image_root=image_root)`` gives the same listings back.
+    """
+    root = os.path.abspath(image_root) if image_root is not None else None
+    lines = []
+    for listing in listings:
+        row = listing.to_dict()
+        if root is not None:
+            row["images"] = [Path(os.path.relpath(p, root)).as_posix() for p in listing.images]
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_text_atomic(Path(path), "".join(lines))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_column_map(column_map: dict[str, str] | None, name: str) -> dict[str, str]:
+    """Standard field -> file column, for every standard field."""
+    columns = {f: f for f in FIELDS}
+    for standard, column in (column_map or {}).items():
+        if standard not in columns:
+            raise CatalogError(f"column_map has '{standard}', which is not a standard field; the "
+                               f"standard fields are {', '.join(FIELDS)}", file=name)
+        if not isinstance(column, str) or not column:
+            raise CatalogError(f"column_map['{standard}'] must be a column name, got {column!r}",
+                               file=name)
+        columns[standard] = column
+    return columns
+
+
+def _check_columns(columns: dict[str, str], mapped: set[str], file_columns: set[str],
+                   name: str) -> None:
+    """A mapped column must exist, and so must the columns of the required fields."""
+    for standard, column in columns.items():
+        if column in file_columns:
+            continue
+        if standard in mapped:
+            raise CatalogError(f"column_map maps '{standard}' to column '{column}', which the file "
+                               f"does not have; its columns are {sorted(file_columns)}",
+                               file=name, field=standard)
+        if standard in REQUIRED:
+            raise CatalogError(f"no '{standard}' column; the file's columns are "
+                               f"{sorted(file_columns)}: pass column_map={{'{standard}': COLUMN}} "
+                               f"to say which one holds it", file=name, field=standard)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: (row number, dict of column -> value, or a _BadRow for a row that could not be read)
+
+Record = tuple[int, "dict[str, Any] | _BadRow"]
+
+
+def _open_records(file: Path, name: str, kind: str,
+                  columns: dict[str, str]) -> tuple[Iterable[Record], int | None, set[str]]:
+    """The rows of the file, their number where known up front, and the file's column names."""
+    if kind in ("jsonl", "json"):
+        records = _jsonl_records(file) if kind == "jsonl" else _json_records(file, name)
+        seen: set[str] = set()
+        for _, record in records:
+            if isinstance(record, dict):
+                seen.update(record)
+        return records, len(records), seen
+    if kind == "parquet":
+        return _parquet_records(file, name, set(columns.values()))
+    return _csv_records(file, name, "\t" if kind == "tsv" else ",")
+
+
+def _jsonl_records(file: Path) -> list[Record]:
+    records: list[Record] = []
+    with open(file, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                records.append((line_no, _BadRow(None, f"not UTF-8 text: {exc.reason} at byte "
+                                                       f"{exc.start}")))
+                continue
+            except json.JSONDecodeError as exc:
+                records.append((line_no, _BadRow(None, f"malformed JSON: {exc.msg} at column "
+                                                       f"{exc.colno}")))
+                continue
+            records.append((line_no, _as_object(value)))
+    return records
+
+
+def _json_records(file: Path, name: str) -> list[Record]:
+    try:
+        value = json.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=name) from None
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                           file=name) from None
+    if not isinstance(value, list):
+        raise CatalogError(f"a .json catalog must be a list of objects, got "
+                           f"{type(value).__name__}; use .jsonl for one object per line", file=name)
+    return [(i, _as_object(item)) for i, item in enumerate(value, start=1)]
+
+
+def _as_object(value: Any) -> dict[str, Any] | _BadRow:
+    if isinstance(value, dict):
+        return value
+    return _BadRow(None, f"not a JSON object: got {type(value).__name__}")
+
+
+def _csv_records(file: Path, name: str, delimiter: str) -> tuple[Iterator[Record], None, set[str]]:
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as handle:
+            header = [cell.strip() for cell in next(csv.reader(handle, delimiter=delimiter), [])]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CatalogError(f"cannot read the header: {exc}", file=name) from None
+    if not any(header):
+        raise CatalogError("no header line: the first line must name the columns", file=name)
+    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
+    if duplicates:
+        raise CatalogError(f"duplicate column name(s) {duplicates} in the header", file=name)
+    return _csv_rows(file, name, delimiter, header), None, set(header)
+
+
+def _csv_rows(file: Path, name: str, delimiter: str, header: list[str]) -> Iterator[Record]:
+    row = 0
+    with open(file, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            next(reader)  # the header
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                row += 1
+                if len(cells) != len(header):
+                    yield row, _BadRow(None, f"wrong number of cells: {len(cells)} cells, the "
+                                             f"header has {len(header)}")
+                else:
+                    yield row, dict(zip(header, cells))
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
+                               file=name, row=row + 1) from None
+        except csv.Error as exc:
+            raise CatalogError(f"malformed CSV: {exc}", file=name, row=row + 1) from None
+
+
+def _parquet_records(file: Path, name: str,
+                     wanted: set[str]) -> tuple[Iterator[Record], int, set[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise CatalogError(f"not a readable Parquet file: {exc}", file=name) from None
+    names = metadata.schema.to_arrow_schema().names
+    selected = [c for c in names if c in wanted]
+
+    def rows() -> Iterator[Record]:
+        row = 0
+        try:
+            with pq.ParquetFile(file) as parquet:
+                for batch in parquet.iter_batches(batch_size=8192, columns=selected):
+                    for record in batch.to_pylist(maps_as_pydicts="lossy"):
+                        row += 1
+                        yield row, record
+        except (pa.ArrowException, OSError) as exc:
+            raise CatalogError(f"cannot read Parquet data: {exc}", file=name, row=row + 1) from None
+
+    return rows(), metadata.num_rows, set(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row parsing
+
+
+class _RowParser:
+    """Turns one record into a Listing, recording dropped images; raises _BadRow for a bad row."""
+
+    def __init__(self, file: str, stem: str, root: str, columns: dict[str, str], check: bool):
+        self.file, self.stem, self.root, self.columns, self.check = file, stem, root, columns, check
+        self.first_row_of: dict[str, int] = {}
+        self.image_reasons: dict[str, str | None] = {}
+
+    def parse(self, row: int, record: dict[str, Any] | _BadRow, found: list[Issue]) -> Listing:
+        if isinstance(record, _BadRow):
+            raise record
+
+        def get(standard: str) -> Any:
+            return record.get(self.columns[standard])
+
+        title = _text(get("title"), "title")
+        if title is None:
+            raise _BadRow("title", "missing title")
+        images = self._image_paths(get("images"))
+        product_id = _identifier(get("product_id"), "product_id") or f"{self.stem}:{row}"
+        listing = Listing(
+            product_id=product_id, title=title, images=images,
+            catalog_id=_identifier(get("catalog_id"), "catalog_id"),
+            brand=_text(get("brand"), "brand"), category=_category(get("category")),
+            attributes=_attributes(get("attributes")), adult=_adult(get("adult")),
+            lang=_text(get("lang"), "lang"), split=_text(get("split"), "split"),
+        )
+        if product_id in self.first_row_of:
+            raise _BadRow("product_id", f"duplicate product_id: '{product_id}' was first used at row "
+                                        f"{self.first_row_of[product_id]}")
+        listing.images = self._usable_images(row, images, found)
+        self.first_row_of[product_id] = row
+        return listing
+
+    def _image_paths(self, value: Any) -> list[str]:
+        parts = _image_list(value)
+        if not parts:
+            raise _BadRow("images", "no image: at least one image path is required")
+        paths: list[str] = []
+        for part in parts:
+            path = part if _URL.match(part) else os.path.normpath(
+                os.path.join(self.root, os.path.expanduser(part)))
+            if path not in paths:
+                paths.append(path)
+        return paths
+
+    def _usable_images(self, row: int, paths: list[str], found: list[Issue]) -> list[str]:
+        good: list[str] = []
+        for path in paths:
+            if _URL.match(path):
+                reason: str | None = "image URL: download the images and give local paths"
+            elif not self.check:
+                reason = None
+            else:
+                if path not in self.image_reasons:
+                    self.image_reasons[path] = check_image(path)
+                reason = self.image_reasons[path]
+            if reason is None:
+                good.append(path)
+                continue
+            kind, _, detail = reason.partition(": ")
+            found.append(Issue(self.file, row, "images",
+                               f"{kind}: {path}" + (f" ({detail})" if detail else ""), DROPPED_IMAGE))
+        if not good:
+            raise _BadRow("images", "no usable image: every image of the row was dropped")
+        return good
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in _NULL_TEXT
+
+
+def _text(value: Any, name: str) -> str | None:
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _number_text(value)
+    raise _BadRow(name, f"not text: '{name}' must be a string, got {type(value).__name__}")
+
+
+def _number_text(value: int | float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _identifier(value: Any, name: str) -> str | None:
+    """An id as text: ``12``, ``12.0`` and ``"12.0"`` all become ``"12"`` (float columns of ids)."""
+    text = _text(value, name)
+    if text is not None and _INTEGRAL_TEXT.fullmatch(text):
+        return text.split(".", 1)[0]
+    return text
+
+
+def _image_list(value: Any) -> list[str]:
+    if _missing(value):
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise _BadRow("images", f"malformed image list: {exc.msg} in {text!r}") from None
+        else:
+            return [p.strip() for p in re.split(r"[|;]", text) if p.strip()]
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(p, str) for p in value):
+            raise _BadRow("images", "malformed image list: every image must be a path string")
+        return [p.strip() for p in value if p.strip()]
+    raise _BadRow("images", f"malformed image list: expected a list or a string, got "
+                            f"{type(value).__name__}")
+
+
+def _category(value: Any) -> str | None:
+    if _missing(value):
+        return None
+    if isinstance(value, str):
+        parts = value.split(">")
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        parts = list(value)
+    else:
+        raise _BadRow("category", f"bad category: expected 'A > B > C' or a list of names, got "
+                                  f"{type(value).__name__}")
+    return join_category(parts) or None
+
+
+def _attributes(value: Any) -> dict[str, str]:
+    if _missing(value):
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise _BadRow("attributes", f"bad attributes: malformed JSON ({exc.msg})") from None
+        else:
+            value = _key_value_pairs(text)
+    if not isinstance(value, dict):
+        raise _BadRow("attributes", f"bad attributes: expected an object or 'key:value;key:value', "
+                                    f"got {type(value).__name__}")
+    attributes: dict[str, str] = {}
+    for key, item in value.items():
+        key = str(key).strip()
+        if not key:
+            raise _BadRow("attributes", "bad attributes: an attribute has an empty name")
+        if not _missing(item):
+            attributes[key] = _attribute_value(item)
+    return attributes
+
+
+def _key_value_pairs(text: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        key, sep, item = part.partition(":")
+        if not sep:
+            raise _BadRow("attributes", f"bad attributes: '{part.strip()}' is not 'key:value' (write "
+                                        f"'key:value;key2:value2' or a JSON object)")
+        pairs[key.strip()] = item.strip()
+    return pairs
+
+
+def _attribute_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _number_text(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
+
+
+def _adult(value: Any) -> bool | None:
+    if _missing(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE_TEXT:
+            return True
+        if text in _FALSE_TEXT:
+            return False
+    raise _BadRow("adult", f"bad adult value: {value!r} (use true/false, yes/no, 1/0 or 19+)")
+

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny demo catalog and a tiny from-scratch model, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory):
+    from eclip.catalog.demo import make_demo_catalog
+
+    out = tmp_path_factory.mktemp("tiny_catalog")
+    return make_demo_catalog(out, n_listings=120, seed=3, image_size=32, progress=False)
+
+
+TINY_MODEL = {
+    "text_tower": "scratch", "scratch_hidden": 32, "scratch_layers": 1, "scratch_heads": 2,
+    "scratch_vocab_size": 300, "max_length": 24,
+    "image_tower": "vit", "vit_preset": "tiny", "image_size": 32,
+    "embed_dim": 16, "pretrained": False,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_catalog, tmp_path_factory):
+    """A tiny dual encoder (scratch BERT + tiny ViT) saved as a model directory."""
+    from eclip.catalog.readers import read_catalog
+    from eclip.train.recipe import Recipe
+    from eclip.train.run import build_model
+
+    torch.manual_seed(0)
+    listings = read_catalog(tiny_catalog).listings
+    model = build_model(Recipe(model=dict(TINY_MODEL)), listings)
+    out = tmp_path_factory.mktemp("tiny_model") / "model"
+    model.save_pretrained(out)
+    return out

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+import eclip.train.trainer as trainer_mod
+from eclip.catalog.readers import read_catalog
+from eclip.model import DualEncoder
+from eclip.train.recipe import load_recipe
+from eclip.train.run import split_listings
+from eclip.train.trainer import train
+
+
+def _recipe(out, **train_overrides):
+    overrides = [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=2",
+                 "train.log_every=1", "train.checkpoint_every=3", "train.warmup_steps=2",
+                 "train.progress=false", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"]
+    overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
+    return load_recipe(None, overrides)
+
+
+def _losses(out):
+    losses = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            losses[row["step"]] = row["loss"]  # a resumed run rewrites the steps after the checkpoint
+    return losses
+
+
+@pytest.fixture
+def data(tiny_catalog):
+    listings = read_catalog(tiny_catalog).listings
+    return split_listings(listings, load_recipe(None))
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, data,
+                                                               monkeypatch):
+    full = tmp_path / "full"
+    result = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+                   log=lambda s: None)
+    assert result.steps >= 6
+    reference = _losses(full)
+
+    class Crash(RuntimeError):
+        pass
+
+    real_loss = trainer_mod.ContrastiveLoss
+
+    class CrashingLoss(real_loss):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            CrashingLoss.calls += 1
+            if CrashingLoss.calls == 5:  # after the checkpoint at step 3 and one more step
+                raise Crash()
+            return super().forward(*args, **kwargs)
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
+    with pytest.raises(Crash):
+        train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+              log=lambda s: None)
+    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real_loss)
+    resumed = train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train,
+                    data.val, resume=True, log=lambda s: None)
+    assert resumed.steps == result.steps
+    got = _losses(crashed)
+    assert sorted(got) == sorted(reference)
+    for step in reference:
+        assert got[step] == pytest.approx(reference[step], abs=1e-6), step
+    # the saved models are the same too
+    a = DualEncoder.from_pretrained(full / "model").state_dict()
+    b = DualEncoder.from_pretrained(crashed / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(tmp_path,
+                                                                                tiny_model_dir,
+                                                                                data):
+    before = DualEncoder.from_pretrained(tiny_model_dir)
+    out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
+    a = train(_recipe(out_a, lock_image="true", max_steps=2), DualEncoder.from_pretrained(tiny_model_dir),
+              data.train, log=lambda s: None)
+    b = train(_recipe(out_b, lock_image="true", max_steps=2, cache_locked_features="false"),
+              DualEncoder.from_pretrained(tiny_model_dir), data.train, log=lambda s: None)
+    for key, value in before.image_tower.state_dict().items():
+        assert torch.equal(value, a.model.image_tower.state_dict()[key])
+    # serving the locked tower's features from the cache changes nothing in the numbers
+    la, lb = _losses(out_a), _losses(out_b)
+    assert la.keys() == lb.keys()
+    for step in la:
+        assert la[step] == pytest.approx(lb[step], abs=1e-5)
+    assert a.model.text_tower.state_dict().keys()
+    changed = any(not torch.equal(v, a.model.text_tower.state_dict()[k])
+                  for k, v in before.text_tower.state_dict().items())
+    assert changed
+
+
+def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data):
+    out = tmp_path / "run"
+    result = train(_recipe(out), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+                   log=lambda s: None)
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    for h in result.history:
+        for key in ("val/t2i_R@1", "val/t2i_R@10", "val/i2t_R@5"):
+            assert 0.0 <= h[key] <= 1.0
+        assert h["val/t2i_R@1"] <= h["val/t2i_R@5"] <= h["val/t2i_R@10"]
+    assert (out / "model" / "config.json").is_file()
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert any((out / "tensorboard").iterdir())
