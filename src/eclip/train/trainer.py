@@ -127,8 +127,11 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
 
     sampler = CatalogBatchSampler([x.catalog_id for x in train_listings], cfg.batch_size,
                                   per_group=cfg.per_group, seed=cfg.seed, drop_last=True)
+    # The loader gets its own generator: drawing worker seeds from the global RNG would shift the
+    # dropout masks of a resumed run.
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(model.tokenize),
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = len(sampler)
     if steps_per_epoch == 0:
         raise EclipError(f"{len(train_listings)} training listings do not fill one batch of "
