@@ -22,6 +22,11 @@ TINY_MODEL = {
 }
 
 
+@pytest.fixture
+def tiny_model_config():
+    return dict(TINY_MODEL)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_catalog, tmp_path_factory):
     """A tiny dual encoder (scratch BERT + tiny ViT) saved as a model directory."""

@@ -14,7 +14,8 @@ EPILOG = """examples:
   eclip make-demo-catalog --out data/demo --listings 500 --seed 1
   eclip train --config configs/demo.yaml --catalog my.csv --image-root imgs \\
       data.column_map.title=item_name train.epochs=3
-  eclip embed --model runs/eclip/model --catalog my.csv --out embeddings.parquet
+  eclip embed --model runs/eclip/model --catalog my.csv --image-root imgs \\
+      --out embeddings.parquet data.column_map.title=item_name
 """
 
 
@@ -40,33 +41,37 @@ def cmd_make_demo_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    """Command-line flags as recipe overrides (flags win over KEY=VALUE arguments)."""
+    overrides = list(args.overrides)
+    for flag, key in (("catalog", "data.catalog"), ("image_root", "data.image_root"),
+                      ("output_dir", "train.output_dir")):
+        if getattr(args, flag, None):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.strict:
+        overrides.append("data.strict=true")
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from eclip.train.recipe import load_recipe
     from eclip.train.run import run_training
 
-    overrides = list(args.overrides)
-    if args.catalog:
-        overrides.append(f"data.catalog={args.catalog}")
-    if args.image_root:
-        overrides.append(f"data.image_root={args.image_root}")
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
-    if args.strict:
-        overrides.append("data.strict=true")
-    recipe = load_recipe(_recipe_path(args.config) if args.config else None, overrides)
+    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
     result = run_training(recipe, resume=args.resume)
     print(f"model: {result.model_dir}")
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from eclip.catalog.readers import read_catalog
     from eclip.model import DualEncoder
     from eclip.tasks.embed import embed_listings, write_embeddings
+    from eclip.train.recipe import load_recipe
+    from eclip.train.run import load_catalog
 
+    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
     model = DualEncoder.from_pretrained(args.model)
-    read = read_catalog(args.catalog, image_root=args.image_root, strict=args.strict,
-                        progress=True)
+    read = load_catalog(recipe)
     print(read.summary())
     out = Path(args.out)
     if read.issues:
@@ -130,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors)")
     p.add_argument("--catalog", required=True)
     p.add_argument("--image-root")
+    p.add_argument("--config", help="recipe whose data section (column_map, ...) reads the catalog")
     p.add_argument("--out", required=True, help="output .parquet file")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--strict", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="e.g. data.column_map.title=item_name")
     p.set_defaults(func=cmd_embed)
     return parser
 

@@ -42,6 +42,9 @@ class DualEncoderConfig:
     scratch_heads: int = 4
     scratch_vocab_size: int = 8000
     text_hf_config: dict | None = None
+    # how a listing becomes text (a ComposerConfig dict); saved so that embedding composes text
+    # the way training did
+    text_composer: dict | None = None
     # image tower
     image_tower: str = "efficientnet_lite0"
     vit_preset: str = "tiny"

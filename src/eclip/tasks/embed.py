@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eclip.catalog.compose import TextComposer
+from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.images import ImageTransform, load_image
 from eclip.catalog.schema import Listing
 
@@ -28,6 +28,11 @@ class Embeddings:
 def eval_transform(model) -> ImageTransform:
     cfg = model.config
     return ImageTransform(cfg.image_size, tuple(cfg.image_mean), tuple(cfg.image_std), train=False)
+
+
+def model_composer(model) -> TextComposer:
+    """The text composer the model was trained with (no dropout: evaluation passes no rng)."""
+    return TextComposer(ComposerConfig.from_dict(model.config.text_composer or {}))
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +58,7 @@ def embed_listings(model, listings: list[Listing], composer: TextComposer | None
     ``image_cache`` (an ``ImageFeatureCache`` of this model's image tower) skips the tower.
     """
     model.eval()
-    composer = composer or TextComposer()
+    composer = composer or model_composer(model)
     transform = eval_transform(model)
     if image_cache is not None:
         image_cache.check(model)

@@ -49,7 +49,7 @@ def load_catalog(recipe: Recipe, *, progress: bool = True) -> CatalogRead:
 
 def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
     """The towers before alignment; a from-scratch text tower gets a tokenizer trained on the catalog."""
-    config = DualEncoderConfig.from_dict(recipe.model)
+    config = DualEncoderConfig.from_dict({**recipe.model, "text_composer": dict(recipe.data.text)})
     tokenizer = None
     if config.text_tower == "scratch":
         composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))

@@ -108,6 +108,7 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         raise EclipError("no training listings: check the catalog's split column or val_fraction")
 
     model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text)
+    model.config.text_composer = dict(recipe.data.text)
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     mc = model.config
     transform = ImageTransform(mc.image_size, tuple(mc.image_mean), tuple(mc.image_std),

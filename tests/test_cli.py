@@ -1,0 +1,90 @@
+"""A user's own catalog through the command line: renamed CSV columns, transparent PNGs, broken files."""
+
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from eclip.cli import main
+
+
+@pytest.fixture
+def shop_catalog(tmp_path):
+    """40 listings in 10 products; RGBA PNGs; two rows with broken images, one with no title."""
+    root = tmp_path / "shop_images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    colours = [(200, 30, 30), (30, 30, 200), (30, 160, 30), (220, 200, 40), (120, 40, 160)]
+    rows = []
+    for i in range(40):
+        product = i // 4
+        rgba = np.zeros((40, 40, 4), np.uint8)
+        rgba[..., :3] = colours[product % 5]
+        rgba[..., 3] = 0
+        size = 10 + 3 * (product // 5) + int(rng.integers(0, 3))
+        rgba[20 - size // 2:20 + size // 2, 20 - size // 2:20 + size // 2, 3] = 255
+        Image.fromarray(rgba, "RGBA").save(root / f"item{i}.png")
+        rows.append({"item_no": f"A{i}", "group": f"G{product}", "item_name":
+                     f"[무료배송] product {product} colour {product % 5} ★특가★",
+                     "photo": f"item{i}.png", "cat": "Home > Deco > Lamp" if product % 2 else
+                     "Home > Kitchen > Cup", "maker": "ACME"})
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    rows[3]["photo"] = "broken.png"
+    rows[7]["photo"] = "missing.jpg"
+    rows[11]["item_name"] = ""
+    path = tmp_path / "shop.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, root
+
+
+def test_own_csv_catalog_trains_and_embeds_with_a_bad_row_report(shop_catalog, tmp_path, capsys,
+                                                                 tiny_model_config):
+    path, root = shop_catalog
+    run = tmp_path / "run"
+    overrides = [f"model.{k}={json.dumps(v)}" for k, v in tiny_model_config.items()]
+    overrides += ["data.column_map={title: item_name, images: photo, product_id: item_no, "
+                  "catalog_id: group, category: cat, brand: maker}",
+                  "data.val_fraction=0.2", "train.epochs=2", "train.batch_size=8",
+                  "train.progress=false"]
+    code = main(["train", "--catalog", str(path), "--image-root", str(root), "--output-dir",
+                 str(run), *overrides])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipped 3 rows" in out
+    report = json.loads((run / "bad_rows.json").read_text())
+    by_row = {(i["row"], i["field"]) for i in report["issues"]}
+    assert {(4, "images"), (8, "images"), (12, "title")} <= by_row
+    assert (run / "model" / "model.safetensors").is_file()
+
+    emb_path = tmp_path / "emb.parquet"
+    # without the column mapping the catalog has no 'title' column: a clear error, no traceback
+    code = main(["embed", "--model", str(run / "model"), "--catalog", str(path), "--image-root",
+                 str(root), "--out", str(emb_path)])
+    assert code == 2 and "item_name" in capsys.readouterr().err
+    code = main(["embed", "--model", str(run / "model"), "--catalog", str(path), "--image-root",
+                 str(root), "--out", str(emb_path), overrides[len(tiny_model_config)]])
+    assert code == 0
+    assert (tmp_path / "emb.bad_rows.json").is_file()
+    table = pq.read_table(emb_path).to_pydict()
+    assert len(table["product_id"]) == 37 and "A3" not in table["product_id"]
+    vectors = np.array(table["product_embedding"])
+    assert vectors.shape == (37, tiny_model_config["embed_dim"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the model composes text the way it was trained: its saved config carries the composer
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["text_composer"] == {}
+
+
+def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    code = main(["train", "--catalog", str(tmp_path / "nope.csv"), "train.progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nope.csv" in err and "Traceback" not in err
+    assert main(["train", "train.epoch=3"]) == 2
+    assert "unknown key 'epoch'" in capsys.readouterr().err
