@@ -45,9 +45,10 @@ class DemoResult:
 
 
 def evaluate(report: Report, name: str, model, test: list[Listing], composer: TextComposer,
-             image_cache: ImageFeatureCache | None) -> Embeddings:
+             image_cache: ImageFeatureCache | None, *, progress: bool = True) -> Embeddings:
     """Retrieval both ways and zero-shot category accuracy of one model on the test listings."""
-    emb = embed_listings(model, test, composer, image_cache=image_cache, desc=f"embed ({name})")
+    emb = embed_listings(model, test, composer, image_cache=image_cache, progress=progress,
+                         desc=f"embed ({name})")
     groups = [x.group_id for x in test]
     for modality, (query, gallery) in {"text": (emb.text, emb.image),
                                        "image": (emb.image, emb.text)}.items():
@@ -61,6 +62,33 @@ def evaluate(report: Report, name: str, model, test: list[Listing], composer: Te
     return emb
 
 
+def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: int,
+                         progress: bool, log: Callable[[str], None]):
+    """Generate, read and split the demo catalog; the recipe's ``data.catalog`` is set to it."""
+    catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
+                                     image_size=recipe.model.get("image_size", 128),
+                                     progress=progress)
+    read = read_catalog(catalog_file, progress=progress)
+    read.write_report(out_dir / "bad_rows.json")
+    log(read.summary())
+    splits = split_listings(read.listings, recipe)
+    log(f"splits by catalog: {len(splits.train)} train, {len(splits.val)} val, "
+        f"{len(splits.test)} test listings")
+    recipe.data.catalog = str(catalog_file)
+    return read, splits
+
+
+def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
+                       progress: bool) -> ImageFeatureCache | None:
+    """Features of a locked image tower for every image, shared by all models built on it."""
+    if not (recipe.train.lock_image and recipe.train.cache_locked_features
+            and not recipe.data.augment):
+        return None
+    paths = [p for x in listings for p in x.images]
+    return ImageFeatureCache.compute(model, paths, eval_transform(model), progress=progress,
+                                     desc="image features (locked tower)")
+
+
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
              recipe: Recipe | None = None, overrides: list[str] | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
@@ -71,25 +99,13 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     torch.manual_seed(seed)
 
     log(f"[1/4] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
-    catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
-                                     image_size=recipe.model.get("image_size", 128),
-                                     progress=progress)
-    read = read_catalog(catalog_file, progress=progress)
-    read.write_report(out_dir / "bad_rows.json")
-    log(read.summary())
-    splits = split_listings(read.listings, recipe)
-    log(f"splits by catalog: {len(splits.train)} train, {len(splits.val)} val, "
-        f"{len(splits.test)} test listings")
+    read, splits = prepare_demo_catalog(out_dir, recipe, listings=listings, seed=seed,
+                                        progress=progress, log=log)
 
     log("[2/4] towers before alignment (baseline)")
-    recipe.data.catalog = str(catalog_file)
     baseline = build_model(recipe, splits.train)
     baseline.save_pretrained(out_dir / "models" / "baseline")
-    image_cache = None
-    if recipe.train.lock_image and recipe.train.cache_locked_features and not recipe.data.augment:
-        paths = [p for x in read.listings for p in x.images]
-        image_cache = ImageFeatureCache.compute(baseline, paths, eval_transform(baseline),
-                                                progress=progress, desc="image features (locked tower)")
+    image_cache = locked_image_cache(recipe, baseline, read.listings, progress=progress)
 
     trained = {"baseline": baseline}
     for step, (name, targets) in enumerate(MODELS, start=3):
@@ -106,7 +122,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     report = Report(title="eclip demo: held-out catalogs")
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     for name, model in trained.items():
-        evaluate(report, name, model, splits.test, composer, image_cache)
+        evaluate(report, name, model, splits.test, composer, image_cache, progress=progress)
     n_catalogs = len({x.group_id for x in splits.test})
     report.meta.update({"test_listings": len(splits.test), "test_products": n_catalogs,
                         "train_listings": len(splits.train), "seed": seed,

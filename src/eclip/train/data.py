@@ -6,6 +6,7 @@ Randomness (text dropout, augmentation, which of a listing's images) is derived 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +19,18 @@ from eclip.catalog.images import ImageTransform, load_image
 from eclip.catalog.schema import Listing
 
 
+def catalog_group_id(catalog_id: str | None) -> int:
+    """A catalog id as a non-negative 63-bit integer, the same in every process and on every rank
+    (so that gathered batches agree on who is a positive of whom); -1 for a listing without one."""
+    if not catalog_id:
+        return -1
+    digest = hashlib.blake2b(catalog_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 def group_index(listings: list[Listing]) -> torch.Tensor:
     """One integer per listing: equal for listings of one catalog, -1 for listings without one."""
-    ids: dict[str, int] = {}
-    out = []
-    for listing in listings:
-        if listing.catalog_id:
-            out.append(ids.setdefault(listing.catalog_id, len(ids)))
-        else:
-            out.append(-1)
-    return torch.tensor(out, dtype=torch.long)
+    return torch.tensor([catalog_group_id(x.catalog_id) for x in listings], dtype=torch.long)
 
 
 def item_rng(seed: int, epoch: int, index: int) -> random.Random:
