@@ -1,0 +1,357 @@
+"""The search service: a FastAPI app over an index folder, and the web page that uses it.
+
+``create_app(index_dir)`` serves:
+
+* ``POST /search/text``   JSON ``{query, k, category?, against?}``
+* ``POST /search/image``  multipart: ``file`` (a photo), ``k``, ``category``, ``against``
+* ``GET  /similar/{product_id}?k=``   the same product from other sellers first, then look-alikes
+* ``POST /classify``      multipart: ``title`` and/or ``file`` -> top categories, adult probability
+* ``GET  /categories``, ``GET /health``, ``GET /images/{product_id}?n=`` (stored thumbnails)
+* ``GET  /`` the web page (``static/``), ``GET /openapi.json`` the schema, ``/docs``
+
+Requests are bounded before they are read: bodies above the endpoint's limit get 413 (whether or
+not they announce their length), uploads that are not usable photos 415/422 with the reason, bad
+fields 422 naming the field. Files are only ever served from the index (thumbnails resolved from a
+listing id) or from the package's own static folder. A newer generation written by ``eclip index``
+is picked up while serving (checked at most once a second).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import faiss
+import torch
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from eclip import __version__
+from eclip.catalog.images import load_image
+from eclip.errors import ImageError
+from eclip.search.index import Hit, LiveIndex, SearchIndex
+from eclip.search.store import StoredListing
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_K = 100
+MAX_TEXT = 500
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000
+MAX_BODY_BYTES = 64 * 1024  # any request that carries no photo
+UPLOAD_PATHS = ("/search/image", "/classify")
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+               "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+Against = Literal["text", "image", "both"]
+
+
+# ------------------------------------------------------------------------------- schemas
+class TextSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    query: str = Field(min_length=1, max_length=MAX_TEXT, description="what the buyer typed")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
+    category: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
+                                 description="only this category and those below it, e.g. "
+                                             "'Food & Drink' or 'Food & Drink > Drink'")
+    against: Against = Field("text", description="search listings' titles (text), photos (image) "
+                                                 "or both (fused vectors)")
+
+
+class ListingOut(BaseModel):
+    product_id: str
+    title: str
+    brand: str | None
+    category: str | None
+    catalog_id: str | None
+    adult: bool | None
+    images: int
+    image_url: str | None
+
+
+class Result(ListingOut):
+    score: float = Field(description="cosine similarity to the query")
+    same_catalog: bool = Field(False, description="a listing of the same catalog (same product)")
+
+
+class SearchResponse(BaseModel):
+    results: list[Result]
+    against: Against
+    took_ms: float
+    generation: str
+
+
+class SimilarResponse(BaseModel):
+    product: ListingOut
+    results: list[Result]
+    took_ms: float
+    generation: str
+
+
+class CategoryScore(BaseModel):
+    category: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    categories: list[CategoryScore] = Field(description="neighbour vote, shares summing to <= 1")
+    adult_probability: float | None = Field(description="null when the index had no adult labels")
+    input: Against = Field(description="what the prediction was made from")
+    took_ms: float
+
+
+class CategoryCount(BaseModel):
+    category: str
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    listings: int
+    generation: str
+    vectors: dict[str, str]
+    model_sha1: str
+    version: str
+
+
+# ----------------------------------------------------------------------------- body limits
+class _TooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware: body size limits (413) and security headers on every response.
+
+    A body announced too large is refused before it is read; one that grows past the limit while
+    being read (chunked uploads) is cut off, and whatever the app answered is replaced by 413.
+    """
+
+    def __init__(self, app, *, upload_limit: int, body_limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.upload_limit = upload_limit
+        self.body_limit = body_limit
+
+    def limit_for(self, path: str) -> int:
+        return self.upload_limit if path in UPLOAD_PATHS else self.body_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            await _reply(send, 400, "invalid Content-Length header")
+            return
+        if declared is not None and int(declared) > limit:
+            await _reply(send, 413, _too_large(limit))
+            return
+        state = {"received": 0, "exceeded": False, "started": False}
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > limit:
+                    state["exceeded"] = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message):
+            if state["exceeded"]:
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not state["exceeded"]:
+                raise
+        if state["exceeded"] and not state["started"]:
+            await _reply(send, 413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"request body too large: at most {limit} bytes are accepted here"
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ------------------------------------------------------------------------------- helpers
+def _listing_out(item: StoredListing) -> dict:
+    url = f"/images/{quote(item.product_id, safe='')}?n=0" if item.images else None
+    return {"product_id": item.product_id, "title": item.title, "brand": item.brand,
+            "category": item.category, "catalog_id": item.catalog_id, "adult": item.adult,
+            "images": len(item.images), "image_url": url}
+
+
+def _results(hits: list[Hit]) -> list[dict]:
+    return [{**_listing_out(h.listing), "score": round(h.score, 6), "same_catalog": h.same_catalog}
+            for h in hits]
+
+
+def _read_photo(upload: UploadFile, limit: int, max_pixels: int):
+    """The uploaded file decoded by ``load_image`` (safe with any bytes), or a 4xx saying why."""
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"photo too large: at most {limit} bytes are accepted")
+    if not data:
+        raise HTTPException(422, "the uploaded photo is empty")
+    with tempfile.NamedTemporaryFile(prefix="eclip-upload-") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return load_image(tmp.name, max_pixels=max_pixels)
+        except ImageError as exc:
+            reason = str(exc).split(f"{tmp.name}: ", 1)[-1]
+            status = 415 if reason.startswith("not an image") else 422
+            raise HTTPException(status, f"the upload is not a usable photo: {reason}") from None
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict]:
+    errors = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            errors.append({"field": "body", "message": f"malformed JSON: {reason}{at}"})
+            continue
+        field = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
+        message = error.get("msg", "invalid")
+        if loc == ["body"] and "dictionary" in message:
+            message += ' (send a JSON object, e.g. {"query": "blue pen", "k": 10})'
+        errors.append({"field": field, "message": message})
+    return errors
+
+
+# ----------------------------------------------------------------------------------- app
+def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_upload_pixels: int = MAX_UPLOAD_PIXELS, check_every: float = 1.0,
+               warm: bool = True, threads_per_request: int | None = None) -> FastAPI:
+    """The service over ``index_dir`` (opened now, so a bad folder fails here, not per request).
+
+    ``threads_per_request`` sets the thread pools of torch and FAISS for the whole process (None
+    leaves them alone; ``eclip serve`` uses 1). Requests are served in parallel, and one query
+    spread over several threads is much slower than on one when the cores are busy: on a loaded
+    2-core machine a title encodes in 4 ms of CPU on one torch thread and 54-71 ms on two, and a
+    20k-vector exact scan takes 1.5 ms on one FAISS thread and 24 ms on two.
+    """
+    if threads_per_request is not None:
+        torch.set_num_threads(threads_per_request)
+        faiss.omp_set_num_threads(threads_per_request)
+    live = LiveIndex(index_dir, check_every=check_every)
+    if warm:
+        live.get().model  # noqa: B018 - load the model before the first query
+    app = FastAPI(title="eclip product search", version=__version__,
+                  description="Search a catalog by text or photo, find the same product, "
+                              "classify a listing.")
+    app.add_middleware(RequestGuard, upload_limit=max_upload_bytes + MAX_BODY_BYTES)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": f"invalid request: {detail}", "errors": errors},
+                            status_code=422)
+
+    def index() -> SearchIndex:
+        return live.get()
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                            headers={"content-security-policy": PAGE_POLICY})
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> dict:
+        current = index()
+        return {"status": "ok", "listings": len(current), "generation": current.generation,
+                "vectors": {m: s.describe() for m, s in current.info.vectors.items()},
+                "model_sha1": current.info.model_sha1, "version": __version__}
+
+    @app.post("/search/text", response_model=SearchResponse, tags=["search"])
+    def search_text(body: TextSearch) -> dict:
+        """Listings for a query text, best first."""
+        start = time.perf_counter()
+        current = index()
+        hits = current.search_text(body.query, body.k, against=body.against,
+                                   category=body.category)
+        return {"results": _results(hits), "against": body.against,
+                "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
+
+    @app.post("/search/image", response_model=SearchResponse, tags=["search"])
+    def search_image(file: UploadFile = File(description="a photo: JPEG, PNG, WebP, GIF, ..."),
+                     k: int = Form(10, ge=1, le=MAX_K),
+                     category: str | None = Form(None, max_length=MAX_TEXT),
+                     against: Against = Form("image")) -> dict:
+        """Listings that look like an uploaded photo, best first."""
+        start = time.perf_counter()
+        image = _read_photo(file, max_upload_bytes, max_upload_pixels)
+        current = index()
+        hits = current.search_image(image, k, against=against, category=category or None)
+        return {"results": _results(hits), "against": against,
+                "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
+
+    @app.get("/similar/{product_id:path}", response_model=SimilarResponse, tags=["search"])
+    def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:
+        """Product matching: listings of the same catalog first, then the nearest other listings."""
+        start = time.perf_counter()
+        current = index()
+        found = current.similar(product_id, k)
+        if found is None:
+            raise HTTPException(404, f"no listing with product_id {product_id!r} in the index")
+        item, hits = found
+        return {"product": _listing_out(item), "results": _results(hits),
+                "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
+
+    @app.post("/classify", response_model=ClassifyResponse, tags=["classify"])
+    def classify(title: str | None = Form(None, max_length=MAX_TEXT),
+                 file: UploadFile | None = File(None, description="a photo of the listing"),
+                 top: int = Form(5, ge=1, le=20)) -> dict:
+        """Top categories and the adult probability of a listing's title and/or photo."""
+        start = time.perf_counter()
+        title = (title or "").strip() or None
+        image = _read_photo(file, max_upload_bytes, max_upload_pixels) if file is not None else None
+        if title is None and image is None:
+            raise HTTPException(422, "give a title, a photo (file) or both")
+        result = index().classify(title, image, top=top)
+        return {"categories": [{"category": c, "score": s} for c, s in result.categories],
+                "adult_probability": result.adult_probability, "input": result.modality,
+                "took_ms": (time.perf_counter() - start) * 1000}
+
+    @app.get("/categories", response_model=list[CategoryCount], tags=["service"])
+    def categories() -> list[dict]:
+        return [{"category": c, "count": n} for c, n in index().categories()]
+
+    @app.get("/images/{product_id:path}", tags=["service"],
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
+    def image(product_id: str, n: int = Query(0, ge=0, le=1000)) -> FileResponse:
+        """The stored thumbnail of a listing's n-th photo."""
+        path = index().image_file(product_id, n)
+        if path is None:
+            raise HTTPException(404, f"no photo {n} for product_id {product_id!r}")
+        return FileResponse(path, media_type="image/jpeg",
+                            headers={"cache-control": "public, max-age=3600"})
+
+    return app
+

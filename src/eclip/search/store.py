@@ -1,0 +1,205 @@
+"""Listing metadata in SQLite: one row per indexed listing under a stable integer id (``vid``).
+
+The vid is the FAISS id of the listing's vectors. A listing keeps its vid when it is updated; new
+listings get ids above every id ever given out (``meta.next_vid``), so an id is never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from eclip.catalog.schema import CATEGORY_SEP, Listing
+
+SCHEMA = """
+CREATE TABLE listings (
+    vid INTEGER PRIMARY KEY,
+    product_id TEXT NOT NULL UNIQUE,
+    catalog_id TEXT,
+    title TEXT NOT NULL,
+    brand TEXT,
+    category TEXT,
+    attributes TEXT NOT NULL,
+    adult INTEGER,
+    lang TEXT,
+    split TEXT,
+    images TEXT NOT NULL
+);
+CREATE INDEX listings_catalog ON listings(catalog_id);
+CREATE INDEX listings_category ON listings(category);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_COLUMNS = ("vid", "product_id", "catalog_id", "title", "brand", "category", "attributes", "adult",
+            "lang", "split", "images")
+
+
+@dataclass(frozen=True)
+class StoredListing:
+    """A listing as the index holds it; ``images`` are thumbnail names under the index's images/."""
+
+    vid: int
+    product_id: str
+    title: str
+    catalog_id: str | None
+    brand: str | None
+    category: str | None
+    attributes: dict[str, str]
+    adult: bool | None
+    lang: str | None
+    split: str | None
+    images: tuple[str, ...]
+
+    @classmethod
+    def _from_row(cls, row: tuple) -> StoredListing:
+        values = dict(zip(_COLUMNS, row))
+        adult = values["adult"]
+        return cls(vid=values["vid"], product_id=values["product_id"], title=values["title"],
+                   catalog_id=values["catalog_id"], brand=values["brand"],
+                   category=values["category"], attributes=json.loads(values["attributes"]),
+                   adult=None if adult is None else bool(adult), lang=values["lang"],
+                   split=values["split"], images=tuple(json.loads(values["images"])))
+
+
+class MetadataStore:
+    """One SQLite file. Writers use it from one thread; readers share one read-only connection."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = True):
+        self.path = Path(path)
+        if readonly:
+            # A generation's files never change once committed: immutable skips file locking.
+            uri = f"file:{self.path.as_posix()}?mode=ro&immutable=1"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self._conn = sqlite3.connect(self.path)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: str | Path) -> MetadataStore:
+        store = cls(path, readonly=False)
+        store._conn.executescript(SCHEMA)
+        store.set_meta("next_vid", "0")
+        store._conn.commit()
+        return store
+
+    @classmethod
+    def copy(cls, source: str | Path, target: str | Path) -> MetadataStore:
+        """A writable copy of ``source`` at ``target`` (SQLite's online backup API)."""
+        src = sqlite3.connect(f"file:{Path(source).as_posix()}?mode=ro", uri=True)
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        return cls(target, readonly=False)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    # ----------------------------------------------------------------------------- writing
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def assign_vids(self, product_ids: list[str]) -> np.ndarray:
+        """Existing listings keep their vid; new ones get fresh ids (recorded in ``next_vid``)."""
+        known = self.vids_of(product_ids)
+        next_vid = int(self.meta("next_vid") or 0)
+        vids = []
+        for pid in product_ids:
+            if pid not in known:
+                known[pid] = next_vid
+                next_vid += 1
+            vids.append(known[pid])
+        self.set_meta("next_vid", str(next_vid))
+        return np.asarray(vids, dtype=np.int64)
+
+    def upsert(self, vids: np.ndarray, listings: list[Listing], images: list[list[str]]) -> None:
+        rows = [(int(vid), x.product_id, x.catalog_id, x.title, x.brand, x.category,
+                 json.dumps(x.attributes or {}, ensure_ascii=False),
+                 None if x.adult is None else int(bool(x.adult)), x.lang, x.split,
+                 json.dumps(names, ensure_ascii=False))
+                for vid, x, names in zip(vids, listings, images)]
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO listings({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+
+    def delete(self, vids: np.ndarray) -> None:
+        self._conn.executemany("DELETE FROM listings WHERE vid = ?", [(int(v),) for v in vids])
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    # ----------------------------------------------------------------------------- reading
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM listings")[0][0])
+
+    def vids_of(self, product_ids: list[str]) -> dict[str, int]:
+        """product_id -> vid for the ids that are in the store."""
+        found: dict[str, int] = {}
+        for start in range(0, len(product_ids), 500):
+            chunk = product_ids[start:start + 500]
+            rows = self._query(f"SELECT product_id, vid FROM listings WHERE product_id IN "
+                               f"({', '.join('?' * len(chunk))})", chunk)
+            found.update((pid, int(vid)) for pid, vid in rows)
+        return found
+
+    def by_product_id(self, product_id: str) -> StoredListing | None:
+        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM listings WHERE product_id = ?",
+                           (product_id,))
+        return StoredListing._from_row(rows[0]) if rows else None
+
+    def fetch(self, vids: Iterable[int]) -> dict[int, StoredListing]:
+        vids = [int(v) for v in vids]
+        found: dict[int, StoredListing] = {}
+        for start in range(0, len(vids), 500):
+            chunk = vids[start:start + 500]
+            rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM listings WHERE vid IN "
+                               f"({', '.join('?' * len(chunk))})", chunk)
+            found.update((row[0], StoredListing._from_row(row)) for row in rows)
+        return found
+
+    def catalog_members(self, catalog_id: str) -> list[int]:
+        return [row[0] for row in self._query(
+            "SELECT vid FROM listings WHERE catalog_id = ? ORDER BY vid", (catalog_id,))]
+
+    def category_vids(self, category: str) -> np.ndarray:
+        """Vids of listings in ``category`` or below it ("Food" holds "Food > Tea")."""
+        # Every path below ``category`` sorts in [category + " > ", category + " >!"): a range scan
+        # of the category index (" > " ends in a space, and "!" is the character after it).
+        below = category + CATEGORY_SEP
+        rows = self._query("SELECT vid FROM listings WHERE category = ? OR "
+                           "(category >= ? AND category < ?)",
+                           (category, below, below[:-1] + "!"))
+        return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def categories(self) -> list[tuple[str, int]]:
+        return [(row[0], int(row[1])) for row in self._query(
+            "SELECT category, COUNT(*) FROM listings WHERE category IS NOT NULL "
+            "GROUP BY category ORDER BY category")]
+
+    def adult_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(vids, labels)`` of the listings whose adult flag is known."""
+        rows = self._query("SELECT vid, adult FROM listings WHERE adult IS NOT NULL ORDER BY vid")
+        return (np.asarray([r[0] for r in rows], dtype=np.int64),
+                np.asarray([r[1] for r in rows], dtype=np.int64))
+
+    def image_names(self) -> set[str]:
+        names: set[str] = set()
+        for (value,) in self._query("SELECT images FROM listings"):
+            names.update(json.loads(value))
+        return names

@@ -1,0 +1,198 @@
+"""The search API over HTTP semantics (FastAPI TestClient): answers, validation, limits, files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from eclip.catalog.readers import read_catalog
+from eclip.search import SearchIndex, build_index, delete_from_index
+from eclip.search.api import create_app
+from eclip.search.evaluate import recall_through_api
+
+
+@pytest.fixture(scope="module")
+def listings(tiny_catalog):
+    return read_catalog(tiny_catalog).listings
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_model_dir, listings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search_api") / "index"
+    build_index(tiny_model_dir, listings, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(index_dir):
+    return TestClient(create_app(index_dir, max_upload_bytes=200_000))
+
+
+def _png(size=(40, 30), colour=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_and_schema(client, listings):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["listings"] == len(listings)
+    assert health["generation"] == "g000001" and "exact" in health["vectors"]["product"]
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/search/text", "/search/image", "/similar/{product_id}", "/classify", "/health"):
+        assert path in paths
+    page = client.get("/")
+    assert page.status_code == 200 and "eclip product search" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_text_search_answers_ranked_results_with_links(client, listings):
+    response = client.post("/search/text", json={"query": listings[0].title, "k": 7})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 7
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    first = results[0]
+    assert set(first) >= {"product_id", "title", "category", "score", "image_url"}
+    image = client.get(first["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(image.content)).size[0] > 0
+
+
+def test_category_filter_through_the_api(client, listings):
+    top = listings[0].top_category
+    results = client.post("/search/text", json={"query": "x", "k": 100, "category": top}
+                          ).json()["results"]
+    assert results and all(r["category"].startswith(top + " > ") for r in results)
+    assert len(results) == sum(x.top_category == top for x in listings)
+
+
+def test_photo_search_finds_the_listing_of_the_photo(client, listings):
+    single = next(x for x in listings if len(x.images) == 1)
+    with open(single.images[0], "rb") as handle:
+        response = client.post("/search/image", files={"file": ("photo.jpg", handle)},
+                               data={"k": "3", "against": "image"})
+    assert response.status_code == 200
+    top = response.json()["results"][0]
+    assert top["product_id"] == single.product_id and top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_similar_and_its_errors(client, listings):
+    item = listings[0]
+    body = client.get(f"/similar/{item.product_id}", params={"k": 5}).json()
+    assert body["product"]["product_id"] == item.product_id
+    flags = [r["same_catalog"] for r in body["results"]]
+    assert flags == sorted(flags, reverse=True) and len(flags) == 5
+    assert item.product_id not in {r["product_id"] for r in body["results"]}
+    assert client.get("/similar/nope").status_code == 404
+    assert client.get("/similar/p1", params={"k": 1000}).status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/images/..%2F..%2F..%2Fetc%2Fpasswd", "/images/../../etc/passwd",
+                                  "/images/%2Fetc%2Fpasswd", "/static/..%2F..%2Fsearch%2Findex.py",
+                                  "/images/p000000?n=99", "/similar/..%2Fg000001%2Finfo.json"])
+def test_no_request_reads_files_outside_the_index(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert b"root:" not in response.content and b"import" not in response.content
+
+
+def test_malformed_bodies_get_clear_4xx(client):
+    cases = [
+        (dict(content=b"{not json", headers={"content-type": "application/json"}),
+         "malformed JSON"),
+        (dict(json={"k": 3}), "query: Field required"),
+        (dict(json={"query": "   "}), "query: String should have at least 1 character"),
+        (dict(json={"query": "x", "k": 0}), "k: Input should be greater than or equal to 1"),
+        (dict(json={"query": "x", "against": "smell"}), "against: Input should be"),
+        (dict(json={"query": "x", "extra": 1}), "extra: Extra inputs are not permitted"),
+        (dict(json=["query"]), "send a JSON object"),
+    ]
+    for kwargs, message in cases:
+        response = client.post("/search/text", **kwargs)
+        assert response.status_code == 422, kwargs
+        assert message in response.json()["detail"], response.json()
+
+
+def test_uploads_that_are_not_photos_are_refused(client):
+    answers = {
+        "text": client.post("/search/image", files={"file": ("a.jpg", b"hello, not a photo")}),
+        "truncated": client.post("/search/image", files={"file": ("a.png", _png()[:60])}),
+        "empty": client.post("/search/image", files={"file": ("a.png", b"")}),
+        "missing": client.post("/search/image", data={"k": "3"}),
+    }
+    assert answers["text"].status_code == 415
+    assert "not a usable photo: not an image file" in answers["text"].json()["detail"]
+    assert answers["truncated"].status_code == 422
+    assert "truncated" in answers["truncated"].json()["detail"]
+    assert answers["empty"].status_code == 422 and "empty" in answers["empty"].json()["detail"]
+    assert answers["missing"].status_code == 422 and "file" in answers["missing"].json()["detail"]
+    assert "/tmp" not in answers["text"].json()["detail"]  # no server paths in messages
+
+
+def test_oversize_bodies_get_413_announced_or_not(client):
+    big = b"\xff\xd8" + b"x" * 300_000
+    assert client.post("/search/image", files={"file": ("big.jpg", big)}).status_code == 413
+
+    def chunks():  # no Content-Length: the guard counts while reading
+        for _ in range(10):
+            yield b"y" * 65_536
+
+    response = client.post("/search/image", content=chunks(),
+                           headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+    response = client.post("/search/text", content=b"{" + b" " * 70_000 + b"}",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_classify_by_title_photo_or_both(client, listings):
+    single = listings[0]
+    photo = open(single.images[0], "rb").read()
+    by_title = client.post("/classify", data={"title": single.title, "top": "3"}).json()
+    by_photo = client.post("/classify", files={"file": ("p.jpg", photo)}).json()
+    both = client.post("/classify", data={"title": single.title},
+                       files={"file": ("p.jpg", photo)}).json()
+    assert (by_title["input"], by_photo["input"], both["input"]) == ("text", "image", "both")
+    assert len(by_title["categories"]) == 3
+    for body in (by_title, by_photo, both):
+        scores = [c["score"] for c in body["categories"]]
+        assert scores == sorted(scores, reverse=True) and sum(scores) <= 1 + 1e-9
+        assert 0.0 < body["adult_probability"] < 1.0
+    none = client.post("/classify", data={"title": "  "})
+    assert none.status_code == 422 and "title, a photo" in none.json()["detail"]
+
+
+def test_recall_through_the_api_equals_the_index_ranking(client, index_dir, listings):
+    """R@10 measured over HTTP is the one the stored vectors give (no loss in the API layer)."""
+    test = [x for x in listings if x.split == "test"]
+    assert test
+    (text,) = recall_through_api(client, test, listings, k=10, modes=(("text", "text"),))
+    assert text.errors == 0 and text.queries == len(test)
+    index = SearchIndex.open(index_dir)
+    vectors = np.asarray(index.vectors["text"])
+    groups = {x.product_id: x.group_id for x in listings}
+    by_vid = index.store.fetch(index.vids.tolist())
+    hits = 0
+    for x in test:
+        top = np.argsort(-(vectors @ index.encode_text(x.title)))[:10]
+        hits += any(groups[by_vid[int(index.vids[i])].product_id] == x.group_id for i in top)
+    assert text.recall == pytest.approx(hits / len(test))
+
+
+def test_the_service_follows_a_new_generation(index_dir, listings, tmp_path):
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    client = TestClient(create_app(copy, check_every=0.0, warm=False))
+    gone = listings[4].product_id
+    assert client.get(f"/similar/{gone}").status_code == 200
+    delete_from_index(copy, [gone])
+    assert client.get("/health").json()["generation"] == "g000002"
+    assert client.get(f"/similar/{gone}").status_code == 404
+    assert client.get(f"/images/{gone}").status_code == 404

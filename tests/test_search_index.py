@@ -1,0 +1,255 @@
+"""The search index: exact results, filters, product matching, incremental writes, atomic swaps."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from eclip.catalog.images import load_image
+from eclip.catalog.readers import read_catalog
+from eclip.search import (
+    LiveIndex,
+    SearchIndex,
+    SearchIndexError,
+    VectorSettings,
+    build_index,
+    delete_from_index,
+    update_index,
+)
+from eclip.search.vectors import VectorIndex, exact_top_scores, recall_against
+
+
+@pytest.fixture(scope="module")
+def listings(tiny_catalog):
+    return read_catalog(tiny_catalog).listings
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model_dir, listings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "index"
+    build_index(tiny_model_dir, listings, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def index_copy(built, tmp_path):
+    """A private copy of the built index, for tests that write to it."""
+    out = tmp_path / "index"
+    shutil.copytree(built, out)
+    return out
+
+
+def _generations(root):
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("g"))
+
+
+def test_build_is_self_contained_and_finds_a_listing_by_its_own_photo(built, listings):
+    index = SearchIndex.open(built)
+    assert index.generation == "g000001" and len(index) == len(listings)
+    assert json.loads((built / "CURRENT").read_text())["generation"] == "g000001"
+    assert (built / "g000001" / "model" / "model.safetensors").is_file()
+    single = next(x for x in listings if len(x.images) == 1)
+    stored = index.image_file(single.product_id, 0)
+    assert stored is not None and stored.resolve().is_relative_to(built.resolve())
+    hits = index.search_image(load_image(single.images[0]), 5)
+    hits_image = index.search(index.encode_image(load_image(single.images[0])), 5, against="image")
+    assert hits_image[0].listing.product_id == single.product_id
+    assert hits_image[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_text_search_equals_brute_force_over_the_stored_vectors(built, listings):
+    index = SearchIndex.open(built)
+    query = index.encode_text(listings[7].title)
+    for against, modality in (("text", "text"), ("image", "image"), ("both", "product")):
+        hits = index.search(query, 10, against=against)
+        scores = dict(zip(index.vids.tolist(), np.asarray(index.vectors[modality]) @ query))
+        # the ten best scores, each reported for the listing that has it (ties may swap places)
+        assert [h.score for h in hits] == pytest.approx(sorted(scores.values())[::-1][:10],
+                                                        abs=1e-5)
+        assert [h.score for h in hits] == pytest.approx([scores[h.listing.vid] for h in hits],
+                                                        abs=1e-5)
+        assert len({h.listing.vid for h in hits}) == 10
+
+
+def test_category_filter_keeps_the_category_and_those_below_it(built, listings):
+    index = SearchIndex.open(built)
+    top = listings[0].top_category
+    inside = {x.product_id for x in listings if x.top_category == top}
+    hits = index.search_text(listings[0].title, 50, category=top)
+    assert hits and {h.listing.product_id for h in hits} <= inside
+    assert len(hits) == min(50, len(inside))
+    leaf = listings[0].category
+    assert all(h.listing.category == leaf for h in index.search_text("x", 50, category=leaf))
+    assert index.search_text("x", 5, category=top + " > no such leaf") == []
+    assert index.search_text("x", 5, category=top[:-1]) == []  # a prefix of a name is no parent
+
+
+def test_similar_lists_the_same_catalog_first_and_never_the_item(built, listings):
+    index = SearchIndex.open(built)
+    sizes = {}
+    for x in listings:
+        if x.catalog_id:
+            sizes[x.catalog_id] = sizes.get(x.catalog_id, 0) + 1
+    item = next(x for x in listings if sizes.get(x.catalog_id, 0) >= 3)
+    found, hits = index.similar(item.product_id, 10)
+    assert found.product_id == item.product_id
+    flags = [h.same_catalog for h in hits]
+    assert flags == sorted(flags, reverse=True)  # same-catalog listings first
+    assert sum(flags) == sizes[item.catalog_id] - 1
+    assert all(h.listing.catalog_id == item.catalog_id for h in hits if h.same_catalog)
+    assert item.product_id not in {h.listing.product_id for h in hits}
+    assert len(hits) == 10
+    assert index.similar("no-such-id", 5) is None
+
+
+def test_update_embeds_only_the_new_listings_and_keeps_ids(index_copy, listings, monkeypatch):
+    import eclip.search.index as module
+
+    before = SearchIndex.open(index_copy)
+    changed = replace(listings[3], title="completely new title 12345")
+    added = replace(listings[5], product_id="brand-new-listing")
+    embedded = []
+    real = module.embed_listings
+    def recording(model, items, **kwargs):
+        embedded.extend(items)
+        return real(model, items, **kwargs)
+
+    monkeypatch.setattr(module, "embed_listings", recording)
+    info = update_index(index_copy, [changed, added], progress=False)
+    assert [x.product_id for x in embedded] == [changed.product_id, added.product_id]
+    assert (info.added, info.updated, info.listings) == (1, 1, len(listings) + 1)
+    after = SearchIndex.open(index_copy)
+    assert after.generation == "g000002"
+    assert after.listing(changed.product_id).title == "completely new title 12345"
+    assert after.listing(changed.product_id).vid == before.listing(changed.product_id).vid
+    untouched = before.listing(listings[0].product_id).vid
+    np.testing.assert_array_equal(after.vector(untouched), before.vector(untouched))
+    hits = after.search(after.vector(after.listing("brand-new-listing").vid, "image"), 1,
+                        against="image")
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert _generations(index_copy) == ["g000001", "g000002"]
+
+
+def test_delete_removes_listings_everywhere_and_prunes_old_generations(index_copy, listings):
+    gone = listings[0]
+    info = delete_from_index(index_copy, [gone.product_id, "not-there"])
+    assert info.deleted == 1 and info.not_found == ["not-there"]
+    info = delete_from_index(index_copy, [listings[1].product_id])
+    index = SearchIndex.open(index_copy)
+    assert len(index) == len(listings) - 2
+    assert index.listing(gone.product_id) is None and index.similar(gone.product_id, 3) is None
+    assert gone.product_id not in {h.listing.product_id
+                                   for h in index.search_text(gone.title, len(listings))}
+    assert _generations(index_copy) == ["g000002", "g000003"]  # the one before is kept, no older
+    referenced = index.store.image_names() | SearchIndex(index_copy, index_copy / "g000002"
+                                                         ).store.image_names()
+    on_disk = {f"{p.parent.name}/{p.name}" for p in (index_copy / "images").glob("*/*")}
+    assert on_disk == referenced
+
+
+def test_a_failed_write_leaves_the_index_as_it_was(index_copy, listings, monkeypatch):
+    import eclip.search.index as module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(module, "fit_adult_head", crash)  # late in the write, after the vectors
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        delete_from_index(index_copy, [listings[0].product_id])
+    assert not [p for p in index_copy.iterdir() if p.name.startswith(".tmp-")]
+    index = SearchIndex.open(index_copy)
+    assert index.generation == "g000001" and index.listing(listings[0].product_id) is not None
+    monkeypatch.undo()
+    assert delete_from_index(index_copy, [listings[0].product_id]).generation == "g000002"
+
+
+def test_one_writer_at_a_time(index_copy, listings):
+    with open(index_copy / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SearchIndexError, match="another eclip process"):
+            delete_from_index(index_copy, [listings[0].product_id])
+
+
+def test_live_index_follows_new_generations(index_copy, listings):
+    live = LiveIndex(index_copy, check_every=0.0)
+    assert live.get().generation == "g000001"
+    delete_from_index(index_copy, [listings[2].product_id])
+    assert live.get().generation == "g000002"
+    assert live.get().listing(listings[2].product_id) is None
+
+
+def test_refuses_folders_and_models_that_are_not_its_own(tiny_model_dir, listings, tmp_path,
+                                                         built):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(SearchIndexError, match="holds other files"):
+        build_index(tiny_model_dir, listings[:5], other, progress=False)
+    with pytest.raises(SearchIndexError, match="not an eclip search index"):
+        SearchIndex.open(tmp_path)
+    fake_model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, fake_model)
+    (fake_model / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(SearchIndexError, match="not the model the index was built with"):
+        update_index(built, listings[:1], model_dir=fake_model, progress=False)
+
+
+def test_adult_head_is_fitted_when_both_labels_exist(built, listings):
+    index = SearchIndex.open(built)
+    labels = {x.adult for x in listings if x.adult is not None}
+    assert labels == {True, False}
+    for modality in ("image", "text", "product"):
+        head = index.adult_heads[modality]
+        assert head is not None and head.n == sum(x.adult is not None for x in listings)
+    result = index.classify(title=listings[0].title, top=3)
+    assert result.modality == "text" and len(result.categories) <= 3
+    assert 0.0 < result.adult_probability < 1.0
+    assert sum(score for _, score in result.categories) <= 1.0 + 1e-9
+
+
+# ------------------------------------------------------------------------ vectors (no model)
+def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    x = centres[rng.integers(0, 50, n)] + 0.3 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("hnsw_from", [10_000, 16])  # flat, then HNSW coarse quantizer
+def test_ivf_reaches_the_target_recall_it_reports(hnsw_from):
+    x = _clustered(4000, 32)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 7
+    settings = VectorSettings(kind="ivf", nlist=32, target_recall=0.9, recall_queries=200,
+                              hnsw_quantizer_from=hnsw_from)
+    index = VectorIndex.build(x, ids, settings)
+    stats = index.stats
+    assert stats.kind == "ivf" and stats.quantizer == ("hnsw" if hnsw_from == 16 else "flat")
+    assert stats.recall_at_10 >= 0.9 and 1 <= stats.nprobe <= 32
+    # the reported recall is what an independent measurement at that nprobe gives
+    noise = np.random.default_rng(1).standard_normal((200, 32)).astype(np.float32)
+    queries = x[:200] + 0.05 * noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = exact_top_scores(x, queries, 10)
+    scores, found = index.search(queries, 10)
+    assert recall_against(truth, scores, found) >= 0.85
+    assert set(found.ravel()) <= set(ids)
+    index.remove(ids[:100])
+    _, found = index.search(x[:100], 10, nprobe=32)
+    assert not set(found.ravel()) & set(ids[:100])
+
+
+def test_auto_kind_switches_to_ivf_above_the_exact_limit():
+    x = _clustered(3000, 16)
+    ids = np.arange(3000)
+    small = VectorIndex.build(x[:500], ids[:500], VectorSettings(exact_max=1000))
+    large = VectorIndex.build(x, ids, VectorSettings(exact_max=1000, recall_queries=100))
+    assert small.kind == "exact" and large.kind == "ivf" and large.stats.recall_at_10 is not None
+    assert large.needs_retraining(3000 * 5, VectorSettings(exact_max=1000))
+    assert not large.needs_retraining(3500, VectorSettings(exact_max=1000))
+    assert small.needs_retraining(3000, VectorSettings(exact_max=1000))  # kind changes

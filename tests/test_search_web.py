@@ -1,0 +1,124 @@
+"""The web page end to end in headless Chromium (Playwright): type, upload, browse "more like this".
+
+Needs Debian's chromium at /usr/bin/chromium (``apt-get install chromium``; CI installs it). Outside
+CI the test is skipped when it is missing; in CI (``CI=true``) a missing browser fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from eclip.catalog.readers import read_catalog
+from eclip.search import build_index
+from eclip.search.api import create_app
+from eclip.search.server import background_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: CI must run the browser test")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                             headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def listings(tiny_catalog):
+    return read_catalog(tiny_catalog).listings
+
+
+@pytest.fixture(scope="module")
+def site(tiny_model_dir, listings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search_web") / "index"
+    build_index(tiny_model_dir, listings, out, progress=False)
+    with background_server(create_app(out)) as url:
+        yield url
+
+
+def _cards(page) -> list[dict]:
+    return page.eval_on_selector_all("#results .card", """cards => cards.map(card => ({
+        id: card.dataset.productId,
+        title: card.querySelector('.title').textContent,
+        category: card.querySelector('.category').textContent,
+        score: card.querySelector('.score').textContent,
+        same: !card.querySelector('.badge').hidden,
+        imageLoaded: card.querySelector('img') !== null
+            && card.querySelector('img').complete && card.querySelector('img').naturalWidth > 0,
+    }))""")
+
+
+def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(site)
+    page.wait_for_function("() => document.getElementById('status').textContent"
+                           ".includes('listings')")
+    assert f"{len(listings)} listings" in page.text_content("#status")
+
+    # 1. type a query: a grid of results with photos, titles, categories and scores
+    page.fill("#query", listings[0].title)
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results .card")
+    page.wait_for_function("""() => [...document.querySelectorAll('#results .card img')]
+                              .every(img => img.complete && img.naturalWidth > 0)""")
+    cards = _cards(page)
+    assert len(cards) == min(24, len(listings))
+    assert all(c["title"] and c["category"] and c["imageLoaded"] for c in cards)
+    scores = [float(re.search(r"[-\d.]+$", c["score"]).group()) for c in cards]
+    assert scores == sorted(scores, reverse=True)
+    assert "results for" in page.text_content("#summary")
+
+    # 2. upload a listing's photo, matched against photos: that listing comes first
+    single = next(x for x in listings if len(x.images) == 1)
+    page.select_option("#against", "image")
+    page.set_input_files("#photo", single.images[0])
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".includes('results for photo')")
+    cards = _cards(page)
+    assert cards[0]["id"] == single.product_id and cards[0]["score"].endswith("1.000")
+    page.wait_for_selector("#classification:not([hidden]) li")
+    assert "adult probability" in page.text_content("#classification")
+
+    # 3. "more like this": the product's other listings first, flagged, the product itself absent
+    catalog_of = {x.product_id: x.catalog_id for x in listings}
+    size = Counter(x.catalog_id for x in listings if x.catalog_id)
+    target = next(c for c in cards if size.get(catalog_of[c["id"]], 0) >= 2)
+    page.click(f"#results .card[data-product-id='{target['id']}'] .more")
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".startsWith('More like')")
+    assert page.text_content("#summary") == f"More like: {target['title']}"
+    cards = _cards(page)
+    flags = [c["same"] for c in cards]
+    assert flags[0] and flags == sorted(flags, reverse=True)
+    assert sum(flags) == min(size[catalog_of[target["id"]]] - 1, len(cards))
+    assert target["id"] not in {c["id"] for c in cards}
+
+    # 4. a file that is not a photo: the page says why
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    page.set_input_files("#photo", str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not a usable photo" in page.text_content("#error")
+    assert errors == []
+    page.close()
+
