@@ -147,6 +147,11 @@ class DualEncoder(nn.Module):
             self.text_tower.eval()
         return self
 
+    def enable_gradient_checkpointing(self) -> dict[str, bool]:
+        """Gradient checkpointing in both towers where supported; says which towers have it."""
+        return {"text": self.text_tower.enable_gradient_checkpointing(),
+                "image": self.image_tower.enable_gradient_checkpointing()}
+
     # ---------------------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the model directory; files go to a temporary sibling that is renamed into place.

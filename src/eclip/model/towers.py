@@ -29,6 +29,10 @@ class TextTower(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def enable_gradient_checkpointing(self) -> bool:
+        """Recompute activations in the backward pass instead of keeping them; False: unsupported."""
+        return False
+
 
 class ImageTower(nn.Module):
     """Base class of image towers: ``forward(pixel_values [B, 3, H, W]) -> [B, out_dim]``."""
@@ -38,6 +42,10 @@ class ImageTower(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def enable_gradient_checkpointing(self) -> bool:
+        """Recompute activations in the backward pass instead of keeping them; False: unsupported."""
+        return False
 
 
 # builder(config, tokenizer, load_weights) -> TextTower; builder(config, load_weights) -> ImageTower
@@ -155,6 +163,10 @@ class HFTextTower(TextTower):
         self.model = model
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
+
+    def enable_gradient_checkpointing(self) -> bool:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return True
 
     @property
     def hf_config(self) -> dict:
@@ -278,6 +290,10 @@ class ViTTower(ImageTower):
         super().__init__()
         self.model = model
         self.out_dim = int(model.config.hidden_size)
+
+    def enable_gradient_checkpointing(self) -> bool:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return True
 
     @property
     def hf_config(self) -> dict:

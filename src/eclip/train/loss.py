@@ -8,15 +8,23 @@ the batch that shares its catalog.
 Group ids are an integer tensor ``[B]``: equal ids mean "same catalog"; a negative id means "no
 catalog", and such a row is a positive of itself only (two rows with ``-1`` are *not* positives of each
 other). With every id distinct (or every id negative) the loss is exactly the CLIP loss.
+
+At scale the loss is global and chunked: :class:`ContrastiveLoss` gathers embeddings and catalog ids
+of every rank of a torchrun job (so a listing on rank 0 and one of its catalog on rank 3 are
+positives), optionally computes only this rank's rows against all columns (``local_loss``), and
+:func:`contrastive_loss_rows` computes rows ``chunk_size`` at a time with their gradients so that the
+B x B similarity matrix never exists at once.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eclip.errors import ConfigError
+from eclip.train.distributed import all_reduce_mean, gather, gather_with_grad
 
 TARGET_MODES = ("catalog", "clip")
 
@@ -35,6 +43,21 @@ def _check_group_ids(group_ids: Tensor, batch: int | None = None) -> None:
         raise ValueError(f"group_ids has {group_ids.shape[0]} entries for a batch of {batch}")
 
 
+def _positives(row_groups: Tensor | None, col_groups: Tensor | None, row_positions: Tensor,
+               n_cols: int) -> Tensor:
+    """``[R, C]`` boolean mask of the positives of some rows of a batch among all its C columns.
+
+    ``row_positions[i]`` is the column of row i itself (always a positive). Rows and columns sharing a
+    non-negative group id are positives too; ``row_groups=None`` means identity (CLIP) targets.
+    """
+    columns = torch.arange(n_cols, device=row_positions.device)
+    own = row_positions.unsqueeze(1) == columns.unsqueeze(0)
+    if row_groups is None:
+        return own
+    same = (row_groups.unsqueeze(1) == col_groups.unsqueeze(0)) & (row_groups >= 0).unsqueeze(1)
+    return same | own
+
+
 def positive_mask(group_ids: Tensor) -> Tensor:
     """``[B, B]`` boolean mask: ``mask[i, j]`` is True when rows i and j are positives of each other.
 
@@ -42,10 +65,8 @@ def positive_mask(group_ids: Tensor) -> Tensor:
     is always True. The mask is symmetric.
     """
     _check_group_ids(group_ids)
-    same = group_ids.unsqueeze(1) == group_ids.unsqueeze(0)
-    has_catalog = (group_ids >= 0).unsqueeze(1)
-    eye = torch.eye(group_ids.shape[0], dtype=torch.bool, device=group_ids.device)
-    return (same & has_catalog) | eye
+    batch = group_ids.shape[0]
+    return _positives(group_ids, group_ids, torch.arange(batch, device=group_ids.device), batch)
 
 
 def catalog_targets(group_ids: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -64,7 +85,8 @@ def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
-                     group_ids: Tensor | None = None, targets: str = "catalog") -> Tensor:
+                     group_ids: Tensor | None = None, targets: str = "catalog", *,
+                     chunk_size: int | None = None) -> Tensor:
     """Symmetric contrastive loss with catalog-aware (or plain CLIP) targets.
 
     ``logits = logit_scale * image_emb @ text_emb.T``; the loss is the mean of the soft cross-entropy of
@@ -72,44 +94,221 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | 
     multiplier itself (a CLIP model passes ``log_scale.exp()``). Embeddings are used as given: normalise
     them first for cosine logits. ``targets="clip"`` uses identity targets whatever the group ids, and
     ``group_ids=None`` behaves the same. Half-precision inputs are upcast to float32 for the softmax.
+    With ``chunk_size`` the loss is computed ``chunk_size`` rows at a time (see
+    :func:`contrastive_loss_rows`): the same value and gradients without ever holding the B x B matrix.
     """
     _check_targets(targets)
-    if image_emb.dim() != 2 or text_emb.dim() != 2:
-        raise ValueError("image_emb and text_emb must be 2-D tensors [B, D]")
-    if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} "
-                         "must have the same shape [B, D]")
+    _check_pair(image_emb, text_emb)
     batch = image_emb.shape[0]
-    if batch == 0:
-        raise ValueError("the batch is empty")
-    if isinstance(logit_scale, Tensor) and logit_scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+    _check_scale(logit_scale)
+    if targets == "clip":
+        group_ids = None
+    if group_ids is not None:
+        _check_group_ids(group_ids, batch)
+    if chunk_size is not None:
+        return contrastive_loss_rows(image_emb, text_emb, image_emb, text_emb, logit_scale,
+                                     group_ids, group_ids, 0, chunk_size=chunk_size)
 
     logits = logit_scale * (image_emb @ text_emb.T)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
 
-    if targets == "clip" or group_ids is None:
+    if group_ids is None:
         labels = torch.arange(batch, device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
-    _check_group_ids(group_ids, batch)
     soft = catalog_targets(group_ids.to(logits.device), dtype=logits.dtype)
     # soft is symmetric (see catalog_targets), so soft.T == soft serves the text->image direction.
     return (_soft_cross_entropy(logits, soft) + _soft_cross_entropy(logits.T, soft)) / 2
 
 
-class ContrastiveLoss(nn.Module):
-    """The contrastive loss as a strategy object: the target mode is fixed when it is built."""
+def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
+    if image_emb.dim() != 2 or text_emb.dim() != 2:
+        raise ValueError("image_emb and text_emb must be 2-D tensors [B, D]")
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} "
+                         "must have the same shape [B, D]")
+    if image_emb.shape[0] == 0:
+        raise ValueError("the batch is empty")
 
-    def __init__(self, targets: str = "catalog"):
+
+def _check_scale(logit_scale: Tensor | float) -> None:
+    if isinstance(logit_scale, Tensor) and logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+
+
+def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Tensor, text_cols: Tensor,
+                          logit_scale: Tensor | float, row_groups: Tensor | None,
+                          col_groups: Tensor | None, row_offset: int = 0, *,
+                          chunk_size: int | None = None) -> Tensor:
+    """The loss of some rows of a batch against all of its columns.
+
+    The batch has C listings (``image_cols``, ``text_cols``, ``col_groups``); the rows are its listings
+    ``row_offset .. row_offset + R - 1`` (``image_rows``, ``text_rows``, ``row_groups``). The result is
+    the mean over those R rows of the image->text soft cross-entropy (image rows against text columns)
+    and of the text->image one, halved: with R == C it is :func:`contrastive_loss`, and the mean of the
+    results over a partition of the rows is the loss of the whole batch. ``row_groups=None`` means
+    identity (CLIP) targets.
+
+    ``chunk_size`` computes ``chunk_size`` rows at a time and the gradients with respect to
+    embeddings and ``logit_scale`` in the same pass, so that at most ``chunk_size x C`` logits exist at
+    once (the dense path keeps ``R x C`` for autograd). Half-precision inputs are computed in float32.
+    """
+    _check_pair(image_rows, text_rows)
+    _check_pair(image_cols, text_cols)
+    _check_scale(logit_scale)
+    rows, cols = image_rows.shape[0], image_cols.shape[0]
+    if image_rows.shape[1] != image_cols.shape[1]:
+        raise ValueError(f"rows have {image_rows.shape[1]} dimensions, columns {image_cols.shape[1]}")
+    if not 0 <= row_offset <= cols - rows:
+        raise ValueError(f"rows {row_offset}..{row_offset + rows - 1} do not lie in a batch of {cols}")
+    if (row_groups is None) != (col_groups is None):
+        raise ValueError("give group ids for both rows and columns, or for neither")
+    if row_groups is not None:
+        _check_group_ids(row_groups, rows)
+        _check_group_ids(col_groups, cols)
+        row_groups, col_groups = row_groups.to(image_rows.device), col_groups.to(image_rows.device)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ConfigError(f"loss chunk_size must be a positive integer, got {chunk_size!r}")
+    if not isinstance(logit_scale, Tensor):
+        logit_scale = torch.tensor(float(logit_scale), dtype=image_rows.dtype, device=image_rows.device)
+    positions = torch.arange(row_offset, row_offset + rows, device=image_rows.device)
+
+    if chunk_size is None:
+        positives = _positives(row_groups, col_groups, positions, cols)
+        image_to_text = _dense_row_loss(image_rows, text_cols, logit_scale, positives)
+        text_to_image = _dense_row_loss(text_rows, image_cols, logit_scale, positives)
+    else:
+        image_to_text = _ChunkedRowLoss.apply(image_rows, text_cols, logit_scale, row_groups,
+                                              col_groups, positions, chunk_size)
+        text_to_image = _ChunkedRowLoss.apply(text_rows, image_cols, logit_scale, row_groups,
+                                              col_groups, positions, chunk_size)
+    return (image_to_text + text_to_image) / (2 * rows)
+
+
+def _dense_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, positives: Tensor) -> Tensor:
+    """Sum over rows of the soft cross-entropy of ``scale * rows @ cols.T`` against ``positives``."""
+    logits = scale * (rows @ cols.T)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    targets = positives.to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum()
+
+
+class _ChunkedRowLoss(torch.autograd.Function):
+    """``_dense_row_loss`` computed ``chunk_size`` rows at a time, gradients included.
+
+    For a row i with logits ``l_i = s * x_i @ Y.T``, probabilities ``p_i = softmax(l_i)`` and soft
+    targets ``t_i`` (summing to 1), the loss is ``logsumexp(l_i) - t_i @ l_i`` and its gradient with
+    respect to the logits is ``g_i = p_i - t_i``; then ``d/dx_i = s * g_i @ Y``,
+    ``d/dY = s * g.T @ X`` and ``d/ds = sum(g * X @ Y.T) = sum_i x_i . (g_i @ Y)``. The forward pass
+    accumulates these, the backward pass only scales them by the incoming gradient. Per chunk it
+    holds two ``chunk x C`` float matrices (logits, turned into ``g`` in place, and the targets).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, cols: Tensor, scale: Tensor, row_groups: Tensor | None,
+                col_groups: Tensor | None, positions: Tensor, chunk_size: int) -> Tensor:
+        half = (torch.float16, torch.bfloat16)
+        dtype = torch.float32 if rows.dtype in half or cols.dtype in half else rows.dtype
+        x, y, s = rows.to(dtype), cols.to(dtype), scale.detach().to(dtype)
+        want_rows, want_cols, want_scale = ctx.needs_input_grad[:3]
+        want_any = want_rows or want_cols or want_scale
+        total = torch.zeros((), dtype=dtype, device=x.device)
+        grad_rows = torch.empty_like(x) if want_rows else None
+        grad_cols = torch.zeros_like(y) if want_cols else None
+        grad_scale = torch.zeros((), dtype=dtype, device=x.device) if want_scale else None
+        for start in range(0, x.shape[0], chunk_size):
+            stop = min(start + chunk_size, x.shape[0])
+            part = x[start:stop]
+            logits = (part @ y.T).mul_(s)
+            targets = _positives(None if row_groups is None else row_groups[start:stop], col_groups,
+                                 positions[start:stop], y.shape[0]).to(dtype)
+            count = targets.sum(dim=1)
+            # sum_j t_ij * l_ij as a batched row-by-row product: no third chunk x C matrix
+            target_logit = torch.bmm(targets.unsqueeze(1), logits.unsqueeze(2)).view(-1) / count
+            peak = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(peak).exp_()  # in place from here on
+            sum_exp = probs.sum(dim=1, keepdim=True)
+            total += (peak.view(-1) + sum_exp.view(-1).log() - target_logit).sum()
+            if not want_any:
+                continue
+            grad = probs.div_(sum_exp).sub_(targets.div_(count.unsqueeze(1)))  # p - t
+            rows_grad = grad @ y
+            if want_scale:
+                grad_scale += (part * rows_grad).sum()
+            if want_rows:
+                grad_rows[start:stop] = rows_grad * s
+            if want_cols:
+                grad_cols.addmm_(grad.T, part)
+        if want_cols:
+            grad_cols *= s
+        ctx.save_for_backward(grad_rows, grad_cols, grad_scale)
+        ctx.dtypes = (rows.dtype, cols.dtype, scale.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_rows, grad_cols, grad_scale = ctx.saved_tensors
+        rows_dtype, cols_dtype, scale_dtype = ctx.dtypes
+        out_rows = None if grad_rows is None else (grad_rows * grad_out).to(rows_dtype)
+        out_cols = None if grad_cols is None else (grad_cols * grad_out).to(cols_dtype)
+        out_scale = None if grad_scale is None else (grad_scale * grad_out).to(scale_dtype)
+        return out_rows, out_cols, out_scale, None, None, None, None
+
+
+class ContrastiveLoss(nn.Module):
+    """The contrastive loss as a strategy object: target mode, chunking and the ranks of the job are
+    fixed when it is built.
+
+    In a job of several processes (``torch.distributed`` initialised) every call gathers the
+    embeddings of all ranks, with gradients, and their catalog ids: negatives and catalog positives
+    are global. Each rank passes its own equally sized slice of the global batch, in rank order.
+
+    - default: every rank computes the loss of the whole global batch (C x C logits per rank);
+    - ``local_loss``: each rank computes its own R rows against all C columns (R x C logits, memory
+      linear in the global batch); the value returned is this rank's share, and
+      :meth:`global_value` gives the loss of the whole batch.
+
+    In both modes, gradients averaged over ranks (what DDP does) equal the single-process gradients
+    of the whole batch. ``chunk_size`` bounds the logits held at once (see
+    :func:`contrastive_loss_rows`).
+    """
+
+    def __init__(self, targets: str = "catalog", *, chunk_size: int | None = None,
+                 local_loss: bool = False):
         super().__init__()
         _check_targets(targets)
+        if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+            raise ConfigError(f"loss chunk_size must be a positive integer, got {chunk_size!r}")
         self.targets = targets
+        self.chunk_size = chunk_size
+        self.local_loss = local_loss
 
     def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
                 group_ids: Tensor | None = None) -> Tensor:
-        return contrastive_loss(image_emb, text_emb, logit_scale, group_ids, targets=self.targets)
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return contrastive_loss(image_emb, text_emb, logit_scale, group_ids, targets=self.targets,
+                                    chunk_size=self.chunk_size)
+        _check_pair(image_emb, text_emb)
+        groups = None if self.targets == "clip" else group_ids
+        if groups is not None:
+            _check_group_ids(groups, image_emb.shape[0])
+            groups = groups.to(image_emb.device)
+        all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
+        all_groups = None if groups is None else gather(groups)
+        if self.local_loss:
+            offset = dist.get_rank() * image_emb.shape[0]
+            return contrastive_loss_rows(image_emb, text_emb, all_image, all_text, logit_scale, groups,
+                                         all_groups, offset, chunk_size=self.chunk_size)
+        return contrastive_loss_rows(all_image, all_text, all_image, all_text, logit_scale, all_groups,
+                                     all_groups, 0, chunk_size=self.chunk_size)
+
+    def global_value(self, loss: Tensor) -> Tensor:
+        """The loss of the whole global batch, detached: the same number on every rank."""
+        return all_reduce_mean(loss) if self.local_loss else loss.detach()
 
     def extra_repr(self) -> str:
-        return f"targets={self.targets!r}"
+        return (f"targets={self.targets!r}, chunk_size={self.chunk_size}, "
+                f"local_loss={self.local_loss}")

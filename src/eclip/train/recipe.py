@@ -24,6 +24,9 @@ class DataConfig:
     val_fraction: float = 0.1  # used when the catalog has no split column: held out by catalog
     text: dict[str, Any] = field(default_factory=dict)  # ComposerConfig for training text
     augment: bool = False  # random-resized crops on training images
+    # prepared shards (`eclip prepare`) to stream instead of reading `catalog` into memory
+    shards: str | None = None
+    shuffle_buffer: int = 1000  # samples shuffled together per loader worker when streaming shards
 
 
 @dataclass
@@ -33,7 +36,19 @@ class TrainConfig:
     targets: str = "catalog"  # "catalog" (e-CLIP) or "clip" (identity targets, for ablation)
     epochs: int = 5
     max_steps: int | None = None  # stop early after this many optimizer steps
-    batch_size: int = 64
+    batch_size: int = 64  # the global contrastive batch: all ranks and streams together
+    # the batch grows by step, e.g. [{step: 0, batch_size: 1024}, {step: 2000, batch_size: 8192}]
+    batch_schedule: list[dict[str, int]] | None = None
+    lr_scaling: str = "sqrt"  # lr * (batch / first batch) ** p: "sqrt" p=0.5, "linear" p=1, "none"
+    # rows per rank embedded at once; set it for multi-stream accumulation (batch = micro x streams
+    # x ranks): activation memory stays that of one micro-batch
+    micro_batch_size: int | None = None
+    loss_chunk_size: int | None = None  # rows of the similarity matrix computed at a time
+    local_loss: bool = False  # each rank: its rows against all columns (memory linear in the batch)
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast around the towers)
+    grad_checkpointing: bool = False  # recompute tower activations in the backward pass
+    compile: bool = False  # torch.compile the towers
+    device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
     per_group: int = 2  # listings of one catalog kept together in a batch (1 = plain shuffle)
     lr: float = 1e-4
     tower_lr_scale: float = 1.0  # learning rate of unlocked towers relative to the heads

@@ -1,6 +1,7 @@
 """A training job from a recipe: read and validate the catalog, split it, build the model, train.
 
-The CLI's ``eclip train`` and the demo both come through here.
+The CLI's ``eclip train`` comes through here, also under ``torchrun`` (every rank runs it; rank 0
+reports and writes). With ``data.shards`` the listings are streamed from prepared shards instead.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.readers import CatalogRead, read_catalog
 from eclip.catalog.schema import Listing
 from eclip.errors import ConfigError
 from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
+from eclip.train.distributed import DistEnv, barrier, init_distributed, shutdown
 from eclip.train.recipe import Recipe
+from eclip.train.sources import shard_listings
 from eclip.train.trainer import TrainResult, train
 
 
@@ -58,16 +63,59 @@ def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
     return DualEncoder.build(config, tokenizer=tokenizer)
 
 
+def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, out_dir: Path) -> DualEncoder:
+    """The model before training, seeded by ``train.seed`` and the same on every rank: in a job of
+    several ranks rank 0 builds it (a scratch text tower trains its tokenizer) and saves it to
+    OUTPUT_DIR/init_model, and every rank loads that copy."""
+    torch.manual_seed(recipe.train.seed)
+    if not env.distributed:
+        return build_model(recipe, train_listings)
+    init_dir = out_dir / "init_model"
+    if env.is_main:
+        build_model(recipe, train_listings).save_pretrained(init_dir)
+    barrier()
+    return DualEncoder.from_pretrained(init_dir)
+
+
 def run_training(recipe: Recipe, *, resume: bool = False,
                  log: Callable[[str], None] = print) -> TrainResult:
-    read = load_catalog(recipe, progress=recipe.train.progress)
+    env = init_distributed(recipe.train.device)
+    if not env.is_main:
+        log = _silent
     out_dir = Path(recipe.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    read.write_report(out_dir / "bad_rows.json")
+    try:
+        if recipe.data.shards:
+            splits = _shard_splits(recipe, log)
+        else:
+            splits = _catalog_splits(recipe, out_dir, env, log)
+        model = initial_model(recipe, splits.train, env, out_dir)
+        return train(recipe, model, splits.train, splits.val, resume=resume, log=log)
+    finally:
+        shutdown()
+
+
+def _catalog_splits(recipe: Recipe, out_dir: Path, env: DistEnv, log: Callable[[str], None]) -> Splits:
+    read = load_catalog(recipe, progress=recipe.train.progress and env.is_main)
+    if env.is_main:
+        read.write_report(out_dir / "bad_rows.json")
     log(read.summary())
     if read.issues:
         log(f"bad-row report: {out_dir / 'bad_rows.json'}")
     splits = split_listings(read.listings, recipe)
     log(f"{len(splits.train)} training and {len(splits.val)} validation listings")
-    model = build_model(recipe, splits.train)
-    return train(recipe, model, splits.train, splits.val, resume=resume, log=log)
+    return splits
+
+
+def _shard_splits(recipe: Recipe, log: Callable[[str], None]) -> Splits:
+    """Training data stream from the shards; the listings are read here only where a scratch text
+    tower needs them for its tokenizer. Validation is not run (evaluate the saved model instead)."""
+    needs_text = DualEncoderConfig.from_dict(dict(recipe.model)).text_tower == "scratch"
+    listings = shard_listings(recipe.data.shards, recipe.data.train_split) if needs_text else []
+    log(f"streaming {recipe.data.shards} (split {recipe.data.train_split!r}); no validation during "
+        "training from shards")
+    return Splits(listings, [], [])
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""

@@ -1,0 +1,141 @@
+"""Global catalog-aware negatives across processes equal the single-process computation.
+
+The test starts 2 and 4 processes on the CPU (gloo; forked, so that they need not import torch
+again, with torchrun's environment variables), each with its slice of one global batch in
+which catalogs straddle ranks (row 0 on rank 0 and the last row on the last rank share a catalog). Every
+rank computes the loss (whole-batch and local-loss modes, dense and chunked) and, for a toy model
+wrapped in DDP, the parameter gradients of a plain step and of a multi-stream step. The test then
+checks them against one process holding the whole batch. ``test_torchrun.py`` launches the real
+``eclip train`` under torchrun.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from toy_model import ToyDualEncoder, grads, rows_of, toy_batch
+
+from eclip.train.accumulate import Embedder, MultiStreamStep, WholeBatchStep
+from eclip.train.features import pixel_input
+from eclip.train.loss import ContrastiveLoss, contrastive_loss
+from eclip.train.precision import Precision
+
+ROWS_PER_RANK = 4
+DIM = 5
+LOSS_MODES = {  # name: (targets, local_loss, chunk_size)
+    "global": ("catalog", False, None),
+    "global_chunked": ("catalog", False, 3),
+    "local": ("catalog", True, None),
+    "local_chunked": ("catalog", True, 3),
+    "local_clip": ("clip", True, None),
+}
+STEP_MODES = {  # name: (step, local_loss, chunk_size)
+    "plain": (WholeBatchStep(), False, None),
+    "plain_local_chunked": (WholeBatchStep(), True, 3),
+    "streams_local_chunked": (MultiStreamStep(), True, 2),
+}
+
+
+def _global_embeddings(world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    rows = ROWS_PER_RANK * world
+    image = torch.nn.functional.normalize(torch.randn(rows, DIM, generator=gen, dtype=torch.float64), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(rows, DIM, generator=gen, dtype=torch.float64), dim=1)
+    return image, text, toy_batch(rows)["group"]
+
+
+def _loss_and_grads(image, text, groups, targets, loss_fn):
+    image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
+    scale = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(image, text, scale, groups)
+    value = loss_fn.global_value(loss) if hasattr(loss_fn, "global_value") else loss.detach()
+    loss.backward()
+    return {"loss": value, "image": image.grad, "text": text.grad, "scale": scale.grad}
+
+
+def worker(rank: int, world: int, port: int, out: Path) -> None:
+    from eclip.train.distributed import init_distributed, shutdown, wrap_data_parallel
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    env = init_distributed("cpu")
+    rank, world = env.rank, env.world_size
+    mine = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+    image, text, groups = _global_embeddings(world)
+    results: dict[str, dict] = {}
+    for name, (targets, local, chunk) in LOSS_MODES.items():
+        loss_fn = ContrastiveLoss(targets, local_loss=local, chunk_size=chunk)
+        results[name] = _loss_and_grads(image[mine], text[mine], groups[mine], targets, loss_fn)
+
+    batch = toy_batch(ROWS_PER_RANK * world)
+    local_batch = rows_of(batch, mine.start, mine.stop)
+    for name, (step, local, chunk) in STEP_MODES.items():
+        model = ToyDualEncoder(seed=rank)  # DDP must broadcast rank 0's weights
+        embedder = wrap_data_parallel(Embedder(model, pixel_input), env)
+        units = [rows_of(local_batch, k, k + 2) for k in range(0, ROWS_PER_RANK, 2)]
+        loss = step(embedder, units, ContrastiveLoss(local_loss=local, chunk_size=chunk), Precision())
+        results[name] = {"loss": loss, "grads": grads(model)}
+    torch.save(results, out / f"rank{rank}.pt")
+    shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(world: int, out: Path) -> list[dict]:
+    port, context = _free_port(), multiprocessing.get_context("fork")
+    procs = [context.Process(target=worker, args=(rank, world, port, out)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    for rank, proc in enumerate(procs):
+        if proc.is_alive():
+            proc.kill()
+        assert proc.exitcode == 0, f"rank {rank} failed (exit code {proc.exitcode}); see its stderr"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_global_negatives_equal_the_single_process_computation(tmp_path, world):
+    results = _launch(world, tmp_path)
+    image, text, groups = _global_embeddings(world)
+    # a catalog straddles rank 0 and the last rank: without gathering it would be no positive, and
+    # a rank's slice alone gives another loss than the global batch
+    assert groups[0] == groups[-1]
+    alone = contrastive_loss(image[:ROWS_PER_RANK], text[:ROWS_PER_RANK], 9.0, groups[:ROWS_PER_RANK])
+    assert alone.item() != pytest.approx(contrastive_loss(image, text, 9.0, groups).item(), abs=1e-3)
+
+    for name, (targets, _, _) in LOSS_MODES.items():
+        single = _loss_and_grads(image, text, groups, targets,
+                                 lambda i, t, s, g, targets=targets: contrastive_loss(i, t, s, g, targets))
+        for rank, result in enumerate(results):
+            got = result[name]
+            mine = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+            assert got["loss"].item() == pytest.approx(single["loss"].item(), abs=1e-10), (name, rank)
+            # gathered gradients come back summed over ranks; DDP's average divides by the world
+            for key in ("image", "text"):
+                torch.testing.assert_close(got[key] / world, single[key][mine], atol=1e-5, rtol=0,
+                                           msg=f"{name} rank {rank} {key}")
+        mean_scale_grad = sum(r[name]["scale"] for r in results) / world
+        torch.testing.assert_close(mean_scale_grad, single["scale"], atol=1e-5, rtol=0)
+
+    batch = toy_batch(ROWS_PER_RANK * world)
+    model = ToyDualEncoder(seed=0)
+    loss = WholeBatchStep()(Embedder(model, pixel_input), [batch], ContrastiveLoss(), Precision())
+    expected = grads(model)
+    for name in STEP_MODES:
+        for rank, result in enumerate(results):
+            assert result[name]["loss"] == pytest.approx(loss, abs=1e-10), (name, rank)
+            for param, grad in expected.items():
+                torch.testing.assert_close(result[name]["grads"][param], grad, atol=1e-5, rtol=0,
+                                           msg=f"{name} rank {rank} {param}")

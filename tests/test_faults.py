@@ -1,0 +1,205 @@
+"""Faults: a run killed with SIGKILL resumes exactly; non-finite losses are skipped, then stop the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import eclip.train.trainer as trainer_mod
+from eclip.catalog.readers import read_catalog
+from eclip.errors import EclipError
+from eclip.model import DualEncoder
+from eclip.train.recipe import load_recipe
+from eclip.train.run import split_listings
+from eclip.train.trainer import MAX_BAD_STEPS, train
+
+OVERRIDES = ["train.batch_size=16", "train.epochs=3", "train.max_steps=8", "train.log_every=1",
+             "train.checkpoint_every=3", "train.warmup_steps=2", "train.progress=false",
+             "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"]
+
+# The killed run: a real process whose fifth loss call (inside step 5: after the checkpoint of step
+# 3 and the metrics of step 4) waits until the test kills it.
+CHILD = """
+import sys, time
+import eclip.train.trainer as trainer_mod
+from eclip.catalog.readers import read_catalog
+from eclip.model import DualEncoder
+from eclip.train.recipe import load_recipe
+from eclip.train.run import split_listings
+
+real_forward = trainer_mod.ContrastiveLoss.forward
+calls = 0
+
+def slow_forward(self, *args, **kwargs):
+    global calls
+    calls += 1
+    if calls == 5:
+        time.sleep(120)
+    return real_forward(self, *args, **kwargs)
+
+trainer_mod.ContrastiveLoss.forward = slow_forward
+catalog, model_dir, out, *overrides = sys.argv[1:]
+listings = split_listings(read_catalog(catalog).listings, load_recipe(None)).train
+trainer_mod.train(load_recipe(None, [f"train.output_dir={out}", *overrides]),
+                  DualEncoder.from_pretrained(model_dir), listings, log=lambda s: None)
+"""
+
+
+def _recipe(out, *extra):
+    return load_recipe(None, [f"train.output_dir={out}", *OVERRIDES, *extra])
+
+
+def _rows(out):
+    rows = {}
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            rows[row["step"]] = row["loss"]  # a resumed run rewrites the steps after its checkpoint
+    return rows
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a small shared machine train faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def listings(tiny_catalog):
+    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None)).train
+
+
+def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
+                                                                listings):
+    killed = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), str(tiny_catalog), str(tiny_model_dir),
+                              str(killed), *OVERRIDES], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        full = tmp_path / "full"  # the uninterrupted run, while the child gets going
+        reference = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), listings,
+                          log=lambda s: None)
+        assert reference.steps == 8
+        deadline = time.monotonic() + 120
+        while max(_rows(killed), default=0) < 4:
+            assert child.poll() is None, f"the run ended before it was killed:\n{child.stderr.read()}"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.stderr.close()
+    assert max(_rows(killed)) == 4
+    assert (killed / "checkpoints" / "last.pt").is_file()
+    assert not (killed / "model").exists()  # the run did not finish
+
+    messages = []
+    resumed = train(_recipe(killed), DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
+                    log=messages.append)
+    assert resumed.steps == 8
+    assert any(m.startswith("resumed from") and m.endswith("at step 3") for m in messages)
+    expected, got = _rows(full), _rows(killed)
+    assert sorted(got) == sorted(expected) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    a = DualEncoder.from_pretrained(full / "model").state_dict()
+    b = DualEncoder.from_pretrained(killed / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+def _nan_loss(monkeypatch, bad_calls):
+    real_loss = trainer_mod.ContrastiveLoss
+
+    class NanLoss(real_loss):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            NanLoss.calls += 1
+            loss = super().forward(*args, **kwargs)
+            return loss * float("nan") if NanLoss.calls in bad_calls else loss
+
+    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", NanLoss)
+    return NanLoss
+
+
+def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listings, monkeypatch):
+    loss_cls = _nan_loss(monkeypatch, bad_calls={2})
+    out = tmp_path / "run"
+    messages = []
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    result = train(_recipe(out, "train.max_steps=4"), model, listings, log=messages.append)
+    assert result.steps == 4 and loss_cls.calls == 5  # one batch more than steps: the skipped one
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in rows if r.get("skipped_nonfinite_loss")]
+    assert [r["step"] for r in skipped] == [1]  # after one good step
+    assert any("non-finite loss; step skipped" in m for m in messages)
+    assert sorted(_rows(out)) == [1, 2, 3, 4]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, listings, monkeypatch):
+    loss_cls = _nan_loss(monkeypatch, bad_calls=set(range(3, 100)))
+    out = tmp_path / "run"
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    with pytest.raises(EclipError, match=f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss"):
+        train(_recipe(out), model, listings, log=lambda s: None)
+    assert loss_cls.calls == 2 + MAX_BAD_STEPS
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if r.get("skipped_nonfinite_loss")) == MAX_BAD_STEPS
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_run_streaming_shards_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
+                                                             monkeypatch):
+    from eclip.catalog.shards import prepare_shards
+
+    shards = tmp_path / "shards"
+    prepare_shards(read_catalog(tiny_catalog, check_images=False), shards, shard_size=20, image_size=32,
+                   progress=False)
+    extra = [f"data.shards={shards}", "data.shuffle_buffer=16", "train.max_steps=6", "train.batch_size=8",
+             "train.checkpoint_every=2"]
+    full = tmp_path / "full"
+    train(_recipe(full, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
+
+    class Crash(RuntimeError):
+        pass
+
+    real_loss = trainer_mod.ContrastiveLoss
+
+    class CrashingLoss(real_loss):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            CrashingLoss.calls += 1
+            if CrashingLoss.calls == 4:  # in step 4, after the checkpoint of step 2
+                raise Crash()
+            return super().forward(*args, **kwargs)
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
+    with pytest.raises(Crash):
+        train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
+    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real_loss)
+    train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], resume=True,
+          log=lambda s: None)
+    expected, got = _rows(full), _rows(crashed)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
