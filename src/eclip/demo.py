@@ -1,7 +1,10 @@
 """``eclip demo``: generate the demo catalog, align three ways, evaluate on held-out catalogs.
 
-Three models share the same towers: ``baseline`` (the towers before alignment, projections at their
-initialisation), ``clip`` (trained with identity targets) and ``eclip`` (catalog-aware targets).
+Three models share the same towers: ``baseline`` (the towers before alignment), ``clip`` (trained
+with identity targets) and ``eclip`` (catalog-aware targets). The evaluation is the suite of
+``eclip eval`` (``eclip.tasks.suite``: five tasks, image / text / both, with the TF-IDF reference),
+which reads the baseline as its towers' features; ``evaluate`` is the quick retrieval + zero-shot
+check that benchmarks use.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import Callable
 
 import torch
 
-from eclip.catalog.compose import ComposerConfig, TextComposer
+from eclip.catalog.compose import TextComposer
 from eclip.catalog.demo import make_demo_catalog
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
+from eclip.tasks.context import EvalConfig
 from eclip.tasks.embed import Embeddings, embed_listings, eval_transform
 from eclip.tasks.report import Report
-from eclip.tasks.retrieval import HIT_RULE, recall_at_k
+from eclip.tasks.retrieval import recall_at_k
+from eclip.tasks.suite import run_suite
 from eclip.tasks.zeroshot import zero_shot_accuracy
 from eclip.train.features import ImageFeatureCache
 from eclip.train.recipe import Recipe, load_recipe
@@ -98,18 +103,18 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     recipe.train.progress = progress
     torch.manual_seed(seed)
 
-    log(f"[1/4] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
+    log(f"[1/5] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
     read, splits = prepare_demo_catalog(out_dir, recipe, listings=listings, seed=seed,
                                         progress=progress, log=log)
 
-    log("[2/4] towers before alignment (baseline)")
+    log("[2/5] towers before alignment (baseline)")
     baseline = build_model(recipe, splits.train)
     baseline.save_pretrained(out_dir / "models" / "baseline")
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=progress)
 
     trained = {"baseline": baseline}
     for step, (name, targets) in enumerate(MODELS, start=3):
-        log(f"[{step}/4] training '{name}' ({targets} targets)")
+        log(f"[{step}/5] training '{name}' ({targets} targets)")
         run = copy.deepcopy(recipe)
         run.train.targets = targets
         run.train.output_dir = str(out_dir / "runs" / name)
@@ -118,23 +123,17 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
                        image_cache=image_cache, log=log)
         trained[name] = result.model
 
-    log("evaluating on held-out catalogs")
-    report = Report(title="eclip demo: held-out catalogs")
-    composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
-    for name, model in trained.items():
-        evaluate(report, name, model, splits.test, composer, image_cache, progress=progress)
-    n_catalogs = len({x.group_id for x in splits.test})
-    report.meta.update({"test_listings": len(splits.test), "test_products": n_catalogs,
-                        "train_listings": len(splits.train), "seed": seed,
-                        "recipe": to_dict(recipe), "seconds": round(time.perf_counter() - started, 1)})
-    report.notes += [
-        f"Retrieval: every test listing's text (or image) is a query against the {len(splits.test)} "
-        f"test listings' images (or texts); {HIT_RULE}.",
-        f"Zero-shot category: each test image against prompts for the {report.meta['zero_shot_classes']}"
-        f" leaf categories of the test split (chance {report.meta['zero_shot_chance']:.3f}).",
-        "baseline: the towers before alignment (projections at initialisation); clip: trained with "
-        "identity targets; eclip: trained with catalog-aware targets.",
-    ]
+    log("[5/5] evaluation suite: five tasks x image/text/both on held-out catalogs")
+    caches = [image_cache] if image_cache is not None else None
+    report = run_suite(
+        trained, read.listings, config=EvalConfig(), image_caches=caches, out_dir=out_dir,
+        title="eclip demo: held-out catalogs", progress=progress, log=log,
+        meta={"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)},
+        notes=["baseline: the towers before alignment; clip: trained with identity targets; "
+               "eclip: trained with catalog-aware targets (same towers, recipe and data)."]).report
+    seconds = time.perf_counter() - started
+    report.meta["seconds"] = round(seconds, 1)
     report.write(out_dir)
-    log(report.to_markdown())
-    return DemoResult(report, out_dir, time.perf_counter() - started)
+    log(report.summary_markdown())
+    log(f"full report: {out_dir / 'report.md'}, {out_dir / 'report.html'}")
+    return DemoResult(report, out_dir, seconds)

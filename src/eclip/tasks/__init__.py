@@ -1,1 +1,2 @@
-"""Downstream evaluation: embedding a catalog, retrieval, zero-shot classification, the report."""
+"""Downstream evaluation: embed a catalog once, then the five e-commerce tasks (category, attribute,
+matching, clustering, adult) with image / text / both against baselines, and the report."""

@@ -1,4 +1,10 @@
-"""The evaluation report: rows of (task, modality, model, metric, value), as JSON and Markdown."""
+"""The evaluation report: rows of (task, modality, model, metric, value, std), as JSON and Markdown.
+
+A task may have a *headline* metric: the Markdown then opens the task with a table of that metric
+(modalities as rows, models as columns, the best in bold) and a one-line verdict that gives the
+margins of the ``subject`` model (e.g. eclip) over every other model, followed by the table of all
+metrics. Reference models (e.g. the TF-IDF reference) get margins too but do not decide the verdict.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Counts describe a result rather than rank models: they are never bolded.
+UNRANKED_METRICS = frozenset({"tp", "fp", "fn", "tn", "clusters"})
+MODALITY_ORDER = ("image", "text", "both")
 
 
 @dataclass
@@ -18,51 +28,145 @@ class Row:
     std: float | None = None
 
 
+def format_value(value: float, std: float | None = None) -> str:
+    text = f"{value:.3f}"
+    return text + (f" ± {std:.3f}" if std is not None else "")
+
+
 @dataclass
 class Report:
     title: str = "eclip evaluation"
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    headlines: dict[str, str] = field(default_factory=dict)  # task -> metric of its verdict
+    subject: str = "eclip"  # the model the verdicts speak about
+    references: list[str] = field(default_factory=list)  # compared, but not part of the verdict
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it did not run
 
     def add(self, task: str, modality: str, model: str, metric: str, value: float,
             std: float | None = None) -> None:
-        self.rows.append(Row(task, modality, model, metric, float(value), std))
+        self.rows.append(Row(task, modality, model, metric, float(value),
+                             None if std is None else float(std)))
 
-    def value(self, task: str, modality: str, model: str, metric: str) -> float:
+    def find(self, task: str, modality: str, model: str, metric: str) -> Row | None:
         for row in self.rows:
             if (row.task, row.modality, row.model, row.metric) == (task, modality, model, metric):
-                return row.value
-        raise KeyError((task, modality, model, metric))
+                return row
+        return None
+
+    def value(self, task: str, modality: str, model: str, metric: str) -> float:
+        row = self.find(task, modality, model, metric)
+        if row is None:
+            raise KeyError((task, modality, model, metric))
+        return row.value
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.model for r in self.rows))
 
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(r.task for r in self.rows))
+
+    def modalities(self, task: str, metric: str | None = None) -> list[str]:
+        found = dict.fromkeys(r.modality for r in self.rows
+                              if r.task == task and (metric is None or r.metric == metric))
+        return sorted(found, key=lambda m: (MODALITY_ORDER.index(m) if m in MODALITY_ORDER
+                                            else len(MODALITY_ORDER), list(found).index(m)))
+
+    # ---------------------------------------------------------------------------------- verdicts
+    def margins(self, task: str) -> dict[str, dict[str, float]]:
+        """``{other model: {modality: subject value - other value}}`` on the task's headline."""
+        metric = self.headlines.get(task)
+        if metric is None:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for modality in self.modalities(task, metric):
+            mine = self.find(task, modality, self.subject, metric)
+            if mine is None:
+                continue
+            for row in self.rows:
+                if ((row.task, row.modality, row.metric) == (task, modality, metric)
+                        and row.model != self.subject):
+                    out.setdefault(row.model, {})[modality] = mine.value - row.value
+        return out
+
+    def beats_all(self, task: str) -> bool | None:
+        """Whether the subject beats every non-reference model in every modality (None: no data)."""
+        margins = {m: d for m, d in self.margins(task).items() if m not in self.references}
+        if not margins:
+            return None
+        return all(d > 0 for per_modality in margins.values() for d in per_modality.values())
+
+    def verdict(self, task: str) -> str | None:
+        """One line: does the subject beat the others in every modality, with the margins."""
+        margins = self.margins(task)
+        if not margins:
+            return None
+        parts = []
+        for other, per_modality in margins.items():
+            wins = sum(d > 0 for d in per_modality.values())
+            shown = ", ".join(f"{m} {d:+.3f}" for m, d in per_modality.items())
+            parts.append(f"{other} in {wins}/{len(per_modality)} ({shown})")
+        answer = {True: "yes", False: "no", None: "n/a"}[self.beats_all(task)]
+        return (f"{task} ({self.headlines[task]}): {answer} — {self.subject} beats "
+                + "; ".join(parts))
+
+    # ------------------------------------------------------------------------------------ output
     def to_json(self) -> dict[str, Any]:
         return {"title": self.title, "meta": self.meta, "notes": self.notes,
+                "headlines": self.headlines, "subject": self.subject,
+                "references": self.references, "skipped": self.skipped,
+                "verdicts": {t: {"line": self.verdict(t), "beats_all": self.beats_all(t),
+                                 "margins": self.margins(t)}
+                             for t in self.tasks() if t in self.headlines},
                 "rows": [asdict(r) for r in self.rows]}
+
+    def headline_table(self, task: str) -> list[str]:
+        metric = self.headlines[task]
+        models = [m for m in self.models()
+                  if any(r.model == m and r.task == task and r.metric == metric
+                         for r in self.rows)]
+        lines = [f"| {metric} | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for modality in self.modalities(task, metric):
+            cells = {m: self.find(task, modality, m, metric) for m in models}
+            lines.append(f"| {modality} | " + " | ".join(_cells(cells, models, metric)) + " |")
+        return lines
+
+    def summary_markdown(self) -> str:
+        """The title, the verdicts, the skipped tasks and each task's headline table."""
+        lines = [f"# {self.title}", ""]
+        lines += [f"- {v}" for v in (self.verdict(t) for t in self.tasks()) if v] + [""]
+        lines += [f"- skipped {task}: {reason}" for task, reason in self.skipped.items()]
+        for task in self.tasks():
+            if task in self.headlines and self.modalities(task, self.headlines[task]):
+                lines += ["", f"## {task}", ""] + self.headline_table(task)
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self) -> str:
         models = self.models()
         lines = [f"# {self.title}", ""]
-        for task in dict.fromkeys(r.task for r in self.rows):
-            lines += [f"## {task}", "", "| modality | metric | " + " | ".join(models) + " |",
+        verdicts = [self.verdict(t) for t in self.tasks() if t in self.headlines]
+        if any(verdicts):
+            lines += ["## Verdicts", ""] + [f"- {v}" for v in verdicts if v] + [""]
+        if self.skipped:
+            lines += ["## Skipped tasks", ""]
+            lines += [f"- {task}: {reason}" for task, reason in self.skipped.items()] + [""]
+        for task in self.tasks():
+            lines += [f"## {task}", ""]
+            if task in self.headlines and any(r.task == task and r.metric == self.headlines[task]
+                                              for r in self.rows):
+                lines += self.headline_table(task) + [""]
+                verdict = self.verdict(task)
+                if verdict:
+                    lines += [f"Verdict: {verdict}", ""]
+            lines += ["| modality | metric | " + " | ".join(models) + " |",
                       "|---|---|" + "---|" * len(models)]
             keys = dict.fromkeys((r.modality, r.metric) for r in self.rows if r.task == task)
             for modality, metric in keys:
                 cells = {r.model: r for r in self.rows
                          if (r.task, r.modality, r.metric) == (task, modality, metric)}
-                best = max((c.value for c in cells.values()), default=None)
-                shown = []
-                for m in models:
-                    if m not in cells:
-                        shown.append("–")
-                        continue
-                    text = f"{cells[m].value:.3f}"
-                    if cells[m].std is not None:
-                        text += f" ± {cells[m].std:.3f}"
-                    shown.append(f"**{text}**" if cells[m].value == best and len(cells) > 1 else text)
-                lines.append(f"| {modality} | {metric} | " + " | ".join(shown) + " |")
+                lines.append(f"| {modality} | {metric} | "
+                             + " | ".join(_cells(cells, models, metric)) + " |")
             lines.append("")
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
@@ -75,3 +179,24 @@ class Report:
         json_path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
         md_path.write_text(self.to_markdown(), encoding="utf-8")
         return json_path, md_path
+
+
+def ranked_cells(cells: dict[str, Row | None], models: list[str],
+                 metric: str) -> list[tuple[str, bool]]:
+    """Per model in order: the formatted value ('–' if absent) and whether it is the best of two or
+    more (counts are never ranked)."""
+    present = [c for c in cells.values() if c is not None]
+    best = max((c.value for c in present), default=None)
+    rank = len(present) > 1 and metric not in UNRANKED_METRICS
+    out = []
+    for m in models:
+        cell = cells.get(m)
+        if cell is None:
+            out.append(("–", False))
+        else:
+            out.append((format_value(cell.value, cell.std), rank and cell.value == best))
+    return out
+
+
+def _cells(cells: dict[str, Row | None], models: list[str], metric: str) -> list[str]:
+    return [f"**{text}**" if best else text for text, best in ranked_cells(cells, models, metric)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,11 +19,22 @@ def category_prompts(category: str, templates: Sequence[str] = DEFAULT_TEMPLATES
     return [t.format(path=" > ".join(parts), leaf=parts[-1], top=parts[0]) for t in templates]
 
 
+def class_vectors(encode: Callable[[list[str]], np.ndarray],
+                  prompts: Sequence[Sequence[str]]) -> np.ndarray:
+    """One unit vector per class: the normalised mean of the vectors of its prompts (an ensemble).
+
+    ``encode`` maps texts to unit vectors of the joint space; every class has the same number of
+    prompts.
+    """
+    flat = [p for class_prompts in prompts for p in class_prompts]
+    emb = encode(flat).reshape(len(prompts), len(prompts[0]), -1).mean(axis=1)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
 def class_embeddings(model, classes: Sequence[str],
                      templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
-    prompts = [p for c in classes for p in category_prompts(c, templates)]
-    emb = embed_texts(model, prompts).reshape(len(classes), len(templates), -1).mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return class_vectors(lambda texts: embed_texts(model, texts),
+                         [category_prompts(c, templates) for c in classes])
 
 
 def zero_shot_accuracy(model, embeddings: np.ndarray, labels: Sequence[str],

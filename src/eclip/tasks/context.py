@@ -1,0 +1,101 @@
+"""What every task receives: the splits, each model's views, the settings, the report to fill in."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from eclip.tasks.data import TASKS, EvalSplits
+from eclip.tasks.probes import ProbeRun, run_probe
+from eclip.tasks.report import Report
+from eclip.tasks.views import ModelViews
+
+T = TypeVar("T")
+Job = tuple[ModelViews, str]  # a model's views and one modality
+
+@dataclass
+class EvalConfig:
+    """The ``eval`` section of a recipe (``configs/eval.yaml``)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    subject: str = "eclip"  # the model whose verdicts the report states
+    tower_features: list[str] = field(default_factory=lambda: ["baseline"])  # models read as towers
+    reference: bool = True  # the TF-IDF title reference (and the title-span attribute extractor)
+    seeds: int = 3  # probe seeds; each trains on a share of the training catalogs
+    probe_fraction: float = 0.8  # that share
+    probe_c: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0])  # C grid (val)
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # no split column
+    hard_negatives: int = 1  # per listing: same category, similar title, another catalog
+    random_negatives: int = 1  # per listing: any other catalog
+    knn_k: int = 10  # neighbours per listing in the clustering graph
+    map_points: int = 500  # listings in the 2-D map (t-SNE) of the HTML report
+    plots: bool = True  # report.html with plots
+    batch_size: int = 128
+    workers: int = 2  # threads for the (model, modality) jobs of a task (fits release the GIL)
+
+
+@dataclass
+class TaskContext:
+    splits: EvalSplits
+    views: list[ModelViews]
+    config: EvalConfig
+    report: Report
+    figures: dict[str, Any] = field(default_factory=dict)  # plot data for the HTML report
+    shared: dict[str, Any] = field(default_factory=dict)  # what several steps reuse (pairs)
+    log: Callable[[str], None] = print
+
+    @property
+    def groups(self) -> list[str]:
+        return [x.group_id for x in self.splits.listings]
+
+    def rows(self, name: str, has: Callable[[Any], bool] | None = None) -> np.ndarray:
+        """Indices of the listings of split ``name`` (those for which ``has`` holds)."""
+        rows = self.splits.index(name)
+        if has is None:
+            return rows
+        return np.asarray([i for i in rows if has(self.splits.listings[i])], dtype=np.int64)
+
+    def jobs(self) -> list[Job]:
+        return [(views, modality) for views in self.views for modality in views.modalities]
+
+    def parallel(self, fn: Callable[[Job], T], jobs: list[Job]) -> list[T]:
+        """``fn`` over ``jobs``, results in job order, on ``config.workers`` threads (the heavy
+        parts, BLAS and L-BFGS, release the GIL; each job is deterministic on its own)."""
+        if self.config.workers <= 1 or len(jobs) < 2:
+            return [fn(job) for job in jobs]
+        with ThreadPoolExecutor(self.config.workers) as pool:
+            return list(pool.map(fn, jobs))
+
+    def probe(self, task: str, job: Job, labels: np.ndarray, train: np.ndarray, val: np.ndarray,
+              test: np.ndarray, **options) -> ProbeRun:
+        """``run_probe`` with the configured seeds, share and C grid; the chosen C and the number
+        of fits stopped at max_iter are kept in ``shared["probe_C"]`` and ``shared["probe_capped"]``
+        under "task/model/modality" (plus ``options["key"]``)."""
+        views, modality = job
+        key = options.pop("key", None)
+        run = run_probe(views.task[modality], labels, train, val, test, self.groups,
+                        seeds=self.config.seeds, fraction=self.config.probe_fraction,
+                        c_grid=self.config.probe_c, **options)
+        name = "/".join([task, views.name, modality] + ([key] if key else []))
+        self.shared.setdefault("probe_C", {})[name] = run.C
+        self.shared.setdefault("probe_capped", {})[name] = run.capped
+        return run
+
+    def add(self, task: str, modality: str, model: str, metric: str,
+            values: float | list[float]) -> None:
+        """One report row; a list of per-seed values becomes mean and sample std."""
+        if isinstance(values, (list, tuple)):
+            arr = np.asarray(values, dtype=float)
+            std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+            self.report.add(task, modality, model, metric, float(arr.mean()), std)
+        else:
+            self.report.add(task, modality, model, metric, float(values))
+
+    def add_all(self, task: str, modality: str, model: str, prefix: str,
+                per_seed: list[dict[str, float]]) -> None:
+        """Rows for every key of per-seed metric dicts, named ``prefix + key``."""
+        for key in per_seed[0]:
+            self.add(task, modality, model, prefix + key, [m[key] for m in per_seed])

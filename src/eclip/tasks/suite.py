@@ -1,0 +1,238 @@
+"""The evaluation suite: embed a catalog once per model, run the five tasks, write the report.
+
+    >>> result = run_suite({"eclip": model}, listings, out_dir="eval_out")   # doctest: +SKIP
+
+Models are dual encoders by name; the ones named in ``EvalConfig.tower_features`` (``baseline`` by
+default) are read as their towers' features. The TF-IDF title reference joins the text modality.
+``eclip eval`` (``run_eval``) reads model directories and a catalog through a recipe's data section.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
+
+from eclip.catalog.schema import Listing
+from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
+from eclip.errors import ConfigError
+from eclip.tasks import adult, attribute, category, clustering, matching
+from eclip.tasks.context import EvalConfig, TaskContext
+from eclip.tasks.data import TASKS, eval_splits, task_availability
+from eclip.tasks.report import Report
+from eclip.tasks.retrieval import HIT_RULE, recall_at_k
+from eclip.tasks.views import image_cache_for, model_views, tfidf_views
+from eclip.train.features import ImageFeatureCache
+from eclip.train.recipe import DataConfig
+
+RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribute,
+           "matching": matching.run_matching, "clustering": clustering.run_clustering,
+           "adult": adult.run_adult}
+HEADLINES = {"category": category.HEADLINE, "attribute": attribute.HEADLINE,
+             "matching": matching.HEADLINE, "clustering": clustering.HEADLINE,
+             "adult": adult.HEADLINE, "retrieval": "R@10"}
+TFIDF = "tfidf"
+REFERENCES = [TFIDF, attribute.SPAN_MODEL]
+RECIPE_SECTIONS = ("data", "eval", "model", "train")  # model and train: a training recipe's own
+
+
+@dataclass
+class EvalRecipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_eval_recipe(path: str | Path | None = None,
+                     overrides: list[str] | None = None) -> EvalRecipe:
+    """An eval recipe, or a training recipe whose ``data`` section reads the catalog (its ``model``
+    and ``train`` sections are ignored); ``section.key=value`` overrides on top."""
+    data = apply_overrides(load_yaml(path) if path else {}, overrides or [])
+    for section in data:
+        if section not in RECIPE_SECTIONS:
+            raise ConfigError(f"unknown section '{section}' in the eval recipe; known: data, eval "
+                              "(a training recipe's model and train sections are ignored)")
+    recipe = EvalRecipe(from_dict(DataConfig, data.get("data"), "data"),
+                        from_dict(EvalConfig, data.get("eval"), "eval"))
+    unknown = set(recipe.eval.tasks) - set(TASKS)
+    if unknown:
+        raise ConfigError(f"eval.tasks: unknown task(s) {sorted(unknown)}; known: {', '.join(TASKS)}")
+    return recipe
+
+
+def parse_model_specs(specs: list[str]) -> dict[str, Path]:
+    """``["eclip=DIR", "clip=DIR2"]`` -> ``{"eclip": Path(DIR), ...}`` (names unique, in order)."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ConfigError(f"--models entry {spec!r} must look like NAME=MODEL_DIR")
+        if name in out:
+            raise ConfigError(f"--models names model '{name}' twice")
+        if name in REFERENCES:
+            raise ConfigError(f"'{name}' is the name of a reference in the report; rename the model")
+        out[name.strip()] = Path(directory.strip())
+    return out
+
+
+@dataclass
+class SuiteResult:
+    report: Report
+    out_dir: Path | None
+    seconds: dict[str, float]
+
+
+def cross_modal_retrieval(ctx: TaskContext) -> None:
+    """R@1 / R@10 of each model's full composed text against images and back, on test."""
+    test = ctx.rows("test")
+    groups = [ctx.groups[i] for i in test]
+    for views in ctx.views:
+        if views.retrieval_text is None:
+            continue
+        text, image = views.retrieval_text[test], views.joint["image"][test]
+        for modality, (query, gallery) in {"text": (text, image), "image": (image, text)}.items():
+            for k, value in recall_at_k(query, gallery, groups, groups, (1, 10)).items():
+                ctx.report.add("retrieval", modality, views.name, f"R@{k}", value)
+
+
+def _notes(ctx: TaskContext, models: dict) -> list[str]:
+    cfg = ctx.config
+    counts = ctx.splits.counts()
+    towers = [m for m in models if m in cfg.tower_features]
+    notes = [
+        f"Splits by catalog from {ctx.splits.source}: {counts['train']} train, {counts['val']} val, "
+        f"{counts['test']} test listings. Probes train on train, thresholds and C are chosen on "
+        "val, every number is measured on test.",
+        "Modalities: image = mean of the listing's image vectors; text = the title alone (category "
+        "and attributes are labels here); both = [sqrt(w) image; sqrt(1-w) text], so its cosine is "
+        "w * image cosine + (1-w) * text cosine: w = 0.5 for probes and zero-shot; matching and "
+        "clustering choose w per model on val (meta.fusion_weights).",
+        f"Probes: logistic regression, C from {cfg.probe_c} by val; mean ± std over {cfg.seeds} "
+        f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs.",
+        "Cross-modal retrieval (task 'retrieval'): each test listing's full composed text (or image)"
+        f" queries the test images (or texts); {HIT_RULE}.",
+        "Matching pairs: one positive per listing of a multi-listing catalog, "
+        f"{cfg.hard_negatives} hard negative(s) (same category, one of the 3 most similar titles by "
+        f"TF-IDF; hardest for the TF-IDF reference) and {cfg.random_negatives} random one(s).",
+        f"Clustering: {cfg.knn_k}-NN graph (FAISS), edges above the val-chosen similarity, connected "
+        "components.",
+    ]
+    classes = ctx.report.meta.get("category_classes")
+    if classes:
+        notes.append(f"Zero-shot: listing vectors against prompts in the joint space; categories: "
+                     f"the full path and the leaf name, averaged, for the {classes} leaf categories "
+                     f"of the catalog (chance {1 / classes:.3f}); attributes: '{{key}} {{value}}' "
+                     "as the training text writes them.")
+    if towers:
+        notes.append(f"{', '.join(towers)}: the towers before alignment, read as pooled tower "
+                     "features (pretrained features where the tower is pretrained); zero-shot "
+                     "and cross-modal retrieval use its projections at initialisation.")
+    if cfg.reference:
+        notes.append("tfidf: character 2-4-grams of the cleaned title, IDF from train, the same "
+                     "heads; title_span: attribute values written in the title, found by string "
+                     "match. References: they do not decide a verdict.")
+    return notes
+
+
+def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | None = None,
+              image_caches: list[ImageFeatureCache] | None = None,
+              out_dir: str | Path | None = None, title: str = "eclip evaluation",
+              meta: dict | None = None, notes: list[str] | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
+    """Every task that the listings' labels allow, for every model, in every modality.
+
+    ``image_caches`` holds image-tower features already computed (e.g. the locked tower of a
+    training run); models whose tower matches one reuse it, the others get one computed here.
+    ``meta`` and ``notes`` go into the report. With ``out_dir``, report.json, report.md and (with
+    ``config.plots``) report.html are written there.
+    """
+    cfg = config or EvalConfig()
+    seconds: dict[str, float] = {}
+    started = clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 2)
+        clock = now
+
+    splits = eval_splits(listings, tuple(cfg.split_fractions))
+    counts = splits.counts()
+    log(f"eval splits ({splits.source}): {counts['train']} train, {counts['val']} val, "
+        f"{counts['test']} test listings")
+    report = Report(title=title, headlines=dict(HEADLINES), subject=cfg.subject,
+                    references=list(REFERENCES))
+    availability = task_availability(splits)
+    for task in cfg.tasks:
+        if availability[task]:
+            report.skipped[task] = availability[task]
+            log(f"skipping {task}: {availability[task]}")
+
+    caches = list(image_caches or [])
+    views = []
+    for name, model in models.items():
+        cache = image_cache_for(model, listings, caches, progress=progress)
+        views.append(model_views(name, model, listings, cache, tower=name in cfg.tower_features,
+                                 retrieval_rows=splits.index("test"), batch_size=cfg.batch_size,
+                                 progress=progress))
+    if cfg.reference and counts["train"]:
+        views.append(tfidf_views(listings, splits.index("train"), name=TFIDF))
+    lap("embed")
+    ctx = TaskContext(splits, views, cfg, report, log=log)
+    # Small problems: BLAS threads only contend. A probe that stops at max_iter is counted in
+    # meta.probe_fits_at_max_iter instead of printing a warning per fit.
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if counts["test"]:
+            cross_modal_retrieval(ctx)
+        lap("retrieval")
+        for task in TASKS:
+            if task in cfg.tasks and not availability[task]:
+                log(f"task: {task}")
+                RUNNERS[task](ctx)
+                lap(task)
+    report.notes += _notes(ctx, models) + list(notes or [])
+    report.meta.update({"splits": counts, "split_source": splits.source,
+                        "eval_config": to_dict(cfg), "eval_seconds": seconds,
+                        "probe_C": dict(sorted(ctx.shared.get("probe_C", {}).items())),
+                        "probe_fits_at_max_iter": sum(ctx.shared.get("probe_capped", {}).values()),
+                        **(meta or {})})
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and cfg.plots:
+        from eclip.tasks.html import write_html
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_html(report, ctx, out / "report.html")
+        lap("html")
+    seconds["total"] = round(time.perf_counter() - started, 2)
+    if out is not None:
+        report.write(out)
+    return SuiteResult(report, out, seconds)
+
+
+def run_eval(model_dirs: dict[str, Path], recipe: EvalRecipe, out_dir: str | Path, *,
+             progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
+    """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite."""
+    from eclip.model import DualEncoder
+    from eclip.train.recipe import Recipe
+    from eclip.train.run import load_catalog
+
+    read = load_catalog(Recipe(data=recipe.data), progress=progress)
+    log(read.summary())
+    out = Path(out_dir)
+    if read.issues:
+        out.mkdir(parents=True, exist_ok=True)
+        read.write_report(out / "bad_rows.json")
+        log(f"bad-row report: {out / 'bad_rows.json'}")
+    if not read.listings:
+        raise ConfigError(f"{recipe.data.catalog}: no usable listings to evaluate")
+    models = {name: DualEncoder.from_pretrained(path) for name, path in model_dirs.items()}
+    meta = {"catalog": str(recipe.data.catalog),
+            "models": {name: str(path) for name, path in model_dirs.items()}}
+    return run_suite(models, read.listings, config=recipe.eval, out_dir=out,
+                     title=f"eclip eval: {Path(str(recipe.data.catalog)).name}", meta=meta,
+                     progress=progress, log=log)
