@@ -155,14 +155,10 @@ def _pooling_kwargs(hf_config: Any) -> dict[str, bool]:
     return {"add_pooling_layer": False} if has_pooler_switch else {}
 
 
-class HFTextTower(TextTower):
-    """A Hugging Face encoder (BERT-like) with mean (over the attention mask) or CLS pooling."""
+class _HFModelTower:
+    """What towers wrapping a Hugging Face model (``self.model``) share."""
 
-    def __init__(self, model: nn.Module, pooling: str):
-        super().__init__()
-        self.model = model
-        self.pooling = pooling
-        self.out_dim = int(model.config.hidden_size)
+    model: nn.Module
 
     def enable_gradient_checkpointing(self) -> bool:
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -171,6 +167,16 @@ class HFTextTower(TextTower):
     @property
     def hf_config(self) -> dict:
         return _hf_config_to_dict(self.model.config)
+
+
+class HFTextTower(_HFModelTower, TextTower):
+    """A Hugging Face encoder (BERT-like) with mean (over the attention mask) or CLS pooling."""
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.out_dim = int(model.config.hidden_size)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -283,21 +289,13 @@ def build_efficientnet_lite0(config: DualEncoderConfig, load_weights: bool) -> E
     return EfficientNetLite0Tower(config.image_size, load_weights)
 
 
-class ViTTower(ImageTower):
+class ViTTower(_HFModelTower, ImageTower):
     """A Hugging Face ViT; features are the final-layer-normed CLS token."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.out_dim = int(model.config.hidden_size)
-
-    def enable_gradient_checkpointing(self) -> bool:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return True
-
-    @property
-    def hf_config(self) -> dict:
-        return _hf_config_to_dict(self.model.config)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
