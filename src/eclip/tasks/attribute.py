@@ -62,7 +62,10 @@ def run_attribute(ctx: TaskContext) -> None:
     keys = attribute_keys(ctx)
     ctx.report.meta["attribute_keys"] = keys
     if not keys:
-        ctx.log("attribute: no key has two values in train and labels in val and test; skipped")
+        reason = ("field 'attributes': no key has two values in train and labelled listings in "
+                  "val and test")
+        ctx.report.skipped[TASK] = reason
+        ctx.log(f"skipping {TASK}: {reason}")
         return
     rows = {key: {s: ctx.rows(s, lambda x, k=key: k in x.attributes)
                   for s in ("train", "val", "test")} for key in keys}
@@ -100,9 +103,9 @@ def run_attribute(ctx: TaskContext) -> None:
         predictions = {}
         for key in keys:
             test = rows[key]["test"]
-            values = sorted({v for v in labels[key][rows[key]["train"]] if v})
+            known = sorted({v for v in labels[key][rows[key]["train"]] if v})
             predictions[key] = (labels[key][test], np.array(
-                span_extract([titles[i] for i in test], values), dtype=object))
+                span_extract([titles[i] for i in test], known), dtype=object))
         metrics = _key_metrics(predictions)
         covered = [p is not None for _, predicted in predictions.values() for p in predicted]
         metrics["coverage"] = float(np.mean(covered))
