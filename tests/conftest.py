@@ -40,3 +40,38 @@ def tiny_model_dir(tiny_catalog, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     model.save_pretrained(out)
     return out
+
+
+class LossCrash(RuntimeError):
+    """Raised inside a training step by ``crash_in_loss``."""
+
+
+@pytest.fixture
+def crash_in_loss(monkeypatch):
+    """``with crash_in_loss(n): train(...)``: the n-th loss call raises, as a crash mid-run would;
+    the block expects the crash, and the real loss is back in place after it."""
+    import contextlib
+
+    import eclip.train.trainer as trainer_mod
+
+    real = trainer_mod.ContrastiveLoss
+
+    @contextlib.contextmanager
+    def crash(call: int):
+        class CrashingLoss(real):
+            calls = 0
+
+            def forward(self, *args, **kwargs):
+                CrashingLoss.calls += 1
+                if CrashingLoss.calls == call:
+                    raise LossCrash()
+                return super().forward(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
+        try:
+            with pytest.raises(LossCrash):
+                yield
+        finally:
+            monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real)
+
+    return crash

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.demo import bundled_recipe
 from eclip.errors import ConfigError
@@ -113,7 +112,7 @@ def _recipe(out):
 
 
 def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path, tiny_catalog,
-                                                                        tiny_model_dir, monkeypatch,
+                                                                        tiny_model_dir, crash_in_loss,
                                                                         one_thread):
     listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None)).train
     full = tmp_path / "full"
@@ -126,25 +125,9 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
         cosine = warmup_cosine(s, total_steps=5, warmup_steps=1, min_ratio=0.05)
         assert reference[s]["lr"] == pytest.approx(0.01 * (schedule.batch_size(s) / 8) ** 0.5 * cosine)
 
-    class Crash(RuntimeError):
-        pass
-
-    real_loss = trainer_mod.ContrastiveLoss
-
-    class CrashingLoss(real_loss):
-        calls = 0
-
-        def forward(self, *args, **kwargs):
-            CrashingLoss.calls += 1
-            if CrashingLoss.calls == 5:  # in step 5; the checkpoint of step 3 is inside phase 2
-                raise Crash()
-            return super().forward(*args, **kwargs)
-
     crashed = tmp_path / "crashed"
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
-    with pytest.raises(Crash):
+    with crash_in_loss(5):  # in step 5; the checkpoint of step 3 is inside phase 2
         train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real_loss)
     assert max(_rows(crashed)) == 4
     messages = []
     train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,

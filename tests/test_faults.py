@@ -167,7 +167,7 @@ def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, listi
 
 
 def test_a_run_streaming_shards_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
-                                                             monkeypatch):
+                                                             crash_in_loss):
     from eclip.catalog.shards import prepare_shards
 
     shards = tmp_path / "shards"
@@ -178,25 +178,9 @@ def test_a_run_streaming_shards_resumes_with_the_same_losses(tmp_path, tiny_cata
     full = tmp_path / "full"
     train(_recipe(full, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
 
-    class Crash(RuntimeError):
-        pass
-
-    real_loss = trainer_mod.ContrastiveLoss
-
-    class CrashingLoss(real_loss):
-        calls = 0
-
-        def forward(self, *args, **kwargs):
-            CrashingLoss.calls += 1
-            if CrashingLoss.calls == 4:  # in step 4, after the checkpoint of step 2
-                raise Crash()
-            return super().forward(*args, **kwargs)
-
     crashed = tmp_path / "crashed"
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
-    with pytest.raises(Crash):
+    with crash_in_loss(4):  # in step 4, after the checkpoint of step 2
         train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real_loss)
     train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], resume=True,
           log=lambda s: None)
     expected, got = _rows(full), _rows(crashed)

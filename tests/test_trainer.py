@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
@@ -35,33 +34,17 @@ def data(tiny_catalog):
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, data,
-                                                               monkeypatch):
+                                                               crash_in_loss):
     full = tmp_path / "full"
     result = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
                    log=lambda s: None)
     assert result.steps >= 6
     reference = _losses(full)
 
-    class Crash(RuntimeError):
-        pass
-
-    real_loss = trainer_mod.ContrastiveLoss
-
-    class CrashingLoss(real_loss):
-        calls = 0
-
-        def forward(self, *args, **kwargs):
-            CrashingLoss.calls += 1
-            if CrashingLoss.calls == 5:  # after the checkpoint at step 3 and one more step
-                raise Crash()
-            return super().forward(*args, **kwargs)
-
     crashed = tmp_path / "crashed"
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", CrashingLoss)
-    with pytest.raises(Crash):
+    with crash_in_loss(5):  # after the checkpoint at step 3 and one more step
         train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
               log=lambda s: None)
-    monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real_loss)
     resumed = train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train,
                     data.val, resume=True, log=lambda s: None)
     assert resumed.steps == result.steps
