@@ -92,7 +92,8 @@ def _free_port() -> int:
 
 
 def _launch(world: int, out: Path) -> list[dict]:
-    port, context = _free_port(), multiprocessing.get_context("fork")
+    # spawn, not fork: a forked child of a process whose torch thread pools are running can hang
+    port, context = _free_port(), multiprocessing.get_context("spawn")
     procs = [context.Process(target=worker, args=(rank, world, port, out)) for rank in range(world)]
     for proc in procs:
         proc.start()
