@@ -9,15 +9,17 @@ For each variant: training wall time, seconds per step, and held-out retrieval /
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
 import torch
 
 from eclip.catalog.compose import ComposerConfig, TextComposer
-from eclip.demo import bundled_recipe, evaluate, locked_image_cache, prepare_demo_catalog
+from eclip.demo import bundled_recipe, locked_image_cache, prepare_demo_catalog
+from eclip.tasks.embed import embed_listings
 from eclip.tasks.report import Report
+from eclip.tasks.retrieval import recall_at_k
+from eclip.tasks.zeroshot import zero_shot_accuracy
 from eclip.train.recipe import load_recipe
 from eclip.train.run import build_model
 from eclip.train.trainer import train
@@ -31,6 +33,19 @@ VARIANTS = {
                                                   "model.text_model=bundled:all-MiniLM-L6-v2",
                                                   "train.tower_lr_scale=0.05"],
 }
+
+
+def evaluate(report: Report, name: str, model, test, composer: TextComposer, image_cache) -> None:
+    """Retrieval both ways and image zero-shot category accuracy on the test listings."""
+    emb = embed_listings(model, test, composer, image_cache=image_cache, progress=False)
+    groups = [x.group_id for x in test]
+    for modality, (query, gallery) in {"text": (emb.text, emb.image),
+                                       "image": (emb.image, emb.text)}.items():
+        for k, value in recall_at_k(query, gallery, groups, groups, (1, 10)).items():
+            report.add("retrieval", modality, name, f"R@{k}", value)
+    zero_shot = zero_shot_accuracy(model, emb.image, [x.category for x in test])
+    report.add("category", "image", name, "zero_shot_accuracy", zero_shot["accuracy"])
+    report.meta["zero_shot_chance"] = zero_shot["chance"]
 
 
 def main() -> None:
@@ -61,7 +76,7 @@ def main() -> None:
         result = train(recipe, model, splits.train, splits.val, image_cache=cache, log=lambda s: None)
         seconds = time.perf_counter() - started
         composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
-        evaluate(report, name, result.model, splits.test, composer, cache, progress=False)
+        evaluate(report, name, result.model, splits.test, composer, cache)
         rows.append((name, seconds, seconds / result.steps,
                      report.value("retrieval", "text", name, "R@10"),
                      report.value("retrieval", "image", name, "R@10"),

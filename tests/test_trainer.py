@@ -70,6 +70,7 @@ def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(
               DualEncoder.from_pretrained(tiny_model_dir), data.train, log=lambda s: None)
     for key, value in before.image_tower.state_dict().items():
         assert torch.equal(value, a.model.image_tower.state_dict()[key])
+        assert torch.equal(value, b.model.image_tower.state_dict()[key])
     # serving the locked tower's features from the cache changes nothing in the numbers
     la, lb = _losses(out_a), _losses(out_b)
     assert la.keys() == lb.keys()

@@ -99,11 +99,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
                 f"unknown key '{key}' in section '{where or cls.__name__}'; known keys: "
                 + ", ".join(sorted(known))
             )
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+        kwargs[key] = coerce(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def coerce(hint: Any, value: Any, where: str) -> Any:
+    """``value`` converted to the type ``hint`` or a ConfigError naming ``where``.
+
+    Loose where users mean the obvious: ints for floats, ``1e-4`` strings for numbers, numbers for
+    strings, tuples for lists and lists for tuples, a list of ints for ``list[float]``; a dataclass
+    hint builds the dataclass from a mapping (see :func:`from_dict`).
+    """
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return from_dict(hint, value, where)
     origin = typing.get_origin(hint)
@@ -112,17 +118,23 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         if len(args) == 1:
-            return _coerce(args[0], value, where)
+            return coerce(args[0], value, where)
         return value
     value = _number_or_value(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, bool, str) and not isinstance(value, hint):
-        if hint is str and isinstance(value, (int, float)):
+    if hint in (int, float, bool, str) and (not isinstance(value, hint)
+                                            or (hint is not bool and isinstance(value, bool))):
+        if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"'{where}' must be {hint.__name__}, got {value!r}")
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if origin is list and args and args[0] in (int, float):
+            value = [coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(value)
+    if (origin or hint) in (list, tuple, dict) and not isinstance(value, origin or hint):
+        raise ConfigError(f"'{where}' must be a {(origin or hint).__name__}, got {value!r}")
     return value
 
 

@@ -18,17 +18,14 @@ from typing import Callable
 
 import torch
 
-from eclip.catalog.compose import TextComposer
 from eclip.catalog.demo import make_demo_catalog
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.tasks.context import EvalConfig
-from eclip.tasks.embed import Embeddings, embed_listings, eval_transform
+from eclip.tasks.embed import eval_transform
 from eclip.tasks.report import Report
-from eclip.tasks.retrieval import recall_at_k
 from eclip.tasks.suite import run_suite
-from eclip.tasks.zeroshot import zero_shot_accuracy
 from eclip.train.features import ImageFeatureCache
 from eclip.train.recipe import Recipe, load_recipe
 from eclip.train.run import build_model, split_listings
@@ -47,24 +44,6 @@ class DemoResult:
     report: Report
     out_dir: Path
     seconds: float
-
-
-def evaluate(report: Report, name: str, model, test: list[Listing], composer: TextComposer,
-             image_cache: ImageFeatureCache | None, *, progress: bool = True) -> Embeddings:
-    """Retrieval both ways and zero-shot category accuracy of one model on the test listings."""
-    emb = embed_listings(model, test, composer, image_cache=image_cache, progress=progress,
-                         desc=f"embed ({name})")
-    groups = [x.group_id for x in test]
-    for modality, (query, gallery) in {"text": (emb.text, emb.image),
-                                       "image": (emb.image, emb.text)}.items():
-        for k, value in recall_at_k(query, gallery, groups, groups, (1, 10)).items():
-            report.add("retrieval", modality, name, f"R@{k}", value)
-    labels = [x.category for x in test]
-    zs = zero_shot_accuracy(model, emb.image, labels)
-    report.add("category", "image", name, "zero_shot_accuracy", zs["accuracy"])
-    report.meta["zero_shot_chance"] = zs["chance"]
-    report.meta["zero_shot_classes"] = int(zs["classes"])
-    return emb
 
 
 def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: int,

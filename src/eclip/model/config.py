@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
+from eclip.config import coerce
 from eclip.errors import ConfigError
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -61,7 +61,8 @@ class DualEncoderConfig:
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
         for field in dataclasses.fields(self):
-            setattr(self, field.name, _checked(field.name, getattr(self, field.name), hints[field.name]))
+            setattr(self, field.name, coerce(hints[field.name], getattr(self, field.name),
+                                             f"model.{field.name}"))
         mean, std = IMAGE_NORMALISATION.get(self.image_tower, _FALLBACK_NORMALISATION)
         if self.image_mean is None:
             self.image_mean = list(mean)
@@ -106,26 +107,3 @@ class DualEncoderConfig:
             raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; "
                               f"known keys are: {', '.join(sorted(known))}")
         return cls(**dict(data))
-
-
-def _checked(name: str, value: Any, hint: Any) -> Any:
-    """Return ``value`` converted to the field's type (int -> float, tuple -> list) or raise ConfigError."""
-    args = get_args(hint)
-    if isinstance(hint, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    kind = get_origin(hint) or hint
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is list and isinstance(value, (list, tuple)):
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return [float(v) for v in value]
-    elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise ConfigError(f"model config field '{name}' must be {_type_name(hint)}, "
-                      f"got {type(value).__name__} {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    return "a list of numbers" if get_origin(hint) is list else getattr(hint, "__name__", str(hint))

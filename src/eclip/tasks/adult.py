@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eclip.tasks.context import Job, TaskContext
+from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion, pr_auc,
                                  recall_at_precision, roc_auc)
 
@@ -28,7 +28,7 @@ def run_adult(ctx: TaskContext) -> None:
     y_val, y_test = labels[val], labels[test]
     ctx.report.meta["adult_test"] = {"adult": int(y_test.sum()), "listings": len(test)}
 
-    def evaluate(job: Job):
+    def evaluate(job: Job) -> Outcome:
         views, modality = job
         probe = ctx.probe(TASK, job, labels, train, val, test, select=_pr_auc_selector,
                           class_weight="balanced")
@@ -40,10 +40,6 @@ def run_adult(ctx: TaskContext) -> None:
             per_seed.append({"roc_auc": roc_auc(y_test, p_test), "pr_auc": pr_auc(y_test, p_test),
                              "recall@95p": recall_at_precision(y_test, p_test, 0.95),
                              "f1": f1_from_confusion(counts), **counts})
-        return per_seed, (y_test, probe.test_scores[0][:, column])
+        return [("", per_seed)], (y_test, probe.test_scores[0][:, column])
 
-    curves = ctx.figures.setdefault("adult_scores", {})
-    jobs = ctx.jobs()
-    for (views, modality), (per_seed, curve) in zip(jobs, ctx.parallel(evaluate, jobs)):
-        ctx.add_all(TASK, modality, views.name, "", per_seed)
-        curves[(views.name, modality)] = curve
+    ctx.run(TASK, evaluate, figure="adult_scores")

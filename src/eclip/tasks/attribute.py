@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 
 from eclip.catalog.schema import Listing
-from eclip.tasks.context import Job, TaskContext
+from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.data import MIN_LABELLED
 from eclip.tasks.metrics import classification_metrics, micro_f1
 from eclip.tasks.views import clean_titles, fuse
@@ -75,7 +75,7 @@ def run_attribute(ctx: TaskContext) -> None:
         [views.attribute_format.format(key=key, value=v)] for v in values[key]])
         for views in ctx.views if views.encode_prompts is not None for key in keys}
 
-    def evaluate(job: Job) -> dict[str, list[dict[str, float]]]:
+    def evaluate(job: Job) -> Outcome:
         views, modality = job
         protocols: dict[str, list[dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
         for key in keys:
@@ -91,13 +91,10 @@ def run_attribute(ctx: TaskContext) -> None:
             seeds = protocols.setdefault("probe_", [{} for _ in probe.test_scores])
             for seed, scores in enumerate(probe.test_scores):
                 seeds[seed][key] = (labels[key][test], probe.classes[scores.argmax(axis=1)])
-        return {prefix: [_key_metrics(predictions) for predictions in per_seed]
-                for prefix, per_seed in protocols.items()}
+        return [(prefix, [_key_metrics(predictions) for predictions in per_seed])
+                for prefix, per_seed in protocols.items()], None
 
-    jobs = ctx.jobs()
-    for (views, modality), protocols in zip(jobs, ctx.parallel(evaluate, jobs)):
-        for prefix, per_seed in protocols.items():
-            ctx.add_all(TASK, modality, views.name, prefix, per_seed)
+    ctx.run(TASK, evaluate)
     if ctx.config.reference:
         titles = clean_titles(listings)
         predictions = {}

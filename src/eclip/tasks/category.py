@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from eclip.catalog.schema import category_parts, join_category
-from eclip.tasks.context import Job, TaskContext
+from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import classification_metrics
 from eclip.tasks.views import fuse
 from eclip.tasks.zeroshot import DEFAULT_TEMPLATES, category_prompts, class_vectors
@@ -52,7 +52,7 @@ def run_category(ctx: TaskContext) -> None:
                                          [category_prompts(c, DEFAULT_TEMPLATES) for c in taxonomy])
                for views in ctx.views if views.encode_prompts is not None}
 
-    def evaluate(job: Job):
+    def evaluate(job: Job) -> Outcome:
         views, modality = job
         rows = []
         if views.name in prompts and modality in views.joint:
@@ -67,9 +67,4 @@ def run_category(ctx: TaskContext) -> None:
         top_scores, tops = _top_scores(probe.test_scores[0], probe.classes, np.sum)
         return rows, (truth_top, tops[top_scores.argmax(axis=1)])
 
-    confusion = ctx.figures.setdefault("category_confusion", {})
-    jobs = ctx.jobs()
-    for (views, modality), (rows, figure) in zip(jobs, ctx.parallel(evaluate, jobs)):
-        for prefix, per_seed in rows:
-            ctx.add_all(TASK, modality, views.name, prefix, per_seed)
-        confusion[(views.name, modality)] = figure
+    ctx.run(TASK, evaluate, figure="category_confusion")

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from eclip.tasks.context import Job, TaskContext
+from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import bcubed_prf, clustering_metrics
 from eclip.tasks.views import fuse, fusion_weight
 
@@ -117,7 +117,7 @@ def run_clustering(ctx: TaskContext) -> None:
         threshold = choose_threshold(ids, sims, truth_val)
         return threshold, bcubed_prf(truth_val, components(ids, sims, threshold))["bcubed_f1"]
 
-    def evaluate(job: Job):
+    def evaluate(job: Job) -> Outcome:
         views, modality = job
         x, weight = views.task[modality], None
         if modality == "both":
@@ -128,14 +128,12 @@ def run_clustering(ctx: TaskContext) -> None:
         predicted = cluster(x[test], ctx.config.knn_k, threshold)
         metrics = clustering_metrics(list(groups[test]), predicted)
         metrics["clusters"] = float(len(np.unique(predicted)))
-        return metrics, predicted, weight
+        return [("", [metrics])], (test, predicted, weight)
 
-    examples = ctx.figures.setdefault("clusters", {})
     weights = ctx.report.meta.setdefault("fusion_weights", {}).setdefault(TASK, {})
-    jobs = ctx.jobs()
-    for (views, modality), (metrics, predicted, weight) in zip(jobs, ctx.parallel(evaluate, jobs)):
-        ctx.add_all(TASK, modality, views.name, "", [metrics])
-        examples[(views.name, modality)] = (test, predicted)
+    examples = ctx.figures.setdefault("clusters", {})
+    for (model, modality), (rows, predicted, weight) in ctx.run(TASK, evaluate).items():
+        examples[(model, modality)] = (rows, predicted)
         if weight is not None:
-            weights[views.name] = weight
+            weights[model] = weight
     ctx.report.meta["clustering_test_catalogs"] = int(len(set(groups[test])))

@@ -15,6 +15,9 @@ from eclip.tasks.views import ModelViews
 
 T = TypeVar("T")
 Job = tuple[ModelViews, str]  # a model's views and one modality
+# What a task's evaluation of one job gives: (metric-name prefix, per-seed metric dicts) pairs,
+# and plot data for the HTML report (or None).
+Outcome = tuple[list[tuple[str, list[dict[str, float]]]], Any]
 
 @dataclass
 class EvalConfig:
@@ -68,6 +71,20 @@ class TaskContext:
             return [fn(job) for job in jobs]
         with ThreadPoolExecutor(self.config.workers) as pool:
             return list(pool.map(fn, jobs))
+
+    def run(self, task: str, evaluate: Callable[[Job], Outcome],
+            figure: str | None = None) -> dict[tuple[str, str], Any]:
+        """``evaluate`` every (model, modality) job in parallel, add its rows to the report and
+        return its plot data by (model, modality), also kept in ``figures[figure]`` when named."""
+        jobs = self.jobs()
+        extras = {}
+        for (views, modality), (rows, extra) in zip(jobs, self.parallel(evaluate, jobs)):
+            for prefix, per_seed in rows:
+                self.add_all(task, modality, views.name, prefix, per_seed)
+            extras[(views.name, modality)] = extra
+        if figure is not None:
+            self.figures.setdefault(figure, {}).update(extras)
+        return extras
 
     def probe(self, task: str, job: Job, labels: np.ndarray, train: np.ndarray, val: np.ndarray,
               test: np.ndarray, **options) -> ProbeRun:

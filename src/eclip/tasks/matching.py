@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from eclip.tasks.context import Job, TaskContext
+from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion,
                                  precision_at_recall, roc_auc, same_group_retrieval)
 from eclip.tasks.probes import fit_logreg
@@ -152,7 +152,7 @@ def run_matching(ctx: TaskContext) -> None:
             weights[views.name] = fusion_weight(
                 lambda w: roc_auc(val.label, w * image + (1 - w) * text))
 
-    def evaluate(job: Job):
+    def evaluate(job: Job) -> Outcome:
         views, modality = job
         x = views.task[modality]
         if modality == "both":
@@ -164,12 +164,7 @@ def run_matching(ctx: TaskContext) -> None:
                  ("retrieval_", [same_group_retrieval(x[test_rows], groups[test_rows])])],
                 (test.label, test_scores))
 
-    curves = ctx.figures.setdefault("matching_scores", {})
-    jobs = ctx.jobs()
-    for (views, modality), (rows, curve) in zip(jobs, ctx.parallel(evaluate, jobs)):
-        for prefix, per_seed in rows:
-            ctx.add_all(TASK, modality, views.name, prefix, per_seed)
-        curves[(views.name, modality)] = curve
+    ctx.run(TASK, evaluate, figure="matching_scores")
 
 
 def _classifier(x, train: list[Pairs], val: Pairs, test: Pairs,
