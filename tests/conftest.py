@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -75,3 +77,16 @@ def crash_in_loss(monkeypatch):
             monkeypatch.setattr(trainer_mod, "ContrastiveLoss", real)
 
     return crash
+
+
+def _write_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def write_csv():
+    """``write_csv(path, rows)``: a user's CSV catalog with the rows' keys as its header."""
+    return _write_csv

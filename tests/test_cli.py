@@ -1,6 +1,5 @@
 """A user's own catalog through the command line: renamed CSV columns, transparent PNGs, broken files."""
 
-import csv
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from eclip.cli import main
 
 
 @pytest.fixture
-def shop_catalog(tmp_path):
+def shop_catalog(tmp_path, write_csv):
     """40 listings in 10 products; RGBA PNGs; two rows with broken images, one with no title."""
     root = tmp_path / "shop_images"
     root.mkdir()
@@ -36,10 +35,7 @@ def shop_catalog(tmp_path):
     rows[7]["photo"] = "missing.jpg"
     rows[11]["item_name"] = ""
     path = tmp_path / "shop.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
     return path, root
 
 

@@ -2,7 +2,6 @@
 with oracle vectors that encode the task's label (the task must then score perfectly); the suite
 with its three report files; ``eclip eval`` on a user's CSV with only some labels."""
 
-import csv
 import dataclasses
 import json
 
@@ -208,7 +207,7 @@ def test_suite_writes_json_markdown_and_html_and_names_skipped_tasks(tiny_catalo
 
 
 @pytest.fixture
-def partial_catalog(tmp_path):
+def partial_catalog(tmp_path, write_csv):
     """A user's CSV: own column names, catalog groups and titles, no category / attributes / adult."""
     root = tmp_path / "pics"
     root.mkdir()
@@ -220,10 +219,7 @@ def partial_catalog(tmp_path):
         rows.append({"sku": f"S{i}", "family": f"F{group}", "name": f"gadget {group} v{i % 3}",
                      "picture": f"{i}.png", "part": ("train", "train", "val", "test")[group % 4]})
     path = tmp_path / "shop.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows)
     return path, root
 
 
