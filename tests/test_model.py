@@ -346,3 +346,51 @@ def test_bundled_model_round_trips_without_the_bundled_weights(bundled, tmp_path
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(px), bundled.encode_image(px))
         assert torch.equal(loaded.encode_text(**batch), bundled.encode_text(**batch))
+
+
+@pytest.mark.parametrize("image_tower", ["vit", "efficientnet_lite0"])
+def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokenizer, image_tower):
+    torch.manual_seed(0)
+    model = DualEncoder.build(tiny_config(image_tower=image_tower, image_size=64), tokenizer).eval()
+    tower, px = model.image_tower, pixels(3, 64)
+    with torch.no_grad():
+        whole = tower(px)
+        for blocks in (1, 2, tower.num_blocks):
+            assert torch.allclose(tower.above(tower.below(px, blocks), blocks), whole, atol=1e-5)
+    with pytest.raises(ConfigError, match="between 1 and"):
+        tower.below(px, tower.num_blocks + 1)
+    with pytest.raises(ConfigError, match="between 1 and"):
+        tower.top_prefixes(0)
+
+
+def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
+    tiny.set_trainable(image=False, text=True, image_top_blocks=1)
+    tiny.train()
+    top = tiny.image_tower.top_prefixes(1)
+    assert top == ("model.layers.3.", "model.layernorm.")
+    names = {n: p.requires_grad for n, p in tiny.image_tower.named_parameters()}
+    assert any(names.values()) and not all(names.values())
+    assert all(trainable == n.startswith(top) for n, trainable in names.items())
+    assert not tiny.image_tower.training  # still locked: dropout off, statistics frozen
+
+    px, batch = pixels(2, 32), tiny.tokenize(TITLES[:2])
+    image, text, scale = tiny(px, batch["input_ids"], batch["attention_mask"])
+    (scale * image @ text.T).logsumexp(dim=1).mean().backward()
+    for name, param in tiny.image_tower.named_parameters():
+        assert (param.grad is not None) == name.startswith(top), name
+    with pytest.raises(ConfigError, match="locked image tower"):
+        tiny.set_trainable(image=True, image_top_blocks=1)
+
+
+def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):
+    class Flat(ImageTower):
+        def __init__(self):
+            super().__init__()
+            self.out_dim = 4
+            self.lin = nn.Linear(3, 4)
+
+        def forward(self, pixel_values):
+            return self.lin(pixel_values.mean(dim=(2, 3)))
+
+    with pytest.raises(ConfigError, match="cannot train only its top blocks"):
+        Flat().top_prefixes(1)

@@ -94,3 +94,47 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
     assert (out / "model" / "config.json").is_file()
     assert (out / "checkpoints" / "last.pt").is_file()
     assert any((out / "tensorboard").iterdir())
+
+
+def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_path, tiny_model_dir,
+                                                                          data):
+    """The cached run (activations at the cut computed once) equals the run through the pixels."""
+    from eclip.tasks.views import image_cache_for, model_views
+
+    before = DualEncoder.from_pretrained(tiny_model_dir)
+    out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
+    a = train(_recipe(out_a, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5),
+              DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val, log=lambda s: None)
+    b = train(_recipe(out_b, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5,
+                      cache_locked_features="false"),
+              DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val, log=lambda s: None)
+    la, lb = _losses(out_a), _losses(out_b)
+    assert la.keys() == lb.keys() and len(la) >= 4
+    for step in la:
+        assert la[step] == pytest.approx(lb[step], abs=1e-5)
+    assert [h["val/t2i_R@10"] for h in a.history] == pytest.approx(
+        [h["val/t2i_R@10"] for h in b.history], abs=1e-6)
+    top = before.image_tower.top_prefixes(1)
+    for key, value in before.image_tower.state_dict().items():
+        trained = a.model.image_tower.state_dict()[key]
+        if key.startswith(top) and value.is_floating_point() and value.dim() == 2:
+            assert not torch.equal(value, trained), key
+        elif not key.startswith(top):
+            assert torch.equal(value, trained), key
+
+    # evaluation serves the trained model from activations cached with the untrained tower
+    listings = data.test
+    shared = image_cache_for(before, listings, [], progress=False)  # the baseline's pooled features
+    from eclip.tasks.embed import eval_transform
+    from eclip.train.features import ImageFeatureCache
+
+    partial = ImageFeatureCache.compute(before, [p for x in listings for p in x.images],
+                                        eval_transform(before), top_blocks=1, progress=False)
+    caches = [shared, partial]
+    assert image_cache_for(a.model, listings, caches, progress=False) is partial
+    assert not shared.serves(a.model) and partial.serves(before)
+    fresh = image_cache_for(a.model, listings, [], progress=False)
+    via_cut = model_views("eclip", a.model, listings, partial, progress=False)
+    via_pixels = model_views("eclip", a.model, listings, fresh, progress=False)
+    for modality in ("image", "text", "both"):
+        assert via_cut.task[modality] == pytest.approx(via_pixels.task[modality], abs=1e-5)

@@ -70,6 +70,7 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
         return None
     paths = [p for x in listings for p in x.images]
     return ImageFeatureCache.compute(model, paths, eval_transform(model), progress=progress,
+                                     top_blocks=recipe.train.image_trainable_blocks,
                                      desc="image features (locked tower)")
 
 

@@ -129,12 +129,23 @@ class DualEncoder(nn.Module):
     def text_locked(self) -> bool:
         return self._text_locked
 
-    def set_trainable(self, image: bool = True, text: bool = True) -> DualEncoder:
+    def set_trainable(self, image: bool = True, text: bool = True,
+                      image_top_blocks: int = 0) -> DualEncoder:
         """Lock (``False``) or unlock a tower; a locked tower has no gradients and stays in eval mode.
 
+        ``image_top_blocks`` (with ``image=False``): the top blocks of the locked image tower and its
+        head train all the same (in eval mode: frozen normalisation statistics, no dropout).
         Projections and the logit scale stay trainable.
         """
+        if image_top_blocks and image:
+            raise ConfigError("image_trainable_blocks applies to a locked image tower: set "
+                              "train.lock_image=true, or image_trainable_blocks=0 to train all of it")
         self.image_tower.requires_grad_(image)
+        if image_top_blocks:
+            top = self.image_tower.top_prefixes(image_top_blocks)
+            for name, param in self.image_tower.named_parameters():
+                if name.startswith(top):
+                    param.requires_grad_(True)
         self.text_tower.requires_grad_(text)
         self._image_locked, self._text_locked = not image, not text
         return self.train(self.training)

@@ -35,10 +35,16 @@ class TextTower(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """Base class of image towers: ``forward(pixel_values [B, 3, H, W]) -> [B, out_dim]``."""
+    """Base class of image towers: ``forward(pixel_values [B, 3, H, W]) -> [B, out_dim]``.
+
+    A tower made of a stack of blocks can be cut below its top ``n`` blocks, so that a run trains
+    only the top (``train.image_trainable_blocks``) and computes the activations at the cut once:
+    ``above(below(x, n), n) == forward(x)``; ``top_prefixes(n)`` names the parameters above the cut.
+    """
 
     out_dim: int
     hf_config: dict | None = None
+    num_blocks: int = 0  # blocks a cut can go between (0: this tower cannot be cut)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         raise NotImplementedError
@@ -46,6 +52,31 @@ class ImageTower(nn.Module):
     def enable_gradient_checkpointing(self) -> bool:
         """Recompute activations in the backward pass instead of keeping them; False: unsupported."""
         return False
+
+    def check_cut(self, blocks: int) -> int:
+        """``blocks`` if the top ``blocks`` blocks can be trained on their own, else ConfigError."""
+        if not self.num_blocks:
+            raise ConfigError(f"the {type(self).__name__} cannot train only its top blocks: set "
+                              "train.image_trainable_blocks=0 (or unlock it: train.lock_image=false)")
+        if not 1 <= blocks <= self.num_blocks:
+            raise ConfigError(f"train.image_trainable_blocks must be between 1 and {self.num_blocks} "
+                              f"for the {type(self).__name__}, got {blocks}")
+        return blocks
+
+    def below(self, pixel_values: Tensor, blocks: int) -> Tensor:
+        """The activations that enter the top ``blocks`` blocks."""
+        self.check_cut(blocks)
+        raise NotImplementedError
+
+    def above(self, hidden: Tensor, blocks: int) -> Tensor:
+        """Pooled features ``[B, out_dim]`` from what :meth:`below` returned."""
+        self.check_cut(blocks)
+        raise NotImplementedError
+
+    def top_prefixes(self, blocks: int) -> tuple[str, ...]:
+        """Parameter-name prefixes of the top ``blocks`` blocks and of the head above them."""
+        self.check_cut(blocks)
+        raise NotImplementedError
 
 
 # builder(config, tokenizer, load_weights) -> TextTower; builder(config, load_weights) -> ImageTower
@@ -266,10 +297,35 @@ class EfficientNetLite0Tower(ImageTower):
         # channels-last runs the depthwise convolutions about 1.5x faster on CPU (same numbers)
         self.net = net.to(memory_format=torch.channels_last)
         self.out_dim = net._bn1.num_features
+        self.num_blocks = len(net._blocks)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return self.net.extract_features(pixel_values).mean(dim=(2, 3))
+
+    def _blocks(self, start: int, stop: int, x: Tensor) -> Tensor:
+        """Blocks ``start:stop`` with the drop-connect rates ``extract_features`` gives them."""
+        rate = self.net._global_params.drop_connect_rate
+        for idx in range(start, stop):
+            x = self.net._blocks[idx](x, drop_connect_rate=rate * idx / self.num_blocks if rate else None)
+        return x
+
+    def below(self, pixel_values: Tensor, blocks: int) -> Tensor:
+        net = self.net
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        return self._blocks(0, self.num_blocks - self.check_cut(blocks), x)
+
+    def above(self, hidden: Tensor, blocks: int) -> Tensor:
+        net = self.net
+        x = self._blocks(self.num_blocks - self.check_cut(blocks), self.num_blocks,
+                         hidden.contiguous(memory_format=torch.channels_last))
+        return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+
+    def top_prefixes(self, blocks: int) -> tuple[str, ...]:
+        first = self.num_blocks - self.check_cut(blocks)
+        return tuple(f"net._blocks.{i}." for i in range(first, self.num_blocks)) + (
+            "net._conv_head.", "net._bn1.")
 
 
 def bundled_efficientnet_state(include_classifier: bool = True) -> dict[str, Tensor]:
@@ -296,9 +352,26 @@ class ViTTower(_HFModelTower, ImageTower):
         super().__init__()
         self.model = model
         self.out_dim = int(model.config.hidden_size)
+        self.num_blocks = len(model.layers)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+    def below(self, pixel_values: Tensor, blocks: int) -> Tensor:
+        hidden = self.model.embeddings(pixel_values.to(self.model.embeddings.cls_token.dtype))
+        for layer in self.model.layers[:self.num_blocks - self.check_cut(blocks)]:
+            hidden = layer(hidden, None)
+        return hidden
+
+    def above(self, hidden: Tensor, blocks: int) -> Tensor:
+        for layer in self.model.layers[self.num_blocks - self.check_cut(blocks):]:
+            hidden = layer(hidden, None)
+        return self.model.layernorm(hidden)[:, 0]
+
+    def top_prefixes(self, blocks: int) -> tuple[str, ...]:
+        first = self.num_blocks - self.check_cut(blocks)
+        return tuple(f"model.layers.{i}." for i in range(first, self.num_blocks)) + (
+            "model.layernorm.",)
 
 
 @register_image_tower("vit", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

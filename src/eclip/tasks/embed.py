@@ -69,7 +69,7 @@ def embed_listings(model, listings: list[Listing], composer: TextComposer | None
         chunk = listings[start:start + batch_size]
         paths = [p for listing in chunk for p in listing.images]
         if image_cache is not None:
-            per_image = model.project_image(image_cache.lookup(paths))
+            per_image = model.project_image(image_cache.tower_features(model, paths))
         else:
             pixels = torch.stack([transform(load_image(p)) for p in paths])
             per_image = model.encode_image(pixels)

@@ -31,7 +31,7 @@ from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.catalog.text import normalize_title
 from eclip.tasks.embed import embed_texts, eval_transform, model_composer
-from eclip.train.features import ImageFeatureCache, tower_fingerprint
+from eclip.train.features import ImageFeatureCache
 
 MODALITIES = ("image", "text", "both")
 VIEW_KINDS = ("joint", "tower", "tfidf")
@@ -85,11 +85,10 @@ def title_composer(model) -> TextComposer:
 def image_cache_for(model, listings: list[Listing], caches: list[ImageFeatureCache], *,
                     progress: bool = True) -> ImageFeatureCache:
     """A cache of this model's image-tower features: one in ``caches`` computed with the same tower
-    (models that share a locked tower share it), else a new one, which is appended to ``caches``."""
-    fingerprint = tower_fingerprint(model.image_tower)
+    below its cut (models that share a locked tower share it, whatever their trained top blocks),
+    else a new one, which is appended to ``caches``."""
     for cache in caches:
-        if cache.fingerprint == fingerprint and all(p in cache.index for x in listings
-                                                    for p in x.images):
+        if cache.serves(model) and all(p in cache.index for x in listings for p in x.images):
             return cache
     paths = [p for x in listings for p in x.images]
     cache = ImageFeatureCache.compute(model, paths, eval_transform(model), progress=progress,
@@ -135,7 +134,7 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
     model.eval()
     cache.check(model)
     paths = [p for x in listings for p in x.images]
-    image_features = cache.lookup(paths)
+    image_features = cache.tower_features(model, paths)
     joint_image = _per_listing_mean(model.project_image(image_features), listings)
     joint_image = unit_rows(joint_image.numpy())
     short = title_composer(model)

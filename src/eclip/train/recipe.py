@@ -52,11 +52,15 @@ class TrainConfig:
     per_group: int = 2  # listings of one catalog kept together in a batch (1 = plain shuffle)
     lr: float = 1e-4
     tower_lr_scale: float = 1.0  # learning rate of unlocked towers relative to the heads
+    image_lr_scale: float | None = None  # the image tower's own scale (default: tower_lr_scale)
     weight_decay: float = 0.1
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     lock_image: bool = False
+    # with lock_image: the top N blocks of the image tower (and its head) still train; the tower's
+    # activations below them are computed once, like a locked tower's features
+    image_trainable_blocks: int = 0
     lock_text: bool = False
     cache_locked_features: bool = True  # embed a locked tower's inputs once, not every step
     seed: int = 0

@@ -93,19 +93,22 @@ class MetricsLog:
 
 
 def param_groups(model, recipe: Recipe) -> list[dict[str, Any]]:
-    """Heads at ``lr``; unlocked towers at ``lr * tower_lr_scale``; no decay on biases and norms."""
+    """Heads at ``lr``; towers at ``lr * tower_lr_scale`` (the image tower at ``image_lr_scale``
+    when set); no decay on biases and norms."""
     cfg = recipe.train
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    scales = {"": 1.0, "text_tower.": cfg.tower_lr_scale,
+              "image_tower.": cfg.tower_lr_scale if cfg.image_lr_scale is None else cfg.image_lr_scale}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        in_tower = name.startswith(("text_tower.", "image_tower."))
+        part = next((p for p in ("text_tower.", "image_tower.") if name.startswith(p)), "")
         no_decay = param.ndim < 2 or name == "log_scale"
-        groups.setdefault((in_tower, no_decay), []).append(param)
+        groups.setdefault((part, no_decay), []).append(param)
     return [
-        {"params": params, "lr": cfg.lr * (cfg.tower_lr_scale if in_tower else 1.0),
+        {"params": params, "lr": cfg.lr * scales[part],
          "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-        for (in_tower, no_decay), params in sorted(groups.items())
+        for (part, no_decay), params in sorted(groups.items())
     ]
 
 
@@ -150,6 +153,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
             image_cache = ImageFeatureCache.compute(
                 model, dataset.image_paths + [p for x in val_listings for p in x.images],
                 ImageTransform(mc.image_size, tuple(mc.image_mean), tuple(mc.image_std)),
+                top_blocks=cfg.image_trainable_blocks,
                 batch_size=cfg.eval_batch_size, progress=cfg.progress and env.is_main)
         image_cache.check(model)
         image_input = CachedImageInput(image_cache, dataset.image_paths)
@@ -212,7 +216,8 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
-    model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text)
+    model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
+                        image_top_blocks=cfg.image_trainable_blocks)
     model.config.text_composer = dict(recipe.data.text)
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     schedule = BatchSchedule.from_recipe(cfg.batch_size, cfg.batch_schedule, cfg.lr_scaling)
