@@ -27,12 +27,14 @@ from eclip.train.precision import Precision
 
 ROWS_PER_RANK = 4
 DIM = 5
-LOSS_MODES = {  # name: (targets, local_loss, chunk_size)
-    "global": ("catalog", False, None),
-    "global_chunked": ("catalog", False, 3),
-    "local": ("catalog", True, None),
-    "local_chunked": ("catalog", True, 3),
-    "local_clip": ("clip", True, None),
+LOSS_MODES = {  # name: (targets, local_loss, chunk_size, (text_text, image_image) weights)
+    "global": ("catalog", False, None, (0.0, 0.0)),
+    "global_chunked": ("catalog", False, 3, (0.0, 0.0)),
+    "local": ("catalog", True, None, (0.0, 0.0)),
+    "local_chunked": ("catalog", True, 3, (0.0, 0.0)),
+    "local_clip": ("clip", True, None, (0.0, 0.0)),
+    "local_chunked_within_modality": ("catalog", True, 3, (0.5, 0.25)),
+    "global_within_modality_clip": ("clip", False, None, (0.5, 0.25)),
 }
 STEP_MODES = {  # name: (step, local_loss, chunk_size)
     "plain": (WholeBatchStep(), False, None),
@@ -69,8 +71,9 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
     mine = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
     image, text, groups = _global_embeddings(world)
     results: dict[str, dict] = {}
-    for name, (targets, local, chunk) in LOSS_MODES.items():
-        loss_fn = ContrastiveLoss(targets, local_loss=local, chunk_size=chunk)
+    for name, (targets, local, chunk, (tt, ii)) in LOSS_MODES.items():
+        loss_fn = ContrastiveLoss(targets, local_loss=local, chunk_size=chunk, text_text=tt,
+                                  image_image=ii)
         results[name] = _loss_and_grads(image[mine], text[mine], groups[mine], targets, loss_fn)
 
     batch = toy_batch(ROWS_PER_RANK * world)
@@ -116,9 +119,13 @@ def test_global_negatives_equal_the_single_process_computation(tmp_path, world):
     alone = contrastive_loss(image[:ROWS_PER_RANK], text[:ROWS_PER_RANK], 9.0, groups[:ROWS_PER_RANK])
     assert alone.item() != pytest.approx(contrastive_loss(image, text, 9.0, groups).item(), abs=1e-3)
 
-    for name, (targets, _, _) in LOSS_MODES.items():
-        single = _loss_and_grads(image, text, groups, targets,
-                                 lambda i, t, s, g, targets=targets: contrastive_loss(i, t, s, g, targets))
+    def reference(targets, tt, ii):
+        return lambda i, t, s, g: (contrastive_loss(i, t, s, g, targets)
+                                   + tt * contrastive_loss(t, t, s, g, targets)
+                                   + ii * contrastive_loss(i, i, s, g, targets))
+
+    for name, (targets, _, _, (tt, ii)) in LOSS_MODES.items():
+        single = _loss_and_grads(image, text, groups, targets, reference(targets, tt, ii))
         for rank, result in enumerate(results):
             got = result[name]
             mine = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)

@@ -222,3 +222,23 @@ def test_validation():
         contrastive_loss(image, text, 1.0, torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match="scalar"):
         contrastive_loss(image, text, torch.ones(3), torch.tensor([0, 1, 2]))
+
+
+def test_within_modality_terms_add_the_same_loss_inside_each_modality():
+    gen = torch.Generator().manual_seed(3)
+    image = F.normalize(torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    text = F.normalize(torch.randn(6, 8, generator=gen, dtype=torch.float64), dim=1)
+    groups = torch.tensor([0, 0, 1, 2, 2, 3])
+    within = ContrastiveLoss("catalog", text_text=0.5, image_image=0.25)
+    expected = (contrastive_loss(image, text, 5.0, groups)
+                + 0.5 * contrastive_loss(text, text, 5.0, groups)
+                + 0.25 * contrastive_loss(image, image, 5.0, groups))
+    assert within(image, text, 5.0, groups).item() == pytest.approx(expected.item(), abs=1e-12)
+    assert ContrastiveLoss("catalog")(image, text, 5.0, groups).item() == pytest.approx(
+        contrastive_loss(image, text, 5.0, groups).item(), abs=1e-12)
+    # a second title of the same product moved onto the first lowers the text-text loss
+    closer = text.clone()
+    closer[1] = text[0]
+    assert contrastive_loss(closer, closer, 5.0, groups) < contrastive_loss(text, text, 5.0, groups)
+    with pytest.raises(ConfigError):
+        ContrastiveLoss(text_text=-1.0)

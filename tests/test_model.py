@@ -107,6 +107,16 @@ def test_trained_tokenizer_handles_korean_and_round_trips(tokenizer, tmp_path):
     assert loaded(TITLES)["input_ids"] == batch["input_ids"]
 
 
+def test_trained_tokenizer_ids_do_not_depend_on_the_run(tokenizer):
+    """Pieces get their ids in a fixed order (specials, then by text), so a scratch tower seeded the
+    same way gives every piece the same embedding row in every run."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert pieces[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert pieces[5:] == sorted(pieces[5:])
+    again = train_tokenizer(TITLES * 5, vocab_size=400)
+    assert again(TITLES)["input_ids"] == tokenizer(TITLES)["input_ids"]
+
+
 def test_load_tokenizer_for_scratch_without_directory_is_config_error():
     with pytest.raises(ConfigError, match="scratch"):
         load_tokenizer(tiny_config())

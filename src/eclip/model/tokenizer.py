@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer.train_from_iterator(counted(), trainer)
     if count == 0:
         raise ConfigError("cannot train a tokenizer on no texts: the training catalog is empty")
+    tokenizer.model = _canonical_unigram(json.loads(tokenizer.to_str())["model"]["vocab"], models)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -60,6 +62,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         tokenizer_object=tokenizer, model_max_length=MODEL_MAX_LENGTH, unk_token="[UNK]",
         pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )
+
+
+def _canonical_unigram(vocab: list[list], models):
+    """The trained pieces in a fixed order: special tokens, then the pieces sorted by text.
+
+    The Unigram trainer returns the same pieces from run to run but in an order (and with scores)
+    that vary in their last digits, which would hand the pieces other ids and so other embedding rows
+    of a freshly initialised text tower; sorting makes the ids, and the baseline, reproducible.
+    """
+    scores = {piece: score for piece, score in vocab}
+    pieces = list(SPECIAL_TOKENS) + sorted(p for p in scores if p not in SPECIAL_TOKENS)
+    return models.Unigram([(p, scores[p]) for p in pieces], unk_id=SPECIAL_TOKENS.index("[UNK]"),
+                          byte_fallback=False)
 
 
 def load_tokenizer(config: DualEncoderConfig, model_dir: str | Path | None = None):

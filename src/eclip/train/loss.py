@@ -274,20 +274,41 @@ class ContrastiveLoss(nn.Module):
     In both modes, gradients averaged over ranks (what DDP does) equal the single-process gradients
     of the whole batch. ``chunk_size`` bounds the logits held at once (see
     :func:`contrastive_loss_rows`).
+
+    ``text_text`` and ``image_image`` add the same loss within one modality, weighted: each title
+    (photo) against the other titles (photos) of the batch, with the same targets. Under catalog
+    targets two sellers' titles of one product are pulled together and titles of other products
+    pushed away, so a title keeps what tells products apart even where the photo cannot show it
+    (size, material). A row is always its own positive here too (its similarity to itself is the
+    largest logit of its row), so the term is exact and as global as the cross-modal one.
     """
 
     def __init__(self, targets: str = "catalog", *, chunk_size: int | None = None,
-                 local_loss: bool = False):
+                 local_loss: bool = False, text_text: float = 0.0, image_image: float = 0.0):
         super().__init__()
         _check_targets(targets)
         if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
             raise ConfigError(f"loss chunk_size must be a positive integer, got {chunk_size!r}")
+        for name, weight in (("text_text", text_text), ("image_image", image_image)):
+            if not weight >= 0:
+                raise ConfigError(f"loss weight {name} must be >= 0, got {weight!r}")
         self.targets = targets
         self.chunk_size = chunk_size
         self.local_loss = local_loss
+        self.text_text = text_text
+        self.image_image = image_image
 
     def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
                 group_ids: Tensor | None = None) -> Tensor:
+        loss = self._pair(image_emb, text_emb, logit_scale, group_ids)
+        if self.text_text:
+            loss = loss + self.text_text * self._pair(text_emb, text_emb, logit_scale, group_ids)
+        if self.image_image:
+            loss = loss + self.image_image * self._pair(image_emb, image_emb, logit_scale, group_ids)
+        return loss
+
+    def _pair(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
+              group_ids: Tensor | None) -> Tensor:
         if not (dist.is_initialized() and dist.get_world_size() > 1):
             return contrastive_loss(image_emb, text_emb, logit_scale, group_ids, targets=self.targets,
                                     chunk_size=self.chunk_size)
@@ -311,4 +332,5 @@ class ContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"targets={self.targets!r}, chunk_size={self.chunk_size}, "
-                f"local_loss={self.local_loss}")
+                f"local_loss={self.local_loss}, text_text={self.text_text}, "
+                f"image_image={self.image_image}")

@@ -45,6 +45,9 @@ class TrainConfig:
     micro_batch_size: int | None = None
     loss_chunk_size: int | None = None  # rows of the similarity matrix computed at a time
     local_loss: bool = False  # each rank: its rows against all columns (memory linear in the batch)
+    # weights of the same loss within a modality (title vs titles, photo vs photos), same targets
+    text_text_weight: float = 0.0
+    image_image_weight: float = 0.0
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast around the towers)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     compile: bool = False  # torch.compile the towers

@@ -242,7 +242,8 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
                                    warmup_steps=min(cfg.warmup_steps, total_steps // 2),
                                    min_ratio=cfg.min_lr_ratio)
     precision = Precision(cfg.precision, env.device)
-    loss_fn = ContrastiveLoss(cfg.targets, chunk_size=cfg.loss_chunk_size, local_loss=cfg.local_loss)
+    loss_fn = ContrastiveLoss(cfg.targets, chunk_size=cfg.loss_chunk_size, local_loss=cfg.local_loss,
+                              text_text=cfg.text_text_weight, image_image=cfg.image_image_weight)
     pad_token_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     embed_step: EmbeddingStep = (MultiStreamStep(pad_token_id) if cfg.micro_batch_size
                                  else WholeBatchStep(pad_token_id))
