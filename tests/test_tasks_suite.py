@@ -93,6 +93,29 @@ def test_category_end_to_end(tiny):
     assert set(ctx.figures["category_confusion"]) >= {("eclip", "both"), ("oracle", "image")}
 
 
+def test_probes_read_the_towers_features_and_similarity_tasks_the_joint_space(tiny):
+    """baseline (tower views) and eclip (joint views) of one model: the same probe figures, since
+    probes train on the towers' pooled features; other zero-shot and matching figures."""
+    listings, _, _, views = tiny
+    baseline, eclip = views[0], views[1]
+    for modality in MODALITIES:
+        assert np.array_equal(eclip.probe_input(modality), baseline.task[modality])
+        assert eclip.task[modality].shape[1] != baseline.task[modality].shape[1]
+    ctx = _context(tiny)
+    category.run_category(ctx)
+    adult.run_adult(ctx)
+    matching.run_matching(ctx)
+    base, ours = _rows(ctx.report, "category", "baseline"), _rows(ctx.report, "category", "eclip")
+    for modality in MODALITIES:
+        assert ours[(modality, "probe_accuracy")].value == base[(modality, "probe_accuracy")].value
+        assert ours[(modality, "probe_macro_f1")].value == base[(modality, "probe_macro_f1")].value
+    base, ours = _rows(ctx.report, "adult", "baseline"), _rows(ctx.report, "adult", "eclip")
+    assert ours[("image", "pr_auc")].value == base[("image", "pr_auc")].value
+    base, ours = _rows(ctx.report, "matching", "baseline"), _rows(ctx.report, "matching", "eclip")
+    assert any(ours[(m, "cosine_roc_auc")].value != base[(m, "cosine_roc_auc")].value
+               for m in MODALITIES)
+
+
 def test_attribute_end_to_end(tiny):
     listings, _, splits, _ = tiny
     ctx = _context(tiny, [_oracle([x.attributes.get("color") for x in listings])])

@@ -93,7 +93,7 @@ class TaskContext:
         under "task/model/modality" (plus ``options["key"]``)."""
         views, modality = job
         key = options.pop("key", None)
-        run = run_probe(views.task[modality], labels, train, val, test, self.groups,
+        run = run_probe(views.probe_input(modality), labels, train, val, test, self.groups,
                         seeds=self.config.seeds, fraction=self.config.probe_fraction,
                         c_grid=self.config.probe_c, **options)
         name = "/".join([task, views.name, modality] + ([key] if key else []))

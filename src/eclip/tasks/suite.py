@@ -3,7 +3,9 @@
     >>> result = run_suite({"eclip": model}, listings, out_dir="eval_out")   # doctest: +SKIP
 
 Models are dual encoders by name; the ones named in ``EvalConfig.tower_features`` (``baseline`` by
-default) are read as their towers' features. The TF-IDF title reference joins the text modality.
+default) are read as their towers' features. Probes read every model's tower features (the
+representation, as linear probes of CLIP-style models do); the similarity tasks read the joint space.
+The TF-IDF title reference joins the text modality.
 ``eclip eval`` (``run_eval``) reads model directories and a catalog through a recipe's data section.
 """
 
@@ -112,7 +114,10 @@ def _notes(ctx: TaskContext, models: dict) -> list[str]:
         "w * image cosine + (1-w) * text cosine: w = 0.5 for probes and zero-shot; matching and "
         "clustering choose w per model on val (meta.fusion_weights).",
         f"Probes: logistic regression, C from {cfg.probe_c} by val; mean ± std over {cfg.seeds} "
-        f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs.",
+        f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs. Probes "
+        "(category, attribute, adult) read every model's towers' pooled features, the "
+        "representation; zero-shot, matching, clustering and retrieval read the joint space (a "
+        "baseline's: its tower features, but for zero-shot and retrieval).",
         "Cross-modal retrieval (task 'retrieval'): each test listing's full composed text (or image)"
         f" queries the test images (or texts); {HIT_RULE}.",
         "Matching pairs: one positive per listing of a multi-listing catalog, "

@@ -57,10 +57,16 @@ class ModelViews:
     retrieval_text: np.ndarray | None = None  # the model's full composed text, shared space
     encode_prompts: Callable[[list[str]], np.ndarray] | None = None  # texts -> shared space
     attribute_format: str = "{key} {value}"
+    # modality -> what probes train on, when not ``task``: a dual encoder's towers' pooled features
+    # (the representation; the joint space is the projection of it that the contrastive loss shapes)
+    features: dict[str, np.ndarray] | None = None
 
     @property
     def modalities(self) -> list[str]:
         return [m for m in MODALITIES if m in self.task]
+
+    def probe_input(self, modality: str) -> np.ndarray | sp.csr_matrix:
+        return (self.features or self.task)[modality]
 
 
 FUSION_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)  # image weights of "both" tried on val
@@ -142,12 +148,13 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
     title_features = _text_features(model, titles, batch_size, progress, f"titles ({name})")
     joint_text = unit_rows(model.project_text(title_features).numpy())
     joint = {"image": joint_image, "text": joint_text, "both": fuse(joint_image, joint_text)}
+    image = unit_rows(_per_listing_mean(image_features, listings).numpy())
+    text = unit_rows(title_features.numpy())
+    towers = {"image": image, "text": text, "both": fuse(image, text)}
     if tower:
-        image = unit_rows(_per_listing_mean(image_features, listings).numpy())
-        text = unit_rows(title_features.numpy())
-        task, kind = {"image": image, "text": text, "both": fuse(image, text)}, "tower"
+        task, kind, features = towers, "tower", None
     else:
-        task, kind = joint, "joint"
+        task, kind, features = joint, "joint", towers
     composer = model_composer(model)
     rows = np.arange(len(listings)) if retrieval_rows is None else np.asarray(retrieval_rows)
     retrieval_text = np.zeros_like(joint_text)
@@ -157,7 +164,7 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
         retrieval_text[rows] = unit_rows(model.project_text(full).numpy())
     return ModelViews(name, kind, task, joint, retrieval_text,
                       lambda texts: embed_texts(model, list(texts), batch_size=batch_size),
-                      composer.config.attribute_format)
+                      composer.config.attribute_format, features)
 
 
 def clean_titles(listings: list[Listing]) -> list[str]:
