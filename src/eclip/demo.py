@@ -71,7 +71,7 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
     paths = [p for x in listings for p in x.images]
     return ImageFeatureCache.compute(model, paths, eval_transform(model), progress=progress,
                                      top_blocks=recipe.train.image_trainable_blocks,
-                                     desc="image features (locked tower)")
+                                     desc="image features (locked part of the tower)")
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
