@@ -122,9 +122,10 @@ def bench_size(n: int, dim: int, work: Path, model_dir: Path, n_queries: int,
         qs = queries[:nq]
         if kind == "ivf":
             faiss.extract_index_ivf(raw).nprobe = held.stats.nprobe
-        raw_t, ours_t, cat_t = timed([lambda q: raw.search(q[None], K),
-                                      lambda q: index.search(q, K),
-                                      lambda q: index.search(q, K, category="Category 3")], qs)
+        raw_t, ours_t, cat_t = timed([lambda q, raw=raw: raw.search(q[None], K),
+                                      lambda q, index=index: index.search(q, K),
+                                      lambda q, index=index: index.search(q, K, category="Category 3")],
+                                     qs)
         scores = np.stack([[h.score for h in index.search(q, K)] for q in qs])
         found = np.ones_like(scores, dtype=np.int64)
         recall = recall_against(truth[:nq], scores, found)
