@@ -17,6 +17,7 @@ from eclip.train.recipe import load_recipe
 from eclip.train.run import split_listings
 from eclip.train.schedule import warmup_cosine
 from eclip.train.trainer import train
+from run_logs import logged_rows
 
 SCHEDULE = [{"step": 0, "batch_size": 8}, {"step": 3, "batch_size": 16}, {"step": 5, "batch_size": 32}]
 # for the trainer: with micro-batches of 8, one stream, then two, then three
@@ -93,15 +94,6 @@ def test_bundled_recipes_have_valid_schedules(name):
     assert schedule.unit_rows(world, cfg.micro_batch_size) == cfg.micro_batch_size
 
 
-def _rows(path):
-    rows = {}
-    for line in (path / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            rows[row["step"]] = row  # a resumed run rewrites the steps after its checkpoint
-    return rows
-
-
 def _recipe(out):
     return load_recipe(None, [
         f"train.output_dir={out}", "train.batch_size=8",
@@ -117,7 +109,7 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
     listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None)).train
     full = tmp_path / "full"
     train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
-    reference = _rows(full)
+    reference = logged_rows(full)
     assert [reference[s]["batch_size"] for s in range(1, 6)] == [8, 8, 16, 16, 24]
     # the lr logged at step s is the rate of the next step: the sqrt rule times warm-up + cosine
     schedule = BatchSchedule.from_recipe(8, TRAIN_SCHEDULE)
@@ -128,12 +120,12 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
     crashed = tmp_path / "crashed"
     with crash_in_loss(5):  # in step 5; the checkpoint of step 3 is inside phase 2
         train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
-    assert max(_rows(crashed)) == 4
+    assert max(logged_rows(crashed)) == 4
     messages = []
     train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
           log=messages.append)
     assert any(m.endswith("at step 3") for m in messages)
-    got = _rows(crashed)
+    got = logged_rows(crashed)
     assert sorted(got) == sorted(reference)
     for step, row in reference.items():
         for key in ("loss", "lr", "batch_size", "grad_norm"):

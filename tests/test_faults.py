@@ -19,6 +19,7 @@ from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
 from eclip.train.run import split_listings
 from eclip.train.trainer import MAX_BAD_STEPS, train
+from run_logs import assert_same_losses, assert_same_models, logged_losses
 
 OVERRIDES = ["train.batch_size=16", "train.epochs=3", "train.max_steps=8", "train.log_every=1",
              "train.checkpoint_every=3", "train.warmup_steps=2", "train.progress=false",
@@ -56,18 +57,6 @@ def _recipe(out, *extra):
     return load_recipe(None, [f"train.output_dir={out}", *OVERRIDES, *extra])
 
 
-def _rows(out):
-    rows = {}
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            rows[row["step"]] = row["loss"]  # a resumed run rewrites the steps after its checkpoint
-    return rows
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models on a small shared machine train faster on one thread."""
@@ -96,7 +85,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
                           log=lambda s: None)
         assert reference.steps == 8
         deadline = time.monotonic() + 120
-        while max(_rows(killed), default=0) < 4:
+        while max(logged_losses(killed), default=0) < 4:
             assert child.poll() is None, f"the run ended before it was killed:\n{child.stderr.read()}"
             assert time.monotonic() < deadline, "the run made no progress"
             time.sleep(0.05)
@@ -105,7 +94,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
     finally:
         child.kill()
         child.stderr.close()
-    assert max(_rows(killed)) == 4
+    assert max(logged_losses(killed)) == 4
     assert (killed / "checkpoints" / "last.pt").is_file()
     assert not (killed / "model").exists()  # the run did not finish
 
@@ -114,14 +103,10 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
                     log=messages.append)
     assert resumed.steps == 8
     assert any(m.startswith("resumed from") and m.endswith("at step 3") for m in messages)
-    expected, got = _rows(full), _rows(killed)
-    assert sorted(got) == sorted(expected) == list(range(1, 9))
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
-    a = DualEncoder.from_pretrained(full / "model").state_dict()
-    b = DualEncoder.from_pretrained(killed / "model").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+    expected = logged_losses(full)
+    assert sorted(expected) == list(range(1, 9))
+    assert_same_losses(expected, logged_losses(killed), atol=1e-5)
+    assert_same_models(full / "model", killed / "model", atol=1e-5)
 
 
 def _nan_loss(monkeypatch, bad_calls):
@@ -150,7 +135,7 @@ def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listi
     skipped = [r for r in rows if r.get("skipped_nonfinite_loss")]
     assert [r["step"] for r in skipped] == [1]  # after one good step
     assert any("non-finite loss; step skipped" in m for m in messages)
-    assert sorted(_rows(out)) == [1, 2, 3, 4]
+    assert sorted(logged_losses(out)) == [1, 2, 3, 4]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -183,7 +168,6 @@ def test_a_run_streaming_shards_resumes_with_the_same_losses(tmp_path, tiny_cata
         train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
     train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], resume=True,
           log=lambda s: None)
-    expected, got = _rows(full), _rows(crashed)
-    assert sorted(got) == sorted(expected) == list(range(1, 7))
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    expected = logged_losses(full)
+    assert sorted(expected) == list(range(1, 7))
+    assert_same_losses(expected, logged_losses(crashed), atol=1e-5)

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 
@@ -8,6 +6,7 @@ from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
 from eclip.train.run import split_listings
 from eclip.train.trainer import train
+from run_logs import assert_same_losses, assert_same_models, logged_losses
 
 
 def _recipe(out, **train_overrides):
@@ -16,15 +15,6 @@ def _recipe(out, **train_overrides):
                  "train.progress=false", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"]
     overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
     return load_recipe(None, overrides)
-
-
-def _losses(out):
-    losses = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            losses[row["step"]] = row["loss"]  # a resumed run rewrites the steps after the checkpoint
-    return losses
 
 
 @pytest.fixture
@@ -39,7 +29,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_mo
     result = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
                    log=lambda s: None)
     assert result.steps >= 6
-    reference = _losses(full)
+    reference = logged_losses(full)
 
     crashed = tmp_path / "crashed"
     with crash_in_loss(5):  # after the checkpoint at step 3 and one more step
@@ -48,15 +38,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_mo
     resumed = train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train,
                     data.val, resume=True, log=lambda s: None)
     assert resumed.steps == result.steps
-    got = _losses(crashed)
-    assert sorted(got) == sorted(reference)
-    for step in reference:
-        assert got[step] == pytest.approx(reference[step], abs=1e-6), step
-    # the saved models are the same too
-    a = DualEncoder.from_pretrained(full / "model").state_dict()
-    b = DualEncoder.from_pretrained(crashed / "model").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    assert_same_losses(reference, logged_losses(crashed), atol=1e-6)
+    assert_same_models(full / "model", crashed / "model", atol=1e-6)  # the saved models too
 
 
 def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(tmp_path,
@@ -72,7 +55,7 @@ def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(
         assert torch.equal(value, a.model.image_tower.state_dict()[key])
         assert torch.equal(value, b.model.image_tower.state_dict()[key])
     # serving the locked tower's features from the cache changes nothing in the numbers
-    la, lb = _losses(out_a), _losses(out_b)
+    la, lb = logged_losses(out_a), logged_losses(out_b)
     assert la.keys() == lb.keys()
     for step in la:
         assert la[step] == pytest.approx(lb[step], abs=1e-5)
@@ -108,7 +91,7 @@ def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_pa
     b = train(_recipe(out_b, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5,
                       cache_locked_features="false"),
               DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val, log=lambda s: None)
-    la, lb = _losses(out_a), _losses(out_b)
+    la, lb = logged_losses(out_a), logged_losses(out_b)
     assert la.keys() == lb.keys() and len(la) >= 4
     for step in la:
         assert la[step] == pytest.approx(lb[step], abs=1e-5)
