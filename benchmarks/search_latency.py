@@ -35,7 +35,7 @@ import torch
 from eclip.catalog.schema import Listing
 from eclip.search import SearchIndex, VectorSettings, write_index
 from eclip.search.vectors import exact_top_scores, near_duplicate_queries, recall_against
-from eclip.tasks.embed import Embeddings
+from eclip.encode import Embeddings
 from eclip.train.recipe import Recipe
 from eclip.train.run import build_model
 

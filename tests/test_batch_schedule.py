@@ -14,7 +14,7 @@ from eclip.errors import ConfigError
 from eclip.model import DualEncoder
 from eclip.train.batch_schedule import BatchSchedule, Phase, build_lr_scheduler
 from eclip.train.recipe import load_recipe
-from eclip.train.run import split_listings
+from eclip.catalog.splits import split_listings
 from eclip.train.schedule import warmup_cosine
 from eclip.train.trainer import train
 from run_logs import logged_rows
@@ -106,7 +106,7 @@ def _recipe(out):
 def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path, tiny_catalog,
                                                                         tiny_model_dir, crash_in_loss,
                                                                         one_thread):
-    listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None)).train
+    listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
     full = tmp_path / "full"
     train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
     reference = logged_rows(full)

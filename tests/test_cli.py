@@ -66,11 +66,11 @@ def test_own_csv_catalog_trains_and_embeds_with_a_bad_row_report(shop_catalog, t
     code = main(["embed", "--model", str(run / "model"), "--catalog", str(path), "--image-root",
                  str(root), "--out", str(emb_path), overrides[len(tiny_model_config)]])
     assert code == 0
-    assert (tmp_path / "emb.bad_rows.json").is_file()
+    assert (tmp_path / "bad_rows.json").is_file()
     table = pq.read_table(emb_path).to_pydict()
     assert len(table["product_id"]) == 37 and "A3" not in table["product_id"]
     vectors = np.array(table["product_embedding"])
-    assert vectors.shape == (37, tiny_model_config["embed_dim"])
+    assert vectors.shape == (37, 2 * tiny_model_config["embed_dim"])  # fused: [image; text]
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # the model composes text the way it was trained: its saved config carries the composer
     saved = json.loads((run / "model" / "config.json").read_text())

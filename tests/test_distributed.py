@@ -5,7 +5,8 @@ again, with torchrun's environment variables), each with its slice of one global
 which catalogs straddle ranks (row 0 on rank 0 and the last row on the last rank share a catalog). Every
 rank computes the loss (whole-batch and local-loss modes, dense and chunked) and, for a toy model
 wrapped in DDP, the parameter gradients of a plain step and of a multi-stream step. The test then
-checks them against one process holding the whole batch. ``test_torchrun.py`` launches the real
+checks them against one process holding the whole batch. The sigmoid (SigLIP) loss runs through the
+same checks, its learnable bias's gradient included. ``test_torchrun.py`` launches the real
 ``eclip train`` under torchrun.
 """
 
@@ -41,6 +42,20 @@ STEP_MODES = {  # name: (step, local_loss, chunk_size)
     "plain_local_chunked": (WholeBatchStep(), True, 3),
     "streams_local_chunked": (MultiStreamStep(), True, 2),
 }
+BIAS = -1.5  # the sigmoid loss's logit bias
+SIGMOID_LOSS_MODES = {  # name: (targets, local_loss, chunk_size, (text_text, image_image) weights)
+    "sigmoid_global": ("catalog", False, None, (0.0, 0.0)),
+    "sigmoid_global_chunked": ("catalog", False, 3, (0.0, 0.0)),
+    "sigmoid_local": ("catalog", True, None, (0.0, 0.0)),
+    "sigmoid_local_chunked": ("catalog", True, 3, (0.0, 0.0)),
+    "sigmoid_local_clip": ("clip", True, 2, (0.0, 0.0)),
+    "sigmoid_local_chunked_within_modality": ("catalog", True, 3, (0.5, 0.25)),
+}
+SIGMOID_STEP_MODES = {  # name: (step, local_loss, chunk_size)
+    "sigmoid_plain": (WholeBatchStep(), False, None),
+    "sigmoid_plain_local_chunked": (WholeBatchStep(), True, 3),
+    "sigmoid_streams_local_chunked": (MultiStreamStep(), True, 2),
+}
 
 
 def _global_embeddings(world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,13 +66,20 @@ def _global_embeddings(world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return image, text, toy_batch(rows)["group"]
 
 
-def _loss_and_grads(image, text, groups, targets, loss_fn):
+def _loss_and_grads(image, text, groups, targets, loss_fn, bias=None):
     image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
-    loss = loss_fn(image, text, scale, groups)
+    extra = {}
+    if bias is not None:
+        extra["logit_bias"] = torch.tensor(bias, dtype=torch.float64, requires_grad=True)
+    loss = loss_fn(image, text, scale, groups, **extra)
     value = loss_fn.global_value(loss) if hasattr(loss_fn, "global_value") else loss.detach()
     loss.backward()
-    return {"loss": value, "image": image.grad, "text": text.grad, "scale": scale.grad}
+    out = {"loss": value, "share": loss.detach(), "image": image.grad, "text": text.grad,
+           "scale": scale.grad}
+    if bias is not None:
+        out["bias"] = extra["logit_bias"].grad
+    return out
 
 
 def worker(rank: int, world: int, port: int, out: Path) -> None:
@@ -75,6 +97,10 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
         loss_fn = ContrastiveLoss(targets, local_loss=local, chunk_size=chunk, text_text=tt,
                                   image_image=ii)
         results[name] = _loss_and_grads(image[mine], text[mine], groups[mine], targets, loss_fn)
+    for name, (targets, local, chunk, (tt, ii)) in SIGMOID_LOSS_MODES.items():
+        loss_fn = ContrastiveLoss(targets, loss="sigmoid", local_loss=local, chunk_size=chunk,
+                                  text_text=tt, image_image=ii)
+        results[name] = _loss_and_grads(image[mine], text[mine], groups[mine], targets, loss_fn, BIAS)
 
     batch = toy_batch(ROWS_PER_RANK * world)
     local_batch = rows_of(batch, mine.start, mine.stop)
@@ -83,6 +109,13 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
         embedder = wrap_data_parallel(Embedder(model, pixel_input), env)
         units = [rows_of(local_batch, k, k + 2) for k in range(0, ROWS_PER_RANK, 2)]
         loss = step(embedder, units, ContrastiveLoss(local_loss=local, chunk_size=chunk), Precision())
+        results[name] = {"loss": loss, "grads": grads(model)}
+    for name, (step, local, chunk) in SIGMOID_STEP_MODES.items():
+        model = ToyDualEncoder(seed=rank, logit_bias=BIAS)  # DDP must broadcast rank 0's bias too
+        embedder = wrap_data_parallel(Embedder(model, pixel_input), env)
+        units = [rows_of(local_batch, k, k + 2) for k in range(0, ROWS_PER_RANK, 2)]
+        loss_fn = ContrastiveLoss(loss="sigmoid", local_loss=local, chunk_size=chunk)
+        loss = step(embedder, units, loss_fn, Precision())
         results[name] = {"loss": loss, "grads": grads(model)}
     torch.save(results, out / f"rank{rank}.pt")
     shutdown()
@@ -109,9 +142,22 @@ def _launch(world: int, out: Path) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """``launched(world)``: the ranks' results of one job of ``world`` processes, started once."""
+    jobs: dict[int, list[dict]] = {}
+
+    def get(world: int) -> list[dict]:
+        if world not in jobs:
+            jobs[world] = _launch(world, tmp_path_factory.mktemp(f"world{world}"))
+        return jobs[world]
+
+    return get
+
+
 @pytest.mark.parametrize("world", [2, 4])
-def test_global_negatives_equal_the_single_process_computation(tmp_path, world):
-    results = _launch(world, tmp_path)
+def test_global_negatives_equal_the_single_process_computation(launched, world):
+    results = launched(world)
     image, text, groups = _global_embeddings(world)
     # a catalog straddles rank 0 and the last rank: without gathering it would be no positive, and
     # a rank's slice alone gives another loss than the global batch
@@ -146,4 +192,53 @@ def test_global_negatives_equal_the_single_process_computation(tmp_path, world):
             assert result[name]["loss"] == pytest.approx(loss, abs=1e-10), (name, rank)
             for param, grad in expected.items():
                 torch.testing.assert_close(result[name]["grads"][param], grad, atol=1e-5, rtol=0,
+                                           msg=f"{name} rank {rank} {param}")
+
+
+def _sigmoid_reference(targets, tt, ii):
+    def loss(i, t, s, g, logit_bias):
+        def one(a, b):
+            return contrastive_loss(a, b, s, g, targets, loss="sigmoid", logit_bias=logit_bias)
+        return one(i, t) + tt * one(t, t) + ii * one(i, i)
+    return loss
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_global_sigmoid_loss_equals_the_single_process_computation(launched, world):
+    results = launched(world)
+    image, text, groups = _global_embeddings(world)
+    alone = contrastive_loss(image[:ROWS_PER_RANK], text[:ROWS_PER_RANK], 9.0, groups[:ROWS_PER_RANK],
+                             loss="sigmoid", logit_bias=BIAS)
+    whole = contrastive_loss(image, text, 9.0, groups, loss="sigmoid", logit_bias=BIAS)
+    assert alone.item() != pytest.approx(whole.item(), abs=1e-3)
+
+    for name, (targets, local, _, (tt, ii)) in SIGMOID_LOSS_MODES.items():
+        single = _loss_and_grads(image, text, groups, targets, _sigmoid_reference(targets, tt, ii), BIAS)
+        for rank, result in enumerate(results):
+            got = result[name]
+            mine = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+            assert got["loss"].item() == pytest.approx(single["loss"].item(), abs=1e-10), (name, rank)
+            for key in ("image", "text"):
+                torch.testing.assert_close(got[key] / world, single[key][mine], atol=1e-6, rtol=0,
+                                           msg=f"{name} rank {rank} {key}")
+        for key in ("scale", "bias"):  # what DDP's average of the ranks' gradients gives
+            mean = sum(r[name][key] for r in results) / world
+            torch.testing.assert_close(mean, single[key], atol=1e-6, rtol=0, msg=f"{name} {key}")
+        if local:  # each rank returns its rows' share: the shares average to the global loss
+            shares = [r[name]["share"].item() for r in results]
+            assert len(set(shares)) > 1, name
+            assert sum(shares) / world == pytest.approx(single["loss"].item(), abs=1e-10), name
+
+    batch = toy_batch(ROWS_PER_RANK * world)
+    model = ToyDualEncoder(seed=0, logit_bias=BIAS)
+    loss = WholeBatchStep()(Embedder(model, pixel_input), [batch], ContrastiveLoss(loss="sigmoid"),
+                            Precision())
+    expected = grads(model)
+    assert expected["logit_bias"].abs() > 0
+    for name in SIGMOID_STEP_MODES:
+        for rank, result in enumerate(results):
+            assert result[name]["loss"] == pytest.approx(loss, abs=1e-10), (name, rank)
+            assert set(result[name]["grads"]) == set(expected)
+            for param, grad in expected.items():
+                torch.testing.assert_close(result[name]["grads"][param], grad, atol=1e-6, rtol=0,
                                            msg=f"{name} rank {rank} {param}")

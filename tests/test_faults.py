@@ -17,7 +17,7 @@ from eclip.catalog.readers import read_catalog
 from eclip.errors import EclipError
 from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
-from eclip.train.run import split_listings
+from eclip.catalog.splits import split_listings
 from eclip.train.trainer import MAX_BAD_STEPS, train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
 
@@ -33,7 +33,7 @@ import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
-from eclip.train.run import split_listings
+from eclip.catalog.splits import split_listings
 
 real_forward = trainer_mod.ContrastiveLoss.forward
 calls = 0
@@ -47,7 +47,7 @@ def slow_forward(self, *args, **kwargs):
 
 trainer_mod.ContrastiveLoss.forward = slow_forward
 catalog, model_dir, out, *overrides = sys.argv[1:]
-listings = split_listings(read_catalog(catalog).listings, load_recipe(None)).train
+listings = split_listings(read_catalog(catalog).listings, load_recipe(None).data).train
 trainer_mod.train(load_recipe(None, [f"train.output_dir={out}", *overrides]),
                   DualEncoder.from_pretrained(model_dir), listings, log=lambda s: None)
 """
@@ -68,7 +68,7 @@ def one_thread():
 
 @pytest.fixture
 def listings(tiny_catalog):
-    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None)).train
+    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
 
 
 def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from eclip.tasks.retrieval import recall_at_k
+from eclip.encode import recall_at_k
 
 
 def test_recall_counts_any_listing_of_the_same_catalog():

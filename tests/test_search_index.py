@@ -65,9 +65,12 @@ def test_build_is_self_contained_and_finds_a_listing_by_its_own_photo(built, lis
 
 def test_text_search_equals_brute_force_over_the_stored_vectors(built, listings):
     index = SearchIndex.open(built)
-    query = index.encode_text(listings[7].title)
+    text = index.encode_text(listings[7].title)
     for against, modality in (("text", "text"), ("image", "image"), ("both", "product")):
+        query = index.lift(text, against)  # against "both": w * <q, image> + (1 - w) * <q, text>
         hits = index.search(query, 10, against=against)
+        assert [h.score for h in hits] == pytest.approx(
+            [h.score for h in index.search_text(listings[7].title, 10, against=against)], abs=1e-6)
         scores = dict(zip(index.vids.tolist(), np.asarray(index.vectors[modality]) @ query))
         # the ten best scores, each reported for the listing that has it (ties may swap places)
         assert [h.score for h in hits] == pytest.approx(sorted(scores.values())[::-1][:10],

@@ -16,7 +16,8 @@ from eclip.catalog.readers import read_catalog
 from eclip.catalog.shards import INDEX_NAME, ShardIndex, decode_jpeg, prepare_shards, read_shard
 from eclip.cli import main
 from eclip.errors import ConfigError, EclipError
-from eclip.train.data import Collator, catalog_group_id, item_rng
+from eclip.catalog.schema import catalog_group_id
+from eclip.train.data import Collator, item_rng
 from eclip.train.stream import ShardStream
 
 COMPOSER = ComposerConfig(field_dropout={"brand": 0.5, "attributes": 0.5})

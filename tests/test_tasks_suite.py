@@ -18,8 +18,9 @@ from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import eval_splits
 from eclip.tasks.report import Report
 from eclip.tasks.suite import HEADLINES, run_suite
-from eclip.tasks.views import (MODALITIES, ModelViews, fuse, fusion_weight, image_cache_for,
-                               model_views, tfidf_views)
+from eclip.encode import fuse
+from eclip.tasks.views import (MODALITIES, ModelViews, listing_cache, model_views,
+                               tfidf_views)
 
 FAST = EvalConfig(seeds=2, probe_c=[1.0, 100.0], map_points=40)
 # oracle vectors are learnt perfectly by a weakly regularised probe that sees every training catalog
@@ -36,7 +37,7 @@ def tiny(tiny_catalog, tiny_model_dir):
     listings = _adult_by_category(read_catalog(tiny_catalog, progress=False).listings)
     model = DualEncoder.from_pretrained(tiny_model_dir)
     splits = eval_splits(listings)
-    cache = image_cache_for(model, listings, [], progress=False)
+    cache = listing_cache(model, listings, [], progress=False)
     views = [model_views("baseline", model, listings, cache, tower=True, progress=False),
              model_views("eclip", model, listings, cache, progress=False),
              tfidf_views(listings, splits.index("train"))]
@@ -147,7 +148,7 @@ def test_matching_end_to_end(tiny):
         assert oracle[("image", metric)].value == pytest.approx(1.0), metric
 
 
-def test_both_weighs_the_informative_modality_in_matching_and_clustering():
+def test_both_finds_the_informative_modality_in_matching_and_clustering():
     rng = np.random.default_rng(0)
     listings = [Listing(product_id=f"p{i}", title=f"item {i % 7}", images=["x.jpg"],
                         catalog_id=f"g{i // 4}", category="A > x" if i % 8 < 4 else "B > y",
@@ -167,18 +168,10 @@ def test_both_weighs_the_informative_modality_in_matching_and_clustering():
     matching.run_matching(ctx)
     clustering.run_clustering(ctx)
     for task in ("matching", "clustering"):
-        weights = ctx.report.meta["fusion_weights"][task]
-        assert weights["a"] >= 0.7 and weights["b"] <= 0.3, task
-        assert weights["c"] == 0.5  # every weight is perfect: the neutral one is kept
         both = {m: _rows(ctx.report, task, m)[("both", HEADLINES[task])].value for m in "ab"}
         noisy = _rows(ctx.report, task, "a")[("text", HEADLINES[task])].value
         assert min(both.values()) > noisy + 0.2, task  # the fused view finds the signal
 
-
-def test_fusion_weight_prefers_the_neutral_weight_on_ties():
-    assert fusion_weight(lambda w: -abs(w - 0.7)) == 0.7
-    assert fusion_weight(lambda w: 1.0) == 0.5
-    assert fusion_weight(lambda w: float(w <= 0.3)) == 0.3
 
 
 def test_clustering_end_to_end(tiny):

@@ -4,7 +4,7 @@ import torch
 from eclip.catalog.readers import read_catalog
 from eclip.model import DualEncoder
 from eclip.train.recipe import load_recipe
-from eclip.train.run import split_listings
+from eclip.catalog.splits import split_listings
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
 
@@ -20,7 +20,7 @@ def _recipe(out, **train_overrides):
 @pytest.fixture
 def data(tiny_catalog):
     listings = read_catalog(tiny_catalog).listings
-    return split_listings(listings, load_recipe(None))
+    return split_listings(listings, load_recipe(None).data)
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, data,
@@ -82,7 +82,8 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
 def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_path, tiny_model_dir,
                                                                           data):
     """The cached run (activations at the cut computed once) equals the run through the pixels."""
-    from eclip.tasks.views import image_cache_for, model_views
+    from eclip.encode import ImageFeatureCache, eval_transform
+    from eclip.tasks.views import listing_cache, model_views
 
     before = DualEncoder.from_pretrained(tiny_model_dir)
     out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
@@ -107,16 +108,14 @@ def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_pa
 
     # evaluation serves the trained model from activations cached with the untrained tower
     listings = data.test
-    shared = image_cache_for(before, listings, [], progress=False)  # the baseline's pooled features
-    from eclip.tasks.embed import eval_transform
-    from eclip.train.features import ImageFeatureCache
+    shared = listing_cache(before, listings, [], progress=False)  # the baseline's pooled features
 
     partial = ImageFeatureCache.compute(before, [p for x in listings for p in x.images],
                                         eval_transform(before), top_blocks=1, progress=False)
     caches = [shared, partial]
-    assert image_cache_for(a.model, listings, caches, progress=False) is partial
+    assert listing_cache(a.model, listings, caches, progress=False) is partial
     assert not shared.serves(a.model) and partial.serves(before)
-    fresh = image_cache_for(a.model, listings, [], progress=False)
+    fresh = listing_cache(a.model, listings, [], progress=False)
     via_cut = model_views("eclip", a.model, listings, partial, progress=False)
     via_pixels = model_views("eclip", a.model, listings, fresh, progress=False)
     for modality in ("image", "text", "both"):

@@ -9,13 +9,16 @@ from torch import nn
 
 
 class ToyDualEncoder(nn.Module):
-    def __init__(self, dropout: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float64):
+    def __init__(self, dropout: float = 0.0, seed: int = 0, dtype: torch.dtype = torch.float64,
+                 logit_bias: float | None = None):
         super().__init__()
         torch.manual_seed(seed)
         self.image = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 4))
         self.embed = nn.Embedding(20, 8)
         self.text = nn.Sequential(nn.Dropout(dropout), nn.Linear(8, 4))
         self.log_scale = nn.Parameter(torch.tensor(2.0))
+        if logit_bias is not None:  # a SigLIP-style learnable bias (rank-dependent seeds change it too)
+            self.logit_bias = nn.Parameter(torch.tensor(logit_bias + 0.1 * seed))
         self.to(dtype)
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:

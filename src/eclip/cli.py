@@ -69,20 +69,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from eclip.catalog.load import load_catalog
+    from eclip.encode import embed_listings, write_embeddings
     from eclip.model import DualEncoder
-    from eclip.tasks.embed import embed_listings, write_embeddings
     from eclip.train.recipe import load_recipe
-    from eclip.train.run import load_catalog
 
     recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
     model = DualEncoder.from_pretrained(args.model)
-    read = load_catalog(recipe)
-    print(read.summary())
     out = Path(args.out)
-    if read.issues:
-        report = out.with_name(out.stem + ".bad_rows.json")
-        read.write_report(report)
-        print(f"bad-row report: {report}")
+    read = load_catalog(recipe.data, report_dir=out.parent)
     emb = embed_listings(model, read.listings, batch_size=args.batch_size)
     write_embeddings(emb, out, read.listings)
     print(f"wrote {len(emb.product_ids)} embeddings to {out}")
@@ -111,32 +106,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from eclip.catalog.compose import ComposerConfig
-    from eclip.catalog.readers import read_catalog
+    from eclip.catalog.load import load_catalog
+    from eclip.catalog.load import BAD_ROWS_FILE
     from eclip.catalog.shards import ShardIndex, prepare_shards
+    from eclip.catalog.splits import split_listings
     from eclip.train.recipe import load_recipe
 
     recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
     data = recipe.data
+    out = Path(args.out)
     # Images are not checked while reading: preparing decodes every one of them anyway.
-    read = read_catalog(data.catalog, image_root=data.image_root,
-                        column_map=data.column_map or None, strict=data.strict,
-                        check_images=False, progress=not args.quiet)
-    print(read.summary())
+    read = load_catalog(data, check_images=False, progress=not args.quiet)
     if not any(x.split for x in read.listings):
-        from eclip.train.run import split_listings
-
-        splits = split_listings(read.listings, recipe)
+        splits = split_listings(read.listings, data)
         read = replace(read, listings=[replace(x, split=data.train_split) for x in splits.train]
                        + [replace(x, split=data.val_split) for x in splits.val])
         print(f"no split column: {len(splits.val)} listings held out by catalog as "
               f"'{data.val_split}' (data.val_fraction={data.val_fraction})")
-    out = Path(args.out)
     index_path = prepare_shards(read, out, shard_size=args.shard_size, image_size=args.image_size,
                                 composer_config=ComposerConfig.from_dict(data.text),
                                 progress=not args.quiet)
     if read.issues:
-        read.write_report(out / "bad_rows.json")
-        print(f"bad-row report: {out / 'bad_rows.json'}")
+        read.write_report(out / BAD_ROWS_FILE)
+        print(f"bad-row report: {out / BAD_ROWS_FILE}")
     index = ShardIndex.load(out)
     skipped = index.data["skipped"]
     splits_text = ", ".join(f"{n} {name or 'without split'}" for name, n in index.splits.items())
@@ -163,9 +155,9 @@ def _product_ids(value: str) -> list[str]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from eclip.catalog.load import BAD_ROWS_FILE, load_catalog
     from eclip.search import VectorSettings, build_index, delete_from_index, update_index
     from eclip.train.recipe import load_recipe
-    from eclip.train.run import load_catalog
 
     if args.delete:
         if args.catalog or args.update:
@@ -179,13 +171,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise EclipError("--model DIR is required to build an index (--update uses the index's "
                          "own model)")
     recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
-    read = load_catalog(recipe, progress=not args.quiet)
-    print(read.summary())
     out = Path(args.out)
-    if read.issues:
-        report = out.with_name(out.name + ".bad_rows.json")
-        read.write_report(report)
-        print(f"bad-row report: {report}")
+    read = load_catalog(recipe.data, progress=not args.quiet)
     if args.update:
         info = update_index(out, read.listings, model_dir=args.model, batch_size=args.batch_size,
                             progress=not args.quiet)
@@ -196,6 +183,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
                            progress=not args.quiet)
     print(info.summary())
+    if read.issues:  # beside the generations, after the index is written
+        read.write_report(out / BAD_ROWS_FILE)
+        print(f"bad-row report: {out / BAD_ROWS_FILE}")
     print(f"serve it with: eclip serve --index {out}")
     return 0
 

@@ -18,17 +18,18 @@ from typing import Callable
 
 import torch
 
+from eclip.catalog.config import DataConfig
 from eclip.catalog.demo import make_demo_catalog
-from eclip.catalog.readers import read_catalog
+from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
+from eclip.catalog.splits import split_listings
 from eclip.config import to_dict
+from eclip.encode import ImageFeatureCache, caches_locked_tower, image_cache_for
 from eclip.tasks.context import EvalConfig
-from eclip.tasks.embed import eval_transform
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
-from eclip.train.features import ImageFeatureCache
 from eclip.train.recipe import Recipe, load_recipe
-from eclip.train.run import build_model, split_listings
+from eclip.train.run import build_model
 from eclip.train.trainer import train
 
 MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
@@ -52,10 +53,9 @@ def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: 
     catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
                                      image_size=recipe.model.get("image_size", 128),
                                      progress=progress)
-    read = read_catalog(catalog_file, progress=progress)
-    read.write_report(out_dir / "bad_rows.json")
-    log(read.summary())
-    splits = split_listings(read.listings, recipe)
+    read = load_catalog(DataConfig(catalog=str(catalog_file)), report_dir=out_dir,
+                        progress=progress, log=log)
+    splits = split_listings(read.listings, recipe.data)
     log(f"splits by catalog: {len(splits.train)} train, {len(splits.val)} val, "
         f"{len(splits.test)} test listings")
     recipe.data.catalog = str(catalog_file)
@@ -65,13 +65,12 @@ def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: 
 def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
                        progress: bool) -> ImageFeatureCache | None:
     """Features of a locked image tower for every image, shared by all models built on it."""
-    if not (recipe.train.lock_image and recipe.train.cache_locked_features
-            and not recipe.data.augment):
+    cfg = recipe.train
+    if not caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment):
         return None
-    paths = [p for x in listings for p in x.images]
-    return ImageFeatureCache.compute(model, paths, eval_transform(model), progress=progress,
-                                     top_blocks=recipe.train.image_trainable_blocks,
-                                     desc="image features (locked part of the tower)")
+    return image_cache_for(model, [p for x in listings for p in x.images], [],
+                           top_blocks=cfg.image_trainable_blocks, progress=progress,
+                           desc="image features (locked part of the tower)")
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,

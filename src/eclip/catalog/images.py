@@ -40,6 +40,15 @@ _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
+# How an evaluation image is brought to the tower's square input (see ImageTransform).
+RESIZE_MODES = ("crop", "shortest_edge", "squash")
+RESAMPLE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+}
+
+
 class _Rejected(Exception):
     """Internal: why a file is not a usable image (the text ``check_image`` returns)."""
 
@@ -214,6 +223,25 @@ class ImageTransform:
     ``scale`` of the image and whose aspect ratio lies in ``ratio`` (log-uniform), resized to
     ``size``. There are no flips: mirrored text or logos would change what a listing says. Values
     are ``(x / 255 - mean) / std`` per channel. The same generator state gives the same crop.
+
+    ``resize`` picks how an evaluation image becomes ``size`` x ``size`` (training always uses the
+    random crop above, resized with ``resample``):
+
+    * ``"crop"`` (default): the centred square (shorter side) resized to ``size`` in one step;
+    * ``"shortest_edge"``: the whole image resized so that its shorter side is ``resize_size``
+      (default ``size``; the longer side ``int(resize_size * long / short)``), then the centred
+      ``size`` x ``size`` crop at integer offsets ``(H - size) // 2`` -- what the transformers
+      ``CLIPImageProcessor`` does (``size.shortest_edge`` + ``crop_size``);
+    * ``"squash"``: the whole image resized to ``size`` x ``size`` whatever its aspect ratio -- what
+      ``SiglipImageProcessor`` does (``size.height`` = ``size.width``, no crop); with a
+      ``resize_size`` the square is that large and the centred ``size`` crop is taken from it.
+
+    ``resample`` is the PIL filter (``bicubic``, ``bilinear``, ``nearest``, ``lanczos``, ``box``,
+    ``hamming``). In the two transformers-style modes values are computed as the transformers PIL
+    image processors do (``uint8 * (1/255)`` in float64 cast to float32, then ``(x - mean) / std`` in
+    float32), so the pixels equal theirs exactly (tests compare with the processors). The
+    torchvision backend of those processors (used when torchvision is installed) resizes with
+    its own kernels and is not reproduced bit for bit.
     """
 
     size: int
@@ -222,12 +250,26 @@ class ImageTransform:
     train: bool = False
     scale: tuple[float, float] = (0.6, 1.0)
     ratio: tuple[float, float] = (4 / 5, 5 / 4)
+    resize: str = "crop"
+    resample: str = "bicubic"
+    resize_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("mean", "std", "scale", "ratio"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise ConfigError(f"image transform: size must be a positive integer, got {self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"image transform: resize must be one of {', '.join(RESIZE_MODES)}, "
+                              f"got {self.resize!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ConfigError(f"image transform: resample must be one of "
+                              f"{', '.join(RESAMPLE_FILTERS)}, got {self.resample!r}")
+        if self.resize_size is not None and (
+                not isinstance(self.resize_size, int) or isinstance(self.resize_size, bool)
+                or self.resize_size < self.size):
+            raise ConfigError(f"image transform: resize_size must be an integer >= size ({self.size}) "
+                              f"(the crop is taken from the resized image), got {self.resize_size!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError("image transform: mean and std need one value per RGB channel")
         if min(self.std) <= 0:
@@ -241,13 +283,35 @@ class ImageTransform:
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         if img.mode != "RGB":
             img = to_rgb(img)
+        if self.resize != "crop" and not self.train:
+            return self._processor_style(img)
         box = self.crop_box(img.size, generator)
-        resized = img.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
+        resized = img.resize((self.size, self.size), RESAMPLE_FILTERS[self.resample], box=box)
         pixels = np.array(resized, dtype=np.float32)  # (size, size, 3)
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         pixels = (pixels / 255.0 - mean) / std
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def _processor_style(self, img: Image.Image) -> torch.Tensor:
+        """``shortest_edge`` / ``squash`` evaluation, with the transformers processors' arithmetic."""
+        width, height = img.size
+        if self.resize == "squash":
+            new_w = new_h = self.resize_size or self.size
+        else:
+            short_target = self.resize_size or self.size
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = short_target, int(short_target * long / short)
+            new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        pixels = np.array(img.resize((new_w, new_h), resample=RESAMPLE_FILTERS[self.resample]))
+        if (new_w, new_h) != (self.size, self.size):
+            top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+            pixels = pixels[top:top + self.size, left:left + self.size]
+        values = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        values = (values - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
 
     def crop_box(self, image_size: tuple[int, int], generator: torch.Generator | None = None
                  ) -> tuple[float, float, float, float]:
@@ -277,7 +341,8 @@ class ImageTransform:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready settings, e.g. for a model's preprocessor config."""
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
-                "train": self.train, "scale": list(self.scale), "ratio": list(self.ratio)}
+                "train": self.train, "scale": list(self.scale), "ratio": list(self.ratio),
+                "resize": self.resize, "resample": self.resample, "resize_size": self.resize_size}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageTransform":

@@ -6,6 +6,7 @@ different sellers; a listing without one is a product of its own.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,22 @@ def category_parts(category: str | None) -> list[str]:
     if not category:
         return []
     return [part.strip() for part in category.split(">") if part.strip()]
+
+
+def group_key(catalog_id: str | None, product_id: str) -> str:
+    """The product a listing belongs to, as a string: its catalog id, or the listing itself when it
+    has none (so two listings without a catalog id are never the same product)."""
+    return catalog_id if catalog_id else f"__listing__:{product_id}"
+
+
+def catalog_group_id(catalog_id: str | None) -> int:
+    """A catalog id as a non-negative 63-bit integer, the same in every process and on every rank
+    (so that gathered batches agree on who is a positive of whom); -1 for a listing without one.
+    The one integer form of a catalog id: the sampler, the loss and the shard stream use it."""
+    if not catalog_id:
+        return -1
+    digest = hashlib.blake2b(catalog_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def join_category(parts: list[str] | tuple[str, ...]) -> str:
@@ -57,7 +74,7 @@ class Listing:
     @property
     def group_id(self) -> str:
         """The product this listing belongs to: its catalog id, or itself when it has none."""
-        return self.catalog_id if self.catalog_id else f"__listing__:{self.product_id}"
+        return group_key(self.catalog_id, self.product_id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,8 @@
 
 from eclip.model.config import BUNDLED_MINILM, VIT_PRESETS, DualEncoderConfig
 from eclip.model.dual_encoder import DualEncoder
+from eclip.model.export import export_model
+from eclip.model.pretrained import from_checkpoint, load_model
 from eclip.model.tokenizer import load_tokenizer, train_tokenizer
 from eclip.model.towers import (
     IMAGE_TOWERS,
@@ -15,5 +17,5 @@ from eclip.model.towers import (
 __all__ = [
     "BUNDLED_MINILM", "VIT_PRESETS", "DualEncoderConfig", "DualEncoder", "load_tokenizer",
     "train_tokenizer", "IMAGE_TOWERS", "TEXT_TOWERS", "ImageTower", "TextTower",
-    "register_image_tower", "register_text_tower",
+    "register_image_tower", "register_text_tower", "from_checkpoint", "load_model", "export_model",
 ]

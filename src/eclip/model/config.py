@@ -25,7 +25,12 @@ IMAGE_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 _FALLBACK_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-TEXT_POOLINGS = ("mean", "cls")
+TEXT_POOLINGS = ("mean", "cls", "pooler")
+IMAGE_POOLINGS = ("pooler", "cls", "mean")
+TEXT_PADDINGS = ("longest", "max_length")
+PROJECTIONS = ("linear", "identity")
+IMAGE_RESIZE_MODES = ("crop", "shortest_edge", "squash")
+IMAGE_RESAMPLE_FILTERS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
 @dataclass
@@ -35,8 +40,12 @@ class DualEncoderConfig:
     # text tower
     text_tower: str = "hf"
     text_model: str = BUNDLED_MINILM
+    # mean | cls | pooler (the model's own pooled output: BERT's tanh head, CLIP's EOS token,
+    # SigLIP's head over the last token)
     text_pooling: str = "mean"
     max_length: int = 48
+    # longest: pad a batch to its longest text; max_length: always to max_length (SigLIP's usage)
+    text_padding: str = "longest"
     scratch_hidden: int = 256
     scratch_layers: int = 4
     scratch_heads: int = 4
@@ -52,11 +61,29 @@ class DualEncoderConfig:
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     image_hf_config: dict | None = None
+    # the `hf` image tower: a transformers vision model directory and how its output is pooled
+    # (pooler: the model's pooler_output; cls: the first token; mean: all tokens / positions)
+    image_model: str | None = None
+    image_pooling: str = "pooler"
+    # evaluation preprocessing (see eclip.catalog.images.ImageTransform): crop | shortest_edge |
+    # squash, the PIL resample filter, and the shorter side before the crop (shortest_edge)
+    image_resize: str = "crop"
+    image_resample: str = "bicubic"
+    image_resize_size: int | None = None
     # joint space
     embed_dim: int = 256
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
+    # linear: a bias-free Linear per tower into embed_dim; identity: the towers' pooled features
+    # are the embeddings (SigLIP; both towers must have the same out_dim)
+    projection: str = "linear"
+    # the learnable scalar bias of the sigmoid loss (DualEncoder.logit_bias)
+    init_logit_bias: float = -10.0
     pretrained: bool = True
+    # a vision-language checkpoint directory (transformers CLIPModel / SiglipModel /
+    # VisionTextDualEncoderModel) that DualEncoder.build starts from: towers, projections, logit
+    # scale (and bias), tokenizer and preprocessing all come from it (see eclip.model.pretrained)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -74,6 +101,15 @@ class DualEncoderConfig:
         if self.text_pooling not in TEXT_POOLINGS:
             raise ConfigError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
                               f"got '{self.text_pooling}'")
+        for name, allowed in (("image_pooling", IMAGE_POOLINGS), ("text_padding", TEXT_PADDINGS),
+                              ("projection", PROJECTIONS), ("image_resize", IMAGE_RESIZE_MODES),
+                              ("image_resample", IMAGE_RESAMPLE_FILTERS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
+                                  f"got '{getattr(self, name)}'")
+        if self.image_resize_size is not None and self.image_resize_size < self.image_size:
+            raise ConfigError(f"model.image_resize_size ({self.image_resize_size}) must be >= "
+                              f"model.image_size ({self.image_size}): the crop comes from the resized image")
         if self.vit_preset not in VIT_PRESETS:
             raise ConfigError(f"vit_preset must be one of {', '.join(VIT_PRESETS)}, got '{self.vit_preset}'")
         for name in ("max_length", "scratch_hidden", "scratch_layers", "scratch_heads",
@@ -93,6 +129,14 @@ class DualEncoderConfig:
                 raise ConfigError(f"{name} needs 3 values (R, G, B), got {values}")
         if any(s <= 0 for s in self.image_std):
             raise ConfigError(f"image_std values must be > 0, got {self.image_std}")
+
+    def image_transform(self, train: bool = False, **options: Any):
+        """The ``ImageTransform`` this model's images go through (``options``: scale, ratio)."""
+        from eclip.catalog.images import ImageTransform
+
+        return ImageTransform(self.image_size, tuple(self.image_mean), tuple(self.image_std),
+                              train=train, resize=self.image_resize, resample=self.image_resample,
+                              resize_size=self.image_resize_size, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy of every field."""

@@ -5,7 +5,11 @@ Saved as a Hugging Face-style directory::
     config.json               DualEncoderConfig + model_type + eclip_version + the towers' HF configs
     model.safetensors         the full state dict
     tokenizer.json, ...       the tokenizer
-    preprocessor_config.json  image_size, image_mean, image_std
+    preprocessor_config.json  image_size, image_mean, image_std (+ image_resize, image_resample,
+                              image_resize_size where not the defaults)
+
+``from_pretrained`` also reads a transformers vision-language checkpoint directory (CLIPModel,
+SiglipModel, VisionTextDualEncoderModel): see :mod:`eclip.model.pretrained`.
 """
 
 from __future__ import annotations
@@ -46,11 +50,21 @@ class DualEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.text_tower = text_tower
         self.image_tower = image_tower
-        self.text_proj = nn.Linear(text_tower.out_dim, config.embed_dim, bias=False)
-        self.image_proj = nn.Linear(image_tower.out_dim, config.embed_dim, bias=False)
-        nn.init.normal_(self.text_proj.weight, std=text_tower.out_dim ** -0.5)
-        nn.init.normal_(self.image_proj.weight, std=image_tower.out_dim ** -0.5)
+        if config.projection == "identity":
+            if not text_tower.out_dim == image_tower.out_dim == config.embed_dim:
+                raise ConfigError(f"model.projection 'identity' needs towers of the same size as "
+                                  f"embed_dim: text {text_tower.out_dim}, image {image_tower.out_dim}, "
+                                  f"embed_dim {config.embed_dim}")
+            self.text_proj: nn.Module = nn.Identity()
+            self.image_proj: nn.Module = nn.Identity()
+        else:
+            self.text_proj = nn.Linear(text_tower.out_dim, config.embed_dim, bias=False)
+            self.image_proj = nn.Linear(image_tower.out_dim, config.embed_dim, bias=False)
+            nn.init.normal_(self.text_proj.weight, std=text_tower.out_dim ** -0.5)
+            nn.init.normal_(self.image_proj.weight, std=image_tower.out_dim ** -0.5)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        # the sigmoid loss's learnable bias (softmax losses ignore it)
+        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
         self._image_locked = False
         self._text_locked = False
 
@@ -60,9 +74,25 @@ class DualEncoder(nn.Module):
         """Build the towers named in ``config``; bundled/pretrained weights load when ``config.pretrained``.
 
         A ``scratch`` text tower needs ``tokenizer`` (see ``train_tokenizer``); ``hf`` towers default to
-        the tokenizer of ``config.text_model``.
+        the tokenizer of ``config.text_model``. With ``config.init_from`` the model is the one of that
+        checkpoint directory (see :func:`eclip.model.pretrained.from_checkpoint`).
         """
+        if config.init_from:
+            from eclip.model.pretrained import from_checkpoint
+
+            return from_checkpoint(config.init_from, tokenizer=tokenizer, **_overrides(config))
         return cls._assemble(config, tokenizer, load_weights=config.pretrained)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, **overrides: Any) -> DualEncoder:
+        """The model of a transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel directory.
+
+        See :func:`eclip.model.pretrained.from_checkpoint` (``overrides``: DualEncoderConfig fields
+        such as ``max_length`` or ``text_composer``).
+        """
+        from eclip.model.pretrained import from_checkpoint
+
+        return from_checkpoint(directory, **overrides)
 
     @classmethod
     def _assemble(cls, config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> DualEncoder:
@@ -70,8 +100,15 @@ class DualEncoder(nn.Module):
             tokenizer = load_tokenizer(config)
         text_tower = build_text_tower(config, tokenizer, load_weights)
         image_tower = build_image_tower(config, load_weights)
+        extra: dict[str, Any] = {}
+        if hasattr(image_tower, "pooling"):  # the `hf` image tower may fall back from a missing pooler
+            extra["image_pooling"] = image_tower.pooling
+        if load_weights and hasattr(image_tower, "preprocessing"):
+            extra.update(image_tower.preprocessing)  # the directory's preprocessor_config.json
+        if config.projection == "identity":
+            extra["embed_dim"] = text_tower.out_dim
         config = dataclasses.replace(config, text_hf_config=text_tower.hf_config,
-                                     image_hf_config=image_tower.hf_config)
+                                     image_hf_config=image_tower.hf_config, **extra)
         return cls(config, tokenizer, text_tower, image_tower)
 
     # ------------------------------------------------------------------------------- encoding
@@ -115,10 +152,18 @@ class DualEncoder(nn.Module):
                 self.logit_scale())
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        """``input_ids`` and ``attention_mask`` [B, L], padded to the longest, cut at ``max_length``."""
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+        """``input_ids`` and ``attention_mask`` [B, L], cut at ``max_length``; padded to the longest
+        text, or always to ``max_length`` when ``config.text_padding == "max_length"`` (SigLIP)."""
+        padding = "max_length" if self.config.text_padding == "max_length" else True
+        batch = self.tokenizer(list(texts), padding=padding, truncation=True,
                                max_length=self.config.max_length, return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        ids = batch["input_ids"]
+        mask = batch["attention_mask"] if "attention_mask" in batch else torch.ones_like(ids)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def image_transform(self, train: bool = False, **options: Any):
+        """The ``ImageTransform`` of this model's images (see ``DualEncoderConfig.image_transform``)."""
+        return self.config.image_transform(train=train, **options)
 
     # ------------------------------------------------------------------------------- locking
     @property
@@ -177,9 +222,7 @@ class DualEncoder(nn.Module):
         try:
             config = {"model_type": MODEL_TYPE, "eclip_version": __version__, **self.config.to_dict()}
             _write_json(tmp / CONFIG_FILE, config)
-            _write_json(tmp / PREPROCESSOR_FILE, {"image_size": self.config.image_size,
-                                                  "image_mean": self.config.image_mean,
-                                                  "image_std": self.config.image_std})
+            _write_json(tmp / PREPROCESSOR_FILE, _preprocessor_settings(self.config))
             self.tokenizer.save_pretrained(str(tmp))
             save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "eclip_version": __version__})
             if target.exists():
@@ -196,7 +239,12 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DualEncoder:
-        """Rebuild from a directory written by ``save_pretrained`` (no bundled weights, no pickle)."""
+        """Rebuild from a directory written by ``save_pretrained`` (no bundled weights, no pickle).
+
+        A transformers vision-language checkpoint directory (CLIPModel, SiglipModel,
+        VisionTextDualEncoderModel) is read too, as ``from_checkpoint`` does, so that such a
+        directory can be evaluated as it is; any other directory raises ModelError.
+        """
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
@@ -205,8 +253,13 @@ class DualEncoder(nn.Module):
             data = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise ModelError(f"{config_path} cannot be read: {err}") from err
-        if not isinstance(data, dict) or data.pop("model_type", None) != MODEL_TYPE:
-            raise ModelError(f"{config_path} is not an eclip model config (model_type != '{MODEL_TYPE}')")
+        if not isinstance(data, dict):
+            raise ModelError(f"{config_path} is not an eclip model config (not a JSON object)")
+        if data.get("model_type") != MODEL_TYPE:
+            from eclip.model.pretrained import from_checkpoint
+
+            return from_checkpoint(directory)
+        data.pop("model_type")
         data.pop("eclip_version", None)
         try:
             config = DualEncoderConfig.from_dict(data)
@@ -220,10 +273,32 @@ class DualEncoder(nn.Module):
             missing, unexpected = load_model(model, str(weights), strict=False)
         except (SafetensorError, RuntimeError, OSError) as err:
             raise ModelError(f"{weights} does not fit the model in {config_path}: {err}") from err
+        missing = [k for k in missing if k != "logit_bias"]  # saved before models had a logit bias
         if missing or unexpected:
             raise ModelError(f"{weights} does not match {config_path}: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         return model
+
+
+def _preprocessor_settings(config: DualEncoderConfig) -> dict[str, Any]:
+    """What preprocessor_config.json holds: size, mean, std, and the resize mode, filter and
+    pre-crop size where they differ from the defaults (centred square, bicubic)."""
+    settings: dict[str, Any] = {"image_size": config.image_size, "image_mean": config.image_mean,
+                                "image_std": config.image_std}
+    default = DualEncoderConfig()
+    for name in ("image_resize", "image_resample", "image_resize_size"):
+        if getattr(config, name) != getattr(default, name):
+            settings[name] = getattr(config, name)
+    return settings
+
+
+def _overrides(config: DualEncoderConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from the defaults and that a checkpoint start honours."""
+    from eclip.model.pretrained import OVERRIDABLE
+
+    default = DualEncoderConfig()
+    return {name: getattr(config, name) for name in OVERRIDABLE
+            if getattr(config, name) != getattr(default, name)}
 
 
 def _check_replaceable(target: Path) -> None:

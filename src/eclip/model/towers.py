@@ -172,12 +172,14 @@ def _hf_config_to_dict(hf_config: Any) -> dict:
     return data
 
 
-def _pooling_kwargs(hf_config: Any) -> dict[str, bool]:
-    """Ask for no pooler head where the architecture has one: pooling is done by the tower."""
+def _pooling_kwargs(hf_config: Any, pooler: bool = False) -> dict[str, bool]:
+    """Ask for no pooler head where the architecture has one, unless the tower pools with it."""
     import inspect
 
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+    if pooler:
+        return {}
     try:
         model_class = MODEL_MAPPING[type(hf_config)]
     except KeyError:
@@ -201,30 +203,65 @@ class _HFModelTower:
 
 
 class HFTextTower(_HFModelTower, TextTower):
-    """A Hugging Face encoder (BERT-like) with mean (over the attention mask) or CLS pooling."""
+    """A Hugging Face text encoder with mean (over the attention mask), CLS or the model's own
+    pooling (``pooler``: ``pooler_output`` -- BERT's tanh head, CLIP's EOS token, SigLIP's head)."""
 
     def __init__(self, model: nn.Module, pooling: str):
         super().__init__()
         self.model = model
         self.pooling = pooling
-        self.out_dim = int(model.config.hidden_size)
+        self.out_dim = (_pooled_size(model, text=True) if pooling == "pooler"
+                        else int(model.config.hidden_size))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def _build_hf_model(hf_config: Any) -> nn.Module:
+def _pooled_size(model: nn.Module, text: bool) -> int:
+    """The width of ``model``'s ``pooler_output``, from one tiny forward pass (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if text:
+                ids = torch.zeros(1, 2, dtype=torch.long)
+                out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            else:
+                cfg = model.config
+                side = getattr(cfg, "image_size", 64)
+                side = side[0] if isinstance(side, (list, tuple)) else side
+                out = model(pixel_values=torch.zeros(1, getattr(cfg, "num_channels", 3), side, side))
+    finally:
+        model.train(was_training)
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise ConfigError(f"the {type(model).__name__} has no pooler output: pool with 'cls' or 'mean'")
+    return int(pooled.reshape(pooled.shape[0], -1).shape[1])
+
+
+def _build_hf_model(hf_config: Any, pooler: bool = False) -> nn.Module:
     from transformers import AutoModel
 
     with quiet_transformers():
         try:
-            return AutoModel.from_config(hf_config, **_pooling_kwargs(hf_config))
+            return AutoModel.from_config(hf_config, **_pooling_kwargs(hf_config, pooler))
         except ValueError as err:
-            raise ConfigError(f"transformers cannot build a model from this config: {err}") from err
+            # towers AutoModel does not map (SiglipTextConfig -> SiglipTextModel): the class by name
+            import transformers
+
+            name = type(hf_config).__name__.removesuffix("Config") + "Model"
+            model_class = getattr(transformers, name, None)
+            if model_class is not None and getattr(model_class, "config_class", None) is type(hf_config):
+                return model_class(hf_config)
+            raise ConfigError(f"transformers cannot build a model from a {type(hf_config).__name__} "
+                              f"({str(err).splitlines()[0][:200]})") from err
 
 
 def _check_vocab(model: nn.Module, tokenizer: Any) -> None:
@@ -241,10 +278,12 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
         from transformers import AutoConfig, AutoModel
 
         path = resolve_text_model(config.text_model)
+        pooler = config.text_pooling == "pooler"
         try:
             with quiet_transformers():
                 model, info = AutoModel.from_pretrained(
-                    path, output_loading_info=True, **_pooling_kwargs(AutoConfig.from_pretrained(path)))
+                    path, output_loading_info=True,
+                    **_pooling_kwargs(AutoConfig.from_pretrained(path), pooler))
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load the weights of text_model '{config.text_model}': {err}") from err
         if info.get("missing_keys") or info.get("mismatched_keys"):
@@ -252,11 +291,13 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
                              f"{sorted(info.get('missing_keys', []))[:5]}, mismatched "
                              f"{sorted(info.get('mismatched_keys', []))[:5]}")
     elif config.text_hf_config is not None:
-        model = _build_hf_model(_hf_config_from_dict(config.text_hf_config, "text_hf_config"))
+        model = _build_hf_model(_hf_config_from_dict(config.text_hf_config, "text_hf_config"),
+                                config.text_pooling == "pooler")
     else:
         from transformers import AutoConfig
 
-        model = _build_hf_model(AutoConfig.from_pretrained(resolve_text_model(config.text_model)))
+        model = _build_hf_model(AutoConfig.from_pretrained(resolve_text_model(config.text_model)),
+                                config.text_pooling == "pooler")
     _check_vocab(model, tokenizer)
     return HFTextTower(model, config.text_pooling)
 
@@ -386,3 +427,106 @@ def build_vit(config: DualEncoderConfig, load_weights: bool) -> ViTTower:
         hf_config = ViTConfig(image_size=config.image_size, intermediate_size=4 * preset["hidden_size"],
                               **preset)
     return ViTTower(_build_hf_model(hf_config))
+
+
+# model_type values of whole vision-language checkpoints (not a single tower): model.init_from
+VISION_LANGUAGE_TYPES = ("clip", "siglip", "siglip2", "vision-text-dual-encoder")
+
+
+class HFImageTower(_HFModelTower, ImageTower):
+    """Any transformers vision model (ViT, DINOv2, ConvNeXt, CLIPVisionModel, SiglipVisionModel, ...).
+
+    ``pooling``: ``pooler`` -- the model's ``pooler_output`` (CLIP: the post-layernorm CLS token,
+    SigLIP: its attention-pooling head, ViT: its tanh head, DINOv2: the normed CLS token, ConvNeXt:
+    the normed average); ``cls`` -- the first token of ``last_hidden_state``; ``mean`` -- the mean
+    over tokens (or over the positions of a convolutional feature map).
+    """
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.preprocessing: dict[str, Any] = {}
+        if pooling == "pooler":
+            self.out_dim = _pooled_size(model, text=False)
+        else:
+            cfg = model.config
+            sizes = getattr(cfg, "hidden_sizes", None)
+            self.out_dim = int(getattr(cfg, "hidden_size", None) or sizes[-1])
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        out = self.model(pixel_values=pixel_values)
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+            return pooled.reshape(pooled.shape[0], -1)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # a convolutional map [B, C, H, W]: no tokens, only the mean
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
+
+
+def _image_model_dir(config: DualEncoderConfig) -> Path:
+    if not config.image_model:
+        raise ConfigError("image_tower 'hf' needs model.image_model: a transformers vision model "
+                          "directory (ViT, DINOv2, ConvNeXt, CLIPVisionModel, SiglipVisionModel, ...)")
+    path = Path(config.image_model).expanduser()
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"model.image_model '{config.image_model}' is not a Hugging Face model "
+                          f"directory (no config.json)")
+    import json
+
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelError(f"{config_path} cannot be read: {err}") from err
+    if model_type in VISION_LANGUAGE_TYPES:
+        raise ConfigError(f"model.image_model '{config.image_model}' is a whole {model_type} "
+                          f"checkpoint, not a vision model: start from it with model.init_from")
+    return path
+
+
+@register_image_tower("hf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+def build_hf_image_tower(config: DualEncoderConfig, load_weights: bool) -> HFImageTower:
+    """A transformers vision model: ``image_model`` (weights + its preprocessor_config.json) when
+    ``load_weights``, else the architecture of ``image_hf_config`` (or of ``image_model``).
+
+    A directory saved without a pooler (e.g. ``ViTModel(add_pooling_layer=False)``) is pooled
+    with ``cls`` instead of getting a randomly initialised pooler.
+    """
+    pooling = config.image_pooling
+    if load_weights:
+        from transformers import AutoConfig, AutoModel
+
+        path = _image_model_dir(config)
+
+        def load(pooler: bool):
+            with quiet_transformers():
+                return AutoModel.from_pretrained(
+                    path, output_loading_info=True,
+                    **_pooling_kwargs(AutoConfig.from_pretrained(path), pooler))
+
+        try:
+            model, info = load(pooling == "pooler")
+            missing = sorted(info.get("missing_keys", []))
+            if pooling == "pooler" and missing and all(k.startswith("pooler.") for k in missing):
+                model, info = load(False)
+                pooling = "cls"
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot load the weights of image_model '{config.image_model}': {err}") from err
+        if info.get("missing_keys") or info.get("mismatched_keys"):
+            raise ModelError(f"image_model '{config.image_model}' does not match its architecture: "
+                             f"missing {sorted(info.get('missing_keys', []))[:5]}, mismatched "
+                             f"{sorted(info.get('mismatched_keys', []))[:5]}")
+        tower = HFImageTower(model, pooling)
+        from eclip.model.pretrained import image_settings
+
+        tower.preprocessing = image_settings(path, required=False)
+        return tower
+    if config.image_hf_config is not None:
+        hf_config = _hf_config_from_dict(config.image_hf_config, "image_hf_config")
+    else:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(_image_model_dir(config))
+    return HFImageTower(_build_hf_model(hf_config, pooling == "pooler"), pooling)

@@ -4,7 +4,7 @@ Each query listing (typically the test split: catalogs never seen in training) i
 title (``POST /search/text``) and by its first photo (``POST /search/image``). Two hit rules:
 
 * ``R@k``: a result of the query's product (any listing of its catalog, the listing itself
-  included), the rule of ``eclip.tasks.retrieval``;
+  included), the rule of ``eclip.encode.retrieval``;
 * ``R@k others``: a result that is *another* listing of the same catalog, over the queries whose
   catalog has another listing in the index: the listing itself does not count (product matching).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eclip.catalog.schema import Listing
+from eclip.catalog.schema import Listing, group_key
 
 
 @dataclass
@@ -50,7 +50,7 @@ TABLE_HEAD = ("| query | against | queries | R@{k} | queries with another listin
 
 
 def _group(result: dict) -> str:
-    return result["catalog_id"] or f"__listing__:{result['product_id']}"
+    return group_key(result["catalog_id"], result["product_id"])
 
 
 def recall_through_api(client, queries: list[Listing], indexed: list[Listing], *, k: int = 10,

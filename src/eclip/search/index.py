@@ -48,7 +48,9 @@ from eclip.search.heads import AdultHead, fit_adult_head, vote_categories
 from eclip.search.store import MetadataStore, StoredListing
 from eclip.search.thumbnails import ThumbnailStore
 from eclip.search.vectors import IndexStats, VectorIndex, VectorSettings
-from eclip.tasks.embed import Embeddings, embed_listings, eval_transform, model_composer
+from eclip.encode import (FUSION_WEIGHT, Embeddings, embed_listings, eval_transform, fuse,
+                          fuse_query, model_composer)
+from eclip.encode.text import query_listing
 
 FORMAT = "eclip-search-index"
 VERSION = 1
@@ -84,6 +86,7 @@ class IndexInfo:
     deleted: int = 0
     not_found: list[str] = field(default_factory=list)
     image_problems: int = 0
+    fusion_weight: float = FUSION_WEIGHT  # "both" = eclip.encode.fuse(image, text, fusion_weight)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -298,11 +301,13 @@ class _Writer:
         old = _Vectors.load(base, mmap=True) if base else None
         fresh = {m: (emb.modality(_API_NAME[m]) if emb is not None else np.zeros((0, 0)))
                  for m in MODALITIES}
-        dim = fresh["product"].shape[1] if listings else (old.arrays["product"].shape[1]
-                                                          if old is not None else 0)
-        if old is not None and listings and old.arrays["product"].shape[1] != dim:
-            raise SearchIndexError(f"the new vectors have {dim} dimensions, the index "
-                                   f"{old.arrays['product'].shape[1]}: rebuild the index")
+        dims = {m: fresh[m].shape[1] if listings else (old.arrays[m].shape[1]
+                                                       if old is not None else 0)
+                for m in MODALITIES}
+        for m in MODALITIES:
+            if old is not None and listings and old.arrays[m].shape[1] != dims[m]:
+                raise SearchIndexError(f"the new {m} vectors have {dims[m]} dimensions, the index "
+                                       f"{old.arrays[m].shape[1]}: rebuild the index")
         dropped = np.concatenate([deleted, new_vids])
         keep = ~np.isin(old.vids, dropped) if old is not None else np.zeros(0, bool)
         vids = np.concatenate([old.vids[keep] if old is not None else np.zeros(0, np.int64),
@@ -316,10 +321,10 @@ class _Writer:
         label_rows = np.searchsorted(vids, label_vids)
         for m in tqdm(MODALITIES, desc="indexing vectors", disable=not self.progress):
             parts = [np.asarray(old.arrays[m][keep]) if old is not None else None,
-                     np.asarray(fresh[m], dtype=np.float32).reshape(len(listings), dim)]
+                     np.asarray(fresh[m], dtype=np.float32).reshape(len(listings), dims[m])]
             vectors = np.concatenate([p for p in parts if p is not None]).astype(np.float32)
             vectors = np.ascontiguousarray(vectors[order]) if len(vectors) else \
-                np.zeros((0, dim), np.float32)
+                np.zeros((0, dims[m]), np.float32)
             np.save(tmp / f"{m}.npy", vectors)
             index = self._vector_index(base, m, vectors, vids, dropped, fresh[m], new_vids,
                                        settings)
@@ -329,7 +334,7 @@ class _Writer:
             heads[m] = head.to_dict() if head is not None else None
         (tmp / "heads.json").write_text(json.dumps({"adult": heads}), encoding="utf-8")
         added = len(listings) - len(existing)
-        info = IndexInfo(generation=generation, listings=count, dim=dim, vectors=stats,
+        info = IndexInfo(generation=generation, listings=count, dim=dims["image"], vectors=stats,
                          model_sha1=_model_sha1(tmp / "model"), settings=settings,
                          thumbnail_size=thumbnail_size,
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -499,7 +504,7 @@ class _Encoder:
 
     def text(self, query: str) -> np.ndarray:
         model = self.model
-        text = self._composer.compose(Listing(product_id="query", title=query, images=[]))
+        text = self._composer.compose(query_listing(query))
         with self._tokenizer_lock:
             tokens = model.tokenize([text])
         with torch.inference_mode():
@@ -590,11 +595,19 @@ class SearchIndex:
 
     def search_text(self, query: str, k: int, *, against: str = "text",
                     category: str | None = None) -> list[Hit]:
-        return self.search(self.encode_text(query), k, against=against, category=category)
+        return self.search(self.lift(self.encode_text(query), against), k, against=against,
+                           category=category)
 
     def search_image(self, image, k: int, *, against: str = "image",
                      category: str | None = None) -> list[Hit]:
-        return self.search(self.encode_image(image), k, against=against, category=category)
+        return self.search(self.lift(self.encode_image(image), against), k, against=against,
+                           category=category)
+
+    def lift(self, vector: np.ndarray, against: str) -> np.ndarray:
+        """A joint-space query of one modality, as ``search`` takes it for ``against``: searching
+        the fused vectors ("both") it becomes ``eclip.encode.fuse_query`` of itself, whose score
+        is ``w * <q, image> + (1 - w) * <q, text>``."""
+        return fuse_query(vector, self.info.fusion_weight) if against == "both" else vector
 
     def _category_vids(self, category: str) -> np.ndarray:
         cached = self._category_cache.get(category)
@@ -642,9 +655,8 @@ class SearchIndex:
             parts.append(self.encode_text(title))
         if image is not None:
             parts.append(self.encode_image(image))
-        if len(parts) == 2:
-            vector, modality = parts[0] + parts[1], "both"
-            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if len(parts) == 2:  # the listing's own fused vector, as the index holds them
+            vector, modality = fuse(parts[1], parts[0], self.info.fusion_weight), "both"
         else:
             vector, modality = parts[0], "text" if title else "image"
         hits = self.search(vector, neighbours, against=modality)

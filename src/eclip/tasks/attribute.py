@@ -18,7 +18,8 @@ from eclip.catalog.schema import Listing
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.data import MIN_LABELLED
 from eclip.tasks.metrics import classification_metrics, micro_f1
-from eclip.tasks.views import clean_titles, fuse
+from eclip.encode import fuse_query
+from eclip.tasks.views import clean_titles
 from eclip.tasks.zeroshot import class_vectors
 
 TASK = "attribute"
@@ -83,7 +84,7 @@ def run_attribute(ctx: TaskContext) -> None:
             if (views.name, key) in prompts and modality in views.joint:
                 vectors = prompts[(views.name, key)]
                 if modality == "both":
-                    vectors = fuse(vectors, vectors)
+                    vectors = fuse_query(vectors)
                 scores = views.joint[modality][test] @ vectors.T
                 seeds = protocols.setdefault("zero_shot_", [{}])
                 seeds[0][key] = (labels[key][test], values[key][scores.argmax(axis=1)])

@@ -13,7 +13,7 @@ import numpy as np
 from eclip.catalog.schema import category_parts, join_category
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import classification_metrics
-from eclip.tasks.views import fuse
+from eclip.encode import fuse_query
 from eclip.tasks.zeroshot import DEFAULT_TEMPLATES, category_prompts, class_vectors
 
 TASK = "category"
@@ -58,7 +58,7 @@ def run_category(ctx: TaskContext) -> None:
         if views.name in prompts and modality in views.joint:
             vectors = prompts[views.name]
             if modality == "both":
-                vectors = fuse(vectors, vectors)
+                vectors = fuse_query(vectors)
             scores = views.joint[modality][test] @ vectors.T
             rows.append(("zero_shot_", [level_metrics(scores, taxonomy, truth, np.max)]))
         probe = ctx.probe(TASK, job, labels, train, val, test)

@@ -5,7 +5,7 @@ their similarity reaches a threshold; the clusters are the connected components 
 (union-find through scipy's sparse graph routines). Memory is O(N k): no N x N matrix is built, so
 a million listings fit. Up to ``EXACT_LIMIT`` listings the search is exact (a flat index); above it
 an IVF index (about 4 sqrt(N) lists, 16 probed) keeps it fast. The threshold is the one with the best
-B-cubed F1 on the val split (for ``both``, together with the image weight of the fused vector).
+B-cubed F1 on the val split.
 Metrics on test: ARI, NMI, pairwise and B-cubed precision/recall/F1.
 """
 
@@ -17,7 +17,6 @@ from scipy.sparse.csgraph import connected_components
 
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import bcubed_prf, clustering_metrics
-from eclip.tasks.views import fuse, fusion_weight
 
 TASK = "clustering"
 HEADLINE = "bcubed_f1"
@@ -119,21 +118,14 @@ def run_clustering(ctx: TaskContext) -> None:
 
     def evaluate(job: Job) -> Outcome:
         views, modality = job
-        x, weight = views.task[modality], None
-        if modality == "both":
-            image, text = views.task["image"], views.task["text"]
-            weight = fusion_weight(lambda w: fit_val(fuse(image, text, w))[1])
-            x = fuse(image, text, weight)
+        x = views.task[modality]
         threshold, _ = fit_val(x)
         predicted = cluster(x[test], ctx.config.knn_k, threshold)
         metrics = clustering_metrics(list(groups[test]), predicted)
         metrics["clusters"] = float(len(np.unique(predicted)))
-        return [("", [metrics])], (test, predicted, weight)
+        return [("", [metrics])], (test, predicted)
 
-    weights = ctx.report.meta.setdefault("fusion_weights", {}).setdefault(TASK, {})
     examples = ctx.figures.setdefault("clusters", {})
-    for (model, modality), (rows, predicted, weight) in ctx.run(TASK, evaluate).items():
+    for (model, modality), (rows, predicted) in ctx.run(TASK, evaluate).items():
         examples[(model, modality)] = (rows, predicted)
-        if weight is not None:
-            weights[model] = weight
     ctx.report.meta["clustering_test_catalogs"] = int(len(set(groups[test])))

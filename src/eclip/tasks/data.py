@@ -6,65 +6,14 @@ the report is measured on ``test``. No catalog is in two splits.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
-from dataclasses import dataclass
 
-import numpy as np
+from eclip.catalog.splits import SPLITS, EvalSplits, eval_splits
 
-from eclip.catalog.schema import Listing
+__all__ = ["MIN_LABELLED", "SPLITS", "TASKS", "EvalSplits", "eval_splits", "task_availability"]
 
-SPLITS = ("train", "val", "test")
 TASKS = ("category", "attribute", "matching", "clustering", "adult")
 MIN_LABELLED = 2  # a split needs at least this many labelled listings for a task to run
-
-
-def _bucket(group_id: str) -> float:
-    """A stable number in [0, 1) per catalog (the same on every machine and Python run)."""
-    return zlib.crc32(group_id.encode("utf-8")) % 100_000 / 100_000
-
-
-@dataclass
-class EvalSplits:
-    """The listings and, per listing, its split; ``source`` says where the splits came from."""
-
-    listings: list[Listing]
-    split: np.ndarray  # "train" / "val" / "test" per listing
-    source: str
-
-    def index(self, name: str) -> np.ndarray:
-        return np.flatnonzero(self.split == name)
-
-    def counts(self) -> dict[str, int]:
-        return {name: int((self.split == name).sum()) for name in SPLITS}
-
-
-def eval_splits(listings: list[Listing],
-                fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> EvalSplits:
-    """Train / val / test by catalog.
-
-    A listing whose ``split`` field is train, val or test keeps it. The others are placed by a hash
-    of their catalog id (``fractions`` of catalogs, deterministically). When the file gives train
-    listings but no val listings, val is carved from the train catalogs the same way (the val share
-    of ``fractions`` relative to train + val).
-    """
-    train_f, val_f, _ = fractions
-    given = [x.split if x.split in SPLITS else None for x in listings]
-    split = []
-    for listing, name in zip(listings, given):
-        if name is None:
-            b = _bucket(listing.group_id)
-            name = "train" if b < train_f else "val" if b < train_f + val_f else "test"
-        split.append(name)
-    source = "the catalog's split column" if all(given) else (
-        "the catalog's split column, the rest by a hash of the catalog id" if any(given)
-        else "a hash of the catalog id")
-    if "val" not in split and "train" in split:
-        share = val_f / max(train_f + val_f, 1e-9)
-        split = ["val" if s == "train" and _bucket("val:" + x.group_id) < share else s
-                 for x, s in zip(listings, split)]
-        source += "; val carved from train catalogs"
-    return EvalSplits(list(listings), np.array(split, dtype=object), source)
 
 
 def _labelled(splits: EvalSplits, has) -> dict[str, int]:

@@ -11,8 +11,8 @@ classifier (logistic regression on ``[a . b, a * b, |a - b|]``) trained on train
 sample per seed. Metrics on the test pairs: ROC-AUC, F1 at the val threshold and precision at 90 % recall.
 Also retrieval of same-catalog listings inside the test split, in one modality (R@1, R@10, MRR, mAP).
 
-For ``both``, the image weight of the fused vector (``w * image cosine + (1 - w) * text cosine``)
-is chosen per model on the val pairs (ROC-AUC).
+``both`` is the fused vector of ``eclip.encode.fuse`` (``w * image cosine + (1 - w) * text cosine``,
+the weight fixed), the vector that ``eclip embed`` and search serve.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion,
                                  precision_at_recall, roc_auc, same_group_retrieval)
 from eclip.tasks.probes import fit_logreg
-from eclip.tasks.views import clean_titles, fuse, fusion_weight
+from eclip.tasks.views import clean_titles
 
 TASK = "matching"
 HEADLINE = "cosine_roc_auc"
@@ -145,18 +145,9 @@ def run_matching(ctx: TaskContext) -> None:
                                          "val": len(val), "train": len(train[0])}
     test_rows = ctx.rows("test")
 
-    weights = ctx.report.meta.setdefault("fusion_weights", {}).setdefault(TASK, {})
-    for views in ctx.views:
-        if {"image", "text", "both"} <= set(views.task):
-            image, text = cosine(views.task["image"], val), cosine(views.task["text"], val)
-            weights[views.name] = fusion_weight(
-                lambda w: roc_auc(val.label, w * image + (1 - w) * text))
-
     def evaluate(job: Job) -> Outcome:
         views, modality = job
         x = views.task[modality]
-        if modality == "both":
-            x = fuse(views.task["image"], views.task["text"], weights[views.name])
         test_scores = cosine(x, test)
         threshold = best_f1_threshold(val.label, cosine(x, val))
         return ([("cosine_", [decision_metrics(test, test_scores, threshold)]),

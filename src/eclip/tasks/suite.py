@@ -20,17 +20,18 @@ from typing import Callable
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from eclip.catalog.config import DataConfig
+from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
+from eclip.encode import FUSION_WEIGHT, ImageFeatureCache, recall_at_k
+from eclip.encode.retrieval import HIT_RULE
 from eclip.errors import ConfigError
 from eclip.tasks import adult, attribute, category, clustering, matching
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
-from eclip.tasks.retrieval import HIT_RULE, recall_at_k
-from eclip.tasks.views import image_cache_for, model_views, tfidf_views
-from eclip.train.features import ImageFeatureCache
-from eclip.train.recipe import DataConfig
+from eclip.tasks.views import listing_cache, model_views, tfidf_views
 
 RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribute,
            "matching": matching.run_matching, "clustering": clustering.run_clustering,
@@ -110,9 +111,9 @@ def _notes(ctx: TaskContext, models: dict) -> list[str]:
         f"{counts['test']} test listings. Probes train on train, thresholds and C are chosen on "
         "val, every number is measured on test.",
         "Modalities: image = mean of the listing's image vectors; text = the title alone (category "
-        "and attributes are labels here); both = [sqrt(w) image; sqrt(1-w) text], so its cosine is "
-        "w * image cosine + (1-w) * text cosine: w = 0.5 for probes and zero-shot; matching and "
-        "clustering choose w per model on val (meta.fusion_weights).",
+        "and attributes are labels here); both = [sqrt(w) image; sqrt(1-w) text] (eclip.encode.fuse, the "
+        f"vector eclip embed and search serve), so its cosine is w * image cosine + (1-w) * text "
+        f"cosine, w = {FUSION_WEIGHT}.",
         f"Probes: logistic regression, C from {cfg.probe_c} by val; mean ± std over {cfg.seeds} "
         f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs. Probes "
         "(category, attribute, adult) read every model's towers' pooled features, the "
@@ -180,7 +181,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     caches = list(image_caches or [])
     views = []
     for name, model in models.items():
-        cache = image_cache_for(model, listings, caches, progress=progress)
+        cache = listing_cache(model, listings, caches, progress=progress)
         views.append(model_views(name, model, listings, cache, tower=name in cfg.tower_features,
                                  retrieval_rows=splits.index("test"), batch_size=cfg.batch_size,
                                  progress=progress))
@@ -223,18 +224,9 @@ def run_eval(model_dirs: dict[str, Path], recipe: EvalRecipe, out_dir: str | Pat
              progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
     """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite."""
     from eclip.model import DualEncoder
-    from eclip.train.recipe import Recipe
-    from eclip.train.run import load_catalog
 
-    read = load_catalog(Recipe(data=recipe.data), progress=progress)
-    log(read.summary())
     out = Path(out_dir)
-    if read.issues:
-        out.mkdir(parents=True, exist_ok=True)
-        read.write_report(out / "bad_rows.json")
-        log(f"bad-row report: {out / 'bad_rows.json'}")
-    if not read.listings:
-        raise ConfigError(f"{recipe.data.catalog}: no usable listings to evaluate")
+    read = load_catalog(recipe.data, report_dir=out, progress=progress, log=log)
     models = {name: DualEncoder.from_pretrained(path) for name, path in model_dirs.items()}
     meta = {"catalog": str(recipe.data.catalog),
             "models": {name: str(path) for name, path in model_dirs.items()}}

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eclip.catalog.schema import category_parts
-from eclip.tasks.embed import embed_texts
+from eclip.encode import embed_texts
 
 # Prompts are written the way the training text states a category (see ComposerConfig), so that the
 # text tower sees familiar input; several templates are averaged (a prompt ensemble).

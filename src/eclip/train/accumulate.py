@@ -18,6 +18,10 @@ the batch-size schedule asks for. Two strategies, with the same signature::
 
   The parameter gradients equal one pass over the whole batch with the same dropout masks.
   With DDP the all-reduce runs once, after the last micro-batch (``no_sync`` before it).
+
+A model with a ``logit_bias`` parameter (SigLIP) hands it to the loss as ``logit_bias=``; like the
+logit scale it comes out of the embedder's forward pass, so that DDP sees it used, and in
+multi-stream accumulation its gradient is added once, in the last micro-batch's pass.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ TEXT_KEYS = ("input_ids", "attention_mask")
 
 
 class Embedder(nn.Module):
-    """What a step runs forward (and what DDP wraps): a batch -> ``(image_emb, text_emb, logit_scale)``.
+    """What a step runs forward (and what DDP wraps): a batch -> ``(image_emb, text_emb, logit_scale,
+    logit_bias)``, the last ``None`` for a model without a ``logit_bias``.
 
     ``image_input(model, batch)`` says where image embeddings come from (pixels through the tower, or
     cached features of a locked tower; see ``eclip.train.features``).
@@ -49,10 +54,15 @@ class Embedder(nn.Module):
         self.model = model
         self.image_input = image_input
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         image = self.image_input(self.model, batch)
         text = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        return image, text, self.model.logit_scale()
+        return image, text, self.model.logit_scale(), getattr(self.model, "logit_bias", None)
+
+
+def _bias_kwargs(bias: Tensor | None) -> dict[str, Tensor]:
+    """``logit_bias=`` for the loss when the model has one (loss functions without a bias still work)."""
+    return {} if bias is None else {"logit_bias": bias}
 
 
 class EmbeddingStep(Protocol):
@@ -96,8 +106,10 @@ class WholeBatchStep:
                  precision: Precision) -> float:
         batch = concat_batches(units, self.pad_token_id)
         with precision.autocast():
-            image, text, scale = embedder(batch)
-        loss = loss_fn(full_precision(image), full_precision(text), full_precision(scale), batch["group"])
+            image, text, scale, bias = embedder(batch)
+        bias = None if bias is None else full_precision(bias)
+        loss = loss_fn(full_precision(image), full_precision(text), full_precision(scale), batch["group"],
+                       **_bias_kwargs(bias))
         value = float(loss_fn.global_value(loss))
         if math.isfinite(value):
             precision.backward(loss)
@@ -120,17 +132,19 @@ class MultiStreamStep:
             for unit in units:
                 states.append(_rng_state(device))
                 with precision.autocast():
-                    image, text, scale = embedder(unit)
+                    image, text, scale, bias = embedder(unit)
                 images.append(full_precision(image))
                 texts.append(full_precision(text))
         image = torch.cat(images).requires_grad_()
         text = torch.cat(texts).requires_grad_()
         scale = full_precision(scale).detach().requires_grad_()
-        loss = loss_fn(image, text, scale, torch.cat([u["group"] for u in units]))
+        if bias is not None:
+            bias = full_precision(bias).detach().requires_grad_()
+        loss = loss_fn(image, text, scale, torch.cat([u["group"] for u in units]), **_bias_kwargs(bias))
         value = float(loss_fn.global_value(loss))
         if not math.isfinite(value):
             return value
-        precision.backward(loss)  # fills image.grad, text.grad, scale.grad (fp16: scaled)
+        precision.backward(loss)  # fills image.grad, text.grad, scale.grad, bias.grad (fp16: scaled)
 
         start = 0
         for k, unit in enumerate(units):
@@ -139,11 +153,13 @@ class MultiStreamStep:
             _set_rng_state(states[k], device)
             with nullcontext() if last else no_sync(embedder):
                 with precision.autocast():
-                    image_k, text_k, scale_k = embedder(unit)
+                    image_k, text_k, scale_k, bias_k = embedder(unit)
                 surrogate = ((full_precision(image_k) * image.grad[start:stop]).sum()
                              + (full_precision(text_k) * text.grad[start:stop]).sum())
-                if last:  # the logit scale's gradient, once
+                if last:  # the logit scale's (and bias's) gradient, once
                     surrogate = surrogate + full_precision(scale_k) * scale.grad
+                    if bias is not None and bias.grad is not None:
+                        surrogate = surrogate + (full_precision(bias_k) * bias.grad).sum()
                 surrogate.backward()
             start = stop
         return value

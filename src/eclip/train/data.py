@@ -6,9 +6,7 @@ Randomness (text dropout, augmentation, which of a listing's images) is derived 
 
 from __future__ import annotations
 
-import hashlib
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,16 +14,7 @@ from torch.utils.data import Dataset
 
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.images import ImageTransform, load_image
-from eclip.catalog.schema import Listing
-
-
-def catalog_group_id(catalog_id: str | None) -> int:
-    """A catalog id as a non-negative 63-bit integer, the same in every process and on every rank
-    (so that gathered batches agree on who is a positive of whom); -1 for a listing without one."""
-    if not catalog_id:
-        return -1
-    digest = hashlib.blake2b(catalog_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+from eclip.catalog.schema import Listing, catalog_group_id
 
 
 def group_index(listings: list[Listing]) -> torch.Tensor:
@@ -37,13 +26,6 @@ def item_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{index}")
 
 
-@dataclass
-class ImageRef:
-    """Which image of the dataset's flat image list an item uses (for cached features)."""
-
-    flat_index: int
-
-
 class ListingDataset(Dataset):
     """Items are dicts with ``text``, ``group``, ``index`` and either ``pixel_values`` or ``image_ref``.
 
@@ -52,12 +34,11 @@ class ListingDataset(Dataset):
     """
 
     def __init__(self, listings: list[Listing], composer: TextComposer, transform: ImageTransform,
-                 *, seed: int = 0, train: bool = True, images_as_refs: bool = False):
+                 *, seed: int = 0, images_as_refs: bool = False):
         self.listings = listings
         self.composer = composer
         self.transform = transform
         self.seed = seed
-        self.train = train
         self.images_as_refs = images_as_refs
         self.groups = group_index(listings)
         self.epoch = 0
@@ -75,15 +56,15 @@ class ListingDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         listing = self.listings[index]
-        rng = item_rng(self.seed, self.epoch, index) if self.train else None
+        rng = item_rng(self.seed, self.epoch, index)
         text = self.composer.compose(listing, rng)
-        which = rng.randrange(len(listing.images)) if rng is not None else 0
+        which = rng.randrange(len(listing.images))
         item: dict[str, Any] = {"text": text, "group": self.groups[index], "index": index}
         if self.images_as_refs:
             item["image_ref"] = self._first_image[index] + which
         else:
             generator = None
-            if rng is not None and self.transform.train:
+            if self.transform.train:
                 generator = torch.Generator().manual_seed(rng.getrandbits(63))
             image = load_image(listing.images[which])
             item["pixel_values"] = self.transform(image, generator)

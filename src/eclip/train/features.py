@@ -1,93 +1,17 @@
 """Where image embeddings come from during a step: pixels through the tower, or cached tower features.
 
 A locked tower computes the same features for the same image every epoch, so they are computed once
-(LiT-style) and the step only runs the projection. When only the top blocks of the tower train
-(``train.image_trainable_blocks``), the cache holds the activations at the cut below them and the step
-runs the top blocks and the projection. The cache remembers a fingerprint of the tower's weights below
-the cut and refuses to serve a different tower.
+(``eclip.encode.images.ImageFeatureCache``) and the step only runs the projection (and the top blocks
+of the tower when ``train.image_trainable_blocks`` is set).
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
-from eclip.catalog.images import ImageTransform, load_image
-
-
-def tower_fingerprint(module: nn.Module, skip: tuple[str, ...] = ()) -> str:
-    """A digest of ``module``'s weights, leaving out the entries whose names start with ``skip``."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        if skip and name.startswith(skip):
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def locked_fingerprint(model, top_blocks: int = 0) -> str:
-    """The fingerprint of the part of ``model``'s image tower below its top ``top_blocks`` blocks."""
-    tower = model.image_tower
-    return tower_fingerprint(tower, tower.top_prefixes(top_blocks) if top_blocks else ())
-
-
-class ImageFeatureCache:
-    """Per image path: the image tower's pooled features (``top_blocks=0``) or the activations that
-    enter its top ``top_blocks`` blocks."""
-
-    def __init__(self, paths: list[str], features: torch.Tensor, fingerprint: str,
-                 top_blocks: int = 0):
-        self.index = {p: i for i, p in enumerate(paths)}
-        self.features = features
-        self.fingerprint = fingerprint
-        self.top_blocks = top_blocks
-
-    @classmethod
-    @torch.no_grad()
-    def compute(cls, model, paths: list[str], transform: ImageTransform, *, top_blocks: int = 0,
-                batch_size: int = 128, progress: bool = True,
-                desc: str = "image features") -> "ImageFeatureCache":
-        unique = list(dict.fromkeys(paths))
-        was_training = model.training
-        model.eval()
-        chunks = []
-        for start in tqdm(range(0, len(unique), batch_size), desc=desc, disable=not progress,
-                          unit="batch"):
-            pixels = torch.stack([transform(load_image(p)) for p in unique[start:start + batch_size]])
-            chunks.append(model.image_tower.below(pixels, top_blocks) if top_blocks
-                          else model.image_features(pixels))
-        model.train(was_training)
-        features = torch.cat(chunks) if chunks else torch.empty(0)
-        return cls(unique, features, locked_fingerprint(model, top_blocks), top_blocks)
-
-    def serves(self, model) -> bool:
-        """Whether ``model``'s image tower (below the cut) is the one these features came from."""
-        return locked_fingerprint(model, self.top_blocks) == self.fingerprint
-
-    def check(self, model) -> None:
-        if not self.serves(model):
-            raise ValueError("the cached image features were computed with a different image tower")
-
-    def lookup(self, paths: list[str]) -> torch.Tensor:
-        return self.features[[self.index[p] for p in paths]]
-
-    def pooled(self, model, features: torch.Tensor) -> torch.Tensor:
-        """The tower's pooled features from cached ``features`` (runs the top blocks, if any)."""
-        return model.image_tower.above(features, self.top_blocks) if self.top_blocks else features
-
-    @torch.no_grad()
-    def tower_features(self, model, paths: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Pooled tower features of ``paths`` (no gradients), ``batch_size`` images at a time."""
-        if not self.top_blocks:
-            return self.lookup(paths)
-        chunks = [self.pooled(model, self.lookup(paths[i:i + batch_size]))
-                  for i in range(0, len(paths), batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, model.image_tower.out_dim)
+from eclip.encode.images import ImageFeatureCache
 
 
 class ImageInput(Protocol):

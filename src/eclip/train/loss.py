@@ -14,6 +14,16 @@ of every rank of a torchrun job (so a listing on rank 0 and one of its catalog o
 positives), optionally computes only this rank's rows against all columns (``local_loss``), and
 :func:`contrastive_loss_rows` computes rows ``chunk_size`` at a time with their gradients so that the
 B x B similarity matrix never exists at once.
+
+Two losses share the targets, the gathering and the chunking (``loss="softmax" | "sigmoid"``):
+
+- ``softmax`` (CLIP / InfoNCE): the soft cross-entropy of each row against its catalog targets, both
+  directions;
+- ``sigmoid`` (SigLIP): every (image i, text j) pair is a binary problem, label ``+1`` when i and j
+  are positives (the same row, or one non-negative catalog) and ``-1`` otherwise, with a learnable
+  bias: ``-1/B * sum_ij log sigmoid(label_ij * (scale * <img_i, txt_j> + bias))``, summed over the
+  columns and averaged over the rows of the global batch (as SigLIP normalises it). The positives are
+  symmetric, so one direction covers every pair.
 """
 
 from __future__ import annotations
@@ -27,11 +37,17 @@ from eclip.errors import ConfigError
 from eclip.train.distributed import all_reduce_mean, gather, gather_with_grad
 
 TARGET_MODES = ("catalog", "clip")
+LOSS_KINDS = ("softmax", "sigmoid")
 
 
 def _check_targets(targets: str) -> None:
     if targets not in TARGET_MODES:
         raise ConfigError(f"unknown contrastive targets {targets!r}: use one of {', '.join(TARGET_MODES)}")
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in LOSS_KINDS:
+        raise ConfigError(f"unknown contrastive loss {loss!r}: use one of {', '.join(LOSS_KINDS)}")
 
 
 def _check_group_ids(group_ids: Tensor, batch: int | None = None) -> None:
@@ -86,7 +102,8 @@ def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
                      group_ids: Tensor | None = None, targets: str = "catalog", *,
-                     chunk_size: int | None = None) -> Tensor:
+                     chunk_size: int | None = None, loss: str = "softmax",
+                     logit_bias: Tensor | float | None = None) -> Tensor:
     """Symmetric contrastive loss with catalog-aware (or plain CLIP) targets.
 
     ``logits = logit_scale * image_emb @ text_emb.T``; the loss is the mean of the soft cross-entropy of
@@ -96,8 +113,14 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | 
     ``group_ids=None`` behaves the same. Half-precision inputs are upcast to float32 for the softmax.
     With ``chunk_size`` the loss is computed ``chunk_size`` rows at a time (see
     :func:`contrastive_loss_rows`): the same value and gradients without ever holding the B x B matrix.
+
+    ``loss="sigmoid"`` is the SigLIP loss with the same positives (see the module's docstring):
+    ``logits = logit_scale * image_emb @ text_emb.T + logit_bias`` (``logit_bias=None`` is 0), then
+    ``-sum log sigmoid(label * logits) / B``. The softmax loss is invariant to a bias added to every
+    logit, so it ignores ``logit_bias``.
     """
     _check_targets(targets)
+    _check_loss(loss)
     _check_pair(image_emb, text_emb)
     batch = image_emb.shape[0]
     _check_scale(logit_scale)
@@ -105,9 +128,10 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | 
         group_ids = None
     if group_ids is not None:
         _check_group_ids(group_ids, batch)
-    if chunk_size is not None:
+    if chunk_size is not None or loss == "sigmoid":
         return contrastive_loss_rows(image_emb, text_emb, image_emb, text_emb, logit_scale,
-                                     group_ids, group_ids, 0, chunk_size=chunk_size)
+                                     group_ids, group_ids, 0, chunk_size=chunk_size, loss=loss,
+                                     logit_bias=logit_bias)
 
     logits = logit_scale * (image_emb @ text_emb.T)
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -132,15 +156,16 @@ def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
         raise ValueError("the batch is empty")
 
 
-def _check_scale(logit_scale: Tensor | float) -> None:
+def _check_scale(logit_scale: Tensor | float, name: str = "logit_scale") -> None:
     if isinstance(logit_scale, Tensor) and logit_scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(logit_scale.shape)}")
 
 
 def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Tensor, text_cols: Tensor,
                           logit_scale: Tensor | float, row_groups: Tensor | None,
                           col_groups: Tensor | None, row_offset: int = 0, *,
-                          chunk_size: int | None = None) -> Tensor:
+                          chunk_size: int | None = None, loss: str = "softmax",
+                          logit_bias: Tensor | float | None = None) -> Tensor:
     """The loss of some rows of a batch against all of its columns.
 
     The batch has C listings (``image_cols``, ``text_cols``, ``col_groups``); the rows are its listings
@@ -153,10 +178,17 @@ def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Ten
     ``chunk_size`` computes ``chunk_size`` rows at a time and the gradients with respect to
     embeddings and ``logit_scale`` in the same pass, so that at most ``chunk_size x C`` logits exist at
     once (the dense path keeps ``R x C`` for autograd). Half-precision inputs are computed in float32.
+
+    ``loss="sigmoid"``: the sum over the R rows and all C columns of ``-log sigmoid(label * (s * <image
+    row, text column> + logit_bias))``, divided by R (``text_rows`` and ``image_cols`` are not needed:
+    the labels are symmetric, so image rows against text columns cover every pair once). Again the
+    mean over a partition of the rows is the loss of the whole batch.
     """
+    _check_loss(loss)
     _check_pair(image_rows, text_rows)
     _check_pair(image_cols, text_cols)
     _check_scale(logit_scale)
+    _check_scale(logit_bias, "logit_bias")
     rows, cols = image_rows.shape[0], image_cols.shape[0]
     if image_rows.shape[1] != image_cols.shape[1]:
         raise ValueError(f"rows have {image_rows.shape[1]} dimensions, columns {image_cols.shape[1]}")
@@ -173,6 +205,19 @@ def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Ten
     if not isinstance(logit_scale, Tensor):
         logit_scale = torch.tensor(float(logit_scale), dtype=image_rows.dtype, device=image_rows.device)
     positions = torch.arange(row_offset, row_offset + rows, device=image_rows.device)
+
+    if loss == "sigmoid":
+        if logit_bias is None:
+            logit_bias = 0.0
+        if not isinstance(logit_bias, Tensor):
+            logit_bias = torch.tensor(float(logit_bias), dtype=image_rows.dtype, device=image_rows.device)
+        if chunk_size is None:
+            positives = _positives(row_groups, col_groups, positions, cols)
+            total = _dense_sigmoid_row_loss(image_rows, text_cols, logit_scale, logit_bias, positives)
+        else:
+            total = _ChunkedRowLoss.apply(image_rows, text_cols, logit_scale, row_groups, col_groups,
+                                          positions, chunk_size, logit_bias)
+        return total / rows
 
     if chunk_size is None:
         positives = _positives(row_groups, col_groups, positions, cols)
@@ -196,6 +241,50 @@ def _dense_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, positives: Tensor
     return -(targets * F.log_softmax(logits, dim=1)).sum()
 
 
+def _dense_sigmoid_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor,
+                            positives: Tensor) -> Tensor:
+    """Sum over rows and columns of ``-log sigmoid(label * (scale * rows @ cols.T + bias))``, label
+    ``+1`` on ``positives`` and ``-1`` elsewhere."""
+    logits = scale * (rows @ cols.T)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logits = logits + bias
+    labels = positives.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(labels * logits).sum()
+
+
+def _softmax_chunk(logits: Tensor, targets: Tensor, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """One chunk of the softmax loss: ``(sum of its rows' losses, dloss/dlogits or None)``.
+
+    ``targets`` is the chunk's positives mask as a float matrix; both it and ``logits`` are
+    overwritten (the gradient is built in the logits' memory).
+    """
+    count = targets.sum(dim=1)
+    # sum_j t_ij * l_ij as a batched row-by-row product: no third chunk x C matrix
+    target_logit = torch.bmm(targets.unsqueeze(1), logits.unsqueeze(2)).view(-1) / count
+    peak = logits.amax(dim=1, keepdim=True)
+    probs = logits.sub_(peak).exp_()  # in place from here on
+    sum_exp = probs.sum(dim=1, keepdim=True)
+    total = (peak.view(-1) + sum_exp.view(-1).log() - target_logit).sum()
+    if not want_grad:
+        return total, None
+    return total, probs.div_(sum_exp).sub_(targets.div_(count.unsqueeze(1)))  # p - t
+
+
+def _sigmoid_chunk(logits: Tensor, targets: Tensor, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """One chunk of the sigmoid loss: ``(sum of -log sigmoid(label * logit), dloss/dlogits or None)``.
+
+    With ``m = label * logit`` the gradient is ``-label * sigmoid(-m)``. ``targets`` (the positives
+    mask as a float matrix) becomes the labels and ``logits`` the gradient, in place.
+    """
+    labels = targets.mul_(2).sub_(1)
+    margins = logits.mul_(labels)
+    total = -F.logsigmoid(margins).sum()
+    if not want_grad:
+        return total, None
+    return total, margins.neg_().sigmoid_().mul_(labels).neg_()
+
+
 class _ChunkedRowLoss(torch.autograd.Function):
     """``_dense_row_loss`` computed ``chunk_size`` rows at a time, gradients included.
 
@@ -205,36 +294,43 @@ class _ChunkedRowLoss(torch.autograd.Function):
     ``d/dY = s * g.T @ X`` and ``d/ds = sum(g * X @ Y.T) = sum_i x_i . (g_i @ Y)``. The forward pass
     accumulates these, the backward pass only scales them by the incoming gradient. Per chunk it
     holds two ``chunk x C`` float matrices (logits, turned into ``g`` in place, and the targets).
+
+    With ``bias`` (a tensor) it is the sigmoid loss instead (:func:`_dense_sigmoid_row_loss`):
+    logits ``s * x_i @ Y.T + b``, the same ``d/dx``, ``d/dY`` and ``d/ds`` for its own ``g``, and
+    ``d/db = sum(g)``. The logsigmoid of a chunk briefly needs a third ``chunk x C`` matrix.
     """
 
     @staticmethod
     def forward(ctx, rows: Tensor, cols: Tensor, scale: Tensor, row_groups: Tensor | None,
-                col_groups: Tensor | None, positions: Tensor, chunk_size: int) -> Tensor:
+                col_groups: Tensor | None, positions: Tensor, chunk_size: int,
+                bias: Tensor | None = None) -> Tensor:
         half = (torch.float16, torch.bfloat16)
         dtype = torch.float32 if rows.dtype in half or cols.dtype in half else rows.dtype
         x, y, s = rows.to(dtype), cols.to(dtype), scale.detach().to(dtype)
+        b = None if bias is None else bias.detach().to(dtype)
+        chunk_loss = _softmax_chunk if bias is None else _sigmoid_chunk
         want_rows, want_cols, want_scale = ctx.needs_input_grad[:3]
-        want_any = want_rows or want_cols or want_scale
+        want_bias = bias is not None and ctx.needs_input_grad[7]
+        want_any = want_rows or want_cols or want_scale or want_bias
         total = torch.zeros((), dtype=dtype, device=x.device)
         grad_rows = torch.empty_like(x) if want_rows else None
         grad_cols = torch.zeros_like(y) if want_cols else None
         grad_scale = torch.zeros((), dtype=dtype, device=x.device) if want_scale else None
+        grad_bias = torch.zeros((), dtype=dtype, device=x.device) if want_bias else None
         for start in range(0, x.shape[0], chunk_size):
             stop = min(start + chunk_size, x.shape[0])
             part = x[start:stop]
             logits = (part @ y.T).mul_(s)
+            if b is not None:
+                logits.add_(b.reshape(()))
             targets = _positives(None if row_groups is None else row_groups[start:stop], col_groups,
                                  positions[start:stop], y.shape[0]).to(dtype)
-            count = targets.sum(dim=1)
-            # sum_j t_ij * l_ij as a batched row-by-row product: no third chunk x C matrix
-            target_logit = torch.bmm(targets.unsqueeze(1), logits.unsqueeze(2)).view(-1) / count
-            peak = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(peak).exp_()  # in place from here on
-            sum_exp = probs.sum(dim=1, keepdim=True)
-            total += (peak.view(-1) + sum_exp.view(-1).log() - target_logit).sum()
+            chunk_total, grad = chunk_loss(logits, targets, want_any)
+            total += chunk_total
             if not want_any:
                 continue
-            grad = probs.div_(sum_exp).sub_(targets.div_(count.unsqueeze(1)))  # p - t
+            if want_bias:
+                grad_bias += grad.sum()
             rows_grad = grad @ y
             if want_scale:
                 grad_scale += (part * rows_grad).sum()
@@ -244,18 +340,22 @@ class _ChunkedRowLoss(torch.autograd.Function):
                 grad_cols.addmm_(grad.T, part)
         if want_cols:
             grad_cols *= s
-        ctx.save_for_backward(grad_rows, grad_cols, grad_scale)
-        ctx.dtypes = (rows.dtype, cols.dtype, scale.dtype)
+        ctx.save_for_backward(grad_rows, grad_cols, grad_scale, grad_bias)
+        ctx.dtypes = (rows.dtype, cols.dtype, scale.dtype, None if bias is None else bias.dtype)
+        ctx.shapes = (scale.shape, None if bias is None else bias.shape)
         return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        grad_rows, grad_cols, grad_scale = ctx.saved_tensors
-        rows_dtype, cols_dtype, scale_dtype = ctx.dtypes
+        grad_rows, grad_cols, grad_scale, grad_bias = ctx.saved_tensors
+        rows_dtype, cols_dtype, scale_dtype, bias_dtype = ctx.dtypes
+        scale_shape, bias_shape = ctx.shapes
         out_rows = None if grad_rows is None else (grad_rows * grad_out).to(rows_dtype)
         out_cols = None if grad_cols is None else (grad_cols * grad_out).to(cols_dtype)
-        out_scale = None if grad_scale is None else (grad_scale * grad_out).to(scale_dtype)
-        return out_rows, out_cols, out_scale, None, None, None, None
+        out_scale = (None if grad_scale is None
+                     else (grad_scale * grad_out).to(scale_dtype).reshape(scale_shape))
+        out_bias = None if grad_bias is None else (grad_bias * grad_out).to(bias_dtype).reshape(bias_shape)
+        return out_rows, out_cols, out_scale, None, None, None, None, out_bias
 
 
 class ContrastiveLoss(nn.Module):
@@ -281,37 +381,48 @@ class ContrastiveLoss(nn.Module):
     pushed away, so a title keeps what tells products apart even where the photo cannot show it
     (size, material). A row is always its own positive here too (its similarity to itself is the
     largest logit of its row), so the term is exact and as global as the cross-modal one.
+
+    ``loss="sigmoid"`` computes the SigLIP loss (see the module's docstring) with the same targets,
+    gathering, modes and chunking; the call then takes the model's ``logit_bias`` (its gradient flows
+    like the scale's). The within-modality terms use the same scale and bias. The softmax loss
+    ignores ``logit_bias``.
     """
 
-    def __init__(self, targets: str = "catalog", *, chunk_size: int | None = None,
-                 local_loss: bool = False, text_text: float = 0.0, image_image: float = 0.0):
+    def __init__(self, targets: str = "catalog", *, loss: str = "softmax",
+                 chunk_size: int | None = None, local_loss: bool = False, text_text: float = 0.0,
+                 image_image: float = 0.0):
         super().__init__()
         _check_targets(targets)
+        _check_loss(loss)
         if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
             raise ConfigError(f"loss chunk_size must be a positive integer, got {chunk_size!r}")
         for name, weight in (("text_text", text_text), ("image_image", image_image)):
             if not weight >= 0:
                 raise ConfigError(f"loss weight {name} must be >= 0, got {weight!r}")
         self.targets = targets
+        self.loss = loss
         self.chunk_size = chunk_size
         self.local_loss = local_loss
         self.text_text = text_text
         self.image_image = image_image
 
     def forward(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
-                group_ids: Tensor | None = None) -> Tensor:
-        loss = self._pair(image_emb, text_emb, logit_scale, group_ids)
+                group_ids: Tensor | None = None, logit_bias: Tensor | float | None = None) -> Tensor:
+        bias = logit_bias if self.loss == "sigmoid" else None
+        loss = self._pair(image_emb, text_emb, logit_scale, group_ids, bias)
         if self.text_text:
-            loss = loss + self.text_text * self._pair(text_emb, text_emb, logit_scale, group_ids)
+            loss = loss + self.text_text * self._pair(text_emb, text_emb, logit_scale, group_ids, bias)
         if self.image_image:
-            loss = loss + self.image_image * self._pair(image_emb, image_emb, logit_scale, group_ids)
+            loss = loss + self.image_image * self._pair(image_emb, image_emb, logit_scale, group_ids,
+                                                        bias)
         return loss
 
     def _pair(self, image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
-              group_ids: Tensor | None) -> Tensor:
+              group_ids: Tensor | None, logit_bias: Tensor | float | None = None) -> Tensor:
+        kind = {} if self.loss == "softmax" else {"loss": self.loss, "logit_bias": logit_bias}
         if not (dist.is_initialized() and dist.get_world_size() > 1):
             return contrastive_loss(image_emb, text_emb, logit_scale, group_ids, targets=self.targets,
-                                    chunk_size=self.chunk_size)
+                                    chunk_size=self.chunk_size, **kind)
         _check_pair(image_emb, text_emb)
         groups = None if self.targets == "clip" else group_ids
         if groups is not None:
@@ -322,15 +433,15 @@ class ContrastiveLoss(nn.Module):
         if self.local_loss:
             offset = dist.get_rank() * image_emb.shape[0]
             return contrastive_loss_rows(image_emb, text_emb, all_image, all_text, logit_scale, groups,
-                                         all_groups, offset, chunk_size=self.chunk_size)
+                                         all_groups, offset, chunk_size=self.chunk_size, **kind)
         return contrastive_loss_rows(all_image, all_text, all_image, all_text, logit_scale, all_groups,
-                                     all_groups, 0, chunk_size=self.chunk_size)
+                                     all_groups, 0, chunk_size=self.chunk_size, **kind)
 
     def global_value(self, loss: Tensor) -> Tensor:
         """The loss of the whole global batch, detached: the same number on every rank."""
         return all_reduce_mean(loss) if self.local_loss else loss.detach()
 
     def extra_repr(self) -> str:
-        return (f"targets={self.targets!r}, chunk_size={self.chunk_size}, "
+        return (f"targets={self.targets!r}, loss={self.loss!r}, chunk_size={self.chunk_size}, "
                 f"local_loss={self.local_loss}, text_text={self.text_text}, "
                 f"image_image={self.image_image}")

@@ -1,6 +1,7 @@
 """The sections of a training recipe (``configs/*.yaml``) as dataclasses.
 
-``model`` and ``data.text`` stay plain mappings here and are validated by the classes that own them
+``data`` is the catalog's own section (``eclip.catalog.config.DataConfig``), shared with ``eclip
+eval``, ``embed``, ``prepare`` and ``index``. ``model`` and ``data.text`` stay plain mappings here and are validated by the classes that own them
 (``DualEncoderConfig`` and ``ComposerConfig``), so that each idea has one definition.
 """
 
@@ -10,23 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eclip.catalog.config import DataConfig
 from eclip.config import apply_overrides, from_dict, load_yaml
-
-
-@dataclass
-class DataConfig:
-    catalog: str | None = None  # a JSONL / CSV / Parquet catalog file
-    image_root: str | None = None  # default: the catalog file's folder
-    column_map: dict[str, str] = field(default_factory=dict)  # standard field -> user's column
-    strict: bool = False  # stop at the first bad row instead of skipping and reporting it
-    train_split: str = "train"
-    val_split: str = "val"
-    val_fraction: float = 0.1  # used when the catalog has no split column: held out by catalog
-    text: dict[str, Any] = field(default_factory=dict)  # ComposerConfig for training text
-    augment: bool = False  # random-resized crops on training images
-    # prepared shards (`eclip prepare`) to stream instead of reading `catalog` into memory
-    shards: str | None = None
-    shuffle_buffer: int = 1000  # samples shuffled together per loader worker when streaming shards
 
 
 @dataclass
@@ -34,6 +20,9 @@ class TrainConfig:
     output_dir: str = "runs/eclip"  # checkpoints, metrics.jsonl, tensorboard/, bad-row report
     model_dir: str | None = None  # where the trained model is saved; default OUTPUT_DIR/model
     targets: str = "catalog"  # "catalog" (e-CLIP) or "clip" (identity targets, for ablation)
+    # "softmax" (CLIP's cross-entropy) or "sigmoid" (SigLIP: every pair a binary problem, with the
+    # model's learnable logit bias); both with the targets above
+    loss: str = "softmax"
     epochs: int = 5
     max_steps: int | None = None  # stop early after this many optimizer steps
     batch_size: int = 64  # the global contrastive batch: all ranks and streams together

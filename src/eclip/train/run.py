@@ -6,50 +6,20 @@ reports and writes). With ``data.shards`` the listings are streamed from prepare
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from eclip.catalog.compose import ComposerConfig, TextComposer
-from eclip.catalog.readers import CatalogRead, read_catalog
+from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
-from eclip.errors import ConfigError
+from eclip.catalog.splits import Splits, split_listings
 from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
 from eclip.train.distributed import DistEnv, barrier, init_distributed, shutdown
 from eclip.train.recipe import Recipe
 from eclip.train.sources import shard_listings
 from eclip.train.trainer import TrainResult, train
-
-
-@dataclass
-class Splits:
-    train: list[Listing]
-    val: list[Listing]
-    test: list[Listing]
-
-
-def split_listings(listings: list[Listing], recipe: Recipe) -> Splits:
-    """Use the catalog's ``split`` column when it has one, else hold out catalogs by a stable hash."""
-    data = recipe.data
-    if any(x.split for x in listings):
-        pick = lambda name: [x for x in listings if x.split == name]  # noqa: E731
-        return Splits(pick(data.train_split), pick(data.val_split), pick("test"))
-    train_rows, val_rows = [], []
-    for x in listings:
-        bucket = zlib.crc32(x.group_id.encode("utf-8")) % 10_000 / 10_000
-        (val_rows if bucket < data.val_fraction else train_rows).append(x)
-    return Splits(train_rows, val_rows, [])
-
-
-def load_catalog(recipe: Recipe, *, progress: bool = True) -> CatalogRead:
-    data = recipe.data
-    if not data.catalog:
-        raise ConfigError("no catalog given: pass --catalog FILE or set data.catalog in the recipe")
-    return read_catalog(data.catalog, image_root=data.image_root, column_map=data.column_map or None,
-                        strict=data.strict, progress=progress)
 
 
 def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
@@ -96,13 +66,9 @@ def run_training(recipe: Recipe, *, resume: bool = False,
 
 
 def _catalog_splits(recipe: Recipe, out_dir: Path, env: DistEnv, log: Callable[[str], None]) -> Splits:
-    read = load_catalog(recipe, progress=recipe.train.progress and env.is_main)
-    if env.is_main:
-        read.write_report(out_dir / "bad_rows.json")
-    log(read.summary())
-    if read.issues:
-        log(f"bad-row report: {out_dir / 'bad_rows.json'}")
-    splits = split_listings(read.listings, recipe)
+    read = load_catalog(recipe.data, report_dir=out_dir if env.is_main else None,
+                        progress=recipe.train.progress and env.is_main, log=log)
+    splits = split_listings(read.listings, recipe.data)
     log(f"{len(splits.train)} training and {len(splits.val)} validation listings")
     return splits
 

@@ -70,7 +70,8 @@ from eclip.catalog.images import ImageTransform
 from eclip.catalog.shards import (INDEX_NAME, ShardIndex, ShardInfo, ShardSample, decode_jpeg,
                                   listing_from_record, read_shard)
 from eclip.errors import ConfigError, EclipError, ImageError
-from eclip.train.data import catalog_group_id, item_rng
+from eclip.catalog.schema import catalog_group_id
+from eclip.train.data import item_rng
 
 __all__ = ["ShardStream", "StreamLoader"]
 

@@ -31,19 +31,19 @@ import torch
 from tqdm.auto import tqdm
 
 from eclip.catalog.compose import ComposerConfig, TextComposer
-from eclip.catalog.images import ImageTransform
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
-from eclip.tasks.embed import embed_listings
-from eclip.tasks.retrieval import recall_at_k
+from eclip.encode import embed_listings, recall_at_k
+from eclip.encode.images import (ImageFeatureCache, caches_locked_tower, eval_transform,
+                                 image_transform)
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
 from eclip.train.checkpoint import load_checkpoint, save_checkpoint
 from eclip.train.data import Collator, ListingDataset
 from eclip.train.distributed import (DistEnv, barrier, gather_objects, init_distributed,
                                      wrap_data_parallel)
-from eclip.train.features import CachedImageInput, ImageFeatureCache, ImageInput, pixel_input
+from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
@@ -139,26 +139,25 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     """Listings in memory: global unit batches of ``unit x ranks`` rows, this rank's slice of each.
 
     A locked image tower (without augmentation) is served from features computed once."""
-    cfg, mc = recipe.train, model.config
+    cfg = recipe.train
     if not listings:
         raise EclipError("no training listings: check the catalog's split column or val_fraction")
-    transform = ImageTransform(mc.image_size, tuple(mc.image_mean), tuple(mc.image_std),
-                               train=recipe.data.augment)
-    use_cache = cfg.lock_image and cfg.cache_locked_features and not recipe.data.augment
-    dataset = ListingDataset(listings, composer, transform, seed=cfg.seed, train=True,
+    transform = image_transform(model, train=recipe.data.augment)
+    use_cache = caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment)
+    dataset = ListingDataset(listings, composer, transform, seed=cfg.seed,
                              images_as_refs=use_cache)
     image_input: ImageInput = pixel_input
     if use_cache:
         if image_cache is None:
             image_cache = ImageFeatureCache.compute(
                 model, dataset.image_paths + [p for x in val_listings for p in x.images],
-                ImageTransform(mc.image_size, tuple(mc.image_mean), tuple(mc.image_std)),
+                eval_transform(model),
                 top_blocks=cfg.image_trainable_blocks,
                 batch_size=cfg.eval_batch_size, progress=cfg.progress and env.is_main)
         image_cache.check(model)
         image_input = CachedImageInput(image_cache, dataset.image_paths)
         image_input.features = image_input.features.to(env.device)
-    sampler = CatalogBatchSampler([x.catalog_id for x in listings], unit * env.world_size,
+    sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size,
                                   per_group=cfg.per_group, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
         raise EclipError(f"{len(listings)} training listings do not fill one batch of "
@@ -172,9 +171,8 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
     """Prepared shards (``data.shards``) streamed by every rank from its own part of them."""
     from eclip.train.stream import ShardStream
 
-    cfg, mc = recipe.train, model.config
-    transform = ImageTransform(mc.image_size, tuple(mc.image_mean), tuple(mc.image_std),
-                               train=recipe.data.augment)
+    cfg = recipe.train
+    transform = image_transform(model, train=recipe.data.augment)
     stream = ShardStream(recipe.data.shards, transform=transform, composer=composer, seed=cfg.seed,
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
@@ -237,13 +235,20 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         raise EclipError(f"{cfg.epochs} epoch(s) of {data.source.units_per_epoch} unit batches do not "
                          f"fill one step of {schedule.batch_size(0)}: lower train.batch_size")
 
+    loss_fn = ContrastiveLoss(cfg.targets, loss=cfg.loss, chunk_size=cfg.loss_chunk_size,
+                              local_loss=cfg.local_loss, text_text=cfg.text_text_weight,
+                              image_image=cfg.image_image_weight)
+    logit_bias = getattr(model, "logit_bias", None)
+    if cfg.loss == "sigmoid" and logit_bias is None:
+        raise ConfigError("train.loss 'sigmoid' needs a model with a logit_bias parameter")
+    if isinstance(logit_bias, torch.nn.Parameter):
+        # only the sigmoid loss uses the bias: under softmax it would get no gradient (DDP needs one)
+        logit_bias.requires_grad_(cfg.loss == "sigmoid")
     optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.lr)
     scheduler = build_lr_scheduler(optimizer, schedule, total_steps=total_steps,
                                    warmup_steps=min(cfg.warmup_steps, total_steps // 2),
                                    min_ratio=cfg.min_lr_ratio)
     precision = Precision(cfg.precision, env.device)
-    loss_fn = ContrastiveLoss(cfg.targets, chunk_size=cfg.loss_chunk_size, local_loss=cfg.local_loss,
-                              text_text=cfg.text_text_weight, image_image=cfg.image_image_weight)
     pad_token_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     embed_step: EmbeddingStep = (MultiStreamStep(pad_token_id) if cfg.micro_batch_size
                                  else WholeBatchStep(pad_token_id))
@@ -322,6 +327,7 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
                 step_s = time.perf_counter() - t_step
                 values = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "logit_scale": model.logit_scale().item(), "epoch": epoch,
+                          **({"logit_bias": model.logit_bias.item()} if cfg.loss == "sigmoid" else {}),
                           "batch_size": schedule.batch_size(step - 1), "data_wait_s": t_step - t_wait,
                           "step_s": step_s, "pairs_per_s": schedule.batch_size(step - 1) / step_s}
                 metrics.write(step, values)

@@ -1,0 +1,86 @@
+"""Splitting listings by catalog: no product is in two splits.
+
+A catalog's place is decided by a stable hash of its catalog id (:func:`catalog_bucket`, the same
+on every machine and Python run); a listing without a catalog id is a product of its own. Training
+splits train / val (:func:`split_listings`), the evaluation train / val / test (:func:`eval_splits`);
+both keep a ``split`` column where the catalog file has one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from eclip.catalog.config import DataConfig
+from eclip.catalog.schema import Listing
+
+SPLITS = ("train", "val", "test")
+
+
+def catalog_bucket(group_id: str, salt: str = "") -> float:
+    """A stable number in [0, 1) per catalog (``Listing.group_id``); ``salt`` draws another one."""
+    return zlib.crc32((salt + group_id).encode("utf-8")) % 100_000 / 100_000
+
+
+@dataclass
+class Splits:
+    train: list[Listing]
+    val: list[Listing]
+    test: list[Listing]
+
+
+def split_listings(listings: list[Listing], data: DataConfig) -> Splits:
+    """Training's splits: the catalog's ``split`` column when it has one, else ``data.val_fraction``
+    of the catalogs held out as val by a stable hash."""
+    if any(x.split for x in listings):
+        pick = lambda name: [x for x in listings if x.split == name]  # noqa: E731
+        return Splits(pick(data.train_split), pick(data.val_split), pick("test"))
+    train_rows, val_rows = [], []
+    for x in listings:
+        (val_rows if catalog_bucket(x.group_id) < data.val_fraction else train_rows).append(x)
+    return Splits(train_rows, val_rows, [])
+
+
+@dataclass
+class EvalSplits:
+    """The listings and, per listing, its split; ``source`` says where the splits came from."""
+
+    listings: list[Listing]
+    split: np.ndarray  # "train" / "val" / "test" per listing
+    source: str
+
+    def index(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == name)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.split == name).sum()) for name in SPLITS}
+
+
+def eval_splits(listings: list[Listing],
+                fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> EvalSplits:
+    """Train / val / test by catalog.
+
+    A listing whose ``split`` field is train, val or test keeps it. The others are placed by a hash
+    of their catalog id (``fractions`` of catalogs, deterministically). When the file gives train
+    listings but no val listings, val is carved from the train catalogs the same way (the val share
+    of ``fractions`` relative to train + val).
+    """
+    train_f, val_f, _ = fractions
+    given = [x.split if x.split in SPLITS else None for x in listings]
+    split = []
+    for listing, name in zip(listings, given):
+        if name is None:
+            b = catalog_bucket(listing.group_id)
+            name = "train" if b < train_f else "val" if b < train_f + val_f else "test"
+        split.append(name)
+    source = "the catalog's split column" if all(given) else (
+        "the catalog's split column, the rest by a hash of the catalog id" if any(given)
+        else "a hash of the catalog id")
+    if "val" not in split and "train" in split:
+        share = val_f / max(train_f + val_f, 1e-9)
+        split = ["val" if s == "train" and catalog_bucket(x.group_id, "val:") < share else s
+                 for x, s in zip(listings, split)]
+        source += "; val carved from train catalogs"
+    return EvalSplits(list(listings), np.array(split, dtype=object), source)

@@ -1,0 +1,154 @@
+"""A listing becomes vectors: image, text and fused ("both"), unit rows, as numpy arrays.
+
+One function (:func:`embed_listings`) serves training's validation, ``eclip embed``, the
+evaluation's views and the search index, so that the vectors a report describes are the vectors
+that search serves:
+
+- image: the normalised mean of the listing's image vectors (each photo through the evaluation
+  transform, the image tower, the projection, unit length);
+- text: the listing's text as the composer renders it (the model's own by default), through the text
+  tower and the projection, unit length;
+- both: :func:`eclip.encode.fusion.fuse` of the two.
+
+With ``features=True`` the towers' pooled features (before projection; per listing the mean over
+its photos) come along: what linear probes read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from eclip.catalog.compose import TextComposer
+from eclip.catalog.images import load_image
+from eclip.catalog.schema import Listing
+from eclip.encode.fusion import FUSION_WEIGHT, fuse, unit_rows
+from eclip.encode.images import ImageFeatureCache, eval_transform
+from eclip.encode.text import model_composer
+
+
+@dataclass
+class Embeddings:
+    product_ids: list[str]
+    image: np.ndarray  # [N, D] float32, unit rows
+    text: np.ndarray  # [N, D]
+    product: np.ndarray  # [N, 2D]: fuse(image, text, fusion_weight)
+    fusion_weight: float = FUSION_WEIGHT
+    image_features: np.ndarray | None = None  # [N, F_image] pooled tower features (features=True)
+    text_features: np.ndarray | None = None  # [N, F_text]
+
+    def modality(self, name: str) -> np.ndarray:
+        return {"image": self.image, "text": self.text, "both": self.product}[name]
+
+
+@torch.no_grad()
+def text_features(model, texts: list[str], *, batch_size: int = 128, progress: bool = False,
+                  desc: str = "texts") -> torch.Tensor:
+    """Pooled text-tower features ``[N, F]`` in the order of ``texts``; batches hold texts of
+    similar length, so that little compute goes to padding."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: torch.Tensor | None = None
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress,
+                      unit="batch"):
+        rows = order[start:start + batch_size]
+        tokens = model.tokenize([texts[i] for i in rows])
+        features = model.text_features(tokens["input_ids"], tokens["attention_mask"])
+        if out is None:
+            out = torch.zeros(len(texts), features.shape[1], dtype=features.dtype)
+        out[rows] = features
+    return out if out is not None else torch.zeros(0, model.text_tower.out_dim)
+
+
+@torch.no_grad()
+def embed_texts(model, texts: list[str], *, batch_size: int = 128) -> np.ndarray:
+    """Unit text vectors in the joint space (queries, prompts, composed listing texts)."""
+    model.eval()
+    features = text_features(model, list(texts), batch_size=batch_size)
+    return unit_rows(model.project_text(features, normalize=False).numpy())
+
+
+def per_listing_mean(per_image: torch.Tensor, listings: list[Listing]) -> torch.Tensor:
+    """Rows of ``per_image`` (the listings' photos in order) averaged per listing."""
+    counts = torch.tensor([len(x.images) for x in listings], dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(len(listings)), counts)
+    sums = torch.zeros(len(listings), per_image.shape[1], dtype=per_image.dtype)
+    sums.index_add_(0, owner, per_image)
+    return sums / counts[:, None].clamp(min=1)
+
+
+@torch.no_grad()
+def image_features(model, paths: list[str], *, image_cache: ImageFeatureCache | None = None,
+                   batch_size: int = 128, progress: bool = False,
+                   desc: str = "images") -> torch.Tensor:
+    """Pooled image-tower features ``[len(paths), F]``: from ``image_cache`` (this model's tower)
+    when given, else each photo decoded and run through the tower."""
+    if image_cache is not None:
+        image_cache.check(model)
+        return image_cache.tower_features(model, paths)
+    transform = eval_transform(model)
+    chunks = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress,
+                      unit="batch"):
+        pixels = torch.stack([transform(load_image(p)) for p in paths[start:start + batch_size]])
+        chunks.append(model.image_features(pixels))
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.image_tower.out_dim)
+
+
+@torch.no_grad()
+def embed_listings(model, listings: list[Listing], composer: TextComposer | None = None, *,
+                   batch_size: int = 128, image_cache: ImageFeatureCache | None = None,
+                   fusion_weight: float = FUSION_WEIGHT, features: bool = False,
+                   progress: bool = True, desc: str = "embedding") -> Embeddings:
+    """Image, text and fused vectors of ``listings`` (see the module docstring).
+
+    ``composer`` renders each listing's text (default: the model's own); ``image_cache`` (an
+    ``ImageFeatureCache`` of this model's image tower) skips decoding and the tower.
+    """
+    was_training = model.training
+    model.eval()
+    composer = composer or model_composer(model)
+    paths = [p for listing in listings for p in listing.images]
+    per_image = image_features(model, paths, image_cache=image_cache, batch_size=batch_size,
+                               progress=progress, desc=f"{desc} (images)")
+    image = unit_rows(per_listing_mean(model.project_image(per_image), listings).numpy())
+    texts = [composer.compose(listing) for listing in listings]
+    text_feats = text_features(model, texts, batch_size=batch_size, progress=progress,
+                               desc=f"{desc} (texts)")
+    text = unit_rows(model.project_text(text_feats, normalize=False).numpy())
+    if not listings:
+        image = np.zeros((0, model.config.embed_dim), np.float32)
+        text = np.zeros((0, model.config.embed_dim), np.float32)
+    out = Embeddings([listing.product_id for listing in listings], image, text,
+                     fuse(image, text, fusion_weight), fusion_weight)
+    if features:
+        out.image_features = per_listing_mean(per_image, listings).numpy()
+        out.text_features = text_feats.numpy()
+    model.train(was_training)
+    return out
+
+
+def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] | None = None) -> Path:
+    """Parquet with product_id, catalog_id (when listings are given) and the three vectors
+    (``product_embedding``: the fused vector, twice the joint dimension)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eclip.atomic import atomic_path
+
+    path = Path(path)
+    columns = {"product_id": pa.array(emb.product_ids, pa.string())}
+    if listings is not None:
+        columns["catalog_id"] = pa.array([x.catalog_id for x in listings], pa.string())
+    for name, values in (("image_embedding", emb.image), ("text_embedding", emb.text),
+                         ("product_embedding", emb.product)):
+        flat = pa.array(values.astype(np.float32).reshape(-1))
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    table = pa.table(columns)
+    table = table.replace_schema_metadata({"eclip.fusion_weight": str(emb.fusion_weight)})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
