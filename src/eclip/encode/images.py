@@ -19,16 +19,11 @@ from tqdm.auto import tqdm
 from eclip.catalog.images import ImageTransform, load_image
 
 
-def image_transform(model, *, train: bool = False) -> ImageTransform:
-    """A photo as ``model``'s image tower takes it (its size and normalisation); ``train`` adds the
-    random crops of augmentation. The one place a transform is built from a model's config."""
-    cfg = model.config
-    return ImageTransform(cfg.image_size, tuple(cfg.image_mean), tuple(cfg.image_std), train=train)
-
-
 def eval_transform(model) -> ImageTransform:
-    """The transform that evaluation, embedding, search and the feature cache apply to a photo."""
-    return image_transform(model, train=False)
+    """The transform that evaluation, embedding, search and the feature cache apply to a photo:
+    the model config's own (``DualEncoderConfig.image_transform``: size, resize mode, filter,
+    normalisation, as a checkpoint's image processor has them), no augmentation."""
+    return model.config.image_transform(train=False)
 
 
 def caches_locked_tower(lock_image: bool, cache_locked_features: bool, augment: bool) -> bool:

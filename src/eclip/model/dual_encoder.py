@@ -140,11 +140,6 @@ class DualEncoder(nn.Module):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, normalize: bool = True) -> Tensor:
         return self.project_text(self.text_features(input_ids, attention_mask), normalize)
 
-    def encode_product(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """One vector per listing: the normalised sum of its normalised image and text embeddings."""
-        both = self.encode_image(pixel_values) + self.encode_text(input_ids, attention_mask)
-        return F.normalize(both, dim=-1)
-
     def forward(self, pixel_values: Tensor, input_ids: Tensor,
                 attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(image_emb, text_emb, logit_scale)`` with unit-length embeddings."""

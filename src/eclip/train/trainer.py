@@ -35,8 +35,7 @@ from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
 from eclip.encode import embed_listings, recall_at_k
-from eclip.encode.images import (ImageFeatureCache, caches_locked_tower, eval_transform,
-                                 image_transform)
+from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
 from eclip.train.checkpoint import load_checkpoint, save_checkpoint
@@ -142,7 +141,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     cfg = recipe.train
     if not listings:
         raise EclipError("no training listings: check the catalog's split column or val_fraction")
-    transform = image_transform(model, train=recipe.data.augment)
+    transform = model.config.image_transform(train=recipe.data.augment)
     use_cache = caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment)
     dataset = ListingDataset(listings, composer, transform, seed=cfg.seed,
                              images_as_refs=use_cache)
@@ -172,7 +171,7 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
     from eclip.train.stream import ShardStream
 
     cfg = recipe.train
-    transform = image_transform(model, train=recipe.data.augment)
+    transform = model.config.image_transform(train=recipe.data.augment)
     stream = ShardStream(recipe.data.shards, transform=transform, composer=composer, seed=cfg.seed,
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
