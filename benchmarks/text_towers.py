@@ -16,9 +16,8 @@ import torch
 
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.demo import bundled_recipe, locked_image_cache, prepare_demo_catalog
-from eclip.encode import embed_listings
+from eclip.encode import embed_listings, recall_at_k
 from eclip.tasks.report import Report
-from eclip.encode import recall_at_k
 from eclip.tasks.zeroshot import zero_shot_accuracy
 from eclip.train.recipe import load_recipe
 from eclip.train.run import build_model

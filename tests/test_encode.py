@@ -1,0 +1,96 @@
+"""One definition of a listing's vectors: eval's views, `eclip embed` and the search index agree.
+
+The evaluation reads a listing's title as its text (category and attributes are the labels of its
+tasks); ``eclip embed`` and search read the text the model's composer makes. For a model whose
+composer renders the title alone the three must give the very same image, text and fused vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from eclip.catalog.readers import read_catalog
+from eclip.cli import main
+from eclip.encode import (FUSION_WEIGHT, embed_listings, fuse, fuse_query, title_composer,
+                          unit_rows)
+from eclip.model import DualEncoder
+from eclip.search import SearchIndex, build_index
+from eclip.tasks.views import listing_cache, model_views
+
+
+@pytest.fixture(scope="module")
+def title_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model, saved with a composer that renders a listing as its title alone."""
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model.config.text_composer = {"segments": ["{title}"]}
+    return model.save_pretrained(tmp_path_factory.mktemp("title_model") / "model")
+
+
+@pytest.fixture(scope="module")
+def listings(tiny_catalog):
+    return read_catalog(tiny_catalog).listings[:40]
+
+
+def test_fuse_is_the_weighted_mean_of_the_two_similarities():
+    rng = np.random.default_rng(0)
+    image, text = unit_rows(rng.normal(size=(6, 5))), unit_rows(rng.normal(size=(6, 5)))
+    for w in (0.0, 0.3, FUSION_WEIGHT, 1.0):
+        both = fuse(image, text, w)
+        assert both.shape == (6, 10)
+        np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(both @ both.T, w * image @ image.T + (1 - w) * text @ text.T,
+                                   atol=1e-6)
+        # a query of one modality scores w * <q, image> + (1 - w) * <q, text>
+        query = text[:2]
+        np.testing.assert_allclose(fuse_query(query, w) @ both.T,
+                                   w * query @ image.T + (1 - w) * query @ text.T, atol=1e-6)
+    with pytest.raises(ValueError):
+        fuse(image, text, 1.5)
+
+
+def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, tiny_catalog,
+                                                    tmp_path):
+    model = DualEncoder.from_pretrained(title_model_dir)
+    views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
+                        progress=False)
+
+    out = tmp_path / "emb.parquet"
+    keep = tmp_path / "catalog.jsonl"
+    ids = {x.product_id for x in listings}
+    keep.write_text("".join(line + "\n" for line in tiny_catalog.read_text().splitlines()
+                            if any(f'"{pid}"' in line for pid in ids)), encoding="utf-8")
+    assert main(["embed", "--model", str(title_model_dir), "--catalog", str(keep),
+                 "--image-root", str(tiny_catalog.parent), "--out", str(out)]) == 0
+    table = pq.read_table(out).to_pydict()
+    order = [table["product_id"].index(x.product_id) for x in listings]
+    embedded = {m: np.asarray(table[f"{m}_embedding"], dtype=np.float32)[order]
+                for m in ("image", "text", "product")}
+
+    index_dir = tmp_path / "index"
+    build_index(title_model_dir, listings, index_dir, progress=False)
+    index = SearchIndex.open(index_dir)
+    rows = [int(np.searchsorted(index.vids, index.listing(x.product_id).vid)) for x in listings]
+    indexed = {m: np.asarray(index.vectors[m])[rows] for m in ("image", "text", "product")}
+    index.close()
+
+    for modality, stored in (("image", "image"), ("text", "text"), ("both", "product")):
+        np.testing.assert_allclose(embedded[stored], views.task[modality], atol=1e-5)
+        np.testing.assert_allclose(indexed[stored], views.task[modality], atol=1e-5)
+    np.testing.assert_allclose(views.task["both"], fuse(views.task["image"], views.task["text"]),
+                               atol=1e-7)
+
+
+def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_dir, listings):
+    """A model whose composer writes more than the title: eval's text view is embed_listings with
+    the model's composer reduced to the title; the fused view is fuse of the two."""
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
+                        progress=False)
+    emb = embed_listings(model, listings, title_composer(model), progress=False)
+    for modality in ("image", "text", "both"):
+        np.testing.assert_allclose(emb.modality(modality), views.task[modality], atol=1e-5)
+    full = embed_listings(model, listings, progress=False)  # the model's composer: more than titles
+    assert not np.allclose(full.text, emb.text, atol=1e-3)
+    np.testing.assert_allclose(full.image, emb.image, atol=1e-6)
