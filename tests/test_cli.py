@@ -1,6 +1,11 @@
 """A user's own catalog through the command line: renamed CSV columns, transparent PNGs, broken files."""
 
+import argparse
+import inspect
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,6 +13,7 @@ import pytest
 from PIL import Image
 
 from eclip.cli import main
+from eclip.errors import EclipError
 
 
 @pytest.fixture
@@ -39,6 +45,7 @@ def shop_catalog(tmp_path, write_csv):
     return path, root
 
 
+@pytest.mark.e2e
 def test_own_csv_catalog_trains_and_embeds_with_a_bad_row_report(shop_catalog, tmp_path, capsys,
                                                                  tiny_model_config):
     path, root = shop_catalog
@@ -84,3 +91,79 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert "nope.csv" in err and "Traceback" not in err
     assert main(["train", "train.epoch=3"]) == 2
     assert "unknown key 'epoch'" in capsys.readouterr().err
+
+
+def _commands() -> list[str]:
+    from eclip.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(sub.choices)
+
+
+def test_help_answers_for_eclip_and_every_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    listing = capsys.readouterr().out
+    assert {"export", "merge", "train", "eval"} <= set(_commands())
+    for command in _commands():
+        assert f"\n    {command}" in listing  # listed, with its one-line help
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: eclip {command}") and f"examples:\n  eclip {command}" in out
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; from eclip.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "heavy = {'torch', 'transformers', 'faiss'} & set(sys.modules)\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_defaults_are_the_library_s():
+    from eclip.catalog.shards import prepare_shards
+    from eclip.cli import build_parser
+    from eclip.encode import embed_listings
+    from eclip.search import VectorSettings
+
+    def default(func, name):
+        return inspect.signature(func).parameters[name].default
+
+    parser = build_parser()
+    args = parser.parse_args(["prepare", "--catalog", "c.csv", "--out", "o"])
+    assert (args.shard_size, args.image_size) == (default(prepare_shards, "shard_size"),
+                                                  default(prepare_shards, "image_size"))
+    args = parser.parse_args(["embed", "--model", "m", "--catalog", "c.csv", "--out", "e"])
+    assert args.batch_size == default(embed_listings, "batch_size")
+    args = parser.parse_args(["index", "--out", "i"])
+    settings = VectorSettings()
+    assert (args.kind, args.exact_max, args.target_recall) == (
+        settings.kind, settings.exact_max, settings.target_recall)
+    args = parser.parse_args(["export", "--model", "m", "--out", "x"])
+    assert args.format == "transformers"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--model", "m", "--out", "x", "--format", "onnx"])
+
+
+def test_train_flags_are_recipe_overrides():
+    from eclip.cli import _data_overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--init-from", "ckpt", "--catalog", "c.csv",
+                                      "--output-dir", "run", "--strict", "train.epochs=1"])
+    assert _data_overrides(args) == ["train.epochs=1", "data.catalog=c.csv",
+                                     "train.output_dir=run", "model.init_from=ckpt",
+                                     "data.strict=true"]
+
+
+def test_eval_models_may_be_followed_by_overrides():
+    from eclip.tasks.suite import parse_model_specs
+
+    models, overrides = parse_model_specs(["eclip=runs/a/model", "data.column_map.title=name",
+                                           "init=ckpt", "eval.seeds=2"])
+    assert models == {"eclip": Path("runs/a/model"), "init": Path("ckpt")}
+    assert overrides == ["data.column_map.title=name", "eval.seeds=2"]
+    with pytest.raises(EclipError, match="names no model"):
+        parse_model_specs(["eval.seeds=2"])

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from eclip.demo import run_demo
 from eclip.model import DualEncoder
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SMALL = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_heads=2",
          "model.scratch_vocab_size=400", "model.image_size=64", "model.embed_dim=32",

@@ -26,6 +26,8 @@ from eclip.train.features import pixel_input
 from eclip.train.loss import ContrastiveLoss, contrastive_loss
 from eclip.train.precision import Precision
 
+pytestmark = pytest.mark.distributed
+
 ROWS_PER_RANK = 4
 DIM = 5
 LOSS_MODES = {  # name: (targets, local_loss, chunk_size, (text_text, image_image) weights)

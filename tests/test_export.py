@@ -105,6 +105,7 @@ def test_sentence_transformers_export_gives_eclip_vectors(trained):
     torch.testing.assert_close(image, ours_image, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_vtde_and_hf_towers_export(tmp_path):
     from transformers import AutoModel, VisionTextDualEncoderModel
 

@@ -71,6 +71,7 @@ def listings(tiny_catalog):
     return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
 
 
+@pytest.mark.distributed
 def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
                                                                 listings):
     killed = tmp_path / "killed"

@@ -1,4 +1,5 @@
-"""Warm-up + cosine learning-rate schedule."""
+"""Warm-up + cosine learning-rate schedule, and the optimizer's scheduler that applies it
+(``batch_schedule.build_lr_scheduler`` with one batch-size phase: the multiplier alone)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from eclip.errors import ConfigError
-from eclip.train.schedule import build_scheduler, warmup_cosine
+from eclip.train.batch_schedule import BatchSchedule, Phase, build_lr_scheduler
+from eclip.train.schedule import warmup_cosine
 
 
 def f(step: int, total: int = 110, warmup: int = 10, min_ratio: float = 0.1) -> float:
@@ -45,6 +47,9 @@ def test_monotone_warm_up_then_decay():
     assert max(values) == pytest.approx(1.0)
 
 
+ONE_PHASE = BatchSchedule([Phase(0, 64)])  # a constant batch: a learning-rate factor of 1
+
+
 def _setup(base_lr: float = 0.5):
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -54,7 +59,8 @@ def _setup(base_lr: float = 0.5):
         {"params": [model.weight], "lr": base_lr},
         {"params": [model.bias], "lr": base_lr / 10},
     ], lr=base_lr)
-    scheduler = build_scheduler(optimizer, total_steps=40, warmup_steps=8, min_ratio=0.05)
+    scheduler = build_lr_scheduler(optimizer, ONE_PHASE, total_steps=40, warmup_steps=8,
+                                   min_ratio=0.05)
     return model, optimizer, scheduler
 
 
@@ -108,5 +114,5 @@ def test_validation():
     with pytest.raises(ValueError, match="step"):
         warmup_cosine(-1, total_steps=10, warmup_steps=1)
     with pytest.raises(ConfigError):
-        build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
-                        total_steps=10, warmup_steps=20)
+        build_lr_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), ONE_PHASE,
+                           total_steps=10, warmup_steps=20)

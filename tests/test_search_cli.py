@@ -16,6 +16,7 @@ def listings(tiny_catalog):
     return read_catalog(tiny_catalog).listings
 
 
+@pytest.mark.e2e
 def test_index_build_update_delete(tiny_catalog, tiny_model_dir, listings, tmp_path, capsys):
     out = tmp_path / "idx"
     assert main(["index", "--model", str(tiny_model_dir), "--catalog", str(tiny_catalog),
@@ -59,6 +60,7 @@ def test_index_and_serve_errors_are_one_line(args, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_serve_runs_the_app_on_the_given_address(tiny_catalog, tiny_model_dir, tmp_path,
                                                  monkeypatch, capsys):
     import faiss

@@ -301,6 +301,7 @@ def test_iteration_is_lazy_and_a_damaged_shard_is_named(shard_dir, tmp_path, mon
         list(stream(damaged, shuffle_buffer=8))
 
 
+@pytest.mark.e2e
 def test_cli_prepare_with_renamed_column_and_no_split_column(catalog_read, tmp_path, capsys):
     rows = []
     for x in catalog_read.listings[:40]:

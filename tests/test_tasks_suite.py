@@ -78,6 +78,7 @@ def _seen_share(listings, splits, label):
     return np.mean([t in train for t in test])
 
 
+@pytest.mark.slow
 def test_category_end_to_end(tiny):
     listings, _, splits, _ = tiny
     ctx = _context(tiny, [_oracle([x.category for x in listings])])
@@ -94,6 +95,7 @@ def test_category_end_to_end(tiny):
     assert set(ctx.figures["category_confusion"]) >= {("eclip", "both"), ("oracle", "image")}
 
 
+@pytest.mark.slow
 def test_probes_read_the_towers_features_and_similarity_tasks_the_joint_space(tiny):
     """baseline (tower views) and eclip (joint views) of one model: the same probe figures, since
     probes train on the towers' pooled features; other zero-shot and matching figures."""
@@ -239,6 +241,7 @@ def partial_catalog(tmp_path, write_csv):
     return path, root
 
 
+@pytest.mark.e2e
 def test_eval_cli_runs_what_the_labels_allow_and_explains_the_rest(partial_catalog,
                                                                    tiny_model_dir, tmp_path,
                                                                    capsys):

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 @contextmanager
@@ -29,6 +29,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True,
+                encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Yields a file open for writing (``mode`` "wb" or "w"; text in UTF-8 unless ``encoding``) at
+    a temporary sibling of ``path``; on a clean exit it is flushed, with ``fsync`` synced to disk
+    (a crash just after the rename cannot leave an empty file), and renamed onto ``path``."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes a whole file: mode must be 'wb' or 'w', got {mode!r}")
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

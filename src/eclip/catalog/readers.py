@@ -35,6 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from eclip.atomic import write_json_atomic, write_text_atomic
 from eclip.catalog.images import check_image
 from eclip.catalog.schema import FIELDS, Listing, join_category
 from eclip.errors import CatalogError
@@ -113,7 +114,7 @@ class CatalogRead:
                   "listings": len(self.listings), "skipped_rows": self.skipped_rows,
                   "dropped_images": self.dropped_images, "counts": self.counts(),
                   "issues": [asdict(issue) for issue in self.issues]}
-        _write_text_atomic(Path(path), json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        write_json_atomic(path, report)
 
 
 class _BadRow(Exception):
@@ -190,14 +191,7 @@ def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
         if root is not None:
             row["images"] = [Path(os.path.relpath(p, root)).as_posix() for p in listing.images]
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-    _write_text_atomic(Path(path), "".join(lines))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(lines))
 
 
 def _check_column_map(column_map: dict[str, str] | None, name: str) -> dict[str, str]:

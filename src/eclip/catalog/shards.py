@@ -46,6 +46,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from eclip.atomic import atomic_open
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.images import load_image, to_rgb
 from eclip.catalog.readers import CatalogRead
@@ -204,7 +205,8 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
         "issues": issues,
     }
     index_path = out / INDEX_NAME
-    _write_atomic(index_path, (json.dumps(index, ensure_ascii=False, indent=1) + "\n").encode())
+    with atomic_open(index_path, "w") as file:
+        file.write(json.dumps(index, ensure_ascii=False, indent=1) + "\n")
     return index_path
 
 
@@ -336,13 +338,14 @@ def _record(listing: Listing, composer: TextComposer, index: int, images: int) -
 
 
 class _ShardWriter:
-    """One shard, written to a hidden temporary file and renamed into place by ``commit``."""
+    """One shard, written to a hidden temporary file and renamed into place by ``commit``
+    (``atomic_open``, entered here and left by ``commit`` or ``abort``)."""
 
     def __init__(self, out: Path, name: str, split: str | None, first_index: int):
         self.path = out / name
-        self.tmp = out / f".{name}.tmp{os.getpid()}"
         self.split, self.first_index, self.samples = split, first_index, 0
-        self._file = open(self.tmp, "wb")
+        self._atomic = atomic_open(self.path, "wb")
+        self._file = self._atomic.__enter__()
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
 
     def add(self, record: dict[str, Any], images: list[bytes]) -> None:
@@ -359,24 +362,13 @@ class _ShardWriter:
 
     def commit(self) -> ShardInfo:
         self._tar.close()  # writes the end-of-archive blocks; the file stays open
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.path)
+        self._atomic.__exit__(None, None, None)  # flush, fsync, close, rename into place
         return ShardInfo(self.path.name, self.samples, self.split, self.first_index)
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        error = _Aborted()
+        self._atomic.__exit__(type(error), error, None)  # close and remove the temporary file
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+class _Aborted(Exception):
+    """A shard given up before its commit."""

@@ -9,7 +9,7 @@ both keep a ``split`` column where the catalog file has one.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +41,22 @@ def split_listings(listings: list[Listing], data: DataConfig) -> Splits:
     for x in listings:
         (val_rows if catalog_bucket(x.group_id) < data.val_fraction else train_rows).append(x)
     return Splits(train_rows, val_rows, [])
+
+
+def assign_splits(listings: list[Listing], data: DataConfig) -> tuple[list[Listing], str | None]:
+    """The listings with their training split written into ``split`` (as ``eclip prepare`` stores
+    them), and a message saying what was done (None when nothing was).
+
+    A catalog with a ``split`` column keeps it. Without one, :func:`split_listings` holds out
+    ``data.val_fraction`` of the catalogs as ``data.val_split``; the others become
+    ``data.train_split`` (train listings first, then val)."""
+    if any(x.split for x in listings):
+        return list(listings), None
+    splits = split_listings(listings, data)
+    assigned = ([replace(x, split=data.train_split) for x in splits.train]
+                + [replace(x, split=data.val_split) for x in splits.val])
+    return assigned, (f"no split column: {len(splits.val)} listings held out by catalog as "
+                      f"'{data.val_split}' (data.val_fraction={data.val_fraction})")
 
 
 @dataclass

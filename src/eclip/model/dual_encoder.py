@@ -32,7 +32,8 @@ from eclip import __version__
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
 from eclip.model.tokenizer import load_tokenizer
-from eclip.model.towers import ImageTower, TextTower, build_image_tower, build_text_tower
+from eclip.model.towers import (ImageTower, TextTower, build_image_tower, build_text_tower,
+                                 train_top_groups)
 
 MODEL_TYPE = "eclip-dual-encoder"
 CONFIG_FILE = "config.json"
@@ -169,33 +170,52 @@ class DualEncoder(nn.Module):
     def text_locked(self) -> bool:
         return self._text_locked
 
-    def set_trainable(self, image: bool = True, text: bool = True,
-                      image_top_blocks: int = 0) -> DualEncoder:
+    def set_trainable(self, image: bool = True, text: bool = True, image_top_blocks: int = 0,
+                      image_layers: int | None = None, text_layers: int | None = None) -> DualEncoder:
         """Lock (``False``) or unlock a tower; a locked tower has no gradients and stays in eval mode.
 
         ``image_top_blocks`` (with ``image=False``): the top blocks of the locked image tower and its
         head train all the same (in eval mode: frozen normalisation statistics, no dropout).
-        Projections and the logit scale stay trainable.
+        ``image_layers`` / ``text_layers`` (with the tower unlocked; None: all of it): only the top
+        N layer groups of the tower (``tower.layer_groups()``: embeddings, blocks, head) train; the
+        groups below get no gradients and their batch-norm statistics stay as they are, while the
+        tower is otherwise in train mode (dropout). Projections and the logit scale stay trainable.
         """
         if image_top_blocks and image:
             raise ConfigError("image_trainable_blocks applies to a locked image tower: set "
                               "train.lock_image=true, or image_trainable_blocks=0 to train all of it")
+        for layers, unlocked, what in ((image_layers, image, "image"), (text_layers, text, "text")):
+            if layers is not None and not unlocked:
+                raise ConfigError(f"train.{what}_trainable_layers applies to an unlocked {what} tower: "
+                                  f"set train.lock_{what}=false"
+                                  + (", or train.image_trainable_blocks with the locked tower"
+                                     if what == "image" else ""))
         self.image_tower.requires_grad_(image)
         if image_top_blocks:
             top = self.image_tower.top_prefixes(image_top_blocks)
             for name, param in self.image_tower.named_parameters():
                 if name.startswith(top):
                     param.requires_grad_(True)
+        if image_layers is not None:
+            train_top_groups(self.image_tower, image_layers, "image")
         self.text_tower.requires_grad_(text)
+        if text_layers is not None:
+            train_top_groups(self.text_tower, text_layers, "text")
         self._image_locked, self._text_locked = not image, not text
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> DualEncoder:
         super().train(mode)
-        if self._image_locked:
-            self.image_tower.eval()
-        if self._text_locked:
-            self.text_tower.eval()
+        towers = ((self.image_tower, self._image_locked), (self.text_tower, self._text_locked))
+        for tower, locked in towers:
+            if locked:
+                tower.eval()
+            elif mode:  # batch norms of locked layer groups keep their statistics
+                for module in tower.modules():
+                    params = list(module.parameters(recurse=False))
+                    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and params
+                            and not any(p.requires_grad for p in params)):
+                        module.eval()
         return self
 
     def enable_gradient_checkpointing(self) -> dict[str, bool]:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from eclip.atomic import atomic_open
 from eclip.catalog.schema import Listing
 from eclip.errors import EclipError
 from eclip.search.heads import AdultHead, fit_adult_head, vote_categories
@@ -143,12 +144,8 @@ def is_index(path: str | Path) -> bool:
 
 
 def _write_pointer(root: Path, generation: str) -> None:
-    tmp = root / f".{POINTER}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(root / POINTER, "w") as handle:
         json.dump({"format": FORMAT, "version": VERSION, "generation": generation}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, root / POINTER)
     _fsync_dir(root)
 
 

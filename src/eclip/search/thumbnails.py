@@ -10,9 +10,9 @@ import hashlib
 import io
 import os
 import re
-import uuid
 from pathlib import Path
 
+from eclip.atomic import atomic_open
 from eclip.catalog.images import load_image
 from eclip.errors import ImageError
 
@@ -38,13 +38,8 @@ class ThumbnailStore:
         name = f"{digest[:2]}/{digest}.jpg"
         target = self.root / name
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{digest}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_open(target, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
         return name
 
     def put_all(self, sources: list[str]) -> tuple[list[str], list[str]]:

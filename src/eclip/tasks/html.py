@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eclip.atomic import write_text_atomic
 from eclip.catalog.images import load_image
 from eclip.tasks.context import TaskContext
 from eclip.tasks.report import MODALITY_ORDER, Report, ranked_cells
@@ -296,6 +297,4 @@ def write_html(report: Report, ctx: TaskContext, path: str | Path) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(report.title)}</title><style>{CSS}</style></head><body>"
             + "".join(parts) + "</body></html>")
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text_atomic(path, page)

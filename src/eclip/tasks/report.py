@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eclip.atomic import write_text_atomic
+
 # Counts describe a result rather than rank models: they are never bolded.
 UNRANKED_METRICS = frozenset({"tp", "fp", "fn", "tn", "clusters"})
 MODALITY_ORDER = ("image", "text", "both")
@@ -174,10 +176,9 @@ class Report:
 
     def write(self, directory: str | Path) -> tuple[Path, Path]:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         json_path, md_path = directory / "report.json", directory / "report.md"
-        json_path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
-        md_path.write_text(self.to_markdown(), encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(self.to_json(), indent=2, ensure_ascii=False))
+        write_text_atomic(md_path, self.to_markdown())
         return json_path, md_path
 
 

@@ -67,11 +67,18 @@ def load_eval_recipe(path: str | Path | None = None,
     return recipe
 
 
-def parse_model_specs(specs: list[str]) -> dict[str, Path]:
-    """``["eclip=DIR", "clip=DIR2"]`` -> ``{"eclip": Path(DIR), ...}`` (names unique, in order)."""
+def parse_model_specs(specs: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """``["eclip=DIR", "data.column_map.title=name", "clip=DIR2"]`` ->
+    ``({"eclip": Path(DIR), "clip": Path(DIR2)}, ["data.column_map.title=name"])``: models by name
+    (unique, in order) and the recipe overrides among them (entries whose key starts with a recipe
+    section, ``data.`` / ``eval.`` / ...), which a command line may write right after the models."""
     out: dict[str, Path] = {}
+    overrides: list[str] = []
     for spec in specs:
         name, sep, directory = spec.partition("=")
+        if sep and name.partition(".")[0] in RECIPE_SECTIONS and "." in name:
+            overrides.append(spec)
+            continue
         if not sep or not name.strip() or not directory.strip():
             raise ConfigError(f"--models entry {spec!r} must look like NAME=MODEL_DIR")
         if name in out:
@@ -79,7 +86,9 @@ def parse_model_specs(specs: list[str]) -> dict[str, Path]:
         if name in REFERENCES:
             raise ConfigError(f"'{name}' is the name of a reference in the report; rename the model")
         out[name.strip()] = Path(directory.strip())
-    return out
+    if not out:
+        raise ConfigError("--models names no model: give NAME=MODEL_DIR entries")
+    return out, overrides
 
 
 @dataclass

@@ -6,25 +6,20 @@ sampler position, the step counter and the torch RNG state.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from eclip.atomic import atomic_open
+
 LAST = "last.pt"
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / LAST
-    tmp = directory / f".{LAST}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    final = Path(directory) / LAST
+    with atomic_open(final, "wb") as fh:  # a reader sees the old or the new file, never half
         torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)  # atomic on POSIX: a reader sees the old or the new file, never half
     return final
 
 

@@ -18,7 +18,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,16 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def rank_log(env: DistEnv, log: Callable[[str], None]) -> Callable[[str], None]:
+    """The log of this process: ``log`` itself on rank 0, a log that drops every message on the
+    other ranks (one report per job, not one per rank)."""
+    return log if env.is_main else _silent
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _resolve_device(device: str, local_rank: int) -> torch.device:

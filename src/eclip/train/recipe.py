@@ -13,6 +13,7 @@ from typing import Any
 
 from eclip.catalog.config import DataConfig
 from eclip.config import apply_overrides, from_dict, load_yaml
+from eclip.errors import ConfigError
 
 
 @dataclass
@@ -54,6 +55,19 @@ class TrainConfig:
     # activations below them are computed once, like a locked tower's features
     image_trainable_blocks: int = 0
     lock_text: bool = False
+    # fine-tuning controls (a tower's layer groups, bottom up: embeddings, block 0..N-1, head):
+    # only the top N layer groups of the unlocked tower train, the groups below are locked
+    # (None: the whole tower, as lock_text / lock_image say)
+    text_trainable_layers: int | None = None
+    image_trainable_layers: int | None = None
+    # layer-wise learning-rate decay, in (0, 1]: the top layer group of the tower gets the tower's
+    # lr, each group below it lr x decay ** depth (1.0: off); the projections, logit scale and bias
+    # keep the heads' lr
+    text_lr_decay: float = 1.0
+    image_lr_decay: float = 1.0
+    # WiSE-FT, in [0, 1]: the saved model is (1 - alpha) x the weights before training + alpha x
+    # the trained ones (None: off); the checkpoint keeps the trained weights unmerged
+    wise_alpha: float | None = None
     cache_locked_features: bool = True  # embed a locked tower's inputs once, not every step
     seed: int = 0
     checkpoint_every: int = 100
@@ -61,6 +75,20 @@ class TrainConfig:
     eval_batch_size: int = 128
     num_workers: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("text_trainable_layers", "image_trainable_layers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"train.{name} must be at least 1 (or null: the whole tower), got "
+                                  f"{value}; lock a whole tower with train.lock_text / lock_image")
+        for name in ("text_lr_decay", "image_lr_decay"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"train.{name} must be in (0, 1] (1.0: no decay), got {value}")
+        if self.wise_alpha is not None and not 0.0 <= self.wise_alpha <= 1.0:
+            raise ConfigError(f"train.wise_alpha must be in [0, 1] (or null: no merge), got "
+                              f"{self.wise_alpha}")
 
 
 @dataclass

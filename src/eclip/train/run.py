@@ -16,7 +16,7 @@ from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import Splits, split_listings
 from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
-from eclip.train.distributed import DistEnv, barrier, init_distributed, shutdown
+from eclip.train.distributed import DistEnv, barrier, init_distributed, rank_log, shutdown
 from eclip.train.recipe import Recipe
 from eclip.train.sources import shard_listings
 from eclip.train.trainer import TrainResult, train
@@ -33,25 +33,36 @@ def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
     return DualEncoder.build(config, tokenizer=tokenizer)
 
 
-def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, out_dir: Path) -> DualEncoder:
-    """The model before training, seeded by ``train.seed`` and the same on every rank: in a job of
-    several ranks rank 0 builds it (a scratch text tower trains its tokenizer) and saves it to
-    OUTPUT_DIR/init_model, and every rank loads that copy."""
+INIT_DIR = "init"  # OUTPUT_DIR/init: the model before training
+
+
+def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, out_dir: Path, *,
+                  resume: bool = False) -> DualEncoder:
+    """The model before training, seeded by ``train.seed`` and the same on every rank.
+
+    Rank 0 builds it (a scratch text tower trains its tokenizer) and saves it to OUTPUT_DIR/init,
+    the baseline for ``eclip eval --models init=OUTPUT_DIR/init eclip=OUTPUT_DIR/model``; in a job
+    of several ranks every rank loads that copy. A resumed run keeps (and loads) an init/ that is
+    already there: it is the model the run started from."""
+    init_dir = out_dir / INIT_DIR
+    if resume and (init_dir / "config.json").is_file():
+        return DualEncoder.from_pretrained(init_dir)
+    barrier()  # every rank has seen the old init/ before rank 0 may write a new one
     torch.manual_seed(recipe.train.seed)
-    if not env.distributed:
-        return build_model(recipe, train_listings)
-    init_dir = out_dir / "init_model"
+    model = None
     if env.is_main:
-        build_model(recipe, train_listings).save_pretrained(init_dir)
+        model = build_model(recipe, train_listings)
+        model.save_pretrained(init_dir)
     barrier()
-    return DualEncoder.from_pretrained(init_dir)
+    if not env.distributed:
+        return model
+    return DualEncoder.from_pretrained(init_dir)  # every rank the same copy
 
 
 def run_training(recipe: Recipe, *, resume: bool = False,
                  log: Callable[[str], None] = print) -> TrainResult:
     env = init_distributed(recipe.train.device)
-    if not env.is_main:
-        log = _silent
+    log = rank_log(env, log)
     out_dir = Path(recipe.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -59,8 +70,8 @@ def run_training(recipe: Recipe, *, resume: bool = False,
             splits = _shard_splits(recipe, log)
         else:
             splits = _catalog_splits(recipe, out_dir, env, log)
-        model = initial_model(recipe, splits.train, env, out_dir)
-        return train(recipe, model, splits.train, splits.val, resume=resume, log=log)
+        model = initial_model(recipe, splits.train, env, out_dir, resume=resume)
+        return train(recipe, model, splits.train, splits.val, resume=resume, log=log, env=env)
     finally:
         shutdown()
 
@@ -82,6 +93,3 @@ def _shard_splits(recipe: Recipe, log: Callable[[str], None]) -> Splits:
         "training from shards")
     return Splits(listings, [], [])
 
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""

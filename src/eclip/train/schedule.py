@@ -1,12 +1,12 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to a floor."""
+"""Learning-rate schedule: linear warm-up, then cosine decay to a floor.
+
+The optimizer's scheduler is ``eclip.train.batch_schedule.build_lr_scheduler``: this multiplier times
+the batch-size schedule's learning-rate factor.
+"""
 
 from __future__ import annotations
 
 import math
-from functools import partial
-
-import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 from eclip.errors import ConfigError
 
@@ -39,11 +39,3 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: 
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int,
-                    min_ratio: float = 0.0) -> LambdaLR:
-    """A ``LambdaLR`` applying :func:`warmup_cosine` to every parameter group; call ``step()`` after
-    each ``optimizer.step()``. Its ``state_dict`` restores the position exactly."""
-    _check(total_steps, warmup_steps, min_ratio)
-    return LambdaLR(optimizer, partial(warmup_cosine, total_steps=total_steps, warmup_steps=warmup_steps,
-                                       min_ratio=min_ratio))

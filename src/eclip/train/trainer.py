@@ -14,6 +14,11 @@ inside it:
 - the precision: fp32, or bf16 / fp16 autocast (``precision``);
 - the batch-size schedule and its learning-rate rule (``batch_schedule``).
 
+Setting a run up is separate from running it: :func:`setup` builds a :class:`TrainingRun` (the
+data plan, optimizer, scheduler, loss, embedding step, precision, metrics, and the checkpoint it
+resumes from) in an order that fixes the run's random draws; :meth:`TrainingRun.train` is the loop
+(steps, logging, checkpoints, validation, the saved model). :func:`train` is the two together.
+
 Under torchrun every rank runs this loop on its slice of each global batch (DDP averages the
 gradients); rank 0 writes metrics, checkpoints and the model.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +36,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from eclip.atomic import write_text_atomic
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
@@ -41,15 +48,17 @@ from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
 from eclip.train.checkpoint import load_checkpoint, save_checkpoint
 from eclip.train.data import Collator, ListingDataset
 from eclip.train.distributed import (DistEnv, barrier, gather_objects, init_distributed,
-                                     wrap_data_parallel)
+                                     rank_log, wrap_data_parallel)
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
+from eclip.train.optim import finish_finetune, param_groups, prepare_finetune
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
 from eclip.train.sampler import CatalogBatchSampler
 from eclip.train.sources import DataSource, ListingSource, ShardSource
 
 MAX_BAD_STEPS = 5  # consecutive skipped steps (non-finite loss or gradients) that stop the run
+CHECKPOINTS = "checkpoints"  # OUTPUT_DIR/checkpoints/last.pt
 
 
 @dataclass
@@ -89,26 +98,6 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def param_groups(model, recipe: Recipe) -> list[dict[str, Any]]:
-    """Heads at ``lr``; towers at ``lr * tower_lr_scale`` (the image tower at ``image_lr_scale``
-    when set); no decay on biases and norms."""
-    cfg = recipe.train
-    scales = {"": 1.0, "text_tower.": cfg.tower_lr_scale,
-              "image_tower.": cfg.tower_lr_scale if cfg.image_lr_scale is None else cfg.image_lr_scale}
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        part = next((p for p in ("text_tower.", "image_tower.") if name.startswith(p)), "")
-        no_decay = param.ndim < 2 or name == "log_scale"
-        groups.setdefault((part, no_decay), []).append(param)
-    return [
-        {"params": params, "lr": cfg.lr * scales[part],
-         "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-        for (part, no_decay), params in sorted(groups.items())
-    ]
 
 
 def validate(model, listings: list[Listing], composer: TextComposer, *, image_cache=None,
@@ -204,36 +193,265 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing] = (),
           *, image_cache: ImageFeatureCache | None = None, resume: bool = False,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, env: DistEnv | None = None) -> TrainResult:
+    """Train ``model`` on ``train_listings`` as ``recipe`` says: :func:`setup`, then
+    :meth:`TrainingRun.train`. ``env``: the job's :class:`DistEnv` where the caller has joined the
+    process group already (else it is joined here)."""
+    run = setup(recipe, model, train_listings, val_listings, image_cache=image_cache, resume=resume,
+                env=env, log=log)
+    return run.train()
+
+
+@dataclass
+class TrainingRun:
+    """A run set up and ready to go: what :func:`setup` built, and the loop's progress.
+
+    ``step``, ``bad_steps`` and ``history`` move as :meth:`train` runs; everything else is fixed.
+    """
+
+    recipe: Recipe
+    model: Any
+    env: DistEnv
+    log: Callable[[str], None]
+    out_dir: Path
+    composer: TextComposer
+    val_listings: list[Listing]
+    schedule: BatchSchedule
+    unit: int  # rows per rank per unit batch
+    data: DataPlan
+    total_steps: int
+    loss_fn: ContrastiveLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    embed_step: EmbeddingStep
+    params: list[torch.nn.Parameter]  # the trainable ones, clipped together
+    embedder: torch.nn.Module  # the model (and image input) as the loss sees it; DDP under torchrun
+    step: int = 0
+    bad_steps: int = 0  # consecutive skipped steps
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: MetricsLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = MetricsLog(self.out_dir, enabled=self.env.is_main)
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.recipe.train
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / CHECKPOINTS
+
+    def announce(self) -> None:
+        """The recipe to OUTPUT_DIR/recipe.json (rank 0) and the run's shape to the log."""
+        env, schedule, unit = self.env, self.schedule, self.unit
+        if env.is_main:
+            write_text_atomic(self.out_dir / "recipe.json",
+                              json.dumps(to_dict(self.recipe), indent=2))
+        self.log(f"{env.world_size} rank(s) on {env.device.type}; contrastive batch "
+                 f"{schedule.batch_size(self.step)} = {unit} rows x "
+                 f"{schedule.units(self.step, unit, env.world_size)} unit(s) x {env.world_size} "
+                 f"rank(s); {self.total_steps} steps")
+
+    def train(self) -> TrainResult:
+        """The loop: steps until ``total_steps``, validation after each epoch (and at the end),
+        checkpoints every ``checkpoint_every`` steps and at the end; then the model is saved."""
+        cfg = self.cfg
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train ({cfg.targets})",
+                   unit="step", disable=not (cfg.progress and self.env.is_main))
+        units = iter(self.data.source)
+        first_step, validated_at = self.step, None
+        self.model.train()
+        try:
+            while self.step < self.total_steps:
+                epoch = self.data.source.epoch
+                if not self.train_step(units, epoch, bar):
+                    continue
+                if self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                if self.data.source.epoch != epoch and self.val_listings:  # the step ended an epoch
+                    self.validation(self.data.source.epoch - 1)
+                    validated_at = self.step
+            if self.val_listings and self.step > first_step and validated_at != self.step:
+                self.validation(self.data.source.epoch)
+        finally:
+            bar.close()
+            self.metrics.close()
+        self.checkpoint()
+        return self.save()
+
+    def train_step(self, units: Iterator[dict[str, Any]], epoch: int, bar) -> bool:
+        """One optimizer step on the next batch; False where a non-finite loss or gradient made
+        it skip the update (its batch consumed)."""
+        env, schedule = self.env, self.schedule
+        t_wait = time.perf_counter()
+        batch = [_to_device(next(units), env.device)
+                 for _ in range(schedule.units(self.step, self.unit, env.world_size))]
+        t_step = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.embed_step(self.embedder, batch, self.loss_fn, self.precision)
+        grad_norm = (self.precision.step(self.optimizer, self.params, self.cfg.grad_clip)
+                     if math.isfinite(loss) else None)
+        if grad_norm is None:  # the same decision on every rank: loss and gradients are global
+            self.skip_step(loss, epoch)
+            return False
+        self.bad_steps = 0
+        self.scheduler.step()
+        self.step += 1
+        bar.update(1)
+        if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+            self.log_step(loss, grad_norm, epoch, t_step - t_wait, time.perf_counter() - t_step)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        return True
+
+    def skip_step(self, loss: float, epoch: int) -> None:
+        """Log a skipped step; too many in a row stop the run."""
+        self.bad_steps += 1
+        what = "loss" if not math.isfinite(loss) else "grad"
+        self.metrics.write(self.step, {f"skipped_nonfinite_{what}": 1, "epoch": epoch})
+        self.log(f"step {self.step + 1}: non-finite {what}; step skipped, its batch consumed")
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise EclipError(
+                f"{self.bad_steps} consecutive steps with a non-finite loss or gradients after "
+                f"step {self.step}: stopping. Lower train.lr, use train.precision=fp32, or check "
+                f"the data; --resume continues from the last checkpoint")
+
+    def log_step(self, loss: float, grad_norm: float, epoch: int, wait_s: float,
+                 step_s: float) -> None:
+        batch_size = self.schedule.batch_size(self.step - 1)
+        values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                  "logit_scale": self.model.logit_scale().item(), "epoch": epoch,
+                  **({"logit_bias": self.model.logit_bias.item()} if self.cfg.loss == "sigmoid"
+                     else {}),
+                  "batch_size": batch_size, "data_wait_s": wait_s, "step_s": step_s,
+                  "pairs_per_s": batch_size / step_s}
+        self.metrics.write(self.step, values)
+
+    def checkpoint(self) -> None:
+        """Every rank's RNG state and data position, and rank 0's model, optimizer, scheduler and
+        precision state, to ``checkpoints/last.pt`` (rank 0 writes)."""
+        rng_states = gather_objects(torch.get_rng_state())
+        positions = gather_objects(self.data.source.state_dict())
+        if self.env.is_main:
+            save_checkpoint(self.ckpt_dir, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                "data": positions, "torch_rng": rng_states, "step": self.step,
+            })
+
+    def validation(self, epoch: int) -> None:
+        """Retrieval on the validation listings (rank 0), logged and kept in ``history``."""
+        if self.env.is_main:
+            values = validate(self.model, list(self.val_listings), self.composer,
+                              image_cache=self.data.image_cache,
+                              batch_size=self.cfg.eval_batch_size)
+            values["epoch"] = epoch
+            self.metrics.write(self.step, values)
+            self.history.append({"step": self.step, **values})
+            self.log(f"epoch {epoch}: " + ", ".join(
+                f"{k}={v:.3f}" for k, v in values.items()
+                if k.startswith("val/") and k.endswith(("@1", "@10"))))
+        self.model.train()
+        barrier()
+
+    def save(self) -> TrainResult:
+        """The trained model to ``train.model_dir`` (default OUTPUT_DIR/model), by rank 0."""
+        cfg = self.cfg
+        model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out_dir / "model"
+        alpha = finish_finetune(self.model)  # WiSE-FT: the checkpoint keeps the trained weights
+        if alpha is not None:
+            self.log(f"WiSE-FT: the saved model is {1 - alpha:g} x the start + {alpha:g} x the trained")
+        if self.env.is_main:
+            self.model.save_pretrained(model_dir)
+            self.log(f"saved {model_dir} after {self.step} steps")
+        barrier()
+        return TrainResult(model=self.model, model_dir=model_dir, steps=self.step,
+                           history=self.history, rank=self.env.rank)
+
+
+def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing] = (),
+          *, image_cache: ImageFeatureCache | None = None, resume: bool = False,
+          env: DistEnv | None = None, log: Callable[[str], None] = print) -> TrainingRun:
+    """Everything a run needs, in the order that fixes its random draws: seeds, trainable parts,
+    the data plan (and a locked tower's feature cache), the step count, loss, optimizer, scheduler
+    and precision; then the last checkpoint restored (``resume``) and the model wrapped for the job.
+
+    ``env``: the job's :class:`DistEnv` where the caller has joined the process group already."""
     cfg = recipe.train
-    env = init_distributed(cfg.device)
-    if not env.is_main:
-        log = _silent
+    env = env if env is not None else init_distributed(cfg.device)
+    log = rank_log(env, log)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
-    model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
-                        image_top_blocks=cfg.image_trainable_blocks)
+    prepare_finetune(model, cfg)  # the towers' locked layers; the weights before training (wise_alpha)
     model.config.text_composer = dict(recipe.data.text)
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     schedule = BatchSchedule.from_recipe(cfg.batch_size, cfg.batch_schedule, cfg.lr_scaling)
     unit = schedule.unit_rows(env.world_size, cfg.micro_batch_size)  # rows per rank per unit
-    if recipe.data.shards:
-        data = shard_data(recipe, model, composer, unit, env)
-    else:
-        data = listing_data(recipe, model, list(train_listings), list(val_listings), composer, unit,
-                            env, image_cache)
+    data = data_plan(recipe, model, train_listings, val_listings, composer, unit, env, image_cache)
     model.to(env.device)  # after the feature cache, which is computed on the CPU
     apply_memory_options(model, cfg, log)
-    total_steps = schedule.steps_for_units(cfg.epochs * data.source.units_per_epoch, unit,
-                                           env.world_size)
+    total_steps = count_steps(cfg, schedule, data.source.units_per_epoch, unit, env.world_size)
+    loss_fn = build_loss(cfg, model)
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.lr)
+    scheduler = build_lr_scheduler(optimizer, schedule, total_steps=total_steps,
+                                   warmup_steps=min(cfg.warmup_steps, total_steps // 2),
+                                   min_ratio=cfg.min_lr_ratio)
+    precision = Precision(cfg.precision, env.device)
+    step = resume_step(out_dir / CHECKPOINTS, resume, model, optimizer, scheduler, precision,
+                       data.source, env, log)
+    # DDP broadcasts rank 0's weights, so every rank starts from the same model.
+    embedder = wrap_data_parallel(Embedder(model, data.image_input), env)
+    run = TrainingRun(
+        recipe=recipe, model=model, env=env, log=log, out_dir=out_dir, composer=composer,
+        val_listings=list(val_listings), schedule=schedule, unit=unit, data=data,
+        total_steps=total_steps, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        precision=precision, embed_step=embedding_step(cfg, model),
+        params=[p for p in model.parameters() if p.requires_grad], embedder=embedder, step=step)
+    run.announce()
+    return run
+
+
+def resume_step(ckpt_dir: Path, resume: bool, model, optimizer, scheduler, precision: Precision,
+                source: DataSource, env: DistEnv, log: Callable[[str], None]) -> int:
+    """The step the run starts at: the last checkpoint's, restored into the run's objects, where
+    ``resume`` finds one; else 0."""
+    state = load_checkpoint(ckpt_dir) if resume else None
+    if state is None:
+        if resume:
+            log(f"no checkpoint in {ckpt_dir}: starting from scratch")
+        return 0
+    step = _restore(state, model, optimizer, scheduler, precision, source, env)
+    log(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
+    return step
+
+
+def data_plan(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing],
+              composer: TextComposer, unit: int, env: DistEnv,
+              image_cache: ImageFeatureCache | None) -> DataPlan:
+    """Shards streamed from disk where ``data.shards`` is set, else the listings in memory."""
+    if recipe.data.shards:
+        return shard_data(recipe, model, composer, unit, env)
+    return listing_data(recipe, model, list(train_listings), list(val_listings), composer, unit,
+                        env, image_cache)
+
+
+def count_steps(cfg: TrainConfig, schedule: BatchSchedule, units_per_epoch: int, unit: int,
+                world_size: int) -> int:
+    """Optimizer steps of the run: whole steps in ``epochs`` epochs, at most ``max_steps``."""
+    total_steps = schedule.steps_for_units(cfg.epochs * units_per_epoch, unit, world_size)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     if total_steps < 1:
-        raise EclipError(f"{cfg.epochs} epoch(s) of {data.source.units_per_epoch} unit batches do not "
+        raise EclipError(f"{cfg.epochs} epoch(s) of {units_per_epoch} unit batches do not "
                          f"fill one step of {schedule.batch_size(0)}: lower train.batch_size")
+    return total_steps
 
+
+def build_loss(cfg: TrainConfig, model) -> ContrastiveLoss:
+    """The recipe's loss; the model's logit bias trains under the sigmoid loss only."""
     loss_fn = ContrastiveLoss(cfg.targets, loss=cfg.loss, chunk_size=cfg.loss_chunk_size,
                               local_loss=cfg.local_loss, text_text=cfg.text_text_weight,
                               image_image=cfg.image_image_weight)
@@ -243,111 +461,13 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     if isinstance(logit_bias, torch.nn.Parameter):
         # only the sigmoid loss uses the bias: under softmax it would get no gradient (DDP needs one)
         logit_bias.requires_grad_(cfg.loss == "sigmoid")
-    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.lr)
-    scheduler = build_lr_scheduler(optimizer, schedule, total_steps=total_steps,
-                                   warmup_steps=min(cfg.warmup_steps, total_steps // 2),
-                                   min_ratio=cfg.min_lr_ratio)
-    precision = Precision(cfg.precision, env.device)
+    return loss_fn
+
+
+def embedding_step(cfg: TrainConfig, model) -> EmbeddingStep:
+    """Multi-stream accumulation where ``micro_batch_size`` is set, else one pass over the batch."""
     pad_token_id = getattr(model.tokenizer, "pad_token_id", None) or 0
-    embed_step: EmbeddingStep = (MultiStreamStep(pad_token_id) if cfg.micro_batch_size
-                                 else WholeBatchStep(pad_token_id))
-    params = [p for p in model.parameters() if p.requires_grad]
-    ckpt_dir = out_dir / "checkpoints"
-    step, bad_steps, history = 0, 0, []
-
-    state = load_checkpoint(ckpt_dir) if resume else None
-    if state is not None:
-        step = _restore(state, model, optimizer, scheduler, precision, data.source, env)
-        log(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
-    elif resume:
-        log(f"no checkpoint in {ckpt_dir}: starting from scratch")
-    # DDP broadcasts rank 0's weights, so every rank starts from the same model.
-    embedder = wrap_data_parallel(Embedder(model, data.image_input), env)
-    if env.is_main:
-        (out_dir / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2), encoding="utf-8")
-    log(f"{env.world_size} rank(s) on {env.device.type}; contrastive batch {schedule.batch_size(step)} "
-        f"= {unit} rows x {schedule.units(step, unit, env.world_size)} unit(s) x {env.world_size} "
-        f"rank(s); {total_steps} steps")
-
-    def checkpoint() -> None:
-        rng_states = gather_objects(torch.get_rng_state())
-        positions = gather_objects(data.source.state_dict())
-        if env.is_main:
-            save_checkpoint(ckpt_dir, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "precision": precision.state_dict(),
-                "data": positions, "torch_rng": rng_states, "step": step,
-            })
-
-    def validation(epoch: int) -> None:
-        if env.is_main:
-            values = validate(model, list(val_listings), composer, image_cache=data.image_cache,
-                              batch_size=cfg.eval_batch_size)
-            values["epoch"] = epoch
-            metrics.write(step, values)
-            history.append({"step": step, **values})
-            log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.3f}" for k, v in values.items()
-                                               if k.startswith("val/") and k.endswith(("@1", "@10"))))
-        model.train()
-        barrier()
-
-    metrics = MetricsLog(out_dir, enabled=env.is_main)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train ({cfg.targets})", unit="step",
-               disable=not (cfg.progress and env.is_main))
-    units = iter(data.source)
-    first_step, validated_at = step, None
-    model.train()
-    try:
-        while step < total_steps:
-            t_wait = time.perf_counter()
-            epoch = data.source.epoch
-            batch = [_to_device(next(units), env.device)
-                     for _ in range(schedule.units(step, unit, env.world_size))]
-            t_step = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = embed_step(embedder, batch, loss_fn, precision)
-            grad_norm = precision.step(optimizer, params, cfg.grad_clip) if math.isfinite(loss) else None
-            if grad_norm is None:  # the same decision on every rank: loss and gradients are global
-                bad_steps += 1
-                what = "loss" if not math.isfinite(loss) else "grad"
-                metrics.write(step, {f"skipped_nonfinite_{what}": 1, "epoch": epoch})
-                log(f"step {step + 1}: non-finite {what}; step skipped, its batch consumed")
-                if bad_steps >= MAX_BAD_STEPS:
-                    raise EclipError(
-                        f"{bad_steps} consecutive steps with a non-finite loss or gradients after "
-                        f"step {step}: stopping. Lower train.lr, use train.precision=fp32, or check "
-                        f"the data; --resume continues from the last checkpoint")
-                continue
-            bad_steps = 0
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                step_s = time.perf_counter() - t_step
-                values = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "logit_scale": model.logit_scale().item(), "epoch": epoch,
-                          **({"logit_bias": model.logit_bias.item()} if cfg.loss == "sigmoid" else {}),
-                          "batch_size": schedule.batch_size(step - 1), "data_wait_s": t_step - t_wait,
-                          "step_s": step_s, "pairs_per_s": schedule.batch_size(step - 1) / step_s}
-                metrics.write(step, values)
-                bar.set_postfix(loss=f"{loss:.3f}")
-            if step % cfg.checkpoint_every == 0:
-                checkpoint()
-            if data.source.epoch != epoch and val_listings:  # this step finished an epoch
-                validation(data.source.epoch - 1)
-                validated_at = step
-        if val_listings and step > first_step and validated_at != step:
-            validation(data.source.epoch)
-    finally:
-        bar.close()
-        metrics.close()
-    checkpoint()
-    model_dir = Path(cfg.model_dir) if cfg.model_dir else out_dir / "model"
-    if env.is_main:
-        model.save_pretrained(model_dir)
-        log(f"saved {model_dir} after {step} steps")
-    barrier()
-    return TrainResult(model=model, model_dir=model_dir, steps=step, history=history, rank=env.rank)
+    return MultiStreamStep(pad_token_id) if cfg.micro_batch_size else WholeBatchStep(pad_token_id)
 
 
 def _restore(state: dict[str, Any], model, optimizer, scheduler, precision: Precision,
@@ -364,7 +484,3 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, precision: Prec
     source.load_state_dict(state["data"][env.rank])
     torch.set_rng_state(state["torch_rng"][env.rank])
     return int(state["step"])
-
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
