@@ -60,3 +60,20 @@ def test_exponent_without_dot_is_a_number_in_yaml_and_cli(tmp_path):
     path.write_text("train:\n  lr: 3e-4\n")
     assert load_recipe(path).train.lr == 3e-4
     assert load_recipe(None, ["train.weight_decay=1E-2"]).train.weight_decay == 0.01
+
+
+@pytest.mark.parametrize("name", ["from_clip", "from_siglip"])
+def test_fine_tuning_recipes_start_from_a_checkpoint(name, tmp_path):
+    """The bundled fine-tuning recipes build the checkpoint's model (tiny here) with its loss."""
+    from tiny_checkpoints import make_clip, make_siglip
+
+    from eclip.demo import bundled_recipe
+    from eclip.model import DualEncoder, DualEncoderConfig
+    from eclip.train.trainer import loss_kind
+
+    checkpoint = (make_clip if name == "from_clip" else make_siglip)(tmp_path / "ckpt")
+    recipe = load_recipe(bundled_recipe(name), [f"model.init_from={checkpoint}"])
+    assert recipe.train.targets == "catalog" and recipe.train.precision == "bf16"
+    model = DualEncoder.build(DualEncoderConfig.from_dict(recipe.model))
+    assert model.config.init_from == str(checkpoint)
+    assert loss_kind(recipe.train, model) == ("softmax" if name == "from_clip" else "sigmoid")

@@ -267,3 +267,20 @@ def test_multi_stream_equals_whole_batch_step():
     got = dict(with_bias.named_parameters())
     for name, grad in grads(plain).items():
         assert torch.equal(got[name].grad, grad), name
+
+
+def test_auto_loss_is_sigmoid_for_a_siglip_start_and_softmax_otherwise(tmp_path):
+    from tiny_checkpoints import make_clip, make_siglip
+
+    from eclip.model import DualEncoder
+    from eclip.train.recipe import TrainConfig
+    from eclip.train.trainer import build_loss, loss_kind
+
+    siglip = DualEncoder.from_checkpoint(make_siglip(tmp_path / "siglip"))
+    clip = DualEncoder.from_checkpoint(make_clip(tmp_path / "clip"))
+    auto = TrainConfig()
+    assert auto.loss == "auto"
+    assert loss_kind(auto, siglip) == "sigmoid" and loss_kind(auto, clip) == "softmax"
+    assert build_loss(auto, siglip).loss == "sigmoid" and siglip.logit_bias.requires_grad
+    assert build_loss(auto, clip).loss == "softmax" and not clip.logit_bias.requires_grad
+    assert loss_kind(TrainConfig(loss="softmax"), siglip) == "softmax"

@@ -8,6 +8,7 @@ names the key and the keys that exist.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -27,6 +28,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe {path} cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply to read") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
     if data is None:
@@ -43,6 +51,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
+    except RecursionError:
+        raise ConfigError(f"override {text[:80]!r}...: value is nested too deeply") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     return [part for part in key.strip().split(".")], _number_or_value(value)
@@ -136,6 +146,70 @@ def coerce(hint: Any, value: Any, where: str) -> Any:
     if (origin or hint) in (list, tuple, dict) and not isinstance(value, origin or hint):
         raise ConfigError(f"'{where}' must be a {(origin or hint).__name__}, got {value!r}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric option may take: ``low``/``high`` bounds (None: unbounded), each
+    inclusive unless ``*_open``; NaN is never in range, and infinity only with ``allow_inf``.
+    ``note`` says what a special value means (e.g. ``"null: no cap"``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    allow_inf: bool = False
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return self.allow_inf and not math.isnan(value) and (
+                (value > 0 and self.high is None) or (value < 0 and self.low is None))
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = (f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            text = "a number"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def at_least(low: float, note: str = "") -> Range:
+    return Range(low=low, note=note)
+
+
+def above(low: float, note: str = "", allow_inf: bool = False) -> Range:
+    return Range(low=low, low_open=True, note=note, allow_inf=allow_inf)
+
+
+def check_ranges(obj: Any, section: str, ranges: dict[str, Range]) -> None:
+    """ConfigError naming ``section.key`` (as a user types it) and the allowed range for the first
+    numeric field of ``obj`` outside its range in ``ranges``. ``None`` is left alone (an optional
+    setting that is off); values of other types are the type check's business (:func:`coerce`).
+
+    Every numeric option of a config section is listed in one such table, checked from the
+    dataclass's ``__post_init__``, so a recipe, an override and a direct construction are held to
+    the same limits."""
+    for name, allowed in ranges.items():
+        value = getattr(obj, name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value not in allowed:
+            raise ConfigError(f"{section}.{name} must be {allowed.describe()}, got {value!r}")
 
 
 def to_dict(obj: Any) -> Any:

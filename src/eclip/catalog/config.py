@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eclip.config import Range, at_least, check_ranges
+
+# every numeric option of the data section and its allowed values (see eclip.config.check_ranges)
+DATA_RANGES: dict[str, Range] = {
+    "val_fraction": Range(0, 1, high_open=True),
+    "shuffle_buffer": at_least(0, "0 or 1: the shards' own order"),
+}
+
 
 @dataclass
 class DataConfig:
@@ -24,3 +32,6 @@ class DataConfig:
     # prepared shards (`eclip prepare`) to stream instead of reading `catalog` into memory
     shards: str | None = None
     shuffle_buffer: int = 1000  # samples shuffled together per loader worker when streaming shards
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "data", DATA_RANGES)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from eclip.catalog.paths import BAD_PATH, path_problem, printable
 from eclip.errors import ConfigError, ImageError
 
 # 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
@@ -79,35 +80,47 @@ def _allowed_formats() -> tuple[str, ...]:
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` fully into an RGB image, or raise ImageError saying which file and why."""
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               root: str | os.PathLike[str] | None = None) -> Image.Image:
+    """Decode ``path`` fully into an RGB image, or raise ImageError saying which file and why.
+
+    With ``root``, a path that resolves outside it (links followed) is refused before anything is
+    opened (:func:`eclip.catalog.paths.contained`)."""
     try:
-        return _decode(path, max_pixels, reduced=False)
+        return _decode(path, max_pixels, reduced=False, root=root)
     except _Rejected as exc:
-        raise ImageError(f"cannot use image {os.fspath(path)}: {exc}") from None
+        raise ImageError(f"cannot use image {printable(path)}: {exc}") from None
 
 
-def check_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def check_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                root: str | os.PathLike[str] | None = None) -> str | None:
     """``None`` when ``load_image(path)`` would succeed, otherwise the reason (``"kind: detail"``).
 
     The whole file is decoded (so truncation and corrupt data are found), JPEGs at 1/8 scale, which
-    reads every byte but skips most of the work.
+    reads every byte but skips most of the work. ``root`` as for :func:`load_image`.
     """
     try:
-        _decode(path, max_pixels, reduced=True)
+        _decode(path, max_pixels, reduced=True, root=root)
     except _Rejected as exc:
         return str(exc)
     return None
 
 
-def _decode(path: str | os.PathLike[str], max_pixels: int, *, reduced: bool) -> Image.Image:
+def _decode(path: str | os.PathLike[str], max_pixels: int, *, reduced: bool,
+            root: str | os.PathLike[str] | None = None) -> Image.Image:
+    if "\0" in os.fspath(path):  # the OS cannot name such a file (Python raises ValueError)
+        raise _Rejected(f"{BAD_PATH}: the path contains a NUL byte")
+    if root is not None:
+        problem = path_problem(path, root)
+        if problem is not None:
+            raise _Rejected(f"{problem.kind}: {problem.detail}")
     file = Path(path)
     try:
         stat = file.stat()
     except FileNotFoundError:
         raise _Rejected("file not found") from None
-    except OSError as exc:
-        raise _Rejected(f"cannot open file: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise _Rejected(f"cannot open file: {getattr(exc, 'strerror', None) or exc}") from None
     if not file.is_file():
         raise _Rejected("not a file")
     if stat.st_size == 0:

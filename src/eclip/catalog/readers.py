@@ -17,7 +17,10 @@ and ``null`` (any case; what spreadsheet and pandas exports write for a missing 
 "not given".
 
 Image paths must be local files; an ``http(s)://`` URL is dropped from its listing with an issue
-(download the images first).
+(download the images first). Every image must lie inside the image root once links are followed
+(:func:`eclip.catalog.paths.contained`): an absolute path elsewhere, ``../``, ``~/`` or a symlink
+pointing outside is dropped with reason ``outside the image root`` and never opened, and so is a
+path with a NUL byte (``bad path``); absolute paths inside the root are fine.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 
 from eclip.atomic import write_json_atomic, write_text_atomic
 from eclip.catalog.images import check_image
+from eclip.catalog.paths import PathOutsideRoot, path_problem, printable, resolved_root
 from eclip.catalog.schema import FIELDS, Listing, join_category
 from eclip.errors import CatalogError
 
@@ -51,6 +55,10 @@ _TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "19+", "18+", "adult"})
 _FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
 _INTEGRAL_TEXT = re.compile(r"-?\d+\.0+")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+_TOO_DEEP = "malformed JSON: nested too deeply to read"
+# csv's default limit on one cell (131,072 characters) is raised while a file is read, so that a
+# long description is a row like any other; a cell beyond this is a broken file (an unclosed quote)
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass
@@ -81,6 +89,8 @@ class CatalogRead:
     listings: list[Listing]
     issues: list[Issue]
     total_rows: int
+    # the folder every image path lies in (resolved); None for reads that were not checked
+    image_root: str | None = None
 
     @property
     def skipped_rows(self) -> int:
@@ -147,7 +157,11 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
         raise CatalogError("the file is empty", file=name)
     columns = _check_column_map(column_map, name)
     root = Path(image_root) if image_root is not None else file.parent
-    parser = _RowParser(name, file.stem, os.path.abspath(root), columns, check_images)
+    try:
+        contained_in = str(resolved_root(root))
+    except PathOutsideRoot as exc:
+        raise CatalogError(f"image root: {exc}", file=name) from None
+    parser = _RowParser(name, file.stem, os.path.abspath(root), contained_in, columns, check_images)
 
     records, total, file_columns = _open_records(file, name, kind, columns)
     if file_columns:  # a JSON file whose every row is malformed has none; its rows are reported
@@ -166,6 +180,9 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
             except _BadRow as bad:
                 listing = None
                 found.append(Issue(name, row, bad.field, bad.reason, SKIPPED_ROW))
+            except RecursionError:  # a value nested deeper than Python follows
+                listing = None
+                found.append(Issue(name, row, None, _TOO_DEEP, SKIPPED_ROW))
             if strict and found:
                 first = found[0]
                 raise CatalogError(first.reason, file=name, row=first.row, field=first.field)
@@ -174,7 +191,7 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
                 listings.append(listing)
     if rows == 0:
         raise CatalogError("the file has no rows", file=name)
-    return CatalogRead(name, listings, issues, rows)
+    return CatalogRead(name, listings, issues, rows, image_root=contained_in)
 
 
 def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
@@ -263,6 +280,9 @@ def _jsonl_records(file: Path) -> list[Record]:
                 records.append((line_no, _BadRow(None, f"malformed JSON: {exc.msg} at column "
                                                        f"{exc.colno}")))
                 continue
+            except RecursionError:
+                records.append((line_no, _BadRow(None, _TOO_DEEP)))
+                continue
             records.append((line_no, _as_object(value)))
     return records
 
@@ -275,6 +295,8 @@ def _json_records(file: Path, name: str) -> list[Record]:
     except json.JSONDecodeError as exc:
         raise CatalogError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                            file=name) from None
+    except RecursionError:
+        raise CatalogError(_TOO_DEEP, file=name) from None
     if not isinstance(value, list):
         raise CatalogError(f"a .json catalog must be a list of objects, got "
                            f"{type(value).__name__}; use .jsonl for one object per line", file=name)
@@ -303,9 +325,11 @@ def _csv_records(file: Path, name: str, delimiter: str) -> tuple[Iterator[Record
 
 def _csv_rows(file: Path, name: str, delimiter: str, header: list[str]) -> Iterator[Record]:
     row = 0
+    limit = csv.field_size_limit()
     with open(file, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
+            csv.field_size_limit(max(limit, CSV_FIELD_LIMIT))
             next(reader)  # the header
             for cells in reader:
                 if not any(c.strip() for c in cells):
@@ -321,6 +345,8 @@ def _csv_rows(file: Path, name: str, delimiter: str, header: list[str]) -> Itera
                                file=name, row=row + 1) from None
         except csv.Error as exc:
             raise CatalogError(f"malformed CSV: {exc}", file=name, row=row + 1) from None
+        finally:
+            csv.field_size_limit(limit)
 
 
 def _parquet_records(file: Path, name: str,
@@ -356,8 +382,10 @@ def _parquet_records(file: Path, name: str,
 class _RowParser:
     """Turns one record into a Listing, recording dropped images; raises _BadRow for a bad row."""
 
-    def __init__(self, file: str, stem: str, root: str, columns: dict[str, str], check: bool):
+    def __init__(self, file: str, stem: str, root: str, contained_in: str, columns: dict[str, str],
+                 check: bool):
         self.file, self.stem, self.root, self.columns, self.check = file, stem, root, columns, check
+        self.contained_in = contained_in  # the root resolved: every image must lie inside it
         self.first_row_of: dict[str, int] = {}
         self.image_reasons: dict[str, str | None] = {}
 
@@ -404,21 +432,29 @@ class _RowParser:
         for path in paths:
             if _URL.match(path):
                 reason: str | None = "image URL: download the images and give local paths"
-            elif not self.check:
-                reason = None
             else:
                 if path not in self.image_reasons:
-                    self.image_reasons[path] = check_image(path)
+                    self.image_reasons[path] = self._image_reason(path)
                 reason = self.image_reasons[path]
             if reason is None:
                 good.append(path)
                 continue
             kind, _, detail = reason.partition(": ")
             found.append(Issue(self.file, row, "images",
-                               f"{kind}: {path}" + (f" ({detail})" if detail else ""), DROPPED_IMAGE))
+                               f"{kind}: {printable(path)}" + (f" ({detail})" if detail else ""),
+                               DROPPED_IMAGE))
         if not good:
             raise _BadRow("images", "no usable image: every image of the row was dropped")
         return good
+
+    def _image_reason(self, path: str) -> str | None:
+        """Why ``path`` cannot be used (``"kind: detail"``), or None. A path outside the image
+        root (links followed) or with a NUL byte is refused before anything is opened, whether or
+        not images are decoded here."""
+        problem = path_problem(path, self.contained_in)
+        if problem is not None:
+            return f"{problem.kind}: {problem.detail}"
+        return check_image(path) if self.check else None
 
 
 def _missing(value: Any) -> bool:
@@ -462,7 +498,9 @@ def _image_list(value: Any) -> list[str]:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise _BadRow("images", f"malformed image list: {exc.msg} in {text!r}") from None
+                raise _BadRow("images", f"malformed image list: {exc.msg} in {text[:200]!r}") from None
+            except RecursionError:
+                raise _BadRow("images", f"malformed image list: {_TOO_DEEP}") from None
         else:
             return [p.strip() for p in re.split(r"[|;]", text) if p.strip()]
     if isinstance(value, (list, tuple)):
@@ -496,6 +534,8 @@ def _attributes(value: Any) -> dict[str, str]:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise _BadRow("attributes", f"bad attributes: malformed JSON ({exc.msg})") from None
+            except RecursionError:
+                raise _BadRow("attributes", f"bad attributes: {_TOO_DEEP}") from None
         else:
             value = _key_value_pairs(text)
     if not isinstance(value, dict):

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from eclip.atomic import atomic_open
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.images import load_image, to_rgb
+from eclip.catalog.paths import PathOutsideRoot, contained
 from eclip.catalog.readers import CatalogRead
 from eclip.catalog.schema import Listing
 from eclip.errors import ConfigError, EclipError, ImageError
@@ -107,8 +108,16 @@ class ShardIndex:
                 raise ValueError(f"version {data.get('version')!r}; this eclip reads {VERSION}")
             shards = [ShardInfo(s["name"], int(s["samples"]), s["split"], int(s["first_index"]))
                       for s in data["shards"]]
+            for shard in shards:  # the index names files: each must be a shard of this folder
+                if (not isinstance(shard.name, str) or shard.name in ("", ".", "..")
+                        or "/" in shard.name or "\\" in shard.name):
+                    raise ValueError(f"shard name {shard.name!r} is not a file name")
+                contained(root / shard.name, root, outside="outside the shard folder")
             return cls(root, shards, int(data["image_size"]), dict(data["composer"]), data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except PathOutsideRoot as exc:
+            raise EclipError(f"{path} is not a valid shard index ({exc}); "
+                             "run `eclip prepare` again") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise EclipError(f"{path} is not a valid shard index ({exc}); "
                              "run `eclip prepare` again") from None
 
@@ -157,6 +166,7 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
         raise ConfigError(f"jpeg_quality must be at most 100, got {jpeg_quality}")
     read = source if isinstance(source, CatalogRead) else None
     listings = list(read.listings if read is not None else source)
+    image_root = read.image_root if read is not None else None  # images must stay inside it
     composer = TextComposer(composer_config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +181,7 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
     try:
         for listing in tqdm(_prepared_order(listings), total=len(listings), disable=not progress,
                             desc=f"writing shards to {out}", unit="listing"):
-            images = _encode_images(listing, image_size, jpeg_quality, issues)
+            images = _encode_images(listing, image_size, jpeg_quality, issues, image_root)
             if not images:
                 continue
             if writer is None or writer.samples == shard_size or writer.split != listing.split:
@@ -223,6 +233,9 @@ def read_shard(path: str | os.PathLike[str], *, skip: int = 0, limit: int | None
             yield from _samples(tar, os.fspath(path), skip, limit, images)
     except FileNotFoundError:
         raise EclipError(f"shard {os.fspath(path)} is missing; run `eclip prepare` again") from None
+    except OSError as exc:
+        raise EclipError(f"shard {os.fspath(path)} cannot be read ({exc.strerror or exc}); "
+                         "run `eclip prepare` again") from None
     except (tarfile.TarError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EclipError(f"shard {os.fspath(path)} is damaged ({exc}); "
                          "run `eclip prepare` again") from None
@@ -293,12 +306,13 @@ def _prepared_order(listings: list[Listing]) -> list[Listing]:
 
 
 def _encode_images(listing: Listing, image_size: int, quality: int,
-                   issues: list[dict[str, Any]]) -> list[bytes]:
-    """Every usable image of ``listing`` resized and JPEG-encoded; failures go to ``issues``."""
+                   issues: list[dict[str, Any]], image_root: str | None = None) -> list[bytes]:
+    """Every usable image of ``listing`` resized and JPEG-encoded; failures go to ``issues``
+    (with ``image_root``, an image outside it is one, never opened)."""
     encoded = []
     for path in listing.images:
         try:
-            image = load_image(path)
+            image = load_image(path, root=image_root)
         except ImageError as exc:
             issues.append({"product_id": listing.product_id, "image": path, "reason": str(exc),
                            "action": "dropped_image"})

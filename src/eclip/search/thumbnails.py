@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eclip.atomic import atomic_open
 from eclip.catalog.images import load_image
+from eclip.catalog.paths import PathOutsideRoot, contained
 from eclip.errors import ImageError
 
 NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{40}\.jpg$")
@@ -53,10 +54,14 @@ class ThumbnailStore:
         return names, problems
 
     def path(self, name: str) -> Path | None:
-        """The file of a stored thumbnail; None for anything that is not a stored name."""
-        if not NAME.match(name):
+        """The file of a stored thumbnail; None for anything that is not a stored name, or whose
+        file is not inside the store once links are followed (a planted symlink is never served)."""
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             return None
-        path = self.root / name
+        try:
+            path = contained(self.root / name, self.root, outside="outside the thumbnail store")
+        except PathOutsideRoot:
+            return None
         return path if path.is_file() else None
 
     def prune(self, keep: set[str]) -> int:

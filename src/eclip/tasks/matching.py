@@ -171,7 +171,7 @@ def _classifier(x, train: list[Pairs], val: Pairs, test: Pairs,
             model = fit_logreg(train_x, pairs.label, c)
             val_scores = model.decision_function(val_x)
             score = roc_auc(val.label, val_scores)
-            if score > best[0]:
+            if best[1] is None or score > best[0]:  # an undefined val AUC (one class) keeps the first C
                 best = (score, c, (model, val_scores))
         _, best_c, (model, val_scores) = best
         threshold = best_f1_threshold(val.label, val_scores)

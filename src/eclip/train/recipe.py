@@ -12,8 +12,38 @@ from pathlib import Path
 from typing import Any
 
 from eclip.catalog.config import DataConfig
-from eclip.config import apply_overrides, from_dict, load_yaml
+from eclip.config import Range, above, apply_overrides, at_least, check_ranges, from_dict, load_yaml
 from eclip.errors import ConfigError
+
+
+# The allowed values of every numeric option of the train section, checked in one place
+# (``TrainConfig.__post_init__``: recipes, overrides and direct construction alike); a value outside
+# is a ConfigError naming ``train.<key>`` and the range. ``None`` stays allowed where the field is
+# optional (off / no cap). A new numeric field belongs here.
+TRAIN_RANGES: dict[str, Range] = {
+    "epochs": at_least(0),
+    "max_steps": at_least(1, "or null: no cap"),
+    "batch_size": at_least(1),
+    "micro_batch_size": at_least(1, "or null: the whole batch at once"),
+    "loss_chunk_size": at_least(1, "or null: all rows at once"),
+    "text_text_weight": at_least(0),
+    "image_image_weight": at_least(0),
+    "per_group": at_least(1),
+    "lr": above(0),
+    "tower_lr_scale": at_least(0),
+    "image_lr_scale": at_least(0, "or null: tower_lr_scale"),
+    "weight_decay": at_least(0),
+    "warmup_steps": at_least(0),
+    "min_lr_ratio": Range(0, 1),
+    # the largest gradient norm kept; .inf: no clipping (a norm <= 0 would flip or zero the update)
+    "grad_clip": above(0, ".inf: no clipping", allow_inf=True),
+    "image_trainable_blocks": at_least(0),
+    "seed": at_least(0),
+    "checkpoint_every": at_least(1),
+    "log_every": at_least(1),
+    "eval_batch_size": at_least(1),
+    "num_workers": at_least(0),
+}
 
 
 @dataclass
@@ -22,8 +52,9 @@ class TrainConfig:
     model_dir: str | None = None  # where the trained model is saved; default OUTPUT_DIR/model
     targets: str = "catalog"  # "catalog" (e-CLIP) or "clip" (identity targets, for ablation)
     # "softmax" (CLIP's cross-entropy) or "sigmoid" (SigLIP: every pair a binary problem, with the
-    # model's learnable logit bias); both with the targets above
-    loss: str = "softmax"
+    # model's learnable logit bias); both with the targets above. "auto": sigmoid for a model that
+    # carries SigLIP's heads (started from a SigLIP checkpoint), softmax otherwise
+    loss: str = "auto"
     epochs: int = 5
     max_steps: int | None = None  # stop early after this many optimizer steps
     batch_size: int = 64  # the global contrastive batch: all ranks and streams together
@@ -77,6 +108,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_ranges(self, "train", TRAIN_RANGES)
         for name in ("text_trainable_layers", "image_trainable_layers"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -322,7 +322,7 @@ class TrainingRun:
         batch_size = self.schedule.batch_size(self.step - 1)
         values = {"loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                   "logit_scale": self.model.logit_scale().item(), "epoch": epoch,
-                  **({"logit_bias": self.model.logit_bias.item()} if self.cfg.loss == "sigmoid"
+                  **({"logit_bias": self.model.logit_bias.item()} if self.loss_fn.loss == "sigmoid"
                      else {}),
                   "batch_size": batch_size, "data_wait_s": wait_s, "step_s": step_s,
                   "pairs_per_s": batch_size / step_s}
@@ -450,17 +450,27 @@ def count_steps(cfg: TrainConfig, schedule: BatchSchedule, units_per_epoch: int,
     return total_steps
 
 
+def loss_kind(cfg: TrainConfig, model) -> str:
+    """``train.loss``, with ``auto`` resolved: the sigmoid loss for a model with SigLIP's heads
+    (identity projections: a SigLIP checkpoint's start), softmax for every other model."""
+    if cfg.loss != "auto":
+        return cfg.loss
+    config = getattr(model, "config", None)
+    return "sigmoid" if getattr(config, "projection", "linear") == "identity" else "softmax"
+
+
 def build_loss(cfg: TrainConfig, model) -> ContrastiveLoss:
     """The recipe's loss; the model's logit bias trains under the sigmoid loss only."""
-    loss_fn = ContrastiveLoss(cfg.targets, loss=cfg.loss, chunk_size=cfg.loss_chunk_size,
+    kind = loss_kind(cfg, model)
+    loss_fn = ContrastiveLoss(cfg.targets, loss=kind, chunk_size=cfg.loss_chunk_size,
                               local_loss=cfg.local_loss, text_text=cfg.text_text_weight,
                               image_image=cfg.image_image_weight)
     logit_bias = getattr(model, "logit_bias", None)
-    if cfg.loss == "sigmoid" and logit_bias is None:
+    if kind == "sigmoid" and logit_bias is None:
         raise ConfigError("train.loss 'sigmoid' needs a model with a logit_bias parameter")
     if isinstance(logit_bias, torch.nn.Parameter):
         # only the sigmoid loss uses the bias: under softmax it would get no gradient (DDP needs one)
-        logit_bias.requires_grad_(cfg.loss == "sigmoid")
+        logit_bias.requires_grad_(kind == "sigmoid")
     return loss_fn
 
 
