@@ -1,6 +1,7 @@
 """Prepared shards and the streaming loader: fields survive, every sample once, exact resume."""
 
 import json
+from pathlib import Path
 from dataclasses import replace
 from itertools import islice
 
@@ -311,7 +312,9 @@ def test_cli_prepare_with_renamed_column_and_no_split_column(catalog_read, tmp_p
     catalog.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                        encoding="utf-8")
     out = tmp_path / "shards"
+    # the rows name images of the demo catalog's folder: that folder is the image root
     code = main(["prepare", "--catalog", str(catalog), "--out", str(out), "--shard-size", "15",
+                 "--image-root", str(Path(catalog_read.path).parent),
                  "--image-size", "16", "--quiet", "data.column_map.title=name",
                  "data.val_fraction=0.3", "data.text.segments=['{title}']"])
     printed = capsys.readouterr().out

@@ -25,6 +25,10 @@ IMAGE_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 _FALLBACK_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
+# The largest image side (model.image_size, model.image_resize_size) accepted: far beyond any tower
+# eclip builds (224-512 in practice), well below sizes whose activations cannot be allocated.
+MAX_IMAGE_SIZE = 4096
+
 TEXT_POOLINGS = ("mean", "cls", "pooler")
 IMAGE_POOLINGS = ("pooler", "cls", "mean")
 TEXT_PADDINGS = ("longest", "max_length")
@@ -116,6 +120,10 @@ class DualEncoderConfig:
                      "scratch_vocab_size", "image_size", "embed_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("image_size", "image_resize_size"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_IMAGE_SIZE:
+                raise ConfigError(f"model.{name} must be at most {MAX_IMAGE_SIZE} pixels, got {value}")
         if self.scratch_hidden % self.scratch_heads:
             raise ConfigError(f"scratch_hidden ({self.scratch_hidden}) must be divisible by "
                               f"scratch_heads ({self.scratch_heads})")

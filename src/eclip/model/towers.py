@@ -349,6 +349,27 @@ def _check_vocab(model: nn.Module, tokenizer: Any) -> None:
                           f"table has {rows} rows: use the tokenizer the model was built with")
 
 
+def text_positions(model: nn.Module) -> int | None:
+    """How many tokens the text model's position table holds (None: no fixed limit).
+
+    RoBERTa-style embeddings number positions from ``padding_idx + 1``, so they hold that many
+    fewer than ``max_position_embeddings``."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return positions - (padding_idx + 1) if isinstance(padding_idx, int) else positions
+
+
+def _check_max_length(model: nn.Module, config: DualEncoderConfig) -> None:
+    """model.max_length above the text model's positions fails at build time, not in a forward."""
+    positions = text_positions(model)
+    if positions is not None and config.max_length > positions:
+        raise ConfigError(f"model.max_length={config.max_length} is more than the text model's "
+                          f"{positions} positions (max_position_embeddings): set "
+                          f"model.max_length <= {positions}")
+
+
 @register_text_tower("hf")
 def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> HFTextTower:
     """Any Hugging Face AutoModel directory; with ``load_weights`` its weights, else its architecture."""
@@ -377,6 +398,7 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
         model = _build_hf_model(AutoConfig.from_pretrained(resolve_text_model(config.text_model)),
                                 config.text_pooling == "pooler")
     _check_vocab(model, tokenizer)
+    _check_max_length(model, config)
     return HFTextTower(model, config.text_pooling)
 
 
@@ -399,6 +421,7 @@ def build_scratch_text_tower(config: DualEncoderConfig, tokenizer: Any, load_wei
         )
     model = _build_hf_model(hf_config)
     _check_vocab(model, tokenizer)
+    _check_max_length(model, config)
     return HFTextTower(model, config.text_pooling)
 
 
