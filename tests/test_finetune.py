@@ -78,7 +78,7 @@ def test_every_tower_lists_its_layer_groups_bottom_up(tmp_path, tiny_model_dir):
     _check_groups(scratch.image_tower, scratch.image_tower.num_blocks)
     convnext = DualEncoder.build(DualEncoderConfig(
         image_tower="hf", image_model=str(tc.make_convnext(tmp_path / "convnext")), image_size=32,
-        text_model=str(tc.make_bert(tmp_path / "bert"))))
+        text_model=str(tc.make_bert(tmp_path / "bert")), max_length=32))
     _check_groups(convnext.image_tower, 2)  # its stages
     effnet = DualEncoder.build(DualEncoderConfig(text_tower="scratch", scratch_hidden=32,
                                                  scratch_layers=1, scratch_heads=2,

@@ -1,9 +1,9 @@
 """Prepared shards and the streaming loader: fields survive, every sample once, exact resume."""
 
 import json
-from pathlib import Path
 from dataclasses import replace
 from itertools import islice
+from pathlib import Path
 
 import pytest
 import torch

@@ -145,7 +145,8 @@ def vit_config(**overrides):
 def bert_config(vocab_size: int):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=vocab_size, max_position_embeddings=32, **_TINY_TEXT)
+    # 64 positions: above DualEncoderConfig's default max_length (48), which the build checks
+    return BertConfig(vocab_size=vocab_size, max_position_embeddings=64, **_TINY_TEXT)
 
 
 def make_vtde(directory: str | Path, seed: int = 0) -> Path:

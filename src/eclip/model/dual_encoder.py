@@ -283,7 +283,10 @@ class DualEncoder(nn.Module):
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise ModelError(f"{weights} is missing: the model directory has no weights")
-        model = cls._assemble(config, load_tokenizer(config, directory), load_weights=False)
+        try:  # e.g. a max_length beyond the text model's positions: name the file that says so
+            model = cls._assemble(config, load_tokenizer(config, directory), load_weights=False)
+        except ConfigError as err:
+            raise ModelError(f"{config_path}: {err}") from err
         try:
             missing, unexpected = load_model(model, str(weights), strict=False)
         except (SafetensorError, RuntimeError, OSError) as err:

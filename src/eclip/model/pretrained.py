@@ -20,7 +20,7 @@ text vectors as the checkpoint does in transformers (``get_image_features`` /
 ============================  ==============================================================
 
 Also taken from the directory: the tokenizer; ``max_length`` = the text config's
-``max_position_embeddings``; the padding (``text_padding``: ``max_length`` for SigLIP, which was
+``max_position_embeddings`` (less the padding offset of RoBERTa-style position tables); the padding (``text_padding``: ``max_length`` for SigLIP, which was
 trained on texts padded to 64 tokens -- its documented usage is
 ``tokenizer(texts, padding="max_length")``, whose ``input_ids`` and ``attention_mask`` eclip passes
 the same way; ``longest`` for CLIP, whose causal text model makes the EOS vector independent of the
@@ -176,7 +176,7 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
 
     from eclip.model.dual_encoder import DualEncoder
     from eclip.model.tokenizer import load_tokenizer
-    from eclip.model.towers import quiet_transformers
+    from eclip.model.towers import quiet_transformers, text_positions
 
     directory = Path(directory).expanduser()
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
@@ -198,7 +198,9 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
         "text_tower": "hf", "text_model": str(directory), "text_pooling": "pooler",
         "text_hf_config": _config_dict(text_cfg), "image_tower": "hf", "image_model": str(directory),
         "image_pooling": "pooler", "image_hf_config": _config_dict(vision_cfg),
-        "max_length": int(text_cfg.max_position_embeddings), "pretrained": False,
+        # the positions the text model can number (RoBERTa-style models: fewer than the table)
+        "max_length": text_positions(hf.text_model) or int(text_cfg.max_position_embeddings),
+        "pretrained": False,
         "init_from": str(directory),
         "text_padding": "max_length" if kind == "siglip" else "longest",
         **image_settings(directory, required=True),

@@ -11,7 +11,6 @@ dimensions) and the logit scale.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -68,31 +67,13 @@ def param_groups(model, train_config: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
-def prepare_finetune(model, train_config: TrainConfig) -> None:
+def prepare_finetune(model, train_config: TrainConfig) -> WiseFT | None:
     """Lock and unlock the towers as the recipe says (``lock_image``, ``lock_text``,
     ``image_trainable_blocks``, ``image_trainable_layers``, ``text_trainable_layers``); with
-    ``train.wise_alpha``, keep the weights before training (a copy on the CPU) for
-    :func:`finish_finetune` to merge the trained model with before it is saved."""
+    ``train.wise_alpha``, return the weights before training (a copy on the CPU) as a ``WiseFT``
+    whose ``apply(model)`` merges the trained model with them before it is saved."""
     cfg = _train_config(train_config)
     model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
                         image_top_blocks=cfg.image_trainable_blocks,
                         image_layers=cfg.image_trainable_layers, text_layers=cfg.text_trainable_layers)
-    _WISE.pop(model, None)
-    if cfg.wise_alpha is not None:
-        _WISE[model] = WiseFT(model, cfg.wise_alpha)
-
-
-def finish_finetune(model) -> float | None:
-    """WiSE-FT at the end of a run: where :func:`prepare_finetune` kept ``model``'s weights before
-    training (``train.wise_alpha``), replace its weights, in place, by the merge of those and the
-    trained ones and return alpha; else None (the model as trained)."""
-    wise = _WISE.pop(model, None)
-    if wise is None:
-        return None
-    wise.apply(model)
-    return wise.alpha
-
-
-# model -> its weights before training, from prepare_finetune to finish_finetune (weak: a model
-# whose run never finishes takes its copy with it when it goes)
-_WISE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    return WiseFT(model, cfg.wise_alpha) if cfg.wise_alpha is not None else None

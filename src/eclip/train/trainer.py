@@ -51,7 +51,8 @@ from eclip.train.distributed import (DistEnv, barrier, gather_objects, init_dist
                                      rank_log, wrap_data_parallel)
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
-from eclip.train.optim import finish_finetune, param_groups, prepare_finetune
+from eclip.model.merge import WiseFT
+from eclip.train.optim import param_groups, prepare_finetune
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
 from eclip.train.sampler import CatalogBatchSampler
@@ -230,6 +231,7 @@ class TrainingRun:
     step: int = 0
     bad_steps: int = 0  # consecutive skipped steps
     history: list[dict[str, Any]] = field(default_factory=list)
+    wise: WiseFT | None = None  # train.wise_alpha: the weights before training, merged at the end
     metrics: MetricsLog = field(init=False)
 
     def __post_init__(self) -> None:
@@ -359,8 +361,9 @@ class TrainingRun:
         """The trained model to ``train.model_dir`` (default OUTPUT_DIR/model), by rank 0."""
         cfg = self.cfg
         model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out_dir / "model"
-        alpha = finish_finetune(self.model)  # WiSE-FT: the checkpoint keeps the trained weights
-        if alpha is not None:
+        if self.wise is not None:  # WiSE-FT: the checkpoint keeps the trained weights
+            self.wise.apply(self.model)
+            alpha = self.wise.alpha
             self.log(f"WiSE-FT: the saved model is {1 - alpha:g} x the start + {alpha:g} x the trained")
         if self.env.is_main:
             self.model.save_pretrained(model_dir)
@@ -385,7 +388,7 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
-    prepare_finetune(model, cfg)  # the towers' locked layers; the weights before training (wise_alpha)
+    wise = prepare_finetune(model, cfg)  # the towers' locked layers; the start for wise_alpha
     model.config.text_composer = dict(recipe.data.text)
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     schedule = BatchSchedule.from_recipe(cfg.batch_size, cfg.batch_schedule, cfg.lr_scaling)
@@ -409,7 +412,8 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         val_listings=list(val_listings), schedule=schedule, unit=unit, data=data,
         total_steps=total_steps, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
         precision=precision, embed_step=embedding_step(cfg, model),
-        params=[p for p in model.parameters() if p.requires_grad], embedder=embedder, step=step)
+        params=[p for p in model.parameters() if p.requires_grad], embedder=embedder, step=step,
+        wise=wise)
     run.announce()
     return run
 
