@@ -1,10 +1,13 @@
 """Start from a team's CLIP checkpoint and fine-tune it on the team's catalog: what do catalog-aware
 targets add over the start, on catalogs neither saw? (issue 10)
 
-    .venv/bin/python benchmarks/from_checkpoint.py --out /tmp/bench_from_checkpoint
+    .venv/bin/python benchmarks/from_checkpoint.py --out /tmp/bench_from_checkpoint --threads 1
 
-(defaults: ``--listings 3000 --image-size 64 --seed 0 --a-share 0.5 --pre-epochs 20 --pre-lr 1e-3
---epochs 5 --lr 3e-4 --batch-size 64``; ``--quick`` is a small smoke run.)
+(defaults: ``--listings 3000 --image-size 64 --seed 0 --a-share 0.5 --patch 16 --hidden 128
+--layers 4 --pre-epochs 20 --pre-lr 1e-3 --epochs 10 --lr 3e-4 --batch-size 64``; ``--threads 1``
+because on a 2-core machine shared with other jobs two torch threads were 3-4x slower than one;
+``--reuse-start`` keeps OUT/catalog and OUT/start_clip and reruns only fine-tuning + evaluation,
+``--ft train.x=y`` adds overrides to both fine-tuning runs, ``--quick`` is a small smoke run.)
 
 1. **Catalog.** The demo catalog (``make_demo_catalog``, 3,000 listings, 64 px images, ``--seed``)
    with its own split column. Its ``test`` catalogs are held out from everything (tokenizer,
@@ -14,7 +17,7 @@ targets add over the start, on catalogs neither saw? (issue 10)
    pretrained on, and **B**, the team's own catalog that it is fine-tuned on.
 2. **The CLIP the team starts from** (``OUT/start_clip``), made here because there is no hub:
    a randomly initialised transformers ``CLIPModel`` (``CLIPModel(config)`` with transformers'
-   own initialisation, ``torch.manual_seed(seed)``): ViT image tower 64 px, patch 8, hidden 128,
+   own initialisation, ``torch.manual_seed(seed)``): ViT image tower 64 px, patch 16, hidden 128,
    4 layers, 4 heads, MLP 512; causal text tower hidden 128, 4 layers, 4 heads, MLP 512, 64
    positions; projections 128; logit scale log(1/0.07). Its tokenizer is a BPE tokenizer (NFKC,
    lower case, whitespace/punctuation pre-split, 4,000 pieces, ``<|startoftext|> ... <|endoftext|>``)
@@ -22,14 +25,17 @@ targets add over the start, on catalogs neither saw? (issue 10)
    ``CLIPImageProcessor`` (shortest edge 64, centre crop 64, bicubic, CLIP mean/std). That random
    checkpoint (``OUT/random_clip``) is trained by eclip from ``model.init_from`` with **plain CLIP
    targets** (``train.targets=clip``, ``train.per_group=1``: a plain shuffle, as web-scale CLIP
-   training sees its pairs) on the A listings for ``--pre-epochs`` epochs at ``--pre-lr``, and
-   exported with ``export_model(format="transformers")`` to ``OUT/start_clip``: an ordinary
-   ``CLIPModel`` directory.
+   training sees its pairs) on the A listings for ``--pre-epochs`` epochs at ``--pre-lr`` (batch
+   64, 20 warm-up steps then cosine, weight decay 0.05, both towers trained, the demo recipe's text
+   field dropout; validation on the val catalogs), and exported with
+   ``export_model(format="transformers")`` to ``OUT/start_clip``: an ordinary ``CLIPModel``
+   directory.
 3. **Fine-tuning** from ``OUT/start_clip`` (``model.init_from``) on the B listings, twice with the
    same recipe, data and steps: ``train.targets=catalog`` (**eclip**) and ``train.targets=clip``
    (**clip_ft**, plain fine-tuning): ``--epochs`` epochs at ``--lr``, batch ``--batch-size``, two
-   listings per catalog in a batch (``per_group=2``), both towers trained, the demo recipe's text
-   field dropout and photo-photo term.
+   listings per catalog in a batch (``per_group=2``), warm-up one epoch (at most 20 steps) then
+   cosine, weight decay 0.05, both towers trained, the demo recipe's text field dropout and
+   photo-photo term (``image_image_weight=0.5``).
 4. **Evaluation** with the suite (``run_suite``: category, attribute, matching, clustering, adult ×
    image / text / both) on the held-out test catalogs: ``start`` (the checkpoint directory itself,
    ``DualEncoder.from_pretrained(OUT/start_clip)``), ``clip_ft`` and ``eclip``. The report goes to
@@ -156,7 +162,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--pre-epochs", type=int, default=20, help="plain CLIP pretraining on A")
     parser.add_argument("--pre-lr", type=float, default=1e-3)
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning on B (both runs)")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning on B (both runs)")
     parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--ft", nargs="*", default=[],

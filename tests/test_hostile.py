@@ -435,13 +435,13 @@ BAD_OPTIONS = [
     ("train.num_workers=-1", ">= 0"), ("train.epochs=-1", ">= 0"), ("train.batch_size=0", ">= 1"),
     ("train.warmup_steps=-5", ">= 0"), ("train.min_lr_ratio=1.5", "in [0, 1]"),
     ("train.min_lr_ratio=-0.1", "in [0, 1]"), ("train.weight_decay=-0.1", ">= 0"),
-    ("train.per_group=0", ">= 1"), ("train.max_steps=0", ">= 1"), ("train.eval_batch_size=0", ">= 1"),
+    ("train.per_group=0", ">= 1"), ("train.max_steps=-1", ">= 0"), ("train.eval_batch_size=0", ">= 1"),
     ("train.micro_batch_size=0", ">= 1"), ("train.loss_chunk_size=0", ">= 1"),
     ("train.tower_lr_scale=-1", ">= 0"), ("train.image_lr_scale=-1", ">= 0"),
     ("train.text_text_weight=-1", ">= 0"), ("train.image_trainable_blocks=-1", ">= 0"),
     ("train.seed=-1", ">= 0"),
     ("data.val_fraction=1", "in [0, 1)"), ("data.val_fraction=-0.1", "in [0, 1)"),
-    ("data.shuffle_buffer=-1", ">= 0"),
+    ("data.shuffle_buffer=-1", ">= 0"), ("data.max_pixels=0", ">= 1"), ("train.threads=0", ">= 1"),
 ]
 
 
@@ -456,7 +456,8 @@ def test_numeric_option_out_of_range_is_a_config_error_naming_key_and_range(over
 @pytest.mark.parametrize("override", ["train.grad_clip=.inf", "train.max_steps=null",
                                       "train.image_lr_scale=null", "data.val_fraction=0",
                                       "train.min_lr_ratio=0", "train.min_lr_ratio=1",
-                                      "train.epochs=0", "train.num_workers=0", "train.warmup_steps=0"])
+                                      "train.epochs=0", "train.num_workers=0", "train.warmup_steps=0",
+                                      "train.max_steps=0", "train.threads=null"])
 def test_edge_values_inside_the_ranges_are_accepted(override):
     load_recipe(None, [override])
 

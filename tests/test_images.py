@@ -260,25 +260,38 @@ def test_decompression_bomb_header_is_refused(tmp_path):
 
 
 def test_size_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
-    # The header claims 8000 x 9000 (above eclip's limit, below PIL's own) over 8x8 pixels of data:
-    # decoding would fail as truncated; the header check must refuse it first.
+    # The header claims 8000 x 9000 over 8x8 pixels of data: decoding would fail as truncated; the
+    # header check must refuse it first (a PNG is decoded whole: at most 4 x max_pixels).
     path = tmp_path / "large.png"
     Image.fromarray(_noise(8, 8)).save(path)
     path.write_bytes(_patch_png_size(path.read_bytes(), 8000, 9000))
-    assert 8000 * 9000 > DEFAULT_MAX_PIXELS
-    assert "too large: 8000x9000 = 72000000 pixels exceeds max_pixels=64000000" in _error(path)
+    assert ("too large: 8000x9000 = 72000000 pixels; decoding it takes 72000000, over 4 x "
+            "max_pixels=10000000 (data.max_pixels)") in _error(path, max_pixels=10_000_000)
     # Our limit holds even with PIL's own check switched off by other code.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_patch_png_size(path.read_bytes(), 100_000, 100_000))
-    assert "exceeds max_pixels" in _error(bomb)
+    assert f"over 4 x max_pixels={DEFAULT_MAX_PIXELS}" in _error(bomb)
 
 
 def test_max_pixels_argument(tmp_path):
     path = tmp_path / "small.png"
     Image.fromarray(_noise(100, 100)).save(path)
-    assert "too large: 100x100 = 10000 pixels exceeds max_pixels=5000" in _error(path, max_pixels=5000)
+    assert "too large: 100x100 = 10000 pixels" in _error(path, max_pixels=2000)
     assert check_image(path, max_pixels=10_000) is None
+    # above max_pixels but within 4 x: decoded, then reduced by the smallest factor that fits
+    assert check_image(path, max_pixels=5000) is None
+    assert load_image(path, max_pixels=5000).size == (50, 50)
+    assert load_image(path, max_pixels=2500).size == (50, 50)
+    # a JPEG is decoded at 1/2, 1/4 or 1/8 scale (Image.draft), then reduced further if need be
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(_noise(600, 800)).save(photo, quality=90)
+    assert load_image(photo, max_pixels=200_000).size == (400, 300)  # 1/2 scale
+    assert load_image(photo, max_pixels=10_000).size == (100, 75)  # 1/8 scale
+    assert load_image(photo, max_pixels=1875).size == (34, 25)  # 1/8 scale, then reduced by 3
+    assert check_image(photo, max_pixels=1875) is None
+    assert "even at 1/8 scale takes 7500, over 4 x max_pixels=1800" in _error(photo, max_pixels=1800)
+    assert check_image(photo, max_pixels=1800).startswith("too large")
 
 
 def test_pil_global_state_is_left_alone(tmp_path):

@@ -162,19 +162,63 @@ def test_mapped_column_that_does_not_exist(tmp_path, images):
     with pytest.raises(CatalogError) as info:
         read_catalog(path, column_map={"title": "item_name", "images": "pics"})
     message = str(info.value)
-    assert "'item_name'" in message and "['name', 'pics']" in message
+    assert "data.column_map.title=item_name: the file has no column 'item_name'" in message
+    assert "The file's columns: name, pics" in message
+    assert "(set data.column_map.title=name?)" in message  # 'name' looks like a title
     assert info.value.field == "title"
 
 
 def test_required_column_missing_without_a_map(tmp_path, images):
     path = _jsonl(tmp_path / "shop.jsonl", [{"name": "A", "images": "img/a.jpg"}])
-    with pytest.raises(CatalogError, match=r"no 'title' column.*\['images', 'name'\].*column_map"):
+    with pytest.raises(CatalogError, match=r"no 'title' column \(set data.column_map.title=name\?\)"
+                                           r"\. The file's columns: images, name"):
         read_catalog(path)
+
+
+def test_every_column_problem_at_once_in_the_form_the_user_types(tmp_path, images):
+    path = tmp_path / "shop.csv"
+    path.write_text("sku,item_name,img,cat_path,brand_name,colour\nA1,Lamp,img/a.jpg,Home > Lamp,ACME,red\n")
+    with pytest.raises(CatalogError) as info:
+        read_catalog(path, column_map={"catalog_id": "group"})
+    message = str(info.value)
+    assert "data.column_map.catalog_id=group: the file has no column 'group'" in message
+    assert "no 'title' column (set data.column_map.title=item_name?)" in message
+    assert "no 'images' column (set data.column_map.images=img?)" in message
+    assert "The file's columns: brand_name, cat_path, colour, img, item_name, sku" in message
+    assert "'cat_path' (data.column_map.category=cat_path)" in message
+    assert "'brand_name' (data.column_map.brand=brand_name)" in message
+    assert info.value.field is None  # several fields
+    assert "column_map={" not in message and "\n" not in message  # one line, no Python
+
+    # mapped: the unused look-alikes are a warning line in the summary and in the report
+    read = read_catalog(path, column_map={"title": "item_name", "images": "img"})
+    assert len(read.listings) == 1 and read.listings[0].category is None
+    assert read.lookalikes == {"brand_name": "brand", "cat_path": "category", "sku": "product_id"}
+    warning = read.summary().splitlines()[1]
+    assert warning.startswith("warning: unused column(s) that look like catalog fields")
+    assert "'cat_path' (data.column_map.category=cat_path)" in warning
+    read.write_report(tmp_path / "bad_rows.json")
+    report = json.loads((tmp_path / "bad_rows.json").read_text())
+    assert report["unused_columns"]["cat_path"] == "data.column_map.category=cat_path"
+    # a field the file gives from another column is not suggested again
+    full = read_catalog(path, column_map={"title": "item_name", "images": "img", "category":
+                                          "cat_path", "brand": "brand_name", "product_id": "sku"})
+    assert full.lookalikes == {} and "warning" not in full.summary()
+
+
+@pytest.mark.parametrize("column,field", [
+    ("cat_path", "category"), ("item_name", "title"), ("img", "images"), ("brand_name", "brand"),
+    ("product_category", "category"), ("Main Image", "images"), ("SKU", "product_id"),
+    ("colour", None), ("price", None),
+])
+def test_columns_that_look_like_fields(column, field):
+    assert readers.looks_like(column) == field
 
 
 def test_unknown_standard_field_in_column_map(tmp_path, images):
     path = _jsonl(tmp_path / "shop.jsonl", [{"title": "A", "images": "img/a.jpg"}])
-    with pytest.raises(CatalogError, match="'price', which is not a standard field"):
+    with pytest.raises(CatalogError, match="data.column_map.price=cost: 'price', which is not a "
+                                           "standard field"):
         read_catalog(path, column_map={"price": "cost"})
 
 
@@ -306,7 +350,39 @@ def test_summary_and_report(tmp_path, images):
         "file not found": 1, "not an image file": 1, "truncated image": 1, "image URL": 1}
     assert len(report["issues"]) == len(read.issues)
     assert report["issues"][0] == {"file": str(path), "row": 2, "field": "title",
-                                   "reason": "missing title", "action": "skipped_row"}
+                                   "reason": "missing title", "action": "skipped_row",
+                                   "line": 2, "product_id": "p2"}
+
+
+def test_issues_give_the_file_line_and_the_product_id(tmp_path, images):
+    """A CSV's header is line 1 and a quoted cell may span lines: ``line`` is where an editor shows
+    the row, ``row`` the data row; the row's id comes along (issue 14, item 5)."""
+    path = tmp_path / "shop.csv"
+    path.write_text('id,title,images\n'
+                    'a1,"Lamp, two\nlines",img/a.jpg\n'   # row 1: lines 2-3
+                    '\n'                                    # line 4: blank, not a row
+                    'a2,,img/a.jpg\n'                       # row 2, line 5: no title
+                    'a3,Cup,img/missing.jpg|img/b.jpg\n'    # row 3, line 6: one image dropped
+                    'a1,Copy,img/a.jpg\n'                   # row 4, line 7: duplicate id
+                    'x,y\n')                                # row 5, line 8: wrong number of cells
+    read = read_catalog(path, column_map={"product_id": "id"})
+    assert [(i.row, i.line, i.product_id, i.field) for i in read.issues] == [
+        (2, 5, "a2", "title"), (3, 6, "a3", "images"), (4, 7, "a1", "product_id"),
+        (5, 8, None, None)]
+    assert [i.where for i in read.issues] == ["line 5", "line 6", "line 7", "line 8"]
+    assert "first used at row 1 (line 2)" in read.issues[2].reason
+    read.write_report(tmp_path / "bad_rows.json")
+    issues = json.loads((tmp_path / "bad_rows.json").read_text())["issues"]
+    assert (issues[0]["row"], issues[0]["line"], issues[0]["product_id"]) == (2, 5, "a2")
+    with pytest.raises(CatalogError) as info:
+        read_catalog(path, column_map={"product_id": "id"}, strict=True)
+    assert (info.value.row, info.value.line) == (2, 5) and "row 2 (line 5)" in str(info.value)
+
+    # Parquet and JSON have no lines: ``row`` is the place (for Parquet the row index, 1-based)
+    table = pa.table({"id": ["b1", "b2"], "title": ["Lamp", None], "images": ["img/a.jpg"] * 2})
+    pq.write_table(table, tmp_path / "shop.parquet")
+    (issue,) = read_catalog(tmp_path / "shop.parquet", column_map={"product_id": "id"}).issues
+    assert (issue.row, issue.line, issue.product_id, issue.where) == (2, None, "b2", "row 2")
 
 
 def test_progress_bar(tmp_path, images, capsys):

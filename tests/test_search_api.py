@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -180,10 +181,42 @@ def test_recall_through_the_api_equals_the_index_ranking(client, index_dir, list
     groups = {x.product_id: x.group_id for x in listings}
     by_vid = index.store.fetch(index.vids.tolist())
     hits = 0
-    for x in test:
-        top = np.argsort(-(vectors @ index.encode_text(x.title)))[:10]
-        hits += any(groups[by_vid[int(index.vids[i])].product_id] == x.group_id for i in top)
+    for x in test:  # the query listing itself is left out of what is scored
+        ranked = [by_vid[int(index.vids[i])].product_id
+                  for i in np.argsort(-(vectors @ index.encode_text(x.title)))]
+        top = [p for p in ranked if p != x.product_id][:10]
+        hits += any(groups[p] == x.group_id for p in top)
     assert text.recall == pytest.approx(hits / len(test))
+
+
+def test_the_api_evaluation_leaves_the_query_listing_out(client, listings):
+    """An index that holds the queries must not answer for them (issue 14, item 8)."""
+    from eclip.search.evaluate import classify_through_api
+
+    queries = [x for x in listings if x.split == "test"][:3]
+
+    class Echo:  # a service that answers each query (in order) with the query listing itself first
+        order = iter(queries)
+
+        def post(self, path, json=None, data=None, files=None):
+            query = next(self.order)
+            results = [{"product_id": query.product_id, "catalog_id": query.catalog_id}] + [
+                {"product_id": x.product_id, "catalog_id": x.catalog_id}
+                for x in listings if x.group_id != query.group_id][:3]
+            return SimpleNamespace(status_code=200, json=lambda: {"results": results})
+
+    (text,) = recall_through_api(Echo(), queries, listings, k=10, modes=(("text", "text"),))
+    assert text.recall == 0.0 and text.recall_others == 0.0  # itself is no hit
+
+    single = listings[0]
+    vote = client.post("/classify", data={"title": single.title, "top": "20"}).json()
+    left_out = client.post("/classify", data={"title": single.title, "top": "20",
+                                              "exclude": single.product_id}).json()
+    assert vote["categories"] != left_out["categories"]  # its own label no longer votes
+    assert client.post("/classify", data={"title": single.title,
+                                          "exclude": "no-such-id"}).status_code == 200
+    (by_text, _, _) = classify_through_api(client, queries)
+    assert by_text.errors == 0 and by_text.queries == len(queries)
 
 
 def test_the_service_follows_a_new_generation(index_dir, listings, tmp_path):

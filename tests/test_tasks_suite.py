@@ -22,7 +22,7 @@ from eclip.encode import fuse
 from eclip.tasks.views import (MODALITIES, ModelViews, listing_cache, model_views,
                                tfidf_views)
 
-FAST = EvalConfig(seeds=2, probe_c=[1.0, 100.0], map_points=40)
+FAST = EvalConfig(seeds=2, probe_c=[1.0, 100.0], map_points=40, bootstrap=200)
 # oracle vectors are learnt perfectly by a weakly regularised probe that sees every training catalog
 EXACT = EvalConfig(seeds=2, probe_c=[100.0], probe_fraction=1.0)
 
@@ -72,6 +72,21 @@ def _check_model_rows(report, task, metric):
             assert 0.0 <= rows[(modality, metric)].value <= 1.0
 
 
+def _check_outcomes(ctx, task, metrics):
+    """The per-item outcomes kept for the bootstrap give back the report's values exactly, for
+    every model and modality of the task's ``metrics``."""
+    from eclip.tasks.bootstrap import statistics
+
+    kept = {key: it for key, it in ctx.outcomes.items() if key[0] == task}
+    assert {key[3] for key in kept} == set(metrics)
+    observed, _, _ = statistics(kept, resamples=0)
+    for (_, modality, model, metric), value in observed.items():
+        assert value == pytest.approx(ctx.report.value(task, modality, model, metric), abs=1e-9)
+    for views in ctx.views:
+        for modality in views.modalities:
+            assert (task, modality, views.name, metrics[0]) in kept
+
+
 def _seen_share(listings, splits, label):
     train = {label(listings[i]) for i in splits.index("train")}
     test = [label(listings[i]) for i in splits.index("test")]
@@ -93,6 +108,7 @@ def test_category_end_to_end(tiny):
     assert oracle[("both", "probe_accuracy")].value == pytest.approx(expected)
     assert oracle[("both", "probe_top_level_accuracy")].value >= expected
     assert set(ctx.figures["category_confusion"]) >= {("eclip", "both"), ("oracle", "image")}
+    _check_outcomes(ctx, "category", ["probe_accuracy", "zero_shot_accuracy"])
 
 
 @pytest.mark.slow
@@ -135,6 +151,7 @@ def test_attribute_end_to_end(tiny):
     span = _rows(ctx.report, "attribute", "title_span")
     assert 0.0 <= span[("text", "span_coverage")].value <= 1.0
     assert 0.0 <= span[("text", "span_micro_f1")].value <= 1.0
+    _check_outcomes(ctx, "attribute", ["probe_micro_f1", "zero_shot_micro_f1"])
 
 
 def test_matching_end_to_end(tiny):
@@ -148,6 +165,7 @@ def test_matching_end_to_end(tiny):
     for metric in ("cosine_roc_auc", "cosine_f1", "cosine_p@90r", "classifier_roc_auc",
                    "retrieval_R@1", "retrieval_mAP"):
         assert oracle[("image", metric)].value == pytest.approx(1.0), metric
+    _check_outcomes(ctx, "matching", ["cosine_roc_auc"])
 
 
 def test_both_finds_the_informative_modality_in_matching_and_clustering():
@@ -186,6 +204,7 @@ def test_clustering_end_to_end(tiny):
     assert oracle[("text", "bcubed_f1")].value == pytest.approx(1.0)
     test_groups = {listings[i].group_id for i in splits.index("test")}
     assert oracle[("text", "clusters")].value == len(test_groups)
+    _check_outcomes(ctx, "clustering", ["bcubed_f1"])
 
 
 def test_adult_end_to_end(tiny):
@@ -198,6 +217,7 @@ def test_adult_end_to_end(tiny):
     assert oracle[("image", "fp")].value == 0 and oracle[("image", "fn")].value == 0
     n_adult = ctx.report.meta["adult_test"]["adult"]
     assert oracle[("image", "tp")].value == n_adult > 0
+    _check_outcomes(ctx, "adult", ["pr_auc", "roc_auc"])
 
 
 def test_suite_writes_json_markdown_and_html_and_names_skipped_tasks(tiny_catalog, tiny_model_dir,
@@ -215,9 +235,29 @@ def test_suite_writes_json_markdown_and_html_and_names_skipped_tasks(tiny_catalo
                for r in data["rows"])
     assert "'adult'" in data["skipped"]["adult"] and any("skipping adult" in m for m in logged)
     assert data["verdicts"]["matching"]["margins"]["baseline"].keys() == set(MODALITIES)
+    # bootstrap comparisons: eclip - baseline (tfidf is a reference) on every headline cell, the
+    # difference that of the report's rows
+    comparisons = data["comparisons"]
+    assert {(c["model"], c["reference"]) for c in comparisons} == {("eclip", "baseline")}
+    assert all(set(c) == {"task", "modality", "model", "reference", "metric", "delta", "ci_low",
+                          "ci_high", "verdict"} for c in comparisons)
+    headline = {(c["task"], c["modality"]): c for c in comparisons
+                if c["metric"] == HEADLINES[c["task"]] and c["task"] != "retrieval"}
+    assert set(headline) == {(t, m) for t in ("category", "attribute", "matching", "clustering")
+                             for m in MODALITIES}
+    for (task, modality), c in headline.items():
+        values = {r["model"]: r["value"] for r in data["rows"] if (r["task"], r["modality"],
+                  r["metric"]) == (task, modality, c["metric"])}
+        assert c["delta"] == pytest.approx(values["eclip"] - values["baseline"], abs=1e-9)
+        assert c["ci_low"] <= c["ci_high"] and c["verdict"] in ("win", "tie", "loss")
+    assert data["meta"]["bootstrap"]["resamples"] == FAST.bootstrap
+    wins = sum(c["verdict"] == "win" for c in headline.values() if c["task"] == "matching")
+    assert data["verdicts"]["matching"]["win"] == wins
     md = (tmp_path / "report.md").read_text()
     assert "## Skipped tasks" in md and "Verdict: clustering (bcubed_f1):" in md
+    assert "## Verdict table" in md and "| task (metric) | modality | eclip − baseline |" in md
     page = (tmp_path / "report.html").read_text()
+    assert "<th>eclip − baseline</th>" in page
     # confusion matrix, t-SNE map, matching PR curves (adult was skipped: no adult PR curves)
     assert page.count("data:image/png;base64") == 3
     assert "data:image/jpeg;base64" in page  # cluster strips

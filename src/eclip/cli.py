@@ -1,7 +1,8 @@
 """The ``eclip`` command: parse arguments, call the library, print. No logic of its own.
 
-Options that several commands share (the catalog and how to read it, recipe overrides, ``--quiet``)
-are declared once, in parent parsers. Defaults are the library's own (a function's keyword default
+Options that several commands share (the catalog and how to read it, recipe overrides, ``--quiet``,
+``--threads``) are declared once, in parent parsers; every command takes ``--quiet``, and progress
+bars are drawn only where stderr is a terminal (:func:`_progress`). Defaults are the library's own (a function's keyword default
 or a dataclass field's), read when a command is parsed or its help printed, so that ``eclip
 --help`` imports nothing heavy.
 """
@@ -13,6 +14,7 @@ import importlib
 import inspect
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +41,9 @@ EPILOG = """examples:
 
 eclip COMMAND --help describes a command and its options.
 """
+
+
+HELD_OUT_SPLITS = ("val", "test")  # listings `eclip index` warns about: evaluation's held-out ones
 
 
 class Library:
@@ -94,11 +99,24 @@ def _recipe_path(value: str) -> Path:
     raise EclipError(f"recipe {value} not found (neither a file nor a bundled recipe name)")
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: on where stderr is a terminal, unless ``--quiet`` (a log file or a pipe gets
+    none). The one place a command decides it."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def _threads(args: argparse.Namespace) -> int:
+    """torch threads for this command (``--threads``, else the CPU cores the process may use)."""
+    from eclip.config import use_threads
+
+    return use_threads(getattr(args, "threads", None))
+
+
 def cmd_make_demo_catalog(args: argparse.Namespace) -> int:
     from eclip.catalog.demo import make_demo_catalog
 
     path = make_demo_catalog(args.out, n_listings=args.listings, seed=args.seed,
-                             image_size=args.image_size, progress=not args.quiet)
+                             image_size=args.image_size, progress=_progress(args))
     print(f"wrote {path}")
     return 0
 
@@ -125,6 +143,11 @@ def _recipe(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from eclip.train.run import run_training
 
+    # the flags as train-section overrides, on top of the recipe and KEY=VALUE arguments
+    args.overrides = list(args.overrides) + (["train.progress=false"] if not _progress(args)
+                                             else [])
+    if args.threads is not None:
+        args.overrides.append(f"train.threads={args.threads}")
     recipe = _recipe(args)
     result = run_training(recipe, resume=args.resume)
     if result.rank == 0:  # under torchrun every rank returns here
@@ -138,11 +161,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.model import DualEncoder
 
     recipe = _recipe(args)
+    _threads(args)
     model = DualEncoder.from_pretrained(args.model)
     out = Path(args.out)
-    read = load_catalog(recipe.data, report_dir=out.parent, progress=not args.quiet)
+    read = load_catalog(recipe.data, report_dir=out.parent, progress=_progress(args))
     emb = embed_listings(model, read.listings, batch_size=args.batch_size,
-                         progress=not args.quiet)
+                         progress=_progress(args))
     write_embeddings(emb, out, read.listings)
     print(f"wrote {len(emb.product_ids)} embeddings to {out}")
     return 0
@@ -154,7 +178,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models, overrides = parse_model_specs(args.models)  # overrides may follow the models
     args.overrides = overrides + args.overrides
     recipe = load_eval_recipe(_recipe_path(args.config or "eval"), _data_overrides(args))
-    result = run_eval(models, recipe, args.out, progress=not args.quiet)
+    _threads(args)
+    result = run_eval(models, recipe, args.out, progress=_progress(args))
     print(result.report.summary_markdown())
     out = Path(args.out)
     written = [out / "report.md", out / "report.json"]
@@ -176,14 +201,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     data = recipe.data
     out = Path(args.out)
     # Images are not checked while reading: preparing decodes every one of them anyway.
-    read = load_catalog(data, report_dir=out, check_images=False, progress=not args.quiet)
+    read = load_catalog(data, report_dir=out, check_images=False, progress=_progress(args))
     listings, message = assign_splits(read.listings, data)
     if message:
         print(message)
     index_path = prepare_shards(replace(read, listings=listings), out, shard_size=args.shard_size,
                                 image_size=args.image_size,
                                 composer_config=ComposerConfig.from_dict(data.text),
-                                progress=not args.quiet)
+                                progress=_progress(args))
     index = ShardIndex.load(out)
     skipped = index.data["skipped"]
     splits_text = ", ".join(f"{n} {name or 'without split'}" for name, n in index.splits.items())
@@ -225,17 +250,32 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise EclipError("--model DIR is required to build an index (--update uses the index's "
                          "own model)")
     recipe = _recipe(args)
+    _threads(args)
     out = Path(args.out)
-    read = load_catalog(recipe.data, progress=not args.quiet)
+    read = load_catalog(recipe.data, progress=_progress(args))
+    listings = read.listings
+    if args.split:
+        listings = [x for x in listings if x.split in args.split]
+        print(f"indexing the {len(listings)} listings of split {', '.join(args.split)} "
+              f"(of {len(read.listings)})")
+        if not listings:
+            raise EclipError(f"no listing has split {', '.join(args.split)}")
+    held_out = Counter(x.split for x in listings if x.split in HELD_OUT_SPLITS)
+    if held_out:
+        print("warning: " + ", ".join(f"{n} listings of split '{name}'"
+                                      for name, n in sorted(held_out.items()))
+              + " are indexed: evaluating on them measures memory, not generalisation (search "
+              "and /classify answer with the listing itself); index only the training listings "
+              "with --split train to evaluate on the others")
     if args.update:
-        info = update_index(out, read.listings, model_dir=args.model, batch_size=args.batch_size,
-                            progress=not args.quiet)
+        info = update_index(out, listings, model_dir=args.model, batch_size=args.batch_size,
+                            progress=_progress(args))
     else:
         settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
                                   target_recall=args.target_recall)
-        info = build_index(args.model, read.listings, out, settings=settings,
+        info = build_index(args.model, listings, out, settings=settings,
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
-                           progress=not args.quiet)
+                           progress=_progress(args))
     print(info.summary())
     if read.issues:  # beside the generations, after the index is written
         read.write_report(out / BAD_ROWS_FILE)
@@ -270,7 +310,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(args.index, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                      threads_per_request=args.threads_per_request)
     print(f"serving {args.index} on http://{args.host}:{args.port} (API schema: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+    # --quiet: no request log, unless a level was asked for
+    log_level = args.log_level or ("warning" if args.quiet else "info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=log_level,
                 timeout_graceful_shutdown=5)
     return 0
 
@@ -278,8 +320,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from eclip.demo import run_demo
 
+    _threads(args)
     result = run_demo(args.out, listings=args.listings, seed=args.seed, overrides=args.overrides,
-                      progress=not args.quiet)
+                      progress=_progress(args))
     print(f"\ndemo finished in {result.seconds:.0f} s: {result.out_dir / 'report.md'}")
     return 0
 
@@ -300,12 +343,17 @@ def _shared_parsers() -> dict[str, argparse.ArgumentParser]:
                        help="stop at the first bad row instead of skipping it and reporting it "
                             "in bad_rows.json")
     quiet = _Parser(add_help=False)
-    quiet.add_argument("--quiet", action="store_true", help="no progress bars")
+    quiet.add_argument("--quiet", action="store_true",
+                       help="no progress bars (they are off anyway where stderr is not a terminal)")
+    threads = _Parser(add_help=False)
+    threads.add_argument("--threads", type=int, metavar="N",
+                         help="torch threads (default: the CPU cores this process may use, at "
+                              "most 32; lower it when other jobs share the machine)")
     overrides = _Parser(add_help=False)
     overrides.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                            help="recipe overrides, e.g. data.column_map.title=item_name "
                                 "train.epochs=3")
-    return {"catalog": catalog, "quiet": quiet, "overrides": overrides}
+    return {"catalog": catalog, "quiet": quiet, "threads": threads, "overrides": overrides}
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -333,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     shared = _shared_parsers()
     catalog, quiet, overrides = shared["catalog"], shared["quiet"], shared["overrides"]
+    threads = shared["threads"]
 
     def command(name: str, func, help: str, description: str, examples: list[str],
                 parents: tuple = ()) -> argparse.ArgumentParser:
@@ -345,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "End to end on the generated demo catalog, on the CPU: baseline, CLIP and e-CLIP "
                 "models trained and compared on held-out catalogs.",
                 ["eclip demo --out demo_out", "eclip demo --out small --listings 600 train.epochs=2"],
-                parents=(quiet, overrides))
+                parents=(quiet, threads, overrides))
     p.add_argument("--out", default=Library("eclip.demo:run_demo", "out_dir"),
                    help="output folder (default: %(default)s)")
     p.add_argument("--listings", type=int, default=Library("eclip.demo:run_demo", "listings"),
@@ -369,14 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "train a dual encoder from a recipe",
                 "Train from a YAML recipe; SECTION.KEY=VALUE arguments override it. The run "
-                "folder gets checkpoints, metrics, bad_rows.json and the trained model/.",
+                "folder gets checkpoints, metrics, bad_rows.json, the model before training "
+                "(init/, the baseline) and the trained model/. train.epochs=0 takes no step: "
+                "model/ is then the initial model.",
                 ["eclip train --config demo --catalog my.csv --image-root imgs "
                  "data.column_map.title=item_name train.epochs=3",
+                 "eclip train --catalog my.csv --output-dir runs/base train.epochs=0 "
+                 "data.column_map.title=item_name",
                  "eclip train --init-from my_clip --catalog my.csv --output-dir runs/shop "
                  "data.column_map.title=item_name",
                  "torchrun --nproc_per_node 2 -m eclip train --config demo_ddp "
                  "data.shards=shards"],
-                parents=(catalog, overrides))
+                parents=(catalog, quiet, threads, overrides))
     p.add_argument("--output-dir", metavar="DIR",
                    help="run folder (= train.output_dir)")
     p.add_argument("--init-from", metavar="DIR",
@@ -389,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "bad_rows.json beside it.",
                 ["eclip embed --model runs/shop/model --catalog my.csv --image-root imgs "
                  "--out embeddings.parquet data.column_map.title=item_name"],
-                parents=(catalog, quiet, overrides))
+                parents=(catalog, quiet, threads, overrides))
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model directory (eclip's, or a transformers CLIP / SigLIP checkpoint)")
     p.add_argument("--out", required=True, help="output .parquet file")
@@ -409,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
          "baseline=demo_out/models/baseline --catalog my.csv --image-root imgs --out eval_out "
          "data.column_map.title=item_name eval.seeds=5",
          "eclip eval --models init=my_clip eclip=runs/shop/model --catalog my.csv --out eval_out"],
-        parents=(catalog, quiet, overrides))
+        parents=(catalog, quiet, threads, overrides))
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL_DIR",
                    help="models to compare; those named in eval.tower_features (default: "
                         "baseline) are read as their towers' features. Recipe overrides "
@@ -441,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
          "--out shop_index",
          "eclip index --update --catalog new_or_changed.jsonl --out shop_index",
          "eclip index --delete p000001,p000007 --out shop_index",
-         "eclip index --delete @sold_out.txt --out shop_index"],
-        parents=(catalog, quiet, overrides))
+         "eclip index --delete @sold_out.txt --out shop_index",
+         "eclip index --model runs/shop/model --catalog my.csv --split train --out train_index"],
+        parents=(catalog, quiet, threads, overrides))
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder")
     p.add_argument("--model", metavar="DIR",
                    help="model directory (required to build; with --update it must be the "
@@ -452,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "product_id (only they are embedded)")
     p.add_argument("--delete", metavar="IDS",
                    help="remove listings: comma-separated product ids, or @FILE with one per line")
+    p.add_argument("--split", nargs="+", metavar="NAME",
+                   help="index only the listings of these splits (the catalog's split column), "
+                        "e.g. train: an index that holds the test listings answers for them")
     p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
                    default=Library(settings, "kind"),
                    help="vector index, one of %(choices)s: exact search, IVF, or auto (exact up "
@@ -470,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "Search by text or photo, similar listings, classification; the web page is at "
                 "/, the API schema at /docs.",
                 ["eclip serve --index shop_index",
-                 "eclip serve --index shop_index --host 0.0.0.0 --port 8080"])
+                 "eclip serve --index shop_index --host 0.0.0.0 --port 8080"],
+                parents=(quiet,))
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder")
     p.add_argument("--host", default=Library("uvicorn:Config", "host"),
                    help="address to listen on (default: %(default)s)")
@@ -483,9 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-request", type=int, default=1,
                    help="torch and FAISS threads per query; requests run in parallel "
                         "(default: %(default)s)")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default=None,
                    choices=("critical", "error", "warning", "info", "debug"),
-                   help="(default: %(default)s)")
+                   help="(default: info; warning with --quiet)")
 
     p = command("export", cmd_export,
                 "write a model as a transformers or sentence-transformers directory",
@@ -496,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "that cannot reproduce them is refused, with the reason.",
                 ["eclip export --model runs/shop/model --format transformers --out shop_clip",
                  "eclip export --model runs/shop/model --format sentence-transformers "
-                 "--out shop_st"])
+                 "--out shop_st"],
+                parents=(quiet,))
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", choices=Library("eclip.model.export:FORMATS"), metavar="FORMAT",
                    default=Library("eclip.model.export:export_model", "format"),
@@ -512,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "zero-shot strength.",
                 ["eclip merge --init my_clip --model runs/shop/model --alpha 0.5 --out shop_wise",
                  "eclip merge --init runs/shop/init --model runs/shop/model --alpha 0.7 "
-                 "--out shop_wise"])
+                 "--out shop_wise"],
+                parents=(quiet,))
     p.add_argument("--init", required=True, metavar="DIR",
                    help="the model training started from (an eclip model directory or the "
                         "transformers checkpoint)")

@@ -221,3 +221,42 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads: one rule for every command that computes (train.threads, --threads)
+
+MAX_DEFAULT_THREADS = 32
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use (its affinity, which a container or ``taskset`` may
+    narrow), shared among the processes of a torchrun job on this machine (``LOCAL_WORLD_SIZE``),
+    at most ``MAX_DEFAULT_THREADS``."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores // processes))
+
+
+def use_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads for this process: ``threads``, or :func:`default_threads`
+    where it is None. Returns the number set. The one place eclip sets it (the search service's
+    per-request threads aside)."""
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (or unset: the CPU cores this "
+                          f"process may use), got {threads!r}")
+    count = threads if threads is not None else default_threads()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count

@@ -14,16 +14,22 @@ class CatalogError(EclipError):
     """A catalog file or one of its rows cannot be used."""
 
     def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
-                 field: str | None = None):
+                 field: str | None = None, line: int | None = None):
+        # ``row``: the 1-based row; ``line``: the file's line where it starts, where that differs
+        # (a CSV's header is line 1), shown beside it
+        at_row = f"row {row}" if row is not None else None
+        if line is not None and line != row:
+            at_row = f"{at_row} (line {line})" if at_row else f"line {line}"
         where = ", ".join(
             part for part in (
                 f"file {file}" if file is not None else None,
-                f"row {row}" if row is not None else None,
+                at_row,
                 f"field '{field}'" if field is not None else None,
             ) if part
         )
         super().__init__(f"{where}: {message}" if where else message)
         self.file, self.row, self.field, self.reason = file, row, field, message
+        self.line = line
 
 
 class ImageError(EclipError):

@@ -15,7 +15,12 @@ from eclip.config import Range, at_least, check_ranges
 DATA_RANGES: dict[str, Range] = {
     "val_fraction": Range(0, 1, high_open=True),
     "shuffle_buffer": at_least(0, "0 or 1: the shards' own order"),
+    "max_pixels": at_least(1),
 }
+
+# 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
+# threshold (about 89 megapixels). A larger image is decoded at reduced size (catalog/images.py).
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 @dataclass
@@ -26,12 +31,17 @@ class DataConfig:
     strict: bool = False  # stop at the first bad row instead of skipping and reporting it
     train_split: str = "train"
     val_split: str = "val"
-    val_fraction: float = 0.1  # used when the catalog has no split column: held out by catalog
+    # held out by catalog as val when the catalog has no split column, or one without val rows
+    val_fraction: float = 0.1
     text: dict[str, Any] = field(default_factory=dict)  # ComposerConfig for training text
     augment: bool = False  # random-resized crops on training images
     # prepared shards (`eclip prepare`) to stream instead of reading `catalog` into memory
     shards: str | None = None
     shuffle_buffer: int = 1000  # samples shuffled together per loader worker when streaming shards
+    # the most pixels an image is used at: a larger one is decoded at reduced size (JPEG directly at
+    # 1/2, 1/4 or 1/8 scale; other formats whole, up to 4 x max_pixels, then reduced), a still
+    # larger one dropped as too large (catalog/images.py)
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", DATA_RANGES)

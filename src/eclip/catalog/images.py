@@ -6,8 +6,12 @@ exception out, and it guards against hostile files without touching PIL's global
 
 * only common photo formats are opened (JPEG/MPO, PNG/APNG, GIF, WebP, BMP, TIFF, AVIF where PIL has
   it), so no file can reach a Ghostscript or other exotic decoder;
-* the dimensions from the header are checked against ``max_pixels`` before any pixel is decoded
-  (PIL's own decompression-bomb error, raised for absurd sizes while opening, is translated too);
+* the dimensions from the header are checked before any pixel is decoded: an image of more than
+  ``max_pixels`` (``data.max_pixels``) is decoded at reduced size, a JPEG directly at 1/2, 1/4 or
+  1/8 scale (``Image.draft``), another format whole and then reduced (``Image.reduce``) to at most
+  ``max_pixels``; one whose decoding would need more than ``DECODE_FACTOR`` x ``max_pixels`` pixels
+  is refused as too large (so is what PIL's own decompression-bomb error refuses while opening,
+  above about 179 megapixels; PIL's ``DecompressionBombWarning`` is silenced, eclip reports its own);
 * truncated files are reported, never half-loaded, even if other code has set
   ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: reads past the end of the file are watched;
 * colour modes are converted with care: transparency is composited onto white, 16/32-bit and float
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -30,12 +35,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from eclip.catalog.config import DEFAULT_MAX_PIXELS
 from eclip.catalog.paths import BAD_PATH, path_problem, printable
 from eclip.errors import ConfigError, ImageError
 
-# 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
-# threshold (about 89 megapixels), so PIL never warns about an image that eclip would accept.
-DEFAULT_MAX_PIXELS = 64_000_000
+# An image of more than max_pixels is decoded at reduced size; the pixels decoding it takes (the
+# whole image, or a JPEG's 1/2 to 1/8 scale draft) may be at most this many times max_pixels.
+DECODE_FACTOR = 4
+
 
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -143,6 +150,15 @@ def _decode(path: str | os.PathLike[str], max_pixels: int, *, reduced: bool,
 
 
 def _open_and_load(fp: _WatchedFile, max_pixels: int, reduced: bool) -> Image.Image:
+    # PIL warns for every image above about 89 megapixels (while opening, and for some formats
+    # while decoding); eclip decides about size itself and reports it, so the warning is dropped
+    # here, for PIL's DecompressionBombWarning only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _open_and_load_quietly(fp, max_pixels, reduced)
+
+
+def _open_and_load_quietly(fp: _WatchedFile, max_pixels: int, reduced: bool) -> Image.Image:
     try:
         image = Image.open(fp, formats=_allowed_formats())
     except UnidentifiedImageError:
@@ -155,17 +171,54 @@ def _open_and_load(fp: _WatchedFile, max_pixels: int, reduced: bool) -> Image.Im
     width, height = image.size
     if width <= 0 or height <= 0:
         raise _Rejected(f"zero-size image: {width}x{height}")
-    if width * height > max_pixels:
-        raise _Rejected(f"too large: {width}x{height} = {width * height} pixels "
-                        f"exceeds max_pixels={max_pixels}")
+    jpeg = image.format in ("JPEG", "MPO")
+    scale = _draft_scale(width, height, max_pixels) if jpeg else 1
+    decoded = math.ceil(width / scale) * math.ceil(height / scale)
+    if decoded > DECODE_FACTOR * max_pixels:
+        what = f"even at 1/{scale} scale " if scale > 1 else ""
+        raise _Rejected(f"too large: {width}x{height} = {width * height} pixels; decoding it "
+                        f"{what}takes {decoded}, over {DECODE_FACTOR} x max_pixels={max_pixels} "
+                        f"(data.max_pixels)")
     fp.read_past_end = False  # only reads while decoding pixels count
     try:
-        if reduced and image.format in ("JPEG", "MPO"):
-            image.draft(image.mode, (1, 1))
+        if jpeg and (reduced or scale > 1):  # a check decodes every byte at 1/8 scale
+            image.draft(image.mode, (1, 1) if reduced else (width // scale, height // scale))
         image.load()
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, ...
         raise _failure("corrupt image data", exc) from None
-    return image
+    return _reduce_to(image, max_pixels)
+
+
+def _draft_scale(width: int, height: int, max_pixels: int) -> int:
+    """The JPEG decoding scale (1, 2, 4 or 8) that first brings the image to ``max_pixels``."""
+    for scale in (1, 2, 4, 8):
+        if math.ceil(width / scale) * math.ceil(height / scale) <= max_pixels:
+            return scale
+    return 8
+
+
+def _reduce_to(image: Image.Image, max_pixels: int) -> Image.Image:
+    """A decoded image of more than ``max_pixels`` reduced by the smallest integer factor that
+    brings it to ``max_pixels`` (box average; nearest pixels for palette and 16-bit images)."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return image
+    factor = max(2, math.ceil(math.sqrt(width * height / max_pixels)))
+    while math.ceil(width / factor) * math.ceil(height / factor) > max_pixels:
+        factor += 1
+    try:
+        if image.mode == "1":
+            image = image.convert("L")  # one byte a pixel either way; averaged to grey
+        if image.mode not in ("P", "PA"):  # averaging palette indices mixes unrelated colours
+            return image.reduce(factor)
+    except (ValueError, OSError):  # a mode reduce() does not handle (I;16, ...)
+        pass
+    size = (math.ceil(width / factor), math.ceil(height / factor))
+    try:
+        return image.resize(size, Image.Resampling.NEAREST)
+    except Exception as exc:  # noqa: BLE001 - an exotic mode PIL cannot resize
+        raise _Rejected(f"too large: {width}x{height} and its mode {image.mode} cannot be "
+                        f"reduced ({exc})") from None
 
 
 def _failure(kind: str, exc: Exception) -> _Rejected:

@@ -22,13 +22,17 @@ def load_catalog(data: DataConfig, *, report_dir: str | Path | None = None,
                  progress: bool = True, log: Callable[[str], None] = print) -> CatalogRead:
     """Read ``data.catalog`` (validated, bad rows skipped and counted, or the first one raised with
     ``data.strict``); print its summary; with ``report_dir``, write ``report_dir/bad_rows.json``
-    (every issue with file, row, field and reason). ``check_images=False`` leaves decoding checks
+    (every issue with file, row, line, product id, field and reason). Images of more than
+    ``data.max_pixels`` are used at reduced size (:mod:`eclip.catalog.images`); the later decoding
+    (training, embedding, thumbnails) uses the default limit, which takes every image this check
+    accepts up to Pillow's own ceiling. ``check_images=False`` leaves decoding checks
     to a caller that decodes every image anyway (``eclip prepare``)."""
     if not data.catalog:
         raise ConfigError("no catalog given: pass --catalog FILE or set data.catalog in the recipe")
     read = read_catalog(data.catalog, image_root=data.image_root,
                         column_map=data.column_map or None, strict=data.strict,
-                        check_images=check_images, progress=progress)
+                        check_images=check_images, progress=progress,
+                        max_pixels=data.max_pixels)
     log(read.summary())
     report = None
     if report_dir is not None:

@@ -3,10 +3,19 @@
 Formats, chosen by extension: ``.jsonl`` / ``.ndjson`` (one JSON object per line), ``.json`` (a list
 of objects), ``.csv``, ``.tsv`` (UTF-8, first line is the header) and ``.parquet``.
 
-Row numbers in issues and errors are 1-based: for JSONL the line number (blank lines are skipped and
-not counted as rows, but keep their line numbers), for JSON the position in the list, for CSV/TSV
-and Parquet the data row (the CSV header and blank lines are not counted; a quoted cell spanning
-several lines is one row).
+Each issue names its place twice. ``row`` is 1-based: for JSONL the line number (blank lines are
+skipped and not counted as rows, but keep their line numbers), for JSON the position in the list,
+for CSV/TSV and Parquet the data row (the CSV header and blank lines are not counted; a quoted cell
+spanning several lines is one row). ``line`` is the 1-based line of the file where the row starts,
+what an editor shows (CSV/TSV: the header is line 1; JSONL: the same as ``row``); JSON and Parquet
+have no lines (``None``: use ``row``, for Parquet the 1-based row index). ``product_id`` is the
+row's id where it has one.
+
+Columns: the standard fields are read from the columns of the same name, or from those that
+``column_map`` names (``data.column_map.title=item_name`` on the command line). Every missing
+required column and every mapped column the file lacks is reported at once, with the file's columns;
+an unused column that looks like a field the file does not give (``cat_path``, ``item_name``,
+``img``, ``brand_name``, ...) is named in the summary with the mapping that would use it.
 
 Bad rows are never dropped silently: each becomes an :class:`Issue` (``action="skipped_row"``), and
 each unreadable image of an otherwise good listing one with ``action="dropped_image"``. With
@@ -32,13 +41,14 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from eclip.atomic import write_json_atomic, write_text_atomic
+from eclip.catalog.config import DEFAULT_MAX_PIXELS
 from eclip.catalog.images import check_image
 from eclip.catalog.paths import PathOutsideRoot, path_problem, printable, resolved_root
 from eclip.catalog.schema import FIELDS, Listing, join_category
@@ -56,6 +66,35 @@ _FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
 _INTEGRAL_TEXT = re.compile(r"-?\d+\.0+")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 _TOO_DEEP = "malformed JSON: nested too deeply to read"
+# Columns that usually hold a standard field (names compared in lower case with '-', '.' and spaces
+# as '_'): a whole name in LOOKALIKE_NAMES, or a name with a word of LOOKALIKE_WORDS (tried in order)
+LOOKALIKE_NAMES: dict[str, frozenset[str]] = {
+    "product_id": frozenset({"id", "item_id", "item_no", "sku", "pid", "listing_id", "product_no",
+                             "goods_id", "goods_no", "asin", "offer_id", "product_code"}),
+    "title": frozenset({"name", "item_name", "product_name", "product_title", "item_title",
+                        "goods_name", "listing_title", "listing_name", "title_text"}),
+    "images": frozenset({"image", "img", "imgs", "image_path", "image_paths", "img_path",
+                         "image_file", "image_files", "photo", "photos", "picture", "pictures",
+                         "image_name", "filename", "file_name", "path"}),
+    "catalog_id": frozenset({"catalog", "group", "group_id", "product_group", "cluster_id",
+                             "catalog_no", "spu", "spu_id", "model_id", "master_id"}),
+    "brand": frozenset({"maker", "manufacturer", "vendor"}),
+    "category": frozenset({"cat", "cat_path", "category_path", "categories", "category_name",
+                           "product_category", "product_type", "taxonomy", "cat_name"}),
+    "attributes": frozenset({"attrs", "attribute", "specs", "properties", "options"}),
+    "adult": frozenset({"nsfw", "is_adult", "adult_only", "age_restricted"}),
+    "lang": frozenset({"language", "locale"}),
+    "split": frozenset({"fold", "subset", "partition"}),
+}
+LOOKALIKE_WORDS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("brand", frozenset({"brand"})),
+    ("category", frozenset({"category", "categories", "cat"})),
+    ("catalog_id", frozenset({"catalog"})),
+    ("images", frozenset({"image", "images", "img", "photo", "photos", "picture"})),
+    ("attributes", frozenset({"attribute", "attributes", "attrs"})),
+    ("title", frozenset({"title"})),
+    ("adult", frozenset({"adult", "nsfw"})),
+)
 # csv's default limit on one cell (131,072 characters) is raised while a file is read, so that a
 # long description is a row like any other; a cell beyond this is a broken file (an unclosed quote)
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
@@ -71,10 +110,17 @@ class Issue:
     """
 
     file: str
-    row: int
+    row: int  # 1-based row (see the module's docstring)
     field: str | None
     reason: str
     action: str
+    line: int | None = None  # 1-based line of the file where the row starts (None: JSON, Parquet)
+    product_id: str | None = None  # the row's id, where it has one
+
+    @property
+    def where(self) -> str:
+        """``line 12`` where the file has lines, else ``row 12``."""
+        return f"line {self.line}" if self.line is not None else f"row {self.row}"
 
     @property
     def kind(self) -> str:
@@ -91,6 +137,8 @@ class CatalogRead:
     total_rows: int
     # the folder every image path lies in (resolved); None for reads that were not checked
     image_root: str | None = None
+    # unused columns that look like a field the file does not give: column -> standard field
+    lookalikes: dict[str, str] = field(default_factory=dict)
 
     @property
     def skipped_rows(self) -> int:
@@ -114,15 +162,20 @@ class CatalogRead:
             return " (" + ", ".join(f"{n} {kind}" for kind, n in counter.items()) + ")"
 
         counts = self.counts()
-        return (f"Read {self.total_rows} rows from {self.path}: kept {len(self.listings)} listings; "
+        text = (f"Read {self.total_rows} rows from {self.path}: kept {len(self.listings)} listings; "
                 f"skipped {self.skipped_rows} rows{detail(counts[SKIPPED_ROW])}; "
                 f"dropped {self.dropped_images} images{detail(counts[DROPPED_IMAGE])}.")
+        if self.lookalikes:
+            text += "\nwarning: " + unused_columns_note(self.lookalikes)
+        return text
 
     def write_report(self, path: str | os.PathLike[str]) -> None:
         """Write the counts and every issue as JSON (UTF-8)."""
         report = {"catalog": self.path, "total_rows": self.total_rows,
                   "listings": len(self.listings), "skipped_rows": self.skipped_rows,
                   "dropped_images": self.dropped_images, "counts": self.counts(),
+                  "unused_columns": {column: f"data.column_map.{standard}={column}"
+                                     for column, standard in self.lookalikes.items()},
                   "issues": [asdict(issue) for issue in self.issues]}
         write_json_atomic(path, report)
 
@@ -137,13 +190,15 @@ class _BadRow(Exception):
 
 def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[str] | None = None,
                  column_map: dict[str, str] | None = None, strict: bool = False,
-                 check_images: bool = True, progress: bool = False) -> CatalogRead:
+                 check_images: bool = True, progress: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> CatalogRead:
     """Read and validate a catalog file.
 
     ``column_map`` maps standard field names (``title``, ``images``, ...) to the file's column
     names; fields not in it are looked up under their standard names. Relative image paths are
     resolved against ``image_root`` (default: the catalog file's directory). With ``check_images``
-    every image is decoded once to make sure it can be used.
+    every image is decoded once to make sure it can be used (``max_pixels``: see
+    :func:`eclip.catalog.images.check_image`).
     """
     file = Path(path)
     name = os.fspath(path)
@@ -161,37 +216,42 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
         contained_in = str(resolved_root(root))
     except PathOutsideRoot as exc:
         raise CatalogError(f"image root: {exc}", file=name) from None
-    parser = _RowParser(name, file.stem, os.path.abspath(root), contained_in, columns, check_images)
+    parser = _RowParser(name, file.stem, os.path.abspath(root), contained_in, columns, check_images,
+                        max_pixels)
 
     records, total, file_columns = _open_records(file, name, kind, columns)
+    lookalikes: dict[str, str] = {}
     if file_columns:  # a JSON file whose every row is malformed has none; its rows are reported
-        _check_columns(columns, set(column_map or {}), file_columns, name)
+        lookalikes = _check_columns(columns, set(column_map or {}), file_columns, name)
 
     listings: list[Listing] = []
     issues: list[Issue] = []
     rows = 0
     with tqdm(records, total=total, disable=not progress, desc=f"reading {file.name}",
               unit="row") as bar:
-        for row, record in bar:
+        for row, line, record in bar:
             rows += 1
             found: list[Issue] = []
             try:
-                listing = parser.parse(row, record, found)
+                listing = parser.parse(row, line, record, found)
             except _BadRow as bad:
                 listing = None
-                found.append(Issue(name, row, bad.field, bad.reason, SKIPPED_ROW))
+                found.append(Issue(name, row, bad.field, bad.reason, SKIPPED_ROW, line,
+                                   parser.product_id_of(record)))
             except RecursionError:  # a value nested deeper than Python follows
                 listing = None
-                found.append(Issue(name, row, None, _TOO_DEEP, SKIPPED_ROW))
+                found.append(Issue(name, row, None, _TOO_DEEP, SKIPPED_ROW, line))
             if strict and found:
                 first = found[0]
-                raise CatalogError(first.reason, file=name, row=first.row, field=first.field)
+                raise CatalogError(first.reason, file=name, row=first.row, field=first.field,
+                                   line=first.line)
             issues.extend(found)
             if listing is not None:
                 listings.append(listing)
     if rows == 0:
         raise CatalogError("the file has no rows", file=name)
-    return CatalogRead(name, listings, issues, rows, image_root=contained_in)
+    return CatalogRead(name, listings, issues, rows, image_root=contained_in,
+                       lookalikes=lookalikes)
 
 
 def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
@@ -212,39 +272,82 @@ def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
 
 
 def _check_column_map(column_map: dict[str, str] | None, name: str) -> dict[str, str]:
-    """Standard field -> file column, for every standard field."""
+    """Standard field -> file column, for every standard field; every bad entry reported at once."""
     columns = {f: f for f in FIELDS}
+    problems = []
     for standard, column in (column_map or {}).items():
         if standard not in columns:
-            raise CatalogError(f"column_map has '{standard}', which is not a standard field; the "
-                               f"standard fields are {', '.join(FIELDS)}", file=name)
-        if not isinstance(column, str) or not column:
-            raise CatalogError(f"column_map['{standard}'] must be a column name, got {column!r}",
-                               file=name)
-        columns[standard] = column
+            problems.append(f"data.column_map.{standard}={column}: '{standard}', which is not a "
+                            f"standard field")
+        elif not isinstance(column, str) or not column:
+            problems.append(f"data.column_map.{standard} must be a column name, got {column!r}")
+        else:
+            columns[standard] = column
+    if problems:
+        raise CatalogError("; ".join(problems) + f" (the standard fields are {', '.join(FIELDS)})",
+                           file=name)
     return columns
 
 
+def looks_like(column: str) -> str | None:
+    """The standard field a column's name suggests (``cat_path`` -> ``category``), or None."""
+    key = re.sub(r"[\s.\-]+", "_", column.strip().lower())
+    for standard, names in LOOKALIKE_NAMES.items():
+        if key == standard or key in names:
+            return standard
+    words = set(key.split("_"))
+    for standard, stems in LOOKALIKE_WORDS:
+        if words & stems:
+            return standard
+    return None
+
+
+def unused_columns_note(lookalikes: dict[str, str]) -> str:
+    """One sentence naming unused columns that look like fields, with the mappings that use them."""
+    pairs = ", ".join(f"'{column}' (data.column_map.{standard}={column})"
+                      for column, standard in lookalikes.items())
+    return f"unused column(s) that look like catalog fields the file does not give: {pairs}"
+
+
 def _check_columns(columns: dict[str, str], mapped: set[str], file_columns: set[str],
-                   name: str) -> None:
-    """A mapped column must exist, and so must the columns of the required fields."""
+                   name: str) -> dict[str, str]:
+    """Every mapped column must exist, and so must the columns of the required fields: all problems
+    are raised at once, in the form the user types. Returns the unused columns that look like a
+    field the file does not give (column -> standard field)."""
+    used = {column for column in columns.values() if column in file_columns}
+    given = {standard for standard, column in columns.items() if column in file_columns}
+    lookalikes = {}
+    for column in sorted(file_columns - used):
+        standard = looks_like(column)
+        if standard is not None and standard not in given and standard not in lookalikes.values():
+            lookalikes[column] = standard
+    suggest = {standard: column for column, standard in lookalikes.items()}
+    problems: list[tuple[str, str]] = []
     for standard, column in columns.items():
         if column in file_columns:
             continue
+        hint = (f"data.column_map.{standard}={suggest[standard]}?" if standard in suggest
+                else f"data.column_map.{standard}=COLUMN")
         if standard in mapped:
-            raise CatalogError(f"column_map maps '{standard}' to column '{column}', which the file "
-                               f"does not have; its columns are {sorted(file_columns)}",
-                               file=name, field=standard)
-        if standard in REQUIRED:
-            raise CatalogError(f"no '{standard}' column; the file's columns are "
-                               f"{sorted(file_columns)}: pass column_map={{'{standard}': COLUMN}} "
-                               f"to say which one holds it", file=name, field=standard)
+            problems.append((standard, f"data.column_map.{standard}={column}: the file has no "
+                                       f"column '{column}' (set {hint})"))
+        elif standard in REQUIRED:
+            problems.append((standard, f"no '{standard}' column (set {hint})"))
+    if problems:
+        rest = {c: s for c, s in lookalikes.items() if s not in {p for p, _ in problems}}
+        message = ("; ".join(text for _, text in problems)
+                   + f". The file's columns: {', '.join(sorted(file_columns))}"
+                   + (f"; {unused_columns_note(rest)}" if rest else ""))
+        raise CatalogError(message, file=name,
+                           field=problems[0][0] if len(problems) == 1 else None)
+    return lookalikes
 
 
 # ---------------------------------------------------------------------------------------------
-# Records: (row number, dict of column -> value, or a _BadRow for a row that could not be read)
+# Records: (row number, line where the row starts or None, dict of column -> value, or a _BadRow
+# for a row that could not be read)
 
-Record = tuple[int, "dict[str, Any] | _BadRow"]
+Record = tuple[int, "int | None", "dict[str, Any] | _BadRow"]
 
 
 def _open_records(file: Path, name: str, kind: str,
@@ -253,7 +356,7 @@ def _open_records(file: Path, name: str, kind: str,
     if kind in ("jsonl", "json"):
         records = _jsonl_records(file) if kind == "jsonl" else _json_records(file, name)
         seen: set[str] = set()
-        for _, record in records:
+        for _, _, record in records:
             if isinstance(record, dict):
                 seen.update(record)
         return records, len(records), seen
@@ -273,17 +376,17 @@ def _jsonl_records(file: Path) -> list[Record]:
             try:
                 value = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                records.append((line_no, _BadRow(None, f"not UTF-8 text: {exc.reason} at byte "
-                                                       f"{exc.start}")))
+                records.append((line_no, line_no, _BadRow(None, f"not UTF-8 text: {exc.reason} "
+                                                                f"at byte {exc.start}")))
                 continue
             except json.JSONDecodeError as exc:
-                records.append((line_no, _BadRow(None, f"malformed JSON: {exc.msg} at column "
-                                                       f"{exc.colno}")))
+                records.append((line_no, line_no, _BadRow(None, f"malformed JSON: {exc.msg} at "
+                                                                f"column {exc.colno}")))
                 continue
             except RecursionError:
-                records.append((line_no, _BadRow(None, _TOO_DEEP)))
+                records.append((line_no, line_no, _BadRow(None, _TOO_DEEP)))
                 continue
-            records.append((line_no, _as_object(value)))
+            records.append((line_no, line_no, _as_object(value)))
     return records
 
 
@@ -300,7 +403,7 @@ def _json_records(file: Path, name: str) -> list[Record]:
     if not isinstance(value, list):
         raise CatalogError(f"a .json catalog must be a list of objects, got "
                            f"{type(value).__name__}; use .jsonl for one object per line", file=name)
-    return [(i, _as_object(item)) for i, item in enumerate(value, start=1)]
+    return [(i, None, _as_object(item)) for i, item in enumerate(value, start=1)]
 
 
 def _as_object(value: Any) -> dict[str, Any] | _BadRow:
@@ -324,27 +427,30 @@ def _csv_records(file: Path, name: str, delimiter: str) -> tuple[Iterator[Record
 
 
 def _csv_rows(file: Path, name: str, delimiter: str, header: list[str]) -> Iterator[Record]:
-    row = 0
+    row = end = 0
     limit = csv.field_size_limit()
     with open(file, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
             csv.field_size_limit(max(limit, CSV_FIELD_LIMIT))
             next(reader)  # the header
+            end = reader.line_num  # lines read so far: a row starts on the line after
             for cells in reader:
+                line, end = end + 1, reader.line_num
                 if not any(c.strip() for c in cells):
                     continue
                 row += 1
                 if len(cells) != len(header):
-                    yield row, _BadRow(None, f"wrong number of cells: {len(cells)} cells, the "
-                                             f"header has {len(header)}")
+                    yield row, line, _BadRow(None, f"wrong number of cells: {len(cells)} cells, "
+                                                   f"the header has {len(header)}")
                 else:
-                    yield row, dict(zip(header, cells))
+                    yield row, line, dict(zip(header, cells))
         except UnicodeDecodeError as exc:
             raise CatalogError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
                                file=name, row=row + 1) from None
         except csv.Error as exc:
-            raise CatalogError(f"malformed CSV: {exc}", file=name, row=row + 1) from None
+            raise CatalogError(f"malformed CSV: {exc}", file=name, row=row + 1,
+                               line=end + 1) from None
         finally:
             csv.field_size_limit(limit)
 
@@ -368,7 +474,7 @@ def _parquet_records(file: Path, name: str,
                 for batch in parquet.iter_batches(batch_size=8192, columns=selected):
                     for record in batch.to_pylist(maps_as_pydicts="lossy"):
                         row += 1
-                        yield row, record
+                        yield row, None, record
         except (pa.ArrowException, OSError) as exc:
             raise CatalogError(f"cannot read Parquet data: {exc}", file=name, row=row + 1) from None
 
@@ -383,13 +489,24 @@ class _RowParser:
     """Turns one record into a Listing, recording dropped images; raises _BadRow for a bad row."""
 
     def __init__(self, file: str, stem: str, root: str, contained_in: str, columns: dict[str, str],
-                 check: bool):
+                 check: bool, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.file, self.stem, self.root, self.columns, self.check = file, stem, root, columns, check
         self.contained_in = contained_in  # the root resolved: every image must lie inside it
-        self.first_row_of: dict[str, int] = {}
+        self.max_pixels = max_pixels
+        self.first_row_of: dict[str, str] = {}  # product id -> "row 3" / "row 3 (line 4)"
         self.image_reasons: dict[str, str | None] = {}
 
-    def parse(self, row: int, record: dict[str, Any] | _BadRow, found: list[Issue]) -> Listing:
+    def product_id_of(self, record: dict[str, Any] | _BadRow) -> str | None:
+        """The id a record gives, for the report of a row that could not be used (None: none)."""
+        if not isinstance(record, dict):
+            return None
+        try:
+            return _identifier(record.get(self.columns["product_id"]), "product_id")
+        except _BadRow:
+            return None
+
+    def parse(self, row: int, line: int | None, record: dict[str, Any] | _BadRow,
+              found: list[Issue]) -> Listing:
         if isinstance(record, _BadRow):
             raise record
 
@@ -409,10 +526,11 @@ class _RowParser:
             lang=_text(get("lang"), "lang"), split=_text(get("split"), "split"),
         )
         if product_id in self.first_row_of:
-            raise _BadRow("product_id", f"duplicate product_id: '{product_id}' was first used at row "
+            raise _BadRow("product_id", f"duplicate product_id: '{product_id}' was first used at "
                                         f"{self.first_row_of[product_id]}")
-        listing.images = self._usable_images(row, images, found)
-        self.first_row_of[product_id] = row
+        listing.images = self._usable_images(row, line, product_id, images, found)
+        self.first_row_of[product_id] = f"row {row}" + (f" (line {line})" if line != row and
+                                                         line is not None else "")
         return listing
 
     def _image_paths(self, value: Any) -> list[str]:
@@ -427,7 +545,8 @@ class _RowParser:
                 paths.append(path)
         return paths
 
-    def _usable_images(self, row: int, paths: list[str], found: list[Issue]) -> list[str]:
+    def _usable_images(self, row: int, line: int | None, product_id: str, paths: list[str],
+                       found: list[Issue]) -> list[str]:
         good: list[str] = []
         for path in paths:
             if _URL.match(path):
@@ -442,7 +561,7 @@ class _RowParser:
             kind, _, detail = reason.partition(": ")
             found.append(Issue(self.file, row, "images",
                                f"{kind}: {printable(path)}" + (f" ({detail})" if detail else ""),
-                               DROPPED_IMAGE))
+                               DROPPED_IMAGE, line, product_id))
         if not good:
             raise _BadRow("images", "no usable image: every image of the row was dropped")
         return good
@@ -454,7 +573,7 @@ class _RowParser:
         problem = path_problem(path, self.contained_in)
         if problem is not None:
             return f"{problem.kind}: {problem.detail}"
-        return check_image(path) if self.check else None
+        return check_image(path, max_pixels=self.max_pixels) if self.check else None
 
 
 def _missing(value: Any) -> bool:

@@ -17,6 +17,7 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.schema import Listing
 
 SPLITS = ("train", "val", "test")
+VAL_SALT = "val:"  # the draw that carves val catalogs out of train ones (training and evaluation)
 
 
 def catalog_bucket(group_id: str, salt: str = "") -> float:
@@ -29,18 +30,49 @@ class Splits:
     train: list[Listing]
     val: list[Listing]
     test: list[Listing]
+    note: str | None = None  # how val was made, where the split column did not give it
 
 
 def split_listings(listings: list[Listing], data: DataConfig) -> Splits:
     """Training's splits: the catalog's ``split`` column when it has one, else ``data.val_fraction``
-    of the catalogs held out as val by a stable hash."""
+    of the catalogs held out as val by a stable hash.
+
+    A split column without ``data.val_split`` rows (only train and test, say) gets its val carved
+    from the train catalogs the same way (``data.val_fraction`` of them, by the hash ``eval``
+    carves with), so that validation is never silently off; ``note`` says what was done."""
     if any(x.split for x in listings):
         pick = lambda name: [x for x in listings if x.split == name]  # noqa: E731
-        return Splits(pick(data.train_split), pick(data.val_split), pick("test"))
+        splits = Splits(pick(data.train_split), pick(data.val_split), pick("test"))
+        if splits.val or not splits.train:
+            return splits
+        return _carve_val(splits, data)
     train_rows, val_rows = [], []
     for x in listings:
         (val_rows if catalog_bucket(x.group_id) < data.val_fraction else train_rows).append(x)
-    return Splits(train_rows, val_rows, [])
+    return Splits(train_rows, val_rows, [], note=(
+        f"no split column: {len(val_rows)} listings of "
+        f"{len({x.group_id for x in val_rows})} catalogs held out by catalog as validation "
+        f"(data.val_fraction={data.val_fraction})"))
+
+
+def _carve_val(splits: Splits, data: DataConfig) -> Splits:
+    """Val carved by catalog from the train rows of a split column that has none."""
+    lacking = f"the split column has no '{data.val_split}' rows"
+    if data.val_fraction <= 0:
+        return replace(splits, note=f"{lacking} and data.val_fraction=0: no validation during "
+                                    f"training")
+    train_rows, val_rows = [], []
+    for x in splits.train:
+        held = catalog_bucket(x.group_id, VAL_SALT) < data.val_fraction
+        (val_rows if held else train_rows).append(x)
+    if not val_rows:
+        return replace(splits, note=f"{lacking}, and data.val_fraction={data.val_fraction} of its "
+                                    f"{len({x.group_id for x in splits.train})} train catalogs "
+                                    f"holds none: no validation during training")
+    return Splits(train_rows, val_rows, splits.test, note=(
+        f"{lacking}: {len(val_rows)} listings of {len({x.group_id for x in val_rows})} "
+        f"'{data.train_split}' catalogs held out by catalog as validation "
+        f"(data.val_fraction={data.val_fraction})"))
 
 
 def assign_splits(listings: list[Listing], data: DataConfig) -> tuple[list[Listing], str | None]:
@@ -96,7 +128,7 @@ def eval_splits(listings: list[Listing],
         else "a hash of the catalog id")
     if "val" not in split and "train" in split:
         share = val_f / max(train_f + val_f, 1e-9)
-        split = ["val" if s == "train" and catalog_bucket(x.group_id, "val:") < share else s
+        split = ["val" if s == "train" and catalog_bucket(x.group_id, VAL_SALT) < share else s
                  for x, s in zip(listings, split)]
         source += "; val carved from train catalogs"
     return EvalSplits(list(listings), np.array(split, dtype=object), source)

@@ -5,7 +5,8 @@
 * ``POST /search/text``   JSON ``{query, k, category?, against?}``
 * ``POST /search/image``  multipart: ``file`` (a photo), ``k``, ``category``, ``against``
 * ``GET  /similar/{product_id}?k=``   the same product from other sellers first, then look-alikes
-* ``POST /classify``      multipart: ``title`` and/or ``file`` -> top categories, adult probability
+* ``POST /classify``      multipart: ``title`` and/or ``file`` (``exclude``: a product id left out
+                          of the neighbour vote) -> top categories, adult probability
 * ``GET  /categories``, ``GET /health``, ``GET /images/{product_id}?n=`` (stored thumbnails)
 * ``GET  /`` the web page (``static/``), ``GET /openapi.json`` the schema, ``/docs``
 
@@ -327,14 +328,18 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
     @app.post("/classify", response_model=ClassifyResponse, tags=["classify"])
     def classify(title: str | None = Form(None, max_length=MAX_TEXT),
                  file: UploadFile | None = File(None, description="a photo of the listing"),
-                 top: int = Form(5, ge=1, le=20)) -> dict:
+                 top: int = Form(5, ge=1, le=20),
+                 exclude: str | None = Form(None, max_length=MAX_TEXT,
+                                            description="product_id of an indexed listing left "
+                                                        "out of the vote (evaluating a listing "
+                                                        "the index holds)")) -> dict:
         """Top categories and the adult probability of a listing's title and/or photo."""
         start = time.perf_counter()
         title = (title or "").strip() or None
         image = _read_photo(file, max_upload_bytes, max_upload_pixels) if file is not None else None
         if title is None and image is None:
             raise HTTPException(422, "give a title, a photo (file) or both")
-        result = index().classify(title, image, top=top)
+        result = index().classify(title, image, top=top, exclude=(exclude or "").strip() or None)
         return {"categories": [{"category": c, "score": s} for c, s in result.categories],
                 "adult_probability": result.adult_probability, "input": result.modality,
                 "took_ms": (time.perf_counter() - start) * 1000}

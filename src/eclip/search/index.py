@@ -643,8 +643,11 @@ class SearchIndex:
         return item, same + rest
 
     def classify(self, title: str | None = None, image=None, *, top: int = 5,
-                 neighbours: int = 20) -> Classification:
-        """Top categories (neighbour vote) and the adult probability of a title and/or a photo."""
+                 neighbours: int = 20, exclude: str | None = None) -> Classification:
+        """Top categories (neighbour vote) and the adult probability of a title and/or a photo.
+
+        ``exclude``: the product id of an indexed listing left out of the vote (classifying a
+        listing the index holds, whose own label would otherwise vote for itself)."""
         if not title and image is None:
             raise ValueError("classify needs a title, a photo or both")
         parts = []
@@ -656,7 +659,9 @@ class SearchIndex:
             vector, modality = fuse(parts[1], parts[0], self.info.fusion_weight), "both"
         else:
             vector, modality = parts[0], "text" if title else "image"
-        hits = self.search(vector, neighbours, against=modality)
+        left_out = self.listing(exclude) if exclude else None
+        hits = self.search(vector, neighbours, against=modality,
+                           exclude={left_out.vid} if left_out is not None else frozenset())
         scale = float(self.model.logit_scale().detach())
         categories = vote_categories(np.asarray([h.score for h in hits]),
                                      [h.listing.category for h in hits], scale, top)

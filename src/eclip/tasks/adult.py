@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from eclip.tasks.bootstrap import pr_auc_items, roc_auc_items
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion, pr_auc,
                                  recall_at_precision, roc_auc)
@@ -26,6 +27,7 @@ def run_adult(ctx: TaskContext) -> None:
     has = lambda x: x.adult is not None  # noqa: E731
     train, val, test = ctx.rows("train", has), ctx.rows("val", has), ctx.rows("test", has)
     y_val, y_test = labels[val], labels[test]
+    test_groups = np.array(ctx.groups, dtype=object)[test]
     ctx.report.meta["adult_test"] = {"adult": int(y_test.sum()), "listings": len(test)}
 
     def evaluate(job: Job) -> Outcome:
@@ -40,6 +42,9 @@ def run_adult(ctx: TaskContext) -> None:
             per_seed.append({"roc_auc": roc_auc(y_test, p_test), "pr_auc": pr_auc(y_test, p_test),
                              "recall@95p": recall_at_precision(y_test, p_test, 0.95),
                              "f1": f1_from_confusion(counts), **counts})
+        p_tests = np.stack([scores[:, column] for scores in probe.test_scores])
+        ctx.keep(TASK, job, "pr_auc", pr_auc_items(test_groups, y_test, p_tests))
+        ctx.keep(TASK, job, "roc_auc", roc_auc_items(test_groups, y_test, p_tests))
         return [("", per_seed)], (y_test, probe.test_scores[0][:, column])
 
     ctx.run(TASK, evaluate, figure="adult_scores")

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from eclip.catalog.schema import Listing
+from eclip.tasks.bootstrap import micro_f1_items
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.data import MIN_LABELLED
 from eclip.tasks.metrics import classification_metrics, micro_f1
@@ -71,6 +72,7 @@ def run_attribute(ctx: TaskContext) -> None:
     rows = {key: {s: ctx.rows(s, lambda x, k=key: k in x.attributes)
                   for s in ("train", "val", "test")} for key in keys}
     labels = {key: _values(listings, key) for key in keys}
+    groups = np.array(ctx.groups, dtype=object)
     values = {key: np.array(sorted(set(labels[key]) - {None}), dtype=object) for key in keys}
     prompts = {(views.name, key): class_vectors(views.encode_prompts, [
         [views.attribute_format.format(key=key, value=v)] for v in values[key]])
@@ -92,6 +94,13 @@ def run_attribute(ctx: TaskContext) -> None:
             seeds = protocols.setdefault("probe_", [{} for _ in probe.test_scores])
             for seed, scores in enumerate(probe.test_scores):
                 seeds[seed][key] = (labels[key][test], probe.classes[scores.argmax(axis=1)])
+        for prefix, per_seed in protocols.items():  # per-item outcomes: (listing, key) items
+            used = list(per_seed[0])
+            outcomes = [_item_outcomes(predictions, used) for predictions in per_seed]
+            ctx.keep(TASK, job, prefix + "micro_f1", micro_f1_items(
+                np.concatenate([groups[rows[key]["test"]] for key in used]),
+                np.stack([correct for correct, _ in outcomes]),
+                np.stack([made for _, made in outcomes])))
         return [(prefix, [_key_metrics(predictions) for predictions in per_seed])
                 for prefix, per_seed in protocols.items()], None
 
@@ -108,6 +117,15 @@ def run_attribute(ctx: TaskContext) -> None:
         covered = [p is not None for _, predicted in predictions.values() for p in predicted]
         metrics["coverage"] = float(np.mean(covered))
         ctx.add_all(TASK, "text", SPAN_MODEL, "span_", [metrics])
+
+
+def _item_outcomes(predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+                   keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, made) of every (listing, key) item, the keys in order: what micro-F1 counts."""
+    truth = [t for key in keys for t in predictions[key][0]]
+    predicted = [p for key in keys for p in predictions[key][1]]
+    made = np.array([p is not None for p in predicted])
+    return made & np.array([p == t for t, p in zip(truth, predicted)], dtype=bool), made
 
 
 def _key_metrics(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

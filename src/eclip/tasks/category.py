@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from eclip.catalog.schema import category_parts, join_category
+from eclip.tasks.bootstrap import mean_items
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import classification_metrics
 from eclip.encode import fuse_query
@@ -47,6 +48,7 @@ def run_category(ctx: TaskContext) -> None:
     taxonomy = np.array(sorted({c for c in labels if c}), dtype=object)
     truth = labels[test]
     truth_top = np.array([category_parts(c)[0] for c in truth], dtype=object)
+    test_groups = np.array(ctx.groups, dtype=object)[test]
     ctx.report.meta.update(category_classes=len(taxonomy), zero_shot_chance=1 / len(taxonomy))
     prompts = {views.name: class_vectors(views.encode_prompts,
                                          [category_prompts(c, DEFAULT_TEMPLATES) for c in taxonomy])
@@ -61,7 +63,11 @@ def run_category(ctx: TaskContext) -> None:
                 vectors = fuse_query(vectors)
             scores = views.joint[modality][test] @ vectors.T
             rows.append(("zero_shot_", [level_metrics(scores, taxonomy, truth, np.max)]))
+            ctx.keep(TASK, job, "zero_shot_accuracy",
+                     mean_items(test_groups, taxonomy[scores.argmax(axis=1)] == truth))
         probe = ctx.probe(TASK, job, labels, train, val, test)
+        ctx.keep(TASK, job, "probe_accuracy", mean_items(test_groups, np.stack(
+            [probe.classes[s.argmax(axis=1)] == truth for s in probe.test_scores])))
         rows.append(("probe_", [level_metrics(s, probe.classes, truth, np.sum)
                                 for s in probe.test_scores]))
         top_scores, tops = _top_scores(probe.test_scores[0], probe.classes, np.sum)

@@ -15,8 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from eclip.tasks.bootstrap import bcubed_items
 from eclip.tasks.context import Job, Outcome, TaskContext
-from eclip.tasks.metrics import bcubed_prf, clustering_metrics
+from eclip.tasks.metrics import bcubed_per_item, bcubed_prf, clustering_metrics
 
 TASK = "clustering"
 HEADLINE = "bcubed_f1"
@@ -123,6 +124,8 @@ def run_clustering(ctx: TaskContext) -> None:
         predicted = cluster(x[test], ctx.config.knn_k, threshold)
         metrics = clustering_metrics(list(groups[test]), predicted)
         metrics["clusters"] = float(len(np.unique(predicted)))
+        ctx.keep(TASK, job, "bcubed_f1",
+                 bcubed_items(groups[test], *bcubed_per_item(list(groups[test]), predicted)))
         return [("", [metrics])], (test, predicted)
 
     examples = ctx.figures.setdefault("clusters", {})

@@ -38,6 +38,20 @@ class EvalConfig:
     plots: bool = True  # report.html with plots
     batch_size: int = 128
     workers: int = 2  # threads for the (model, modality) jobs of a task (fits release the GIL)
+    # Retrieval (eclip.tasks.ir): ranking depth (the @ of mAP and MRR), whether qrels / run /
+    # clip_benchmark files are written, text queries for query->image ({query: {product_id: rel}}),
+    # and a public benchmark's layout to convert the catalog from (eclip.catalog.presets).
+    retrieval_depth: int = 1000
+    retrieval_files: bool = True
+    queries: str | None = None
+    preset: str | None = None
+    # Paired bootstrap over test catalogs (eclip.tasks.bootstrap): resamples (0: no intervals),
+    # their seed, the interval's level, and the [model, reference] pairs compared (None: every
+    # model but the references against baseline and clip, where present).
+    bootstrap: int = 1000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+    compare: list[list[str]] | None = None
 
 
 @dataclass
@@ -48,6 +62,8 @@ class TaskContext:
     report: Report
     figures: dict[str, Any] = field(default_factory=dict)  # plot data for the HTML report
     shared: dict[str, Any] = field(default_factory=dict)  # what several steps reuse (pairs)
+    # (task, modality, model, metric) -> per-item outcomes on test (bootstrap.Items)
+    outcomes: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
     @property
@@ -85,6 +101,12 @@ class TaskContext:
         if figure is not None:
             self.figures.setdefault(figure, {}).update(extras)
         return extras
+
+    def keep(self, task: str, job: Job, metric: str, items: Any) -> None:
+        """Keep a job's per-item outcomes on test (``eclip.tasks.bootstrap.Items``) for the
+        bootstrap intervals of ``metric``; safe from the job threads (one key per job)."""
+        views, modality = job
+        self.outcomes[(task, modality, views.name, metric)] = items
 
     def probe(self, task: str, job: Job, labels: np.ndarray, train: np.ndarray, val: np.ndarray,
               test: np.ndarray, **options) -> ProbeRun:

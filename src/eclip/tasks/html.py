@@ -1,9 +1,11 @@
 """``report.html``: the report as one self-contained page, with plots (inline PNG) a person can read.
 
-Sections: the verdicts as a task x modality grid, then per task its headline table, its verdict,
-its plots and (folded) every metric. Plots: confusion matrices of the top-level categories, the
-precision-recall curves of matching and adult recognition, a t-SNE map of test listings coloured by
-top-level category, and example clusters of the subject model as strips of listing photos.
+Sections: the verdicts as a task x modality grid (with bootstrap comparisons: the verdict table,
+a column per compared pair, each cell's difference, interval and win / tie / loss), then per task
+its headline table, its verdict, its plots and (folded) every metric and every comparison. Plots:
+confusion matrices of the top-level categories, the precision-recall curves of matching and adult
+recognition, a t-SNE map of test listings coloured by top-level category, and example clusters of
+the subject model as strips of listing photos.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from eclip.atomic import write_text_atomic
 from eclip.catalog.images import load_image
 from eclip.tasks.context import TaskContext
-from eclip.tasks.report import MODALITY_ORDER, Report, ranked_cells
+from eclip.tasks.report import (MODALITY_ORDER, VERDICTS, Comparison, Report, format_interval,
+                                ranked_cells)
 
 PALETTE = ("#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22")
@@ -34,7 +37,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right} th{background:#f4f4f4}
 td:first-child,th:first-child{text-align:left}
 .meta{color:#666;font-size:.9em} .verdict{background:#f7f7f2;padding:.5em .8em;border-left:4px solid #999}
-.win{background:#dff3df} .part{background:#fff4d6} .loss{background:#f9dcdc}
+.win{background:#dff3df} .part,.tie{background:#fff4d6} .loss{background:#f9dcdc}
 .plot{max-width:100%;margin:.4em 0} details{margin:.6em 0} summary{cursor:pointer;color:#555}
 .strip{display:flex;align-items:center;gap:4px;margin:.5em 0;flex-wrap:wrap}
 .strip img{width:72px;height:72px;border:3px solid #2ca02c;border-radius:3px}
@@ -78,8 +81,57 @@ def _table(report: Report, task: str, metric: str | None = None) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _comparison_cell(c: Comparison | None) -> str:
+    if c is None:
+        return "<td>–</td>"
+    css = c.verdict if c.verdict in VERDICTS else "part"
+    return f'<td class="{css}">{html.escape(format_interval(c))}</td>'
+
+
+def verdict_table(report: Report) -> str:
+    """Rows task x modality (headline metrics), a column per compared pair, cells coloured by
+    verdict; a last row counts the wins, ties and losses of each pair."""
+    pairs = report.pairs()
+    cells = {(c.task, c.modality, c.pair): c for c in report.comparisons
+             if c.metric == report.headlines.get(c.task)}
+    if not cells:
+        return ""
+    keys = list(dict.fromkeys((t, m) for t, m, _ in cells))
+    rows = ["<tr><th>task (headline metric)</th><th>modality</th>"
+            + "".join(f"<th>{html.escape(p)}</th>" for p in pairs) + "</tr>"]
+    for task, modality in keys:
+        rows.append(f"<tr><td>{html.escape(task)} ({html.escape(report.headlines[task])})</td>"
+                    f"<td>{html.escape(modality)}</td>"
+                    + "".join(_comparison_cell(cells.get((task, modality, p))) for p in pairs)
+                    + "</tr>")
+    totals = []
+    for p in pairs:
+        count = report.tally([c for c in cells.values() if c.pair == p])
+        totals.append(" · ".join(f"{count[v]} {v}" for v in VERDICTS))
+    rows.append("<tr><th>all</th><th></th>" + "".join(f"<th>{t}</th>" for t in totals) + "</tr>")
+    return ("<table>" + "".join(rows) + "</table>"
+            f'<p class="meta">{html.escape(report.verdict_table_caption())} Green: win; yellow: '
+            "tie; red: loss.</p>")
+
+
+def _task_comparisons(report: Report, task: str) -> str:
+    found = [c for c in report.comparisons if c.task == task]
+    if not found:
+        return ""
+    rows = ["<tr><th>modality</th><th>metric</th><th>pair</th><th>difference [interval] verdict"
+            "</th></tr>"]
+    rows += [f"<tr><td>{html.escape(c.modality)}</td><td>{html.escape(c.metric)}</td>"
+             f"<td>{html.escape(c.pair)}</td>{_comparison_cell(c)}</tr>" for c in found]
+    return (f"<details><summary>{html.escape(task)}: every comparison</summary><table>"
+            + "".join(rows) + "</table></details>")
+
+
 def _verdict_grid(report: Report) -> str:
-    """Task x modality: the subject's margin over each non-reference model, coloured by outcome."""
+    """Task x modality: the subject's margin over each non-reference model, coloured by outcome
+    (the verdict table instead, where the report has bootstrap comparisons)."""
+    table = verdict_table(report)
+    if table:
+        return table
     tasks = [t for t in report.tasks() if report.margins(t)]
     if not tasks:
         return ""
@@ -289,6 +341,7 @@ def write_html(report: Report, ctx: TaskContext, path: str | Path) -> Path:
             if verdict:
                 parts.append(f'<p class="verdict">{html.escape(verdict)}</p>')
         parts += [p for p in plots.get(task, []) if p]
+        parts.append(_task_comparisons(report, task))
         parts.append(f"<details><summary>all {html.escape(task)} metrics</summary>"
                      f"{_table(report, task)}</details>")
     if report.notes:

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from eclip.tasks.bootstrap import roc_auc_items
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion,
                                  precision_at_recall, roc_auc, same_group_retrieval)
@@ -144,11 +145,13 @@ def run_matching(ctx: TaskContext) -> None:
     ctx.report.meta["matching_pairs"] = {"test": len(test), "test_positive": int(test.label.sum()),
                                          "val": len(val), "train": len(train[0])}
     test_rows = ctx.rows("test")
+    pair_groups = np.stack([groups[test.a], groups[test.b]], axis=1)  # a pair's two catalogs
 
     def evaluate(job: Job) -> Outcome:
         views, modality = job
         x = views.task[modality]
         test_scores = cosine(x, test)
+        ctx.keep(TASK, job, "cosine_roc_auc", roc_auc_items(pair_groups, test.label, test_scores))
         threshold = best_f1_threshold(val.label, cosine(x, val))
         return ([("cosine_", [decision_metrics(test, test_scores, threshold)]),
                  ("classifier_", _classifier(x, train, val, test, cfg.probe_c)),

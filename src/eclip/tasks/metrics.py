@@ -188,12 +188,19 @@ def pairwise_prf(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> di
     return {"pair_precision": precision, "pair_recall": recall, "pair_f1": f1}
 
 
+def bcubed_per_item(truth: Sequence[Hashable],
+                    predicted: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """Every item's B-cubed precision (the share of its predicted cluster that shares its class)
+    and recall (the share of its class that shares its cluster)."""
+    t, p, cell, n_true, n_pred, n_cell = _contingency(truth, predicted)
+    return n_cell[cell] / n_pred[p], n_cell[cell] / n_true[t]
+
+
 def bcubed_prf(truth: Sequence[Hashable], predicted: Sequence[Hashable]) -> dict[str, float]:
     """B-cubed: per item, the share of its predicted cluster that shares its class (precision) and
     the share of its class that shares its cluster (recall), averaged over items."""
-    t, p, cell, n_true, n_pred, n_cell = _contingency(truth, predicted)
-    precision = float(np.mean(n_cell[cell] / n_pred[p]))
-    recall = float(np.mean(n_cell[cell] / n_true[t]))
+    per_precision, per_recall = bcubed_per_item(truth, predicted)
+    precision, recall = float(np.mean(per_precision)), float(np.mean(per_recall))
     return {"bcubed_precision": precision, "bcubed_recall": recall,
             "bcubed_f1": 2 * precision * recall / (precision + recall)}
 

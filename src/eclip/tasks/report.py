@@ -4,6 +4,11 @@ A task may have a *headline* metric: the Markdown then opens the task with a tab
 (modalities as rows, models as columns, the best in bold) and a one-line verdict that gives the
 margins of the ``subject`` model (e.g. eclip) over every other model, followed by the table of all
 metrics. Reference models (e.g. the TF-IDF reference) get margins too but do not decide the verdict.
+
+*Comparisons* (``eclip.tasks.bootstrap``) give a difference model - reference with a confidence
+interval from a paired bootstrap over test catalogs and a verdict (win: the interval is above 0,
+tie: it covers 0, loss: it is below 0). Where a task has them, its verdict line counts only wins,
+and the verdict table shows every (task, modality) x pair on the headline metric at a glance.
 """
 
 from __future__ import annotations
@@ -30,9 +35,45 @@ class Row:
     std: float | None = None
 
 
+@dataclass
+class Comparison:
+    """``model`` minus ``reference`` on one metric of one (task, modality), with its interval."""
+
+    task: str
+    modality: str
+    model: str
+    reference: str
+    metric: str
+    delta: float
+    ci_low: float
+    ci_high: float
+    verdict: str  # "win" (interval above 0), "tie" (covers 0), "loss" (below 0), "n/a"
+
+    @property
+    def pair(self) -> str:
+        return f"{self.model} − {self.reference}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Undefined numbers (NaN: the metric had no value on the resamples) become null."""
+        return {k: (None if isinstance(v, float) and v != v else v)
+                for k, v in asdict(self).items()}
+
+
+VERDICTS = ("win", "tie", "loss")
+
+
 def format_value(value: float, std: float | None = None) -> str:
     text = f"{value:.3f}"
     return text + (f" ± {std:.3f}" if std is not None else "")
+
+
+def format_interval(c: Comparison, verdict: bool = True) -> str:
+    """``+0.043 [+0.021, +0.066] win``."""
+    if c.ci_low != c.ci_low or c.ci_high != c.ci_high:  # NaN
+        text = f"{c.delta:+.3f} [n/a]"
+    else:
+        text = f"{c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+    return text + (f" {c.verdict}" if verdict else "")
 
 
 @dataclass
@@ -45,6 +86,7 @@ class Report:
     subject: str = "eclip"  # the model the verdicts speak about
     references: list[str] = field(default_factory=list)  # compared, but not part of the verdict
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it did not run
+    comparisons: list[Comparison] = field(default_factory=list)  # bootstrap intervals
 
     def add(self, task: str, modality: str, model: str, metric: str, value: float,
             std: float | None = None) -> None:
@@ -92,26 +134,104 @@ class Report:
                     out.setdefault(row.model, {})[modality] = mine.value - row.value
         return out
 
+    def headline_comparisons(self, task: str) -> list[Comparison]:
+        """The subject's comparisons on the task's headline metric."""
+        metric = self.headlines.get(task)
+        return [c for c in self.comparisons
+                if c.task == task and c.metric == metric and c.model == self.subject]
+
+    def pairs(self) -> list[str]:
+        """Every compared pair, ``model − reference``, in order of appearance."""
+        return list(dict.fromkeys(c.pair for c in self.comparisons))
+
+    def tally(self, comparisons: list[Comparison]) -> dict[str, int]:
+        return {v: sum(c.verdict == v for c in comparisons) for v in VERDICTS}
+
     def beats_all(self, task: str) -> bool | None:
-        """Whether the subject beats every non-reference model in every modality (None: no data)."""
+        """Whether the subject beats every compared model in every modality (None: no data).
+
+        With comparisons, a cell counts only when its interval is above 0 (a win); without them
+        (no bootstrap), the point margins over every non-reference model decide."""
+        compared = self.headline_comparisons(task)
+        if compared:
+            return all(c.verdict == "win" for c in compared)
         margins = {m: d for m, d in self.margins(task).items() if m not in self.references}
         if not margins:
             return None
         return all(d > 0 for per_modality in margins.values() for d in per_modality.values())
 
     def verdict(self, task: str) -> str | None:
-        """One line: does the subject beat the others in every modality, with the margins."""
+        """One line: does the subject beat the others in every modality, with the margins (and
+        their intervals, where the task has comparisons: then only wins count)."""
         margins = self.margins(task)
-        if not margins:
+        compared = self.headline_comparisons(task)
+        if not margins and not compared:
             return None
         parts = []
+        by_reference: dict[str, list[Comparison]] = {}
+        for c in compared:
+            by_reference.setdefault(c.reference, []).append(c)
+        for other, cells in by_reference.items():
+            wins = sum(c.verdict == "win" for c in cells)
+            shown = ", ".join(f"{c.modality} {format_interval(c)}" for c in cells)
+            parts.append(f"{other} in {wins}/{len(cells)} ({shown})")
         for other, per_modality in margins.items():
-            wins = sum(d > 0 for d in per_modality.values())
+            if other in by_reference:
+                continue
             shown = ", ".join(f"{m} {d:+.3f}" for m, d in per_modality.items())
-            parts.append(f"{other} in {wins}/{len(per_modality)} ({shown})")
+            if compared:  # margins without an interval: shown, never counted
+                kind = "reference" if other in self.references else "not compared"
+                parts.append(f"{other} ({kind}, no interval: {shown})")
+            else:
+                wins = sum(d > 0 for d in per_modality.values())
+                parts.append(f"{other} in {wins}/{len(per_modality)} ({shown})")
         answer = {True: "yes", False: "no", None: "n/a"}[self.beats_all(task)]
-        return (f"{task} ({self.headlines[task]}): {answer} — {self.subject} beats "
+        beats = "wins (interval above 0) against " if compared else "beats "
+        return (f"{task} ({self.headlines[task]}): {answer} — {self.subject} {beats}"
                 + "; ".join(parts))
+
+    def verdict_table(self) -> list[str]:
+        """Markdown: rows task x modality (headline metrics), a column per compared pair, cells
+        ``delta [low, high] verdict``; a last row counts wins / ties / losses per pair."""
+        pairs = self.pairs()
+        cells = {(c.task, c.modality, c.pair): c for c in self.comparisons
+                 if c.metric == self.headlines.get(c.task)}
+        if not cells:
+            return []
+        keys = list(dict.fromkeys((c.task, c.modality) for c in self.comparisons
+                                  if (c.task, c.modality, c.pair) in cells))
+        lines = ["| task (metric) | modality | " + " | ".join(pairs) + " |",
+                 "|---|---|" + "---|" * len(pairs)]
+        for task, modality in keys:
+            shown = [format_interval(cells[(task, modality, p)]) if (task, modality, p) in cells
+                     else "–" for p in pairs]
+            lines.append(f"| {task} ({self.headlines[task]}) | {modality} | "
+                         + " | ".join(shown) + " |")
+        totals = []
+        for p in pairs:
+            count = self.tally([c for c in cells.values() if c.pair == p])
+            totals.append(" · ".join(f"{count[v]} {v}" for v in VERDICTS))
+        lines.append("| **all** | | " + " | ".join(totals) + " |")
+        return lines
+
+    def verdict_table_caption(self) -> str:
+        boot = self.meta.get("bootstrap", {})
+        level = f"{boot['confidence']:.0%}" if "confidence" in boot else "95%"
+        return (f"Headline metric of each task, model − reference on test, {level} interval from "
+                f"{boot.get('resamples', '?')} paired bootstrap resamples of the test catalogs "
+                "(both models on the same resamples). win: the interval is above 0; tie: it "
+                "covers 0; loss: it is below 0.")
+
+    def task_comparisons(self, task: str) -> list[str]:
+        """Markdown table of every comparison of ``task`` (every metric with kept outcomes)."""
+        found = [c for c in self.comparisons if c.task == task]
+        if not found:
+            return []
+        lines = ["| modality | metric | pair | difference [interval] verdict |",
+                 "|---|---|---|---|"]
+        lines += [f"| {c.modality} | {c.metric} | {c.pair} | {format_interval(c)} |"
+                  for c in found]
+        return lines
 
     # ------------------------------------------------------------------------------------ output
     def to_json(self) -> dict[str, Any]:
@@ -119,8 +239,10 @@ class Report:
                 "headlines": self.headlines, "subject": self.subject,
                 "references": self.references, "skipped": self.skipped,
                 "verdicts": {t: {"line": self.verdict(t), "beats_all": self.beats_all(t),
-                                 "margins": self.margins(t)}
+                                 "margins": self.margins(t),
+                                 **self.tally(self.headline_comparisons(t))}
                              for t in self.tasks() if t in self.headlines},
+                "comparisons": [c.to_json() for c in self.comparisons],
                 "rows": [asdict(r) for r in self.rows]}
 
     def headline_table(self, task: str) -> list[str]:
@@ -138,6 +260,9 @@ class Report:
         """The title, the verdicts, the skipped tasks and each task's headline table."""
         lines = [f"# {self.title}", ""]
         lines += [f"- {v}" for v in (self.verdict(t) for t in self.tasks()) if v] + [""]
+        table = self.verdict_table()
+        if table:
+            lines += ["## Verdict table", "", self.verdict_table_caption(), ""] + table + [""]
         lines += [f"- skipped {task}: {reason}" for task, reason in self.skipped.items()]
         for task in self.tasks():
             if task in self.headlines and self.modalities(task, self.headlines[task]):
@@ -150,6 +275,9 @@ class Report:
         verdicts = [self.verdict(t) for t in self.tasks() if t in self.headlines]
         if any(verdicts):
             lines += ["## Verdicts", ""] + [f"- {v}" for v in verdicts if v] + [""]
+        table = self.verdict_table()
+        if table:
+            lines += ["## Verdict table", "", self.verdict_table_caption(), ""] + table + [""]
         if self.skipped:
             lines += ["## Skipped tasks", ""]
             lines += [f"- {task}: {reason}" for task, reason in self.skipped.items()] + [""]
@@ -161,6 +289,9 @@ class Report:
                 verdict = self.verdict(task)
                 if verdict:
                     lines += [f"Verdict: {verdict}", ""]
+            compared = self.task_comparisons(task)
+            if compared:
+                lines += compared + [""]
             lines += ["| modality | metric | " + " | ".join(models) + " |",
                       "|---|---|" + "---|" * len(models)]
             keys = dict.fromkeys((r.modality, r.metric) for r in self.rows if r.task == task)

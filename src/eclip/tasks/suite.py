@@ -24,10 +24,10 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
-from eclip.encode import FUSION_WEIGHT, ImageFeatureCache, recall_at_k
-from eclip.encode.retrieval import HIT_RULE
+from eclip.encode import FUSION_WEIGHT, ImageFeatureCache
 from eclip.errors import ConfigError
-from eclip.tasks import adult, attribute, category, clustering, matching
+from eclip.tasks import adult, attribute, category, clustering, ir, matching
+from eclip.tasks.bootstrap import check_config, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
@@ -38,7 +38,7 @@ RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribu
            "adult": adult.run_adult}
 HEADLINES = {"category": category.HEADLINE, "attribute": attribute.HEADLINE,
              "matching": matching.HEADLINE, "clustering": clustering.HEADLINE,
-             "adult": adult.HEADLINE, "retrieval": "R@10"}
+             "adult": adult.HEADLINE, "retrieval": ir.HEADLINE}
 TFIDF = "tfidf"
 REFERENCES = [TFIDF, attribute.SPAN_MODEL]
 RECIPE_SECTIONS = ("data", "eval", "model", "train")  # model and train: a training recipe's own
@@ -98,17 +98,13 @@ class SuiteResult:
     seconds: dict[str, float]
 
 
-def cross_modal_retrieval(ctx: TaskContext) -> None:
-    """R@1 / R@10 of each model's full composed text against images and back, on test."""
-    test = ctx.rows("test")
-    groups = [ctx.groups[i] for i in test]
-    for views in ctx.views:
-        if views.retrieval_text is None:
-            continue
-        text, image = views.retrieval_text[test], views.joint["image"][test]
-        for modality, (query, gallery) in {"text": (text, image), "image": (image, text)}.items():
-            for k, value in recall_at_k(query, gallery, groups, groups, (1, 10)).items():
-                ctx.report.add("retrieval", modality, views.name, f"R@{k}", value)
+def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = None,
+                          out_dir: str | Path | None = None) -> None:
+    """The standard retrieval tasks on test (``eclip.tasks.ir``): text->image (titles),
+    image->image and text->text (same catalog), category->image, and query->image where
+    ``eval.queries`` gives queries; mAP, MRR, nDCG@10, R@1, R@10, P@10 by ranx, as report rows of
+    task ``retrieval`` with the direction as modality; with ``out_dir``, qrels / run files."""
+    ir.run_retrieval(ctx, query_encoders=query_encoders, out_dir=out_dir)
 
 
 def _notes(ctx: TaskContext, models: dict) -> list[str]:
@@ -128,8 +124,15 @@ def _notes(ctx: TaskContext, models: dict) -> list[str]:
         "(category, attribute, adult) read every model's towers' pooled features, the "
         "representation; zero-shot, matching, clustering and retrieval read the joint space (a "
         "baseline's: its tower features, but for zero-shot and retrieval).",
-        "Cross-modal retrieval (task 'retrieval'): each test listing's full composed text (or image)"
-        f" queries the test images (or texts); {HIT_RULE}.",
+        "Retrieval (task 'retrieval', the direction as modality; eclip.tasks.ir): text->image, each "
+        "test title against the test images, its catalog's listings relevant (itself included); "
+        "image->image and text->text, the other listings of its catalog relevant (itself left "
+        "out; catalogs with one test listing ask nothing); category->image, the zero-shot prompts "
+        "of each category, its listings relevant; query->image, the given search queries "
+        f"(eval.queries). Top {cfg.retrieval_depth} by dot product in the joint space (TF-IDF in "
+        "text->text); metrics by ranx: R@k is IR recall (the share of the relevant items in the "
+        "top k), not the hit rate of the training logs; P@10 and nDCG@10 over binary relevance. "
+        "The bootstrap resamples the query listings' catalogs (listing queries only).",
         "Matching pairs: one positive per listing of a multi-listing catalog, "
         f"{cfg.hard_negatives} hard negative(s) (same category, one of the 3 most similar titles by "
         f"TF-IDF; hardest for the TF-IDF reference) and {cfg.random_negatives} random one(s).",
@@ -166,6 +169,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     ``config.plots``) report.html are written there.
     """
     cfg = config or EvalConfig()
+    check_config(cfg, list(models) + (REFERENCES if cfg.reference else []))
     seconds: dict[str, float] = {}
     started = clock = time.perf_counter()
 
@@ -203,13 +207,19 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if counts["test"]:
-            cross_modal_retrieval(ctx)
+            encoders = {name: ir.title_query_encoder(model, batch_size=cfg.batch_size)
+                        for name, model in models.items()}
+            cross_modal_retrieval(ctx, query_encoders=encoders, out_dir=out_dir)
         lap("retrieval")
         for task in TASKS:
             if task in cfg.tasks and not availability[task]:
                 log(f"task: {task}")
                 RUNNERS[task](ctx)
                 lap(task)
+        if compare_models(ctx):
+            log(f"bootstrap: {cfg.bootstrap} resamples of {report.meta['bootstrap']['catalogs']} "
+                f"test catalogs, {len(report.comparisons)} comparisons")
+        lap("bootstrap")
     report.notes += _notes(ctx, models) + list(notes or [])
     report.meta.update({"splits": counts, "split_source": splits.source,
                         "eval_config": to_dict(cfg), "eval_seconds": seconds,
@@ -225,6 +235,10 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
         lap("html")
     seconds["total"] = round(time.perf_counter() - started, 2)
     if out is not None:
+        if cfg.retrieval_files:  # one CLIP_benchmark-style record per model (eclip.tasks.ir)
+            ir.write_clip_benchmark(report.rows, out / "clip_benchmark.jsonl",
+                                    dataset=str(report.meta.get("dataset") or title),
+                                    pretrained=report.meta.get("models"))
         report.write(out)
     return SuiteResult(report, out, seconds)
 
@@ -235,10 +249,24 @@ def run_eval(model_dirs: dict[str, Path], recipe: EvalRecipe, out_dir: str | Pat
     from eclip.model import DualEncoder
 
     out = Path(out_dir)
-    read = load_catalog(recipe.data, report_dir=out, progress=progress, log=log)
+    data, cfg, dataset = recipe.data, recipe.eval, Path(str(recipe.data.catalog)).stem
+    if cfg.preset:  # a public benchmark's layout: converted under OUT/benchmark first
+        from dataclasses import replace
+
+        from eclip.catalog.presets import prepare_benchmark
+
+        if not data.catalog:
+            raise ConfigError("eval.preset needs a catalog: pass --catalog FILE")
+        bench = prepare_benchmark(data.catalog, cfg.preset, out / "benchmark",
+                                  image_root=data.image_root, column_map=data.column_map, log=log)
+        data = replace(data, catalog=str(bench.catalog), image_root=str(bench.image_root),
+                       column_map={})
+        cfg = replace(cfg, queries=cfg.queries or (str(bench.queries) if bench.queries else None))
+        dataset = bench.dataset
+    read = load_catalog(data, report_dir=out, progress=progress, log=log)
     models = {name: DualEncoder.from_pretrained(path) for name, path in model_dirs.items()}
-    meta = {"catalog": str(recipe.data.catalog),
+    meta = {"catalog": str(recipe.data.catalog), "dataset": dataset,
             "models": {name: str(path) for name, path in model_dirs.items()}}
-    return run_suite(models, read.listings, config=recipe.eval, out_dir=out,
+    return run_suite(models, read.listings, config=cfg, out_dir=out,
                      title=f"eclip eval: {Path(str(recipe.data.catalog)).name}", meta=meta,
                      progress=progress, log=log)

@@ -21,8 +21,10 @@ from eclip.errors import ConfigError
 # is a ConfigError naming ``train.<key>`` and the range. ``None`` stays allowed where the field is
 # optional (off / no cap). A new numeric field belongs here.
 TRAIN_RANGES: dict[str, Range] = {
-    "epochs": at_least(0),
-    "max_steps": at_least(1, "or null: no cap"),
+    "epochs": at_least(0, "0: no step, the initial model saved as the trained one"),
+    "max_steps": at_least(0, "or null: no cap; 0: no step, the initial model saved as the trained "
+                             "one"),
+    "threads": at_least(1, "or null: the CPU cores this process may use, at most 32"),
     "batch_size": at_least(1),
     "micro_batch_size": at_least(1, "or null: the whole batch at once"),
     "loss_chunk_size": at_least(1, "or null: all rows at once"),
@@ -105,7 +107,15 @@ class TrainConfig:
     log_every: int = 10
     eval_batch_size: int = 128
     num_workers: int = 0
+    # torch threads of each process (None: the CPU cores it may use, shared among the processes of
+    # a torchrun job on this machine, at most 32); see eclip.config.use_threads
+    threads: int | None = None
     progress: bool = True
+
+    @property
+    def no_steps(self) -> bool:
+        """``epochs=0`` or ``max_steps=0``: the run saves the initial model as its model."""
+        return self.epochs == 0 or self.max_steps == 0
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", TRAIN_RANGES)

@@ -6,15 +6,18 @@ reports and writes). With ``data.shards`` the listings are streamed from prepare
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from eclip.atomic import write_text_atomic
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import Splits, split_listings
+from eclip.config import to_dict, use_threads
 from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
 from eclip.train.distributed import DistEnv, barrier, init_distributed, rank_log, shutdown
 from eclip.train.recipe import Recipe
@@ -61,8 +64,15 @@ def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, o
 
 def run_training(recipe: Recipe, *, resume: bool = False,
                  log: Callable[[str], None] = print) -> TrainResult:
+    """Read and split the catalog, build (and save to OUTPUT_DIR/init) the initial model, train it.
+
+    With ``train.epochs=0`` or ``train.max_steps=0`` no step is taken: the initial model is saved
+    as the trained one (OUTPUT_DIR/model), a baseline for ``eclip eval`` on the user's catalog."""
     env = init_distributed(recipe.train.device)
     log = rank_log(env, log)
+    threads = use_threads(recipe.train.threads)
+    log(f"torch threads: {threads} per process (train.threads"
+        f"{'' if recipe.train.threads else ': the CPU cores this process may use'})")
     out_dir = Path(recipe.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -71,15 +81,34 @@ def run_training(recipe: Recipe, *, resume: bool = False,
         else:
             splits = _catalog_splits(recipe, out_dir, env, log)
         model = initial_model(recipe, splits.train, env, out_dir, resume=resume)
+        if recipe.train.no_steps:
+            return save_initial(recipe, model, out_dir, env, log)
         return train(recipe, model, splits.train, splits.val, resume=resume, log=log, env=env)
     finally:
         shutdown()
+
+
+def save_initial(recipe: Recipe, model: DualEncoder, out_dir: Path, env: DistEnv,
+                 log: Callable[[str], None]) -> TrainResult:
+    """A run of 0 steps: the initial model saved as the trained one (and the recipe beside it)."""
+    cfg = recipe.train
+    setting = "train.epochs=0" if cfg.epochs == 0 else "train.max_steps=0"
+    model_dir = Path(cfg.model_dir) if cfg.model_dir else out_dir / "model"
+    if env.is_main:
+        write_text_atomic(out_dir / "recipe.json", json.dumps(to_dict(recipe), indent=2))
+        model.save_pretrained(model_dir)
+    barrier()
+    log(f"0 steps ({setting}): the model is the initial one; saved {model_dir} (the same weights "
+        f"as {out_dir / INIT_DIR})")
+    return TrainResult(model=model, model_dir=model_dir, steps=0, rank=env.rank)
 
 
 def _catalog_splits(recipe: Recipe, out_dir: Path, env: DistEnv, log: Callable[[str], None]) -> Splits:
     read = load_catalog(recipe.data, report_dir=out_dir if env.is_main else None,
                         progress=recipe.train.progress and env.is_main, log=log)
     splits = split_listings(read.listings, recipe.data)
+    if splits.note:
+        log(splits.note)
     log(f"{len(splits.train)} training and {len(splits.val)} validation listings")
     return splits
 

@@ -445,6 +445,10 @@ def data_plan(recipe: Recipe, model, train_listings: list[Listing], val_listings
 def count_steps(cfg: TrainConfig, schedule: BatchSchedule, units_per_epoch: int, unit: int,
                 world_size: int) -> int:
     """Optimizer steps of the run: whole steps in ``epochs`` epochs, at most ``max_steps``."""
+    if cfg.no_steps:  # run_training saves the initial model without coming here
+        raise ConfigError(f"train.{'epochs' if cfg.epochs == 0 else 'max_steps'}=0: no step to "
+                          "take; `eclip train` (run_training) saves the initial model as the "
+                          "trained one in that case, the training loop needs at least one step")
     total_steps = schedule.steps_for_units(cfg.epochs * units_per_epoch, unit, world_size)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
