@@ -13,8 +13,8 @@ import pytest
 
 from eclip.catalog.readers import read_catalog
 from eclip.cli import main
-from eclip.encode import (FUSION_WEIGHT, embed_listings, fuse, fuse_query, title_composer,
-                          unit_rows)
+from eclip.encode import (FUSION_WEIGHT, choose_fusion_weight, embed_listings, fuse, fuse_query,
+                          title_composer, unit_rows)
 from eclip.model import DualEncoder
 from eclip.search import SearchIndex, build_index
 from eclip.tasks.views import listing_cache, model_views
@@ -25,6 +25,7 @@ def title_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model, saved with a composer that renders a listing as its title alone."""
     model = DualEncoder.from_pretrained(tiny_model_dir)
     model.config.text_composer = {"segments": ["{title}"]}
+    model.config.fusion_weight = 0.7  # as training would have chosen it: every path must use it
     return model.save_pretrained(tmp_path_factory.mktemp("title_model") / "model")
 
 
@@ -78,8 +79,9 @@ def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, t
     for modality, stored in (("image", "image"), ("text", "text"), ("both", "product")):
         np.testing.assert_allclose(embedded[stored], views.task[modality], atol=1e-5)
         np.testing.assert_allclose(indexed[stored], views.task[modality], atol=1e-5)
-    np.testing.assert_allclose(views.task["both"], fuse(views.task["image"], views.task["text"]),
-                               atol=1e-7)
+    np.testing.assert_allclose(views.task["both"],
+                               fuse(views.task["image"], views.task["text"], 0.7), atol=1e-7)
+    assert views.fusion_weight == 0.7 and index.info.fusion_weight == 0.7
 
 
 def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_dir, listings):
@@ -94,3 +96,15 @@ def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_di
     full = embed_listings(model, listings, progress=False)  # the model's composer: more than titles
     assert not np.allclose(full.text, emb.text, atol=1e-3)
     np.testing.assert_allclose(full.image, emb.image, atol=1e-6)
+
+
+def test_the_fusion_weight_follows_the_modality_that_finds_the_catalog():
+    rng = np.random.default_rng(1)
+    groups = [f"g{i // 3}" for i in range(60)]
+    truth = np.eye(20)[[i // 3 for i in range(60)]]
+    signal = unit_rows(truth + 0.3 * rng.normal(size=truth.shape))
+    noise = unit_rows(rng.normal(size=truth.shape))
+    assert choose_fusion_weight(signal, noise, groups) >= 0.7
+    assert choose_fusion_weight(noise, signal, groups) <= 0.3
+    assert choose_fusion_weight(signal, signal, groups) == 0.5  # all equal: the neutral weight
+    assert choose_fusion_weight(signal, noise, [f"own{i}" for i in range(60)]) == FUSION_WEIGHT

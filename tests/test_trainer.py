@@ -77,6 +77,13 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
     assert (out / "model" / "config.json").is_file()
     assert (out / "checkpoints" / "last.pt").is_file()
     assert any((out / "tensorboard").iterdir())
+    # the fused vector's weight is the one that ranks validation catalogs best, saved with the model
+    from eclip.encode import choose_fusion_weight, embed_listings
+
+    saved = DualEncoder.from_pretrained(out / "model")
+    emb = embed_listings(saved, data.val, progress=False)
+    expected = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in data.val])
+    assert saved.config.fusion_weight == expected == result.model.config.fusion_weight
 
 
 def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_path, tiny_model_dir,

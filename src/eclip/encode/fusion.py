@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-FUSION_WEIGHT = 0.5  # the image's share of a fused similarity
+FUSION_WEIGHT = 0.5  # the image's share of a fused similarity, where a model has none of its own
+FUSION_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)  # the weights :func:`choose_fusion_weight` tries
 
 
 def unit_rows(x) -> np.ndarray:
@@ -41,3 +42,42 @@ def fuse_query(vector, weight: float = FUSION_WEIGHT) -> np.ndarray:
     """A joint-space query of one modality (a title or a photo) in the fused space: its dot product
     with a fused listing is ``w * <q, image> + (1 - w) * <q, text>``; it stays a unit vector."""
     return fuse(vector, vector, weight)
+
+
+def model_fusion_weight(model) -> float:
+    """The weight ``model`` fuses with: its own (``model.fusion_weight``, chosen on validation
+    catalogs when it was trained), else :data:`FUSION_WEIGHT`."""
+    weight = getattr(getattr(model, "config", None), "fusion_weight", None)
+    return FUSION_WEIGHT if weight is None else float(weight)
+
+
+def same_catalog_mrr(vectors: np.ndarray, groups) -> float:
+    """Mean reciprocal rank of the first other listing of the same catalog, over listings that
+    have one (the listing itself left out of its ranking); 0.0 when none has."""
+    codes = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+    queries = np.flatnonzero(np.bincount(codes)[codes] > 1)
+    if not len(queries):
+        return 0.0
+    total = 0.0
+    for start in range(0, len(queries), 512):
+        rows = queries[start:start + 512]
+        scores = vectors[rows] @ vectors.T
+        scores[np.arange(len(rows)), rows] = -np.inf
+        mate = codes[None, :] == codes[rows][:, None]
+        mate[np.arange(len(rows)), rows] = False
+        best_mate = np.where(mate, scores, -np.inf).max(axis=1)
+        total += float((1.0 / (1 + (scores > best_mate[:, None]).sum(axis=1))).sum())
+    return total / len(queries)
+
+
+def choose_fusion_weight(image: np.ndarray, text: np.ndarray, groups,
+                         grid: tuple[float, ...] = FUSION_GRID) -> float:
+    """The weight of ``grid`` whose fused vectors rank listings of one catalog highest (same-
+    catalog MRR, the similarity that matching, clustering and "similar listings" use) on the given
+    validation listings; of equally good weights the one nearest 0.5. Without any catalog with two
+    listings there is nothing to measure: :data:`FUSION_WEIGHT`."""
+    scores = [same_catalog_mrr(fuse(image, text, w), groups) for w in grid]
+    if max(scores) <= 0.0:
+        return FUSION_WEIGHT
+    best = [w for w, value in zip(grid, scores) if value >= max(scores) - 1e-12]
+    return float(min(best, key=lambda w: abs(w - 0.5)))

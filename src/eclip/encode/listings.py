@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.images import load_image
 from eclip.catalog.schema import Listing
-from eclip.encode.fusion import FUSION_WEIGHT, fuse, unit_rows
+from eclip.encode.fusion import fuse, model_fusion_weight, unit_rows
 from eclip.encode.images import ImageFeatureCache, eval_transform
 from eclip.encode.text import model_composer
 
@@ -37,7 +37,7 @@ class Embeddings:
     image: np.ndarray  # [N, D] float32, unit rows
     text: np.ndarray  # [N, D]
     product: np.ndarray  # [N, 2D]: fuse(image, text, fusion_weight)
-    fusion_weight: float = FUSION_WEIGHT
+    fusion_weight: float = 0.5
     image_features: np.ndarray | None = None  # [N, F_image] pooled tower features (features=True)
     text_features: np.ndarray | None = None  # [N, F_text]
 
@@ -101,13 +101,15 @@ def image_features(model, paths: list[str], *, image_cache: ImageFeatureCache | 
 @torch.no_grad()
 def embed_listings(model, listings: list[Listing], composer: TextComposer | None = None, *,
                    batch_size: int = 128, image_cache: ImageFeatureCache | None = None,
-                   fusion_weight: float = FUSION_WEIGHT, features: bool = False,
+                   fusion_weight: float | None = None, features: bool = False,
                    progress: bool = True, desc: str = "embedding") -> Embeddings:
     """Image, text and fused vectors of ``listings`` (see the module docstring).
 
     ``composer`` renders each listing's text (default: the model's own); ``image_cache`` (an
-    ``ImageFeatureCache`` of this model's image tower) skips decoding and the tower.
+    ``ImageFeatureCache`` of this model's image tower) skips decoding and the tower;
+    ``fusion_weight`` defaults to the model's own (``encode.fusion.model_fusion_weight``).
     """
+    fusion_weight = model_fusion_weight(model) if fusion_weight is None else fusion_weight
     was_training = model.training
     model.eval()
     composer = composer or model_composer(model)

@@ -88,6 +88,10 @@ class DualEncoderConfig:
     # VisionTextDualEncoderModel) that DualEncoder.build starts from: towers, projections, logit
     # scale (and bias), tokenizer and preprocessing all come from it (see eclip.model.pretrained)
     init_from: str | None = None
+    # the image's share of the fused ("both") vector, [sqrt(w) image; sqrt(1-w) text]
+    # (eclip.encode.fusion): chosen on the validation catalogs at the end of training; None: not
+    # chosen (eclip.encode.FUSION_WEIGHT serves, and the evaluation chooses one on its val split)
+    fusion_weight: float | None = None
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -102,6 +106,9 @@ class DualEncoderConfig:
         self._validate()
 
     def _validate(self) -> None:
+        if self.fusion_weight is not None and not 0.0 <= self.fusion_weight <= 1.0:
+            raise ConfigError(f"model.fusion_weight must be in [0, 1] (or null), got "
+                              f"{self.fusion_weight}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ConfigError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
                               f"got '{self.text_pooling}'")

@@ -336,7 +336,8 @@ class _Writer:
                          thumbnail_size=thumbnail_size,
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          added=added, updated=len(existing), deleted=len(deleted),
-                         not_found=not_found, image_problems=problems)
+                         not_found=not_found, image_problems=problems,
+                         fusion_weight=_fusion_weight(emb, base))
         (tmp / "info.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n",
                                        encoding="utf-8")
         return info
@@ -392,6 +393,17 @@ def _load_model(model_dir: Path):
     model = DualEncoder.from_pretrained(model_dir)
     model.eval()
     return model
+
+
+def _fusion_weight(emb: Embeddings | None, base: Path | None) -> float:
+    """The weight the generation's fused vectors were made with: the new embeddings' (the model's
+    own, ``encode.model_fusion_weight``), else the base generation's."""
+    if emb is not None:
+        return emb.fusion_weight
+    if base is not None:
+        return float(json.loads((base / "info.json").read_text("utf-8")).get("fusion_weight",
+                                                                              FUSION_WEIGHT))
+    return FUSION_WEIGHT
 
 
 def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str | Path, *,

@@ -69,7 +69,9 @@ def format_value(value: float, std: float | None = None) -> str:
 
 def format_interval(c: Comparison, verdict: bool = True) -> str:
     """``+0.043 [+0.021, +0.066] win``."""
-    if c.ci_low != c.ci_low or c.ci_high != c.ci_high:  # NaN
+    if c.delta != c.delta:  # NaN: the metric is undefined on test
+        text = "n/a"
+    elif c.ci_low != c.ci_low or c.ci_high != c.ci_high:
         text = f"{c.delta:+.3f} [n/a]"
     else:
         text = f"{c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"

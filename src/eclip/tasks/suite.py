@@ -24,7 +24,7 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
-from eclip.encode import FUSION_WEIGHT, ImageFeatureCache
+from eclip.encode import ImageFeatureCache
 from eclip.errors import ConfigError
 from eclip.tasks import adult, attribute, category, clustering, ir, matching
 from eclip.tasks.bootstrap import check_config, compare_models
@@ -117,8 +117,10 @@ def _notes(ctx: TaskContext, models: dict) -> list[str]:
         "val, every number is measured on test.",
         "Modalities: image = mean of the listing's image vectors; text = the title alone (category "
         "and attributes are labels here); both = [sqrt(w) image; sqrt(1-w) text] (eclip.encode.fuse, the "
-        f"vector eclip embed and search serve), so its cosine is w * image cosine + (1-w) * text "
-        f"cosine, w = {FUSION_WEIGHT}.",
+        "vector eclip embed and search serve), so its cosine is w * image cosine + (1-w) * text "
+        "cosine; w per model: " + ", ".join(
+            f"{v.name} {v.fusion_weight:g} ({v.fusion_source})" for v in ctx.views
+            if v.fusion_weight is not None) + " (meta.fusion_weights).",
         f"Probes: logistic regression, C from {cfg.probe_c} by val; mean ± std over {cfg.seeds} "
         f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs. Probes "
         "(category, attribute, adult) read every model's towers' pooled features, the "
@@ -196,7 +198,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     for name, model in models.items():
         cache = listing_cache(model, listings, caches, progress=progress)
         views.append(model_views(name, model, listings, cache, tower=name in cfg.tower_features,
-                                 retrieval_rows=splits.index("test"), batch_size=cfg.batch_size,
+                                 val_rows=splits.index("val"), batch_size=cfg.batch_size,
                                  progress=progress))
     if cfg.reference and counts["train"]:
         views.append(tfidf_views(listings, splits.index("train"), name=TFIDF))
@@ -221,6 +223,8 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
                 f"test catalogs, {len(report.comparisons)} comparisons")
         lap("bootstrap")
     report.notes += _notes(ctx, models) + list(notes or [])
+    report.meta["fusion_weights"] = {v.name: {"weight": v.fusion_weight, "source": v.fusion_source}
+                                     for v in views if v.fusion_weight is not None}
     report.meta.update({"splits": counts, "split_source": splits.source,
                         "eval_config": to_dict(cfg), "eval_seconds": seconds,
                         "probe_C": dict(sorted(ctx.shared.get("probe_C", {}).items())),

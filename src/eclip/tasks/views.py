@@ -5,10 +5,10 @@ A view is one matrix per modality with unit rows:
 - ``image``: the normalised mean of a listing's image vectors;
 - ``text``: the listing's **title** alone (the composer's other fields, category and attributes
   above all, are labels of the tasks and would leak them);
-- ``both``: ``eclip.encode.fuse`` of the two, ``[sqrt(w) image; sqrt(1 - w) text]`` with
-  ``w = FUSION_WEIGHT``, so that a dot product is the weighted mean of the image and the text
-  similarities, for aligned and unaligned towers alike: the same rule and weight as ``eclip embed``
-  and the search index.
+- ``both``: ``eclip.encode.fuse`` of the two, ``[sqrt(w) image; sqrt(1 - w) text]``, so that a dot
+  product is the weighted mean of the image and the text similarities, for aligned and unaligned
+  towers alike, with the model's own weight: the same rule and weight as ``eclip embed`` and the
+  search index (a model trained without one, e.g. towers before training, gets one chosen on val).
 
 Three kinds of views: ``joint`` (a trained dual encoder: vectors in the shared space), ``tower`` (the
 towers before alignment: pooled tower features, the image tower's pretrained ones where it is
@@ -28,8 +28,9 @@ import torch
 
 from eclip.catalog.schema import Listing
 from eclip.catalog.text import normalize_title
-from eclip.encode import (ImageFeatureCache, embed_listings, embed_texts, fuse, image_cache_for,
-                          model_composer, title_composer, unit_rows)
+from eclip.encode import (FUSION_WEIGHT, ImageFeatureCache, choose_fusion_weight, embed_listings,
+                          embed_texts, fuse, image_cache_for, model_composer, title_composer,
+                          unit_rows)
 
 MODALITIES = ("image", "text", "both")
 VIEW_KINDS = ("joint", "tower", "tfidf")
@@ -41,12 +42,14 @@ class ModelViews:
     kind: str  # one of VIEW_KINDS
     task: dict[str, np.ndarray | sp.csr_matrix]  # modality -> [N, D] unit rows (what tasks read)
     joint: dict[str, np.ndarray] = field(default_factory=dict)  # shared space (zero-shot)
-    retrieval_text: np.ndarray | None = None  # the model's full composed text, shared space
     encode_prompts: Callable[[list[str]], np.ndarray] | None = None  # texts -> shared space
     attribute_format: str = "{key} {value}"
     # modality -> what probes train on, when not ``task``: a dual encoder's towers' pooled features
     # (the representation; the joint space is the projection of it that the contrastive loss shapes)
     features: dict[str, np.ndarray] | None = None
+    # the image's share of "both": the model's own, or (a model without one) chosen on val
+    fusion_weight: float | None = None
+    fusion_source: str = ""
 
     @property
     def modalities(self) -> list[str]:
@@ -65,33 +68,36 @@ def listing_cache(model, listings: list[Listing], caches: list[ImageFeatureCache
 
 @torch.no_grad()
 def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCache, *,
-                tower: bool = False, retrieval_rows: np.ndarray | None = None,
+                tower: bool = False, val_rows: np.ndarray | None = None,
                 batch_size: int = 128, progress: bool = True) -> ModelViews:
     """The views of a dual encoder: joint-space task views (``eclip.encode.embed_listings`` of the
     titles: the very vectors ``eclip embed`` and search make for a listing whose text is its title),
     or tower features when ``tower``.
 
-    ``retrieval_text`` (the model's full composed text) is embedded for ``retrieval_rows`` only
-    (default: all listings) and is zero elsewhere.
+    "both" fuses with the model's own weight (``model.fusion_weight``, chosen on validation
+    catalogs when it was trained); a model without one (towers before training) gets the weight
+    that ``encode.choose_fusion_weight`` picks on ``val_rows`` (or ``FUSION_WEIGHT`` without them).
     """
     emb = embed_listings(model, listings, title_composer(model), batch_size=batch_size,
                          image_cache=cache, features=True, progress=progress, desc=name)
-    joint = {"image": emb.image, "text": emb.text, "both": emb.product}
     image, text = unit_rows(emb.image_features), unit_rows(emb.text_features)
-    towers = {"image": image, "text": text, "both": fuse(image, text)}
-    if tower:
-        task, kind, features = towers, "tower", None
-    else:
-        task, kind, features = joint, "joint", towers
+    kind = "tower" if tower else "joint"
+    weight, source = model.config.fusion_weight, "the model's"
+    if weight is None:
+        weight, source = FUSION_WEIGHT, "default"
+        if val_rows is not None and len(val_rows):
+            rows = np.asarray(val_rows)
+            pick = (image, text) if tower else (emb.image, emb.text)
+            weight = choose_fusion_weight(pick[0][rows], pick[1][rows],
+                                          [listings[i].group_id for i in rows])
+            source = "chosen on val"
+    joint = {"image": emb.image, "text": emb.text, "both": fuse(emb.image, emb.text, weight)}
+    towers = {"image": image, "text": text, "both": fuse(image, text, weight)}
+    task, features = (towers, None) if tower else (joint, towers)
     composer = model_composer(model)
-    rows = np.arange(len(listings)) if retrieval_rows is None else np.asarray(retrieval_rows)
-    retrieval_text = np.zeros_like(emb.text)
-    if len(rows):
-        retrieval_text[rows] = embed_texts(model, [composer.compose(listings[i]) for i in rows],
-                                           batch_size=batch_size)
-    return ModelViews(name, kind, task, joint, retrieval_text,
+    return ModelViews(name, kind, task, joint,
                       lambda texts: embed_texts(model, list(texts), batch_size=batch_size),
-                      composer.config.attribute_format, features)
+                      composer.config.attribute_format, features, weight, source)
 
 
 def clean_titles(listings: list[Listing]) -> list[str]:

@@ -41,7 +41,7 @@ from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
-from eclip.encode import embed_listings, recall_at_k
+from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
@@ -357,6 +357,20 @@ class TrainingRun:
         self.model.train()
         barrier()
 
+    def choose_fusion_weight(self) -> None:
+        """The model's fusion weight (``model.fusion_weight``: the image's share of its "both"
+        vector, served by ``eclip embed`` and search, read by ``eclip eval``), chosen on the
+        validation catalogs; without validation listings it stays unset."""
+        if not self.val_listings:
+            return
+        emb = embed_listings(self.model, self.val_listings, self.composer, progress=False,
+                             image_cache=self.data.image_cache,
+                             batch_size=self.cfg.eval_batch_size)
+        weight = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in self.val_listings])
+        self.model.config.fusion_weight = weight
+        self.log(f"fusion weight {weight:g} (image share of the fused vector, chosen on validation "
+                 "catalogs)")
+
     def save(self) -> TrainResult:
         """The trained model to ``train.model_dir`` (default OUTPUT_DIR/model), by rank 0."""
         cfg = self.cfg
@@ -366,6 +380,7 @@ class TrainingRun:
             alpha = self.wise.alpha
             self.log(f"WiSE-FT: the saved model is {1 - alpha:g} x the start + {alpha:g} x the trained")
         if self.env.is_main:
+            self.choose_fusion_weight()
             self.model.save_pretrained(model_dir)
             self.log(f"saved {model_dir} after {self.step} steps")
         barrier()
