@@ -321,8 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from eclip.demo import run_demo
 
     _threads(args)
-    result = run_demo(args.out, listings=args.listings, seed=args.seed, overrides=args.overrides,
-                      progress=_progress(args))
+    result = run_demo(args.out, listings=args.listings, seed=args.seed, seeds=args.seeds,
+                      overrides=args.overrides, progress=_progress(args))
     print(f"\ndemo finished in {result.seconds:.0f} s: {result.out_dir / 'report.md'}")
     return 0
 
@@ -401,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demo catalog size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=Library("eclip.demo:run_demo", "seed"),
                    help="(default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=Library("eclip.demo:run_demo", "seeds"),
+                   metavar="N",
+                   help="train clip and eclip N times (train.seed, +1, ...) from the same "
+                        "baseline; the report gives each row's mean ± std across the seeds "
+                        "(default: %(default)s)")
 
     make_demo = "eclip.catalog.demo:make_demo_catalog"
     p = command("make-demo-catalog", cmd_make_demo_catalog,
@@ -465,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=(catalog, quiet, threads, overrides))
     p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL_DIR",
                    help="models to compare; those named in eval.tower_features (default: "
-                        "baseline) are read as their towers' features. Recipe overrides "
-                        "(data.* / eval.*) may follow them")
+                        "baseline) are read as their towers' features. NAME=DIR1,DIR2,...: one "
+                        "model per training seed, reported as mean ± std across the seeds. "
+                        "Recipe overrides (data.* / eval.*) may follow them")
     p.add_argument("--out", required=True, help="report folder")
 
     shards = "eclip.catalog.shards:prepare_shards"

@@ -5,6 +5,13 @@ with identity targets) and ``eclip`` (catalog-aware targets). The evaluation is 
 ``eclip eval`` (``eclip.tasks.suite``: five tasks, image / text / both, with the TF-IDF reference),
 which reads the baseline as its towers' features; ``evaluate`` is the quick retrieval + zero-shot
 check that benchmarks use.
+
+``seeds=N`` (``eclip demo --seeds N``) trains clip and eclip N times, with ``train.seed`` = the
+recipe's seed, +1, ..., +N-1 (the first is the one-seed demo's run), each from the *same* baseline:
+the towers are built once, so the spread across seeds is that of the training runs (batch order,
+text dropout, augmentation, dropout masks) and each seed's clip and eclip start from the same
+weights, and the baseline is evaluated once. The suite reports every row of clip and eclip as the
+mean over the seeds ± their std (``eclip.tasks.seeds``). Models go to ``models/NAME/seedS``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from eclip.catalog.schema import Listing
 from eclip.catalog.splits import split_listings
 from eclip.config import to_dict
 from eclip.encode import ImageFeatureCache, caches_locked_tower, image_cache_for
+from eclip.errors import ConfigError
 from eclip.tasks.context import EvalConfig
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
@@ -74,8 +82,10 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
-             recipe: Recipe | None = None, overrides: list[str] | None = None,
+             seeds: int = 1, recipe: Recipe | None = None, overrides: list[str] | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)
@@ -91,25 +101,39 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     baseline.save_pretrained(out_dir / "models" / "baseline")
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=progress)
 
-    trained = {"baseline": baseline}
+    trained: dict = {"baseline": baseline}
+    train_seeds = [recipe.train.seed + k for k in range(seeds)]
     for step, (name, targets) in enumerate(MODELS, start=3):
-        log(f"[{step}/5] training '{name}' ({targets} targets)")
-        run = copy.deepcopy(recipe)
-        run.train.targets = targets
-        run.train.output_dir = str(out_dir / "runs" / name)
-        run.train.model_dir = str(out_dir / "models" / name)
-        result = train(run, copy.deepcopy(baseline), splits.train, splits.val,
-                       image_cache=image_cache, log=log)
-        trained[name] = result.model
+        runs = []
+        for train_seed in train_seeds:
+            where = name if seeds == 1 else f"{name}/seed{train_seed}"
+            log(f"[{step}/5] training '{name}' ({targets} targets)"
+                + (f", train.seed={train_seed}" if seeds > 1 else ""))
+            run = copy.deepcopy(recipe)
+            run.train.targets = targets
+            run.train.seed = train_seed
+            run.train.output_dir = str(out_dir / "runs" / where)
+            run.train.model_dir = str(out_dir / "models" / where)
+            result = train(run, copy.deepcopy(baseline), splits.train, splits.val,
+                           image_cache=image_cache, log=log)
+            runs.append(result.model)
+        trained[name] = runs[0] if seeds == 1 else runs  # a list: one model per seed
 
     log("[5/5] evaluation suite: five tasks x image/text/both on held-out catalogs")
     caches = [image_cache] if image_cache is not None else None
+    meta = {"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)}
+    notes = ["baseline: the towers before alignment; clip: trained with identity targets; "
+             "eclip: trained with catalog-aware targets (same towers, recipe and data)."]
+    if seeds > 1:
+        meta["train_seeds"] = train_seeds
+        notes.append(f"clip and eclip: {seeds} training runs each, train.seed = "
+                     f"{', '.join(map(str, train_seeds))}, all from the same baseline towers "
+                     "(built once); models in models/NAME/seedS.")
     report = run_suite(
         trained, read.listings, config=EvalConfig(), image_caches=caches, out_dir=out_dir,
-        title="eclip demo: held-out catalogs", progress=progress, log=log,
-        meta={"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)},
-        notes=["baseline: the towers before alignment; clip: trained with identity targets; "
-               "eclip: trained with catalog-aware targets (same towers, recipe and data)."]).report
+        title="eclip demo: held-out catalogs" + (f" ({seeds} training seeds)" if seeds > 1
+                                                  else ""),
+        progress=progress, log=log, meta=meta, notes=notes).report
     seconds = time.perf_counter() - started
     report.meta["seconds"] = round(seconds, 1)
     report.write(out_dir)

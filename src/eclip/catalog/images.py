@@ -162,6 +162,12 @@ def _open_and_load_quietly(fp: _WatchedFile, max_pixels: int, reduced: bool) -> 
     try:
         image = Image.open(fp, formats=_allowed_formats())
     except UnidentifiedImageError:
+        begun = _signature(fp)
+        if begun is not None:  # a photo cut short (or mangled) before the end of its header
+            what = "truncated image" if fp.read_past_end else "corrupt image header"
+            raise _Rejected(f"{what}: the file begins as a {begun} but its header cannot be read "
+                            f"({'it ends too soon' if fp.read_past_end else 'unreadable'})"
+                            ) from None
         raise _Rejected("not an image file: unknown or unsupported format "
                         f"(accepted: {', '.join(_allowed_formats())})") from None
     except Image.DecompressionBombError as exc:
@@ -187,6 +193,33 @@ def _open_and_load_quietly(fp: _WatchedFile, max_pixels: int, reduced: bool) -> 
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, ...
         raise _failure("corrupt image data", exc) from None
     return _reduce_to(image, max_pixels)
+
+
+# the first bytes of the formats eclip accepts: a file that begins so and still cannot be opened
+# was cut short (or damaged), it is not "another format"
+_SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(fp: _WatchedFile) -> str | None:
+    """The accepted format whose signature the file begins with (WebP / AVIF by their box), if any."""
+    try:
+        fp.seek(0)
+        head = fp._raw.read(12)
+        fp.seek(0, os.SEEK_END)
+        size = fp.tell()
+    except (OSError, ValueError):
+        return None
+    if head[:4] == b"RIFF" and (len(head) < 12 or head[8:12] == b"WEBP"):
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        return "AVIF"
+    for magic, name in _SIGNATURES:
+        if len(head) >= 2 and head[:len(magic)] == magic[:len(head)]:
+            if len(head) < len(magic) or size < 64:
+                fp.read_past_end = True  # nothing but the first bytes of a header: cut short
+            return name
+    return None
 
 
 def _draft_scale(width: int, height: int, max_pixels: int) -> int:

@@ -46,7 +46,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eclip.atomic import atomic_open
+from eclip.atomic import atomic_open, clean_stale_temps
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.images import load_image, to_rgb
 from eclip.catalog.paths import PathOutsideRoot, contained
@@ -170,6 +170,7 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
     composer = TextComposer(composer_config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)  # shards and index files of a preparation that was killed
     (out / INDEX_NAME).unlink(missing_ok=True)  # first: the folder is unfinished from now on
     for stale in out.glob("shard-*.tar"):
         stale.unlink()

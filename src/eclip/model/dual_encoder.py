@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,10 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from eclip import __version__
+from eclip.atomic import temp_sibling
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
+from eclip.model.files import guard_model_dir
 from eclip.model.tokenizer import load_tokenizer
 from eclip.model.towers import (ImageTower, TextTower, build_image_tower, build_text_tower,
                                  train_top_groups)
@@ -232,7 +233,7 @@ class DualEncoder(nn.Module):
         target = Path(directory)
         _check_replaceable(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temp_sibling(target)  # .NAME.tmp-PID-*: clean_stale_temps removes it after a kill
         tmp.mkdir()
         try:
             config = {"model_type": MODEL_TYPE, "eclip_version": __version__, **self.config.to_dict()}
@@ -241,7 +242,7 @@ class DualEncoder(nn.Module):
             self.tokenizer.save_pretrained(str(tmp))
             save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "eclip_version": __version__})
             if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                old = temp_sibling(target, "old")
                 target.rename(old)
                 tmp.rename(target)
                 shutil.rmtree(old)
@@ -264,10 +265,8 @@ class DualEncoder(nn.Module):
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory")
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ModelError(f"{config_path} cannot be read: {err}") from err
+        guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
+        data = json.loads(config_path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ModelError(f"{config_path} is not an eclip model config (not a JSON object)")
         if data.get("model_type") != MODEL_TYPE:
@@ -289,7 +288,10 @@ class DualEncoder(nn.Module):
             raise ModelError(f"{config_path}: {err}") from err
         try:
             missing, unexpected = load_model(model, str(weights), strict=False)
-        except (SafetensorError, RuntimeError, OSError) as err:
+        except SafetensorError as err:
+            raise ModelError(f"{weights} cannot be read (damaged or truncated?): "
+                             f"{' '.join(str(err).split())[:300]}") from None
+        except (RuntimeError, OSError) as err:
             raise ModelError(f"{weights} does not fit the model in {config_path}: {err}") from err
         missing = [k for k in missing if k != "logit_bias"]  # saved before models had a logit bias
         if missing or unexpected:

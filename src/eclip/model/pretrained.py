@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
+from eclip.model.files import guard_model_dir, read_json, weights_error
 
 # model_type in config.json -> the kind of checkpoint from_checkpoint builds
 KINDS = {"clip": "clip", "siglip": "siglip", "vision-text-dual-encoder": "vtde"}
@@ -66,10 +68,7 @@ def read_config(directory: str | Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise ModelError(f"{path} is missing: {directory} is not a model directory")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{path} cannot be read: {err}") from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ModelError(f"{path} is not a JSON object")
     return data
@@ -184,11 +183,15 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
         raise ConfigError(f"model.{unknown[0]} cannot be set when starting from a checkpoint "
                           f"(model.init_from: {directory}); settable: {', '.join(OVERRIDABLE)}")
     kind = checkpoint_kind(directory)
+    guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
     try:
         with quiet_transformers():
             hf, info = AutoModel.from_pretrained(str(directory), output_loading_info=True)
+    except SafetensorError as err:
+        raise weights_error(directory, err) from None
     except (OSError, ValueError, RuntimeError) as err:
-        raise ModelError(f"cannot load the checkpoint in {directory}: {err}") from err
+        raise ModelError(f"cannot load the checkpoint in {directory}: "
+                         f"{' '.join(str(err).split())[:300]}") from None
     bad = sorted(info.get("missing_keys", [])) + sorted(info.get("mismatched_keys", []))
     if bad:
         raise ModelError(f"the weights in {directory} do not match its config.json: {bad[:5]}")

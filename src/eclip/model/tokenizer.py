@@ -8,6 +8,7 @@ from pathlib import Path
 
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
+from eclip.model.files import guard_model_dir
 from eclip.model.towers import quiet_transformers, resolve_text_model
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -86,9 +87,24 @@ def load_tokenizer(config: DualEncoderConfig, model_dir: str | Path | None = Non
         if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
             raise ModelError(f"{model_dir / _TOKENIZER_FILES[0]} is missing: the model directory has no "
                              f"tokenizer; save it again with DualEncoder.save_pretrained")
-        with quiet_transformers():  # it peeks at config.json, whose model_type transformers does not know
-            return AutoTokenizer.from_pretrained(str(model_dir))
+        return _auto_tokenizer(guard_model_dir(model_dir))
     if config.text_tower == "scratch":
         raise ConfigError("text_tower 'scratch' has no stock tokenizer: train one with "
                           "eclip.model.train_tokenizer(texts, config.scratch_vocab_size) and pass it")
-    return AutoTokenizer.from_pretrained(str(resolve_text_model(config.text_model)))
+    return _auto_tokenizer(resolve_text_model(config.text_model))
+
+
+def _auto_tokenizer(directory: Path):
+    """The tokenizer of ``directory`` (its files checked by ``guard_model_dir``); whatever the
+    tokenizers / transformers libraries raise on a damaged file becomes a ModelError naming it."""
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():  # it peeks at config.json, whose model_type it may not know
+            return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as err:  # noqa: BLE001 - the Rust tokenizers raise a bare Exception
+        names = [n for n in _TOKENIZER_FILES + ("vocab.txt", "sentencepiece.bpe.model",
+                                                 "spiece.model") if (directory / n).is_file()]
+        where = directory / names[0] if names else directory
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ModelError(f"{where}: the tokenizer cannot be loaded ({reason})") from None

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from eclip.errors import ConfigError, ModelError
+from eclip.model.files import guard_model_dir, read_json, weights_error
 from eclip.model.config import BUNDLED_MINILM, IMAGE_NORMALISATION, VIT_PRESETS, DualEncoderConfig
 
 
@@ -212,7 +214,7 @@ def resolve_text_model(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"text_model '{name}' is not a Hugging Face model directory (no config.json); "
                           f"give a local directory or '{BUNDLED_MINILM}'")
-    return path
+    return guard_model_dir(path)  # its JSON files readable, no remote code
 
 
 @contextmanager
@@ -383,6 +385,8 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
                 model, info = AutoModel.from_pretrained(
                     path, output_loading_info=True,
                     **_pooling_kwargs(AutoConfig.from_pretrained(path), pooler))
+        except SafetensorError as err:
+            raise weights_error(path, err) from None
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load the weights of text_model '{config.text_model}': {err}") from err
         if info.get("missing_keys") or info.get("mismatched_keys"):
@@ -575,12 +579,8 @@ def _image_model_dir(config: DualEncoderConfig) -> Path:
     if not config_path.is_file():
         raise ConfigError(f"model.image_model '{config.image_model}' is not a Hugging Face model "
                           f"directory (no config.json)")
-    import json
-
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as err:
-        raise ModelError(f"{config_path} cannot be read: {err}") from err
+    guard_model_dir(path)  # its JSON files readable (config.json an object), no remote code
+    model_type = read_json(config_path).get("model_type")
     if model_type in VISION_LANGUAGE_TYPES:
         raise ConfigError(f"model.image_model '{config.image_model}' is a whole {model_type} "
                           f"checkpoint, not a vision model: start from it with model.init_from")
@@ -613,6 +613,8 @@ def build_hf_image_tower(config: DualEncoderConfig, load_weights: bool) -> HFIma
             if pooling == "pooler" and missing and all(k.startswith("pooler.") for k in missing):
                 model, info = load(False)
                 pooling = "cls"
+        except SafetensorError as err:
+            raise weights_error(path, err) from None
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load the weights of image_model '{config.image_model}': {err}") from err
         if info.get("missing_keys") or info.get("mismatched_keys"):

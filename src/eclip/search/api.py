@@ -47,6 +47,7 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
 MAX_BODY_BYTES = 64 * 1024  # any request that carries no photo
 UPLOAD_PATHS = ("/search/image", "/classify")
+JSON_PATHS = ("/search/text",)  # endpoints whose body is a JSON object
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
                "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -174,8 +175,28 @@ class RequestGuard:
                 message = {**message, "headers": headers}
             await send(message)
 
+        app_receive = limited_receive
+        if scope.get("method") == "POST" and scope["path"] in JSON_PATHS:
+            body = b""
+            try:
+                while True:
+                    message = await limited_receive()
+                    if message["type"] != "http.request":
+                        break
+                    body += message.get("body", b"")
+                    if not message.get("more_body", False):
+                        break
+            except _TooLarge:
+                await _reply(send, 413, _too_large(limit))
+                return
+            problem, scope = _json_body(scope, body)
+            if problem is not None:
+                await _reply(send, 422, f"invalid request: body: {problem}",
+                             errors=[{"field": "body", "message": problem}])
+                return
+            app_receive = _replay(body, receive)
         try:
-            await self.app(scope, limited_receive, guarded_send)
+            await self.app(scope, app_receive, guarded_send)
         except Exception:
             if not state["exceeded"]:
                 raise
@@ -183,12 +204,45 @@ class RequestGuard:
             await _reply(send, 413, _too_large(limit))
 
 
+def _json_body(scope, body: bytes):
+    """A JSON endpoint's body looked at before FastAPI parses it: nesting beyond what Python's
+    parser can take is a 422 like any malformed JSON (FastAPI would answer 400), and a body sent
+    without a Content-Type is taken as the JSON it is. Returns (problem or None, scope)."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return ("malformed JSON: nested too deeply (send a JSON object such as "
+                '{"query": "blue pen", "k": 10})'), scope
+    except ValueError:
+        return None, scope  # FastAPI's own message names the position
+    headers = list(scope["headers"])
+    if not dict(headers).get(b"content-type"):
+        headers = [(k, v) for k, v in headers if k != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        scope = {**scope, "headers": headers}
+    return None, scope
+
+
+def _replay(body: bytes, receive):
+    """An ASGI ``receive`` that hands over the body read already, then the client's messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def _too_large(limit: int) -> str:
     return f"request body too large: at most {limit} bytes are accepted here"
 
 
-async def _reply(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _reply(send, status: int, detail: str, **extra) -> None:
+    body = json.dumps({"detail": detail, **extra}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -227,7 +281,7 @@ def _read_photo(upload: UploadFile, limit: int, max_pixels: int):
             raise HTTPException(status, f"the upload is not a usable photo: {reason}") from None
 
 
-def _field_errors(exc: RequestValidationError) -> list[dict]:
+def _field_errors(exc: RequestValidationError, content_type: str | None = None) -> list[dict]:
     errors = []
     for error in exc.errors():
         loc = [str(part) for part in error.get("loc", ())]
@@ -239,7 +293,11 @@ def _field_errors(exc: RequestValidationError) -> list[dict]:
         field = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
         message = error.get("msg", "invalid")
         if loc == ["body"] and "dictionary" in message:
-            message += ' (send a JSON object, e.g. {"query": "blue pen", "k": 10})'
+            if content_type and "json" not in content_type.lower():
+                message = (f"the body was sent as {content_type.split(';')[0].strip()}, not as "
+                           f"JSON: send a JSON object with Content-Type: application/json")
+            else:
+                message += ' (send a JSON object, e.g. {"query": "blue pen", "k": 10})'
         errors.append({"field": field, "message": message})
     return errors
 
@@ -270,7 +328,7 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(exc)
+        errors = _field_errors(exc, request.headers.get("content-type"))
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": f"invalid request: {detail}", "errors": errors},
                             status_code=422)

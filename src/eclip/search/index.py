@@ -27,12 +27,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eclip.atomic import atomic_open
+from eclip.atomic import atomic_open, clean_stale_temps
 from eclip.catalog.schema import Listing
 from eclip.errors import EclipError
 from eclip.search.heads import AdultHead, fit_adult_head, vote_categories
@@ -62,7 +66,12 @@ AGAINST = {"image": "image", "text": "text", "both": "product"}  # API names -> 
 # answered by scanning just their vectors; a larger one by the FAISS index with an id selector.
 SUBSET_SCAN_MAX = 20_000
 _GENERATION = re.compile(r"^g(\d{6})$")
-_LEFTOVER = re.compile(r"^(\.lock|\.tmp-.*|images)$")  # what a first write that failed leaves
+# what a first write that failed (or was killed) leaves: the lock, temporaries, photos, a generation
+# renamed into place before the pointer was written
+_LEFTOVER = re.compile(r"^(\.lock|\.tmp-.*|\.CURRENT\.tmp-.*|images|g\d{6})$")
+
+
+logger = logging.getLogger("eclip.search")
 
 
 class SearchIndexError(EclipError):
@@ -231,6 +240,13 @@ class _Writer:
             self._lock_file.close()
             raise SearchIndexError(f"another eclip process is writing to {self.root}; try "
                                    f"again when it has finished") from None
+        # with the lock held no other writer is at work: every temporary here was left by a
+        # writer that was killed (a generation being assembled, the pointer, photos)
+        clean_stale_temps(self.root, locked=True)
+        images = self.root / "images"
+        if images.is_dir():
+            for sub in images.iterdir():
+                clean_stale_temps(sub, locked=True)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +261,7 @@ class _Writer:
                thumbnail_size: int) -> IndexInfo:
         _check_unique([x.product_id for x in listings])
         previous = self._in_service()
-        tmp = self.root / f".tmp-{uuid.uuid4().hex[:12]}"
+        tmp = self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         try:
             info = self._assemble(tmp, base, model_dir, listings, emb, delete, settings,
@@ -532,17 +548,56 @@ class SearchIndex:
     def __init__(self, root: Path, generation: Path):
         self.root = root
         self.generation_dir = generation
-        self.info = IndexInfo.from_dict(json.loads((generation / "info.json").read_text("utf-8")))
-        self.store = MetadataStore(generation / "listings.sqlite")
-        stored = _Vectors.load(generation, mmap=True)
-        self.vids, self.vectors = np.asarray(stored.vids), stored.arrays
-        self.indexes = {m: VectorIndex.load(str(generation / f"{m}.faiss"), self.info.vectors[m])
-                        for m in MODALITIES}
-        heads = json.loads((generation / "heads.json").read_text("utf-8"))["adult"]
-        self.adult_heads = {m: AdultHead.from_dict(h) if h else None for m, h in heads.items()}
+        self.store: MetadataStore | None = None
+        try:
+            self._open(generation)
+        except BaseException:
+            if self.store is not None:
+                self.store.close()
+            raise
         self.thumbnails = ThumbnailStore(root / "images")
         self._encoder = _Encoder(generation / "model")
         self._category_cache: dict[str, np.ndarray] = {}
+
+    def _open(self, generation: Path) -> None:
+        """Every file of the generation opened and checked against ``info.json`` (counts, sizes),
+        so that a damaged generation fails here, with a SearchIndexError naming the file, and not
+        in every request that would touch it."""
+        with _reading(generation / "info.json"):
+            self.info = IndexInfo.from_dict(json.loads(
+                (generation / "info.json").read_text("utf-8")))
+        listings = self.info.listings
+        with _reading(generation / "listings.sqlite"):
+            if not (generation / "listings.sqlite").is_file():
+                raise FileNotFoundError("missing")
+            self.store = MetadataStore(generation / "listings.sqlite")
+            stored_count = self.store.count()  # reads the schema and the table: garbage fails
+        _consistent(generation / "listings.sqlite", stored_count == listings,
+                    f"it holds {stored_count} listings, info.json {listings}")
+        with _reading(generation / "vids.npy"):
+            self.vids = np.asarray(np.load(generation / "vids.npy"))
+        _consistent(generation / "vids.npy", self.vids.shape == (listings,),
+                    f"{self.vids.shape[0] if self.vids.ndim else 0} ids, info.json {listings}")
+        self.vectors = {}
+        for m in MODALITIES:
+            path = generation / f"{m}.npy"
+            with _reading(path):
+                self.vectors[m] = np.load(path, mmap_mode="r")
+            _consistent(path, self.vectors[m].ndim == 2 and self.vectors[m].shape[0] == listings,
+                        f"shape {self.vectors[m].shape}, info.json {listings} listings")
+        self.indexes = {}
+        for m in MODALITIES:
+            path = generation / f"{m}.faiss"
+            with _reading(path):
+                self.indexes[m] = VectorIndex.load(str(path), self.info.vectors[m])
+            found = self.indexes[m].count, self.indexes[m].index.d
+            _consistent(path, found == (listings, self.vectors[m].shape[1]),
+                        f"{found[0]} vectors of {found[1]} dimensions, the generation "
+                        f"{listings} of {self.vectors[m].shape[1]}")
+        with _reading(generation / "heads.json"):
+            heads = json.loads((generation / "heads.json").read_text("utf-8"))["adult"]
+            self.adult_heads = {m: AdultHead.from_dict(h) if h else None
+                                for m, h in heads.items()}
 
     @classmethod
     def open(cls, index_dir: str | Path, *, previous: SearchIndex | None = None) -> SearchIndex:
@@ -692,7 +747,11 @@ class SearchIndex:
 
 
 class LiveIndex:
-    """The index in service, following the folder: a newer generation is opened when it appears."""
+    """The index in service, following the folder: a newer generation is opened when it appears.
+
+    A newer generation that cannot be opened (damaged files, a pointer being rewritten) leaves the
+    one in service serving; the problem is logged once (``eclip.search`` logger, WARNING) and that
+    generation is not tried again until ``CURRENT`` names another one."""
 
     def __init__(self, index_dir: str | Path, *, check_every: float = 1.0):
         self.root = Path(index_dir)
@@ -700,6 +759,8 @@ class LiveIndex:
         self._index = SearchIndex.open(self.root)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
+        self._problem: str | None = None  # the last one logged
+        self._bad_generation: str | None = None
 
     def get(self) -> SearchIndex:
         now = time.monotonic()
@@ -712,8 +773,49 @@ class LiveIndex:
 
     def _refresh(self) -> None:
         try:
-            if current_generation(self.root).name != self._index.generation:
-                self._index = SearchIndex.open(self.root, previous=self._index)
-        except (EclipError, OSError, ValueError):
-            pass  # a write in progress or a damaged pointer: keep serving the open generation
+            name = current_generation(self.root).name
+        except (EclipError, OSError, ValueError) as exc:
+            # a write in progress or a damaged pointer: keep serving the open generation
+            self._report(f"{exc}; still serving generation {self._index.generation}")
+            return
+        if name in (self._index.generation, self._bad_generation):
+            return
+        try:
+            self._index = SearchIndex.open(self.root, previous=self._index)
+        except (EclipError, OSError, ValueError, RuntimeError, KeyError, TypeError,
+                sqlite3.Error) as exc:
+            self._bad_generation = name
+            self._report(f"generation {name} cannot be opened: {exc}; still serving generation "
+                         f"{self._index.generation}")
+            return
+        self._bad_generation = self._problem = None
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            logger.warning("%s: %s", self.root, problem)
+
+
+def _consistent(path: Path, ok: bool, detail: str) -> None:
+    if not ok:
+        raise SearchIndexError(f"{path} does not match its generation ({detail}): the index is "
+                               f"damaged; rebuild it with `eclip index`")
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Whatever reading ``path`` raises (JSON, SQLite, NumPy, FAISS) as a SearchIndexError naming
+    it: FAISS raises RuntimeError, SQLite sqlite3.DatabaseError, NumPy ValueError / OSError."""
+    try:
+        yield
+    except SearchIndexError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, EOFError,
+            RuntimeError, RecursionError, sqlite3.Error) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if isinstance(exc, FileNotFoundError):
+            reason = "missing"
+        raise SearchIndexError(f"{path} cannot be read ({reason}): the index generation "
+                               f"{path.parent.name} is damaged; rebuild it with `eclip index`"
+                               ) from None
 

@@ -19,7 +19,8 @@ resample from the per-item outcomes that the tasks keep on test (``Items``):
 A matching pair joins two listings that may belong to two catalogs: it counts ``(k_a + k_b) / 2``
 times when its catalogs are drawn ``k_a`` and ``k_b`` times (half of it belongs to each; a positive
 pair, one catalog, counts ``k`` times). Metrics measured over several probe seeds are the mean over
-the seeds on every resample, as in the report.
+the seeds on every resample, as in the report; the models of several training seeds of one name
+(``eclip.tasks.seeds``) join that seed axis, so their metric is the mean over every seed too.
 
 Cost: resamples are drawn in chunks of ``CHUNK`` as a ``[chunk, catalogs]`` matrix of draw counts.
 Mean-type metrics are then one product of it with per-catalog sums (``O(B * catalogs)``); AUCs sort
@@ -97,10 +98,11 @@ def micro_f1_items(groups: Sequence[Hashable], correct, made) -> Items:
 
 
 def bcubed_items(groups: Sequence[Hashable], precision, recall) -> Items:
-    """B-cubed F1 from every listing's B-cubed precision and recall (one clustering)."""
+    """B-cubed F1 from every listing's B-cubed precision and recall (``[n]``: one clustering, or
+    ``[seeds, n]``: the F1 of each, averaged)."""
     n = len(groups)
     return Items("bcubed_f1", np.asarray(groups),
-                 {"precision": _seeds(precision, n)[:1], "recall": _seeds(recall, n)[:1]})
+                 {"precision": _seeds(precision, n), "recall": _seeds(recall, n)})
 
 
 def roc_auc_items(groups, labels, scores) -> Items:
@@ -161,7 +163,7 @@ class _Prepared:
         elif self.kind == "micro_f1":
             columns = list(v["correct"]) + list(v["made"])
         else:
-            columns = [v["precision"][0], v["recall"][0]]
+            columns = list(v["precision"]) + list(v["recall"])
         columns.append(np.ones(len(items)))
         self.sums = np.stack([self._per_catalog(c) for c in columns], axis=1)  # [G, m]
 
@@ -212,8 +214,10 @@ class _Prepared:
                 correct, made = totals[:, :seeds], totals[:, seeds:2 * seeds]
                 f1 = np.where(correct > 0, 2 * correct / (made + items[:, None]), 0.0)
                 return np.where(items > 0, f1.mean(axis=1), np.nan)
-            precision, recall = totals[:, 0] / items, totals[:, 1] / items
-            return 2 * precision * recall / (precision + recall)
+            seeds = (totals.shape[1] - 1) // 2
+            precision = totals[:, :seeds] / items[:, None]
+            recall = totals[:, seeds:2 * seeds] / items[:, None]
+            return (2 * precision * recall / (precision + recall)).mean(axis=1)
 
     def _auc(self, counts: np.ndarray, r: dict) -> np.ndarray:
         """ROC-AUC or average precision on every row of ``counts``: O(items) per row.
@@ -335,14 +339,18 @@ def check_config(cfg: EvalConfig, names: Sequence[str]) -> None:
                               f"the evaluated models ({', '.join(names)})")
 
 
-def compare_models(ctx: TaskContext) -> list[Comparison]:
+def compare_models(ctx: TaskContext, order: Sequence[str] | None = None) -> list[Comparison]:
     """The comparisons of the configured pairs (``eval.compare``, else ``default_pairs``) on every
-    (task, modality, metric) whose per-item outcomes the tasks kept, added to the report."""
+    (task, modality, metric) whose per-item outcomes the tasks kept, added to the report.
+
+    ``order``: the model names of the outcomes in the order they were given (default: the views'
+    names; the suite passes it when training seeds were folded into one name)."""
     cfg, report = ctx.config, ctx.report
     if cfg.bootstrap <= 0 or not ctx.outcomes:
         return []
     kept = {key[2] for key in ctx.outcomes}
-    models = [v.name for v in ctx.views if v.name in kept]  # in the order the models were given
+    names = order if order is not None else [v.name for v in ctx.views]
+    models = [name for name in names if name in kept]  # in the order the models were given
     pairs = ([tuple(p) for p in cfg.compare] if cfg.compare is not None
              else default_pairs(models, report.references))
     wanted = {m for pair in pairs for m in pair}

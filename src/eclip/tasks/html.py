@@ -22,6 +22,7 @@ from eclip.catalog.images import load_image
 from eclip.tasks.context import TaskContext
 from eclip.tasks.report import (MODALITY_ORDER, VERDICTS, Comparison, Report, format_interval,
                                 ranked_cells)
+from eclip.tasks.seeds import base_name
 
 PALETTE = ("#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22")
@@ -319,9 +320,11 @@ def write_html(report: Report, ctx: TaskContext, path: str | Path) -> Path:
                              "Matching: precision-recall of the cosine similarity on test pairs")],
         "adult": [pr_plot(ctx.figures.get("adult_scores", {}),
                           "Adult products: precision-recall of the probe (seed 0) on test")],
-        "clustering": [cluster_strips(ctx, report.subject if report.subject in report.models()
-                                      else next((v.name for v in ctx.views if v.kind == "joint"),
-                                                report.subject))],
+        "clustering": [cluster_strips(ctx, next(
+            (m for m in [report.subject] + [v.name for v in ctx.views  # a seed of it, or any
+                                            if base_name(v.name) == report.subject]
+             + [v.name for v in ctx.views if v.kind == "joint"]
+             if (m, "both") in ctx.figures.get("clusters", {})), report.subject))],
     }
     meta = report.meta
     splits = meta.get("splits", {})

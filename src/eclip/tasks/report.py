@@ -33,6 +33,17 @@ class Row:
     metric: str
     value: float
     std: float | None = None
+    # rows of a model trained with several seeds (eclip.tasks.seeds): value is the mean over the
+    # seeds, seed_std the sample std across them, seeds their number; None for one model
+    seed_std: float | None = None
+    seeds: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON; ``seed_std`` and ``seeds`` only where the row folds several seeds."""
+        out = asdict(self)
+        if self.seeds is None:
+            del out["seed_std"], out["seeds"]
+        return out
 
 
 @dataclass
@@ -67,6 +78,16 @@ def format_value(value: float, std: float | None = None) -> str:
     return text + (f" ± {std:.3f}" if std is not None else "")
 
 
+def format_row(row: Row) -> str:
+    """``0.712 ± 0.010`` (± the probe seeds' std), or for a row that folds several training
+    seeds ``0.712 ± 0.008 (3 seeds)``: the mean over the seeds ± the std across them."""
+    if row.seeds is None:
+        return format_value(row.value, row.std)
+    std = row.seed_std
+    spread = "n/a" if std is None or std != std else f"{std:.3f}"
+    return f"{row.value:.3f} ± {spread} ({row.seeds} seeds)"
+
+
 def format_interval(c: Comparison, verdict: bool = True) -> str:
     """``+0.043 [+0.021, +0.066] win``."""
     if c.delta != c.delta:  # NaN: the metric is undefined on test
@@ -89,6 +110,7 @@ class Report:
     references: list[str] = field(default_factory=list)  # compared, but not part of the verdict
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it did not run
     comparisons: list[Comparison] = field(default_factory=list)  # bootstrap intervals
+    seed_rows: list[Row] = field(default_factory=list)  # per training seed, before folding
 
     def add(self, task: str, modality: str, model: str, metric: str, value: float,
             std: float | None = None) -> None:
@@ -222,7 +244,15 @@ class Report:
         return (f"Headline metric of each task, model − reference on test, {level} interval from "
                 f"{boot.get('resamples', '?')} paired bootstrap resamples of the test catalogs "
                 "(both models on the same resamples). win: the interval is above 0; tie: it "
-                "covers 0; loss: it is below 0.")
+                "covers 0; loss: it is below 0." + self._seeds_caption())
+
+    def _seeds_caption(self) -> str:
+        seeds = self.meta.get("training_seeds")
+        if not seeds:
+            return ""
+        shown = ", ".join(f"{name} {n}" for name, n in seeds.items())
+        return (f" Training seeds ({shown}): the difference of the means over the seeds, every "
+                "seed on the same resamples; the spread across seeds is the ± of the tables.")
 
     def task_comparisons(self, task: str) -> list[str]:
         """Markdown table of every comparison of ``task`` (every metric with kept outcomes)."""
@@ -245,7 +275,8 @@ class Report:
                                  **self.tally(self.headline_comparisons(t))}
                              for t in self.tasks() if t in self.headlines},
                 "comparisons": [c.to_json() for c in self.comparisons],
-                "rows": [asdict(r) for r in self.rows]}
+                "rows": [r.to_json() for r in self.rows],
+                **({"seed_rows": [asdict(r) for r in self.seed_rows]} if self.seed_rows else {})}
 
     def headline_table(self, task: str) -> list[str]:
         metric = self.headlines[task]
@@ -328,7 +359,7 @@ def ranked_cells(cells: dict[str, Row | None], models: list[str],
         if cell is None:
             out.append(("–", False))
         else:
-            out.append((format_value(cell.value, cell.std), rank and cell.value == best))
+            out.append((format_row(cell), rank and cell.value == best))
     return out
 
 

@@ -31,6 +31,7 @@ from eclip.tasks.bootstrap import check_config, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
+from eclip.tasks.seeds import SEP, base_name, expand_seeds, fold_rows, pool_outcomes
 from eclip.tasks.views import listing_cache, model_views, tfidf_views
 
 RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribute,
@@ -67,12 +68,16 @@ def load_eval_recipe(path: str | Path | None = None,
     return recipe
 
 
-def parse_model_specs(specs: list[str]) -> tuple[dict[str, Path], list[str]]:
+def parse_model_specs(specs: list[str]) -> tuple[dict[str, Path | list[Path]], list[str]]:
     """``["eclip=DIR", "data.column_map.title=name", "clip=DIR2"]`` ->
     ``({"eclip": Path(DIR), "clip": Path(DIR2)}, ["data.column_map.title=name"])``: models by name
     (unique, in order) and the recipe overrides among them (entries whose key starts with a recipe
-    section, ``data.`` / ``eval.`` / ...), which a command line may write right after the models."""
-    out: dict[str, Path] = {}
+    section, ``data.`` / ``eval.`` / ...), which a command line may write right after the models.
+
+    ``eclip=DIR1,DIR2,DIR3``: one model per training seed, a list of directories; the report
+    gives their mean and spread (``eclip.tasks.seeds``). A directory that exists with a comma in
+    its name stays one directory."""
+    out: dict[str, Path | list[Path]] = {}
     overrides: list[str] = []
     for spec in specs:
         name, sep, directory = spec.partition("=")
@@ -85,7 +90,15 @@ def parse_model_specs(specs: list[str]) -> tuple[dict[str, Path], list[str]]:
             raise ConfigError(f"--models names model '{name}' twice")
         if name in REFERENCES:
             raise ConfigError(f"'{name}' is the name of a reference in the report; rename the model")
-        out[name.strip()] = Path(directory.strip())
+        if SEP in name:
+            raise ConfigError(f"--models entry {spec!r}: '{SEP}' may not appear in a model name")
+        directory = directory.strip()
+        dirs = ([directory] if "," not in directory or Path(directory).is_dir()
+                else [d.strip() for d in directory.split(",")])
+        if not all(dirs):
+            raise ConfigError(f"--models entry {spec!r}: an empty directory among "
+                              "NAME=DIR1,DIR2,...")
+        out[name.strip()] = Path(dirs[0]) if len(dirs) == 1 else [Path(d) for d in dirs]
     if not out:
         raise ConfigError("--models names no model: give NAME=MODEL_DIR entries")
     return out, overrides
@@ -107,7 +120,7 @@ def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = Non
     ir.run_retrieval(ctx, query_encoders=query_encoders, out_dir=out_dir)
 
 
-def _notes(ctx: TaskContext, models: dict) -> list[str]:
+def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
     cfg = ctx.config
     counts = ctx.splits.counts()
     towers = [m for m in models if m in cfg.tower_features]
@@ -165,6 +178,9 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
               progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
     """Every task that the listings' labels allow, for every model, in every modality.
 
+    A model may be a list of models, one per training seed (``eclip.tasks.seeds``): each is
+    evaluated as ``NAME#k``, and the report folds them into one row per cell (the mean over the
+    seeds, ``seed_std``, ``seeds``) and compares them on their outcomes stacked over the seeds.
     ``image_caches`` holds image-tower features already computed (e.g. the locked tower of a
     training run); models whose tower matches one reuse it, the others get one computed here.
     ``meta`` and ``notes`` go into the report. With ``out_dir``, report.json, report.md and (with
@@ -172,6 +188,9 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     """
     cfg = config or EvalConfig()
     check_config(cfg, list(models) + (REFERENCES if cfg.reference else []))
+    names = list(models)
+    models, members = expand_seeds(models)  # {NAME#k: model} for the names with several seeds
+    folded = any(len(seeds) > 1 for seeds in members.values())
     seconds: dict[str, float] = {}
     started = clock = time.perf_counter()
 
@@ -197,7 +216,8 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     views = []
     for name, model in models.items():
         cache = listing_cache(model, listings, caches, progress=progress)
-        views.append(model_views(name, model, listings, cache, tower=name in cfg.tower_features,
+        views.append(model_views(name, model, listings, cache,
+                                 tower=base_name(name) in cfg.tower_features,
                                  val_rows=splits.index("val"), batch_size=cfg.batch_size,
                                  progress=progress))
     if cfg.reference and counts["train"]:
@@ -218,11 +238,27 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
                 log(f"task: {task}")
                 RUNNERS[task](ctx)
                 lap(task)
-        if compare_models(ctx):
+        if folded:  # one row per name (mean, seed std); the seeds' outcomes stacked
+            report.rows, report.seed_rows = fold_rows(report.rows, members)
+            ctx.outcomes = pool_outcomes(ctx.outcomes, members, log)
+        if compare_models(ctx, order=names + [TFIDF] if folded else None):
             log(f"bootstrap: {cfg.bootstrap} resamples of {report.meta['bootstrap']['catalogs']} "
                 f"test catalogs, {len(report.comparisons)} comparisons")
         lap("bootstrap")
-    report.notes += _notes(ctx, models) + list(notes or [])
+    report.notes += _notes(ctx, names) + list(notes or [])
+    if folded:
+        report.meta["training_seeds"] = {name: len(seeds) for name, seeds in members.items()
+                                         if len(seeds) > 1}
+        report.notes.append(
+            "Training seeds: " + ", ".join(f"{name} {n}" for name, n in
+                                           report.meta["training_seeds"].items())
+            + f". Each seed's model is evaluated on its own (NAME{SEP}k: report.json's seed_rows, "
+            "the retrieval files, meta.fusion_weights); a row of NAME is the mean over its seeds, "
+            "shown as mean ± the std across the seeds (N seeds), with the probe seeds' pooled "
+            "std in report.json's std. A comparison recomputes the metric of every seed on the "
+            "same catalog resamples and averages them (eclip.tasks.seeds): its interval covers "
+            "the sampling of the test catalogs for that mean; the seed std beside it is the "
+            "spread across training runs.")
     report.meta["fusion_weights"] = {v.name: {"weight": v.fusion_weight, "source": v.fusion_source}
                                      for v in views if v.fusion_weight is not None}
     report.meta.update({"splits": counts, "split_source": splits.source,
@@ -247,9 +283,10 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     return SuiteResult(report, out, seconds)
 
 
-def run_eval(model_dirs: dict[str, Path], recipe: EvalRecipe, out_dir: str | Path, *,
+def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_dir: str | Path, *,
              progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
-    """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite."""
+    """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite.
+    A name with a list of directories has one model per training seed (``eclip.tasks.seeds``)."""
     from eclip.model import DualEncoder
 
     out = Path(out_dir)
@@ -268,9 +305,11 @@ def run_eval(model_dirs: dict[str, Path], recipe: EvalRecipe, out_dir: str | Pat
         cfg = replace(cfg, queries=cfg.queries or (str(bench.queries) if bench.queries else None))
         dataset = bench.dataset
     read = load_catalog(data, report_dir=out, progress=progress, log=log)
-    models = {name: DualEncoder.from_pretrained(path) for name, path in model_dirs.items()}
+    models = {name: ([DualEncoder.from_pretrained(p) for p in path] if isinstance(path, list)
+                     else DualEncoder.from_pretrained(path)) for name, path in model_dirs.items()}
     meta = {"catalog": str(recipe.data.catalog), "dataset": dataset,
-            "models": {name: str(path) for name, path in model_dirs.items()}}
+            "models": {name: ",".join(map(str, path)) if isinstance(path, list) else str(path)
+                       for name, path in model_dirs.items()}}
     return run_suite(models, read.listings, config=cfg, out_dir=out,
                      title=f"eclip eval: {Path(str(recipe.data.catalog)).name}", meta=meta,
                      progress=progress, log=log)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from eclip.atomic import write_text_atomic
+from eclip.atomic import clean_stale_temps, write_text_atomic
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
@@ -75,6 +75,8 @@ def run_training(recipe: Recipe, *, resume: bool = False,
         f"{'' if recipe.train.threads else ': the CPU cores this process may use'})")
     out_dir = Path(recipe.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if env.is_main:  # what a run killed here left half written (init/, model/, reports)
+        clean_stale_temps(out_dir)
     try:
         if recipe.data.shards:
             splits = _shard_splits(recipe, log)

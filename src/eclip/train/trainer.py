@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from eclip.atomic import write_text_atomic
+from eclip.atomic import clean_stale_temps, write_text_atomic
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
@@ -45,7 +45,9 @@ from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
-from eclip.train.checkpoint import load_checkpoint, save_checkpoint
+from eclip.train.checkpoint import (LAST, clean_checkpoint_temps, damaged, load_checkpoint,
+                                    save_checkpoint)
+from eclip.train.fingerprint import check_fingerprint, data_fingerprint
 from eclip.train.data import Collator, ListingDataset
 from eclip.train.distributed import (DistEnv, barrier, gather_objects, init_distributed,
                                      rank_log, wrap_data_parallel)
@@ -74,17 +76,43 @@ class TrainResult:
 class MetricsLog:
     """Metrics to ``metrics.jsonl`` and, where tensorboard is installed, to TensorBoard."""
 
-    def __init__(self, directory: Path, enabled: bool = True):
+    def __init__(self, directory: Path, enabled: bool = True, start_step: int = 0):
         self.path = directory / "metrics.jsonl"
         self.enabled = enabled
         self.tb = None
         if not enabled:  # ranks other than 0 log nothing
             return
+        self.trim(start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(directory / "tensorboard"))
+            # a resumed run: TensorBoard drops the events after the checkpoint, as metrics.jsonl
+            self.tb = SummaryWriter(str(directory / "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
         except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
             self.tb = None
+
+    def trim(self, start_step: int) -> None:
+        """Keep the rows a run starting at ``start_step`` has not logged again: a resumed run
+        replays the steps after its checkpoint (their rows, and the skipped steps logged at the
+        checkpoint's step, would be there twice); a run from step 0 starts an empty log."""
+        if not self.path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                step = int(row["step"])
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill: not kept
+                dropped += 1
+                continue
+            replayed = step > start_step or (step == start_step and any(
+                key.startswith("skipped_nonfinite") for key in row))
+            if replayed or start_step == 0:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            write_text_atomic(self.path, "".join(kept))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -232,10 +260,11 @@ class TrainingRun:
     bad_steps: int = 0  # consecutive skipped steps
     history: list[dict[str, Any]] = field(default_factory=list)
     wise: WiseFT | None = None  # train.wise_alpha: the weights before training, merged at the end
+    fingerprint: dict[str, Any] | None = None  # of the training data, saved in checkpoints
     metrics: MetricsLog = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = MetricsLog(self.out_dir, enabled=self.env.is_main)
+        self.metrics = MetricsLog(self.out_dir, enabled=self.env.is_main, start_step=self.step)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -340,6 +369,7 @@ class TrainingRun:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
                 "data": positions, "torch_rng": rng_states, "step": self.step,
+                "data_fingerprint": self.fingerprint,
             })
 
     def validation(self, epoch: int) -> None:
@@ -401,6 +431,11 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     log = rank_log(env, log)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        clean_run_temps(out_dir, cfg)
+    # what the run trains on; a resumed run checks it against its checkpoint before anything else
+    fingerprint = data_fingerprint(recipe, list(train_listings))
+    state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
     wise = prepare_finetune(model, cfg)  # the towers' locked layers; the start for wise_alpha
@@ -418,7 +453,7 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
                                    warmup_steps=min(cfg.warmup_steps, total_steps // 2),
                                    min_ratio=cfg.min_lr_ratio)
     precision = Precision(cfg.precision, env.device)
-    step = resume_step(out_dir / CHECKPOINTS, resume, model, optimizer, scheduler, precision,
+    step = resume_step(out_dir / CHECKPOINTS, state, model, optimizer, scheduler, precision,
                        data.source, env, log)
     # DDP broadcasts rank 0's weights, so every rank starts from the same model.
     embedder = wrap_data_parallel(Embedder(model, data.image_input), env)
@@ -428,22 +463,52 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         total_steps=total_steps, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
         precision=precision, embed_step=embedding_step(cfg, model),
         params=[p for p in model.parameters() if p.requires_grad], embedder=embedder, step=step,
-        wise=wise)
+        wise=wise, fingerprint=fingerprint)
     run.announce()
     return run
 
 
-def resume_step(ckpt_dir: Path, resume: bool, model, optimizer, scheduler, precision: Precision,
-                source: DataSource, env: DistEnv, log: Callable[[str], None]) -> int:
-    """The step the run starts at: the last checkpoint's, restored into the run's objects, where
-    ``resume`` finds one; else 0."""
+def clean_run_temps(out_dir: Path, cfg: TrainConfig) -> None:
+    """Temporary files that a run killed in this folder left (a checkpoint, the model, init/,
+    reports half written): removed where their writer is gone (``eclip.atomic.clean_stale_temps``)."""
+    clean_stale_temps(out_dir)
+    clean_checkpoint_temps(out_dir / CHECKPOINTS)
+    if cfg.model_dir:
+        clean_stale_temps(Path(cfg.model_dir).parent, (Path(cfg.model_dir).name,))
+
+
+def _resume_state(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any], out_dir: Path,
+                  log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from (None: none there, or not resuming), once its
+    data fingerprint matches the data of this run (else ConfigError naming what changed); a
+    damaged checkpoint is a CheckpointError naming the file."""
     state = load_checkpoint(ckpt_dir) if resume else None
     if state is None:
         if resume:
             log(f"no checkpoint in {ckpt_dir}: starting from scratch")
+        return None
+    note = check_fingerprint(state.get("data_fingerprint"), fingerprint, ckpt_dir / LAST, out_dir)
+    if note:
+        log(note)
+    return state
+
+
+def resume_step(ckpt_dir: Path, state: dict[str, Any] | None, model, optimizer, scheduler,
+                precision: Precision, source: DataSource, env: DistEnv,
+                log: Callable[[str], None]) -> int:
+    """The step the run starts at: the checkpoint's (``state``, see :func:`_resume_state`),
+    restored into the run's objects; 0 without one. A checkpoint that does not fit the run's model,
+    optimizer or data is a CheckpointError naming the file."""
+    if state is None:
         return 0
-    step = _restore(state, model, optimizer, scheduler, precision, source, env)
-    log(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
+    try:
+        step = _restore(state, model, optimizer, scheduler, precision, source, env)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        lines = str(exc).strip().splitlines()
+        detail = "; ".join(line.strip() for line in lines[:3]) or type(exc).__name__
+        raise damaged(ckpt_dir / LAST, f"it does not fit this run's model, optimizer or data "
+                                       f"({detail})") from None
+    log(f"resumed from {ckpt_dir / LAST} at step {step}")
     return step
 
 
