@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_model import ToyDualEncoder, grads, rows_of, toy_batch
+from toy_model import ToyDualEncoder, grads, toy_batch, units_of
 
 from eclip.errors import ConfigError
 from eclip.train.accumulate import Embedder, MultiStreamStep, WholeBatchStep, concat_batches
@@ -14,15 +14,10 @@ from eclip.train.loss import ContrastiveLoss, contrastive_loss, contrastive_loss
 from eclip.train.precision import Precision
 
 
-def _units(batch, micro):
-    rows = batch["group"].shape[0]
-    return [rows_of(batch, start, start + micro) for start in range(0, rows, micro)]
-
-
 @pytest.mark.parametrize("chunk_size", [None, 5])
 def test_multi_stream_gradients_equal_one_big_batch_with_dropout(chunk_size):
     batch = toy_batch(12)
-    units = _units(batch, 3)
+    units = units_of(batch, 3)
 
     # The reference: the same four micro-batches embedded in order *with* autograd (the dropout
     # masks a multi-stream step must reproduce), one loss over all of them, one backward pass.
@@ -50,7 +45,7 @@ def test_multi_stream_gradients_equal_one_big_batch_with_dropout(chunk_size):
 
 def test_multi_stream_equals_whole_batch_step_without_dropout():
     batch = toy_batch(10)
-    units = _units(batch, 2)
+    units = units_of(batch, 2)
     whole, streams = ToyDualEncoder(), ToyDualEncoder()
     a = WholeBatchStep()(Embedder(whole, pixel_input), units, ContrastiveLoss(), Precision())
     b = MultiStreamStep()(Embedder(streams, pixel_input), units, ContrastiveLoss(chunk_size=3),
@@ -64,7 +59,7 @@ def test_a_non_finite_loss_leaves_no_gradients():
     model = ToyDualEncoder()
     with torch.no_grad():
         model.image[0].weight[0, 0] = float("nan")
-    value = MultiStreamStep()(Embedder(model, pixel_input), _units(toy_batch(8), 4), ContrastiveLoss(),
+    value = MultiStreamStep()(Embedder(model, pixel_input), units_of(toy_batch(8), 4), ContrastiveLoss(),
                               Precision())
     assert value != value  # NaN
     assert all(p.grad is None for p in model.parameters())

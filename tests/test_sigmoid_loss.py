@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_model import ToyDualEncoder, grads, rows_of, toy_batch
+from toy_model import ToyDualEncoder, grads, toy_batch, units_of
 
 from eclip.errors import ConfigError
 from eclip.train.accumulate import Embedder, MultiStreamStep, WholeBatchStep
@@ -220,15 +220,10 @@ def test_half_precision_is_computed_in_float32():
     assert _sigmoid(i16, t16, 10.0, -2.0, groups).dtype == torch.float32
 
 
-def _units(batch, micro):
-    rows = batch["group"].shape[0]
-    return [rows_of(batch, start, start + micro) for start in range(0, rows, micro)]
-
-
 @pytest.mark.parametrize("chunk_size", [None, 5])
 def test_multi_stream_gradients_equal_one_big_batch_with_dropout(chunk_size):
     batch = toy_batch(12)
-    units = _units(batch, 3)
+    units = units_of(batch, 3)
     reference = ToyDualEncoder(dropout=0.3, logit_bias=-2.0)
     torch.manual_seed(5)
     parts = [(reference.encode_image(u["pixel_values"]),
@@ -251,7 +246,7 @@ def test_multi_stream_gradients_equal_one_big_batch_with_dropout(chunk_size):
 
 def test_multi_stream_equals_whole_batch_step():
     batch = toy_batch(10)
-    units = _units(batch, 2)
+    units = units_of(batch, 2)
     whole, streams = ToyDualEncoder(logit_bias=-1.0), ToyDualEncoder(logit_bias=-1.0)
     a = WholeBatchStep()(Embedder(whole, pixel_input), units, ContrastiveLoss(loss="sigmoid"), Precision())
     b = MultiStreamStep()(Embedder(streams, pixel_input), units,

@@ -57,3 +57,9 @@ def rows_of(batch: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, 
 
 def grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def units_of(batch: dict[str, torch.Tensor], micro: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` cut into micro-batches of ``micro`` rows (the units of a multi-stream step)."""
+    rows = batch["group"].shape[0]
+    return [rows_of(batch, start, start + micro) for start in range(0, rows, micro)]

@@ -372,6 +372,23 @@ def _check_max_length(model: nn.Module, config: DualEncoderConfig) -> None:
                           f"model.max_length <= {positions}")
 
 
+def _load_checked(load: Callable[[], tuple[nn.Module, dict]], path: Path, field: str,
+                  name: str | None) -> nn.Module:
+    """``load()`` (a transformers ``from_pretrained`` with ``output_loading_info``), its failures as
+    one-line errors naming ``model.FIELD``, and refused when weights are missing or mismatched."""
+    try:
+        model, info = load()
+    except SafetensorError as err:
+        raise weights_error(path, err) from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the weights of {field} '{name}': {err}") from err
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        raise ModelError(f"{field} '{name}' does not match its architecture: missing "
+                         f"{sorted(info.get('missing_keys', []))[:5]}, mismatched "
+                         f"{sorted(info.get('mismatched_keys', []))[:5]}")
+    return model
+
+
 @register_text_tower("hf")
 def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> HFTextTower:
     """Any Hugging Face AutoModel directory; with ``load_weights`` its weights, else its architecture."""
@@ -380,19 +397,14 @@ def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights:
 
         path = resolve_text_model(config.text_model)
         pooler = config.text_pooling == "pooler"
-        try:
+
+        def load():
             with quiet_transformers():
-                model, info = AutoModel.from_pretrained(
+                return AutoModel.from_pretrained(
                     path, output_loading_info=True,
                     **_pooling_kwargs(AutoConfig.from_pretrained(path), pooler))
-        except SafetensorError as err:
-            raise weights_error(path, err) from None
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load the weights of text_model '{config.text_model}': {err}") from err
-        if info.get("missing_keys") or info.get("mismatched_keys"):
-            raise ModelError(f"text_model '{config.text_model}' does not match its architecture: missing "
-                             f"{sorted(info.get('missing_keys', []))[:5]}, mismatched "
-                             f"{sorted(info.get('mismatched_keys', []))[:5]}")
+
+        model = _load_checked(load, path, "text_model", config.text_model)
     elif config.text_hf_config is not None:
         model = _build_hf_model(_hf_config_from_dict(config.text_hf_config, "text_hf_config"),
                                 config.text_pooling == "pooler")
@@ -607,20 +619,16 @@ def build_hf_image_tower(config: DualEncoderConfig, load_weights: bool) -> HFIma
                     path, output_loading_info=True,
                     **_pooling_kwargs(AutoConfig.from_pretrained(path), pooler))
 
-        try:
+        def load_with_pooling():
+            nonlocal pooling
             model, info = load(pooling == "pooler")
             missing = sorted(info.get("missing_keys", []))
             if pooling == "pooler" and missing and all(k.startswith("pooler.") for k in missing):
-                model, info = load(False)
+                model, info = load(False)  # saved without its pooler: the CLS token instead
                 pooling = "cls"
-        except SafetensorError as err:
-            raise weights_error(path, err) from None
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load the weights of image_model '{config.image_model}': {err}") from err
-        if info.get("missing_keys") or info.get("mismatched_keys"):
-            raise ModelError(f"image_model '{config.image_model}' does not match its architecture: "
-                             f"missing {sorted(info.get('missing_keys', []))[:5]}, mismatched "
-                             f"{sorted(info.get('mismatched_keys', []))[:5]}")
+            return model, info
+
+        model = _load_checked(load_with_pooling, path, "image_model", config.image_model)
         tower = HFImageTower(model, pooling)
         from eclip.model.pretrained import image_settings
 
