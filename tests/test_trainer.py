@@ -78,10 +78,10 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
     assert (out / "checkpoints" / "last.pt").is_file()
     assert any((out / "tensorboard").iterdir())
     # the fused vector's weight is the one that ranks validation catalogs best, saved with the model
-    from eclip.encode import choose_fusion_weight, embed_listings
+    from eclip.encode import choose_fusion_weight, embed_listings, title_composer
 
     saved = DualEncoder.from_pretrained(out / "model")
-    emb = embed_listings(saved, data.val, progress=False)
+    emb = embed_listings(saved, data.val, title_composer(saved), progress=False)
     expected = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in data.val])
     assert saved.config.fusion_weight == expected == result.model.config.fusion_weight
 

@@ -41,7 +41,7 @@ from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
-from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k
+from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, title_composer
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
@@ -390,11 +390,14 @@ class TrainingRun:
     def choose_fusion_weight(self) -> None:
         """The model's fusion weight (``model.fusion_weight``: the image's share of its "both"
         vector, served by ``eclip embed`` and search, read by ``eclip eval``), chosen on the
-        validation catalogs; without validation listings it stays unset."""
+        validation catalogs with their titles as the text: what the evaluation reads, and the hard
+        case (a composed text that names category and attributes ranks a catalog's listings
+        together at almost any weight, which would leave the choice to ties); without validation
+        listings it stays unset."""
         if not self.val_listings:
             return
-        emb = embed_listings(self.model, self.val_listings, self.composer, progress=False,
-                             image_cache=self.data.image_cache,
+        emb = embed_listings(self.model, self.val_listings, title_composer(self.model),
+                             progress=False, image_cache=self.data.image_cache,
                              batch_size=self.cfg.eval_batch_size)
         weight = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in self.val_listings])
         self.model.config.fusion_weight = weight
