@@ -137,7 +137,7 @@ def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
         f"Probes: logistic regression, C from {cfg.probe_c} by val; mean ± std over {cfg.seeds} "
         f"seeds, each trained on {cfg.probe_fraction:.0%} of the training catalogs. Probes "
         "(category, attribute, adult) read every model's towers' pooled features, the "
-        "representation; zero-shot, matching, clustering and retrieval read the joint space (a "
+        "representation (both: the halves fused evenly; a probe weighs them itself); zero-shot, matching, clustering and retrieval read the joint space (a "
         "baseline's: its tower features, but for zero-shot and retrieval).",
         "Retrieval (task 'retrieval', the direction as modality; eclip.tasks.ir): text->image, each "
         "test title against the test images, its catalog's listings relevant (itself included); "

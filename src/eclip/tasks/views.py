@@ -77,6 +77,8 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
     "both" fuses with the model's own weight (``model.fusion_weight``, chosen on validation
     catalogs when it was trained); a model without one (towers before training) gets the weight
     that ``encode.choose_fusion_weight`` picks on ``val_rows`` (or ``FUSION_WEIGHT`` without them).
+    That weight serves the similarity tasks; the probes read the towers' features with the halves
+    fused evenly (``FUSION_WEIGHT``), since a probe learns its own weighting of them.
     """
     emb = embed_listings(model, listings, title_composer(model), batch_size=batch_size,
                          image_cache=cache, features=True, progress=progress, desc=name)
@@ -92,8 +94,9 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
                                           [listings[i].group_id for i in rows])
             source = "chosen on val"
     joint = {"image": emb.image, "text": emb.text, "both": fuse(emb.image, emb.text, weight)}
-    towers = {"image": image, "text": text, "both": fuse(image, text, weight)}
-    task, features = (towers, None) if tower else (joint, towers)
+    # probes learn their own weighting of the halves: they read the tower features fused evenly
+    features = {"image": image, "text": text, "both": fuse(image, text, FUSION_WEIGHT)}
+    task = {"image": image, "text": text, "both": fuse(image, text, weight)} if tower else joint
     composer = model_composer(model)
     return ModelViews(name, kind, task, joint,
                       lambda texts: embed_texts(model, list(texts), batch_size=batch_size),
