@@ -308,3 +308,14 @@ def test_eval_cli_runs_what_the_labels_allow_and_explains_the_rest(partial_catal
 def test_eval_cli_rejects_a_bad_model_spec(tmp_path, capsys):
     code = main(["eval", "--models", "eclip", "--catalog", "x.csv", "--out", str(tmp_path)])
     assert code == 2 and "NAME=MODEL_DIR" in capsys.readouterr().err
+
+
+def test_the_title_ceiling_counts_titles_shared_across_catalogs():
+    from eclip.tasks.suite import duplicate_title_share
+
+    titles = ["Red mug", "red mug", "Blue cap", "Blue cap", "Green pen", "Green pen"]
+    catalogs = ["a", "b", "c", "c", "d", "e"]  # the caps share a catalog: rankable apart is moot
+    listings = [Listing(product_id=f"p{i}", title=t, images=["x.jpg"], catalog_id=c, split="test")
+                for i, (t, c) in enumerate(zip(titles, catalogs))]
+    ctx = TaskContext(eval_splits(listings), [], EXACT, Report())
+    assert duplicate_title_share(ctx) == pytest.approx(4 / 6)  # both mugs and both pens

@@ -120,6 +120,22 @@ def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = Non
     ir.run_retrieval(ctx, query_encoders=query_encoders, out_dir=out_dir)
 
 
+def duplicate_title_share(ctx: TaskContext) -> float:
+    """The share of test listings whose cleaned title is also the title of a listing of another
+    catalog in the test split: the part of text retrieval that no text model can get right."""
+    from collections import defaultdict
+
+    from eclip.tasks.views import clean_titles
+
+    test = ctx.rows("test")
+    titles = clean_titles([ctx.splits.listings[i] for i in test])
+    groups: dict[str, set] = defaultdict(set)
+    for title, i in zip(titles, test):
+        groups[title.casefold()].add(ctx.groups[i])
+    shared = sum(1 for title in titles if len(groups[title.casefold()]) > 1)
+    return shared / max(len(test), 1)
+
+
 def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
     cfg = ctx.config
     counts = ctx.splits.counts()
@@ -163,7 +179,14 @@ def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
     if towers:
         notes.append(f"{', '.join(towers)}: the towers before alignment, read as pooled tower "
                      "features (pretrained features where the tower is pretrained); zero-shot "
-                     "and cross-modal retrieval use its projections at initialisation.")
+                     "and cross-modal retrieval use its projections at initialisation, which are "
+                     "random unless the model started from an aligned checkpoint: near chance there "
+                     "by construction, not a finding.")
+    shared = duplicate_title_share(ctx)
+    if shared:
+        notes.append(f"Title ceiling: {shared:.1%} of the test listings have a cleaned title that "
+                     "a listing of another catalog also has; no text-only model can rank those "
+                     "apart, so text retrieval and text matching cannot reach 1.0 here.")
     if cfg.reference:
         notes.append("tfidf: character 2-4-grams of the cleaned title, IDF from train, the same "
                      "heads; title_span: attribute values written in the title, found by string "
@@ -259,6 +282,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
             "same catalog resamples and averages them (eclip.tasks.seeds): its interval covers "
             "the sampling of the test catalogs for that mean; the seed std beside it is the "
             "spread across training runs.")
+    report.meta["duplicate_title_share"] = round(duplicate_title_share(ctx), 4)
     report.meta["fusion_weights"] = {v.name: {"weight": v.fusion_weight, "source": v.fusion_source}
                                      for v in views if v.fusion_weight is not None}
     report.meta.update({"splits": counts, "split_source": splits.source,
