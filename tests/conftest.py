@@ -44,6 +44,15 @@ def tiny_model_dir(tiny_catalog, tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a small shared machine train faster on one thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class LossCrash(RuntimeError):
     """Raised inside a training step by ``crash_in_loss``."""
 

@@ -25,15 +25,6 @@ TRAIN_SCHEDULE = [{"step": 0, "batch_size": 8}, {"step": 2, "batch_size": 16},
                   {"step": 4, "batch_size": 24}]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a small shared machine train faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_phases_by_step_and_the_lr_rules():
     schedule = BatchSchedule.from_recipe(64, SCHEDULE, "sqrt")
     assert [schedule.batch_size(s) for s in range(7)] == [8, 8, 8, 16, 16, 32, 32]

@@ -58,12 +58,8 @@ def _recipe(out, *extra):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a small shared machine train faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (conftest's ``one_thread``)."""
 
 
 @pytest.fixture

@@ -67,11 +67,8 @@ def _age(path: Path, seconds: float = 3600) -> None:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (conftest's ``one_thread``)."""
 
 
 OVERRIDES = ["train.batch_size=16", "train.log_every=1", "train.checkpoint_every=2",
