@@ -26,6 +26,18 @@ def eval_transform(model) -> ImageTransform:
     return model.config.image_transform(train=False)
 
 
+def photo_batches(paths: list[str], transform: ImageTransform, run, *, batch_size: int = 128,
+                  progress: bool = False, desc: str = "images") -> list[torch.Tensor]:
+    """``run(pixels)`` for the photos of ``paths``, decoded and transformed ``batch_size`` at a
+    time, in order: one tensor per batch."""
+    chunks = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress,
+                      unit="batch"):
+        chunks.append(run(torch.stack([transform(load_image(p))
+                                       for p in paths[start:start + batch_size]])))
+    return chunks
+
+
 def caches_locked_tower(lock_image: bool, cache_locked_features: bool, augment: bool) -> bool:
     """Whether a run serves its image tower from an :class:`ImageFeatureCache`: the tower (below
     the trainable top blocks) is locked, caching is on and no augmentation changes the pixels."""
@@ -68,12 +80,10 @@ class ImageFeatureCache:
         unique = list(dict.fromkeys(paths))
         was_training = model.training
         model.eval()
-        chunks = []
-        for start in tqdm(range(0, len(unique), batch_size), desc=desc, disable=not progress,
-                          unit="batch"):
-            pixels = torch.stack([transform(load_image(p)) for p in unique[start:start + batch_size]])
-            chunks.append(model.image_tower.below(pixels, top_blocks) if top_blocks
-                          else model.image_features(pixels))
+        run = ((lambda pixels: model.image_tower.below(pixels, top_blocks)) if top_blocks
+               else model.image_features)
+        chunks = photo_batches(unique, transform, run, batch_size=batch_size, progress=progress,
+                               desc=desc)
         model.train(was_training)
         features = torch.cat(chunks) if chunks else torch.empty(0)
         return cls(unique, features, locked_fingerprint(model, top_blocks), top_blocks)

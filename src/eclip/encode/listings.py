@@ -24,10 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from eclip.catalog.compose import TextComposer
-from eclip.catalog.images import load_image
 from eclip.catalog.schema import Listing
 from eclip.encode.fusion import fuse, model_fusion_weight, unit_rows
-from eclip.encode.images import ImageFeatureCache, eval_transform
+from eclip.encode.images import ImageFeatureCache, eval_transform, photo_batches
 from eclip.encode.text import model_composer
 
 
@@ -89,12 +88,8 @@ def image_features(model, paths: list[str], *, image_cache: ImageFeatureCache | 
     if image_cache is not None:
         image_cache.check(model)
         return image_cache.tower_features(model, paths)
-    transform = eval_transform(model)
-    chunks = []
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress,
-                      unit="batch"):
-        pixels = torch.stack([transform(load_image(p)) for p in paths[start:start + batch_size]])
-        chunks.append(model.image_features(pixels))
+    chunks = photo_batches(paths, eval_transform(model), model.image_features,
+                           batch_size=batch_size, progress=progress, desc=desc)
     return torch.cat(chunks) if chunks else torch.zeros(0, model.image_tower.out_dim)
 
 

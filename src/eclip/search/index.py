@@ -212,9 +212,15 @@ class _Vectors:
 
     @classmethod
     def load(cls, generation: Path, mmap: bool = False) -> _Vectors:
+        """The ids and vectors of a generation; a file that cannot be read is a SearchIndexError
+        naming it."""
         mode = "r" if mmap else None
-        return cls(np.load(generation / "vids.npy"),
-                   {m: np.load(generation / f"{m}.npy", mmap_mode=mode) for m in MODALITIES})
+
+        def read(name: str) -> np.ndarray:
+            with _reading(generation / name):
+                return np.load(generation / name, mmap_mode=mode)
+
+        return cls(read("vids.npy"), {m: read(f"{m}.npy") for m in MODALITIES})
 
 
 class _Writer:
@@ -574,15 +580,12 @@ class SearchIndex:
             stored_count = self.store.count()  # reads the schema and the table: garbage fails
         _consistent(generation / "listings.sqlite", stored_count == listings,
                     f"it holds {stored_count} listings, info.json {listings}")
-        with _reading(generation / "vids.npy"):
-            self.vids = np.asarray(np.load(generation / "vids.npy"))
+        stored = _Vectors.load(generation, mmap=True)
+        self.vids, self.vectors = np.asarray(stored.vids), stored.arrays
         _consistent(generation / "vids.npy", self.vids.shape == (listings,),
                     f"{self.vids.shape[0] if self.vids.ndim else 0} ids, info.json {listings}")
-        self.vectors = {}
         for m in MODALITIES:
             path = generation / f"{m}.npy"
-            with _reading(path):
-                self.vectors[m] = np.load(path, mmap_mode="r")
             _consistent(path, self.vectors[m].ndim == 2 and self.vectors[m].shape[0] == listings,
                         f"shape {self.vectors[m].shape}, info.json {listings} listings")
         self.indexes = {}
