@@ -13,13 +13,14 @@ from typing import Any
 
 from eclip.catalog.config import DataConfig
 from eclip.config import Range, above, apply_overrides, at_least, check_ranges, from_dict, load_yaml
-from eclip.errors import ConfigError
 
 
 # The allowed values of every numeric option of the train section, checked in one place
 # (``TrainConfig.__post_init__``: recipes, overrides and direct construction alike); a value outside
 # is a ConfigError naming ``train.<key>`` and the range. ``None`` stays allowed where the field is
 # optional (off / no cap). A new numeric field belongs here.
+_LAYERS_NOTE = ("or null: the whole tower; at least 1 layer group trains: lock a whole tower with "
+                "train.lock_text / lock_image")
 TRAIN_RANGES: dict[str, Range] = {
     "epochs": at_least(0, "0: no step, the initial model saved as the trained one"),
     "max_steps": at_least(0, "or null: no cap; 0: no step, the initial model saved as the trained "
@@ -40,6 +41,11 @@ TRAIN_RANGES: dict[str, Range] = {
     # the largest gradient norm kept; .inf: no clipping (a norm <= 0 would flip or zero the update)
     "grad_clip": above(0, ".inf: no clipping", allow_inf=True),
     "image_trainable_blocks": at_least(0),
+    "text_trainable_layers": at_least(1, _LAYERS_NOTE),
+    "image_trainable_layers": at_least(1, _LAYERS_NOTE),
+    "text_lr_decay": Range(0, 1, low_open=True, note="1.0: no decay"),
+    "image_lr_decay": Range(0, 1, low_open=True, note="1.0: no decay"),
+    "wise_alpha": Range(0, 1, note="or null: no merge"),
     "seed": at_least(0),
     "checkpoint_every": at_least(1),
     "log_every": at_least(1),
@@ -119,18 +125,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", TRAIN_RANGES)
-        for name in ("text_trainable_layers", "image_trainable_layers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"train.{name} must be at least 1 (or null: the whole tower), got "
-                                  f"{value}; lock a whole tower with train.lock_text / lock_image")
-        for name in ("text_lr_decay", "image_lr_decay"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"train.{name} must be in (0, 1] (1.0: no decay), got {value}")
-        if self.wise_alpha is not None and not 0.0 <= self.wise_alpha <= 1.0:
-            raise ConfigError(f"train.wise_alpha must be in [0, 1] (or null: no merge), got "
-                              f"{self.wise_alpha}")
 
 
 @dataclass
