@@ -14,7 +14,6 @@ import importlib
 import inspect
 import sys
 import textwrap
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,9 +40,6 @@ EPILOG = """examples:
 
 eclip COMMAND --help describes a command and its options.
 """
-
-
-HELD_OUT_SPLITS = ("val", "test")  # listings `eclip index` warns about: evaluation's held-out ones
 
 
 class Library:
@@ -236,6 +232,7 @@ def _product_ids(value: str) -> list[str]:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from eclip.catalog.load import BAD_ROWS_FILE, load_catalog
+    from eclip.catalog.splits import held_out_warning, only_splits
     from eclip.search import VectorSettings, build_index, delete_from_index, update_index
 
     if args.delete:
@@ -255,18 +252,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     read = load_catalog(recipe.data, progress=_progress(args))
     listings = read.listings
     if args.split:
-        listings = [x for x in listings if x.split in args.split]
+        listings = only_splits(listings, args.split)
         print(f"indexing the {len(listings)} listings of split {', '.join(args.split)} "
               f"(of {len(read.listings)})")
-        if not listings:
-            raise EclipError(f"no listing has split {', '.join(args.split)}")
-    held_out = Counter(x.split for x in listings if x.split in HELD_OUT_SPLITS)
-    if held_out:
-        print("warning: " + ", ".join(f"{n} listings of split '{name}'"
-                                      for name, n in sorted(held_out.items()))
-              + " are indexed: evaluating on them measures memory, not generalisation (search "
-              "and /classify answer with the listing itself); index only the training listings "
-              "with --split train to evaluate on the others")
+    warning = held_out_warning(listings)
+    if warning:
+        print(warning)
     if args.update:
         info = update_index(out, listings, model_dir=args.model, batch_size=args.batch_size,
                             progress=_progress(args))

@@ -9,12 +9,14 @@ both keep a ``split`` column where the catalog file has one.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from eclip.catalog.config import DataConfig
 from eclip.catalog.schema import Listing
+from eclip.errors import CatalogError
 
 SPLITS = ("train", "val", "test")
 VAL_SALT = "val:"  # the draw that carves val catalogs out of train ones (training and evaluation)
@@ -104,6 +106,31 @@ class EvalSplits:
 
     def counts(self) -> dict[str, int]:
         return {name: int((self.split == name).sum()) for name in SPLITS}
+
+
+HELD_OUT_SPLITS = ("val", "test")  # the evaluation's held-out listings
+
+
+def only_splits(listings: list[Listing], names: list[str]) -> list[Listing]:
+    """The listings whose split is one of ``names`` (e.g. an index of the training listings only);
+    a CatalogError when none is."""
+    kept = [x for x in listings if x.split in names]
+    if not kept:
+        raise CatalogError(f"no listing has split {', '.join(names)}")
+    return kept
+
+
+def held_out_warning(listings: list[Listing]) -> str | None:
+    """A warning when ``listings`` include held-out (val / test) ones: a search index of them answers
+    for them, so evaluating the service on them measures memory, not generalisation."""
+    held_out = Counter(x.split for x in listings if x.split in HELD_OUT_SPLITS)
+    if not held_out:
+        return None
+    return ("warning: " + ", ".join(f"{n} listings of split '{name}'"
+                                    for name, n in sorted(held_out.items()))
+            + " are indexed: evaluating on them measures memory, not generalisation (search and "
+            "/classify answer with the listing itself); index only the training listings with "
+            "--split train to evaluate on the others")
 
 
 def eval_splits(listings: list[Listing],
