@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,7 @@ from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
 from eclip.tasks.seeds import SEP, base_name, expand_seeds, fold_rows, pool_outcomes
-from eclip.tasks.views import listing_cache, model_views, tfidf_views
+from eclip.tasks.views import clean_titles, listing_cache, model_views, tfidf_views
 
 RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribute,
            "matching": matching.run_matching, "clustering": clustering.run_clustering,
@@ -123,10 +124,6 @@ def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = Non
 def duplicate_title_share(ctx: TaskContext) -> float:
     """The share of test listings whose cleaned title is also the title of a listing of another
     catalog in the test split: the part of text retrieval that no text model can get right."""
-    from collections import defaultdict
-
-    from eclip.tasks.views import clean_titles
-
     test = ctx.rows("test")
     titles = clean_titles([ctx.splits.listings[i] for i in test])
     groups: dict[str, set] = defaultdict(set)
@@ -182,7 +179,7 @@ def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
                      "and cross-modal retrieval use its projections at initialisation, which are "
                      "random unless the model started from an aligned checkpoint: near chance there "
                      "by construction, not a finding.")
-    shared = duplicate_title_share(ctx)
+    shared = ctx.report.meta.get("duplicate_title_share")
     if shared:
         notes.append(f"Title ceiling: {shared:.1%} of the test listings have a cleaned title that "
                      "a listing of another catalog also has; no text-only model can rank those "
@@ -268,6 +265,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
             log(f"bootstrap: {cfg.bootstrap} resamples of {report.meta['bootstrap']['catalogs']} "
                 f"test catalogs, {len(report.comparisons)} comparisons")
         lap("bootstrap")
+    report.meta["duplicate_title_share"] = round(duplicate_title_share(ctx), 4)
     report.notes += _notes(ctx, names) + list(notes or [])
     if folded:
         report.meta["training_seeds"] = {name: len(seeds) for name, seeds in members.items()
@@ -282,7 +280,6 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
             "same catalog resamples and averages them (eclip.tasks.seeds): its interval covers "
             "the sampling of the test catalogs for that mean; the seed std beside it is the "
             "spread across training runs.")
-    report.meta["duplicate_title_share"] = round(duplicate_title_share(ctx), 4)
     report.meta["fusion_weights"] = {v.name: {"weight": v.fusion_weight, "source": v.fusion_source}
                                      for v in views if v.fusion_weight is not None}
     report.meta.update({"splits": counts, "split_source": splits.source,
