@@ -31,7 +31,7 @@ from eclip import __version__
 from eclip.atomic import temp_sibling
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
-from eclip.model.files import guard_model_dir
+from eclip.model.files import guard_model_dir, read_json
 from eclip.model.tokenizer import load_tokenizer
 from eclip.model.towers import (ImageTower, TextTower, build_image_tower, build_text_tower,
                                  train_top_groups)
@@ -266,7 +266,7 @@ class DualEncoder(nn.Module):
         if not config_path.is_file():
             raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory")
         guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
-        data = json.loads(config_path.read_text(encoding="utf-8"))
+        data = read_json(config_path)
         if not isinstance(data, dict):
             raise ModelError(f"{config_path} is not an eclip model config (not a JSON object)")
         if data.get("model_type") != MODEL_TYPE:

@@ -33,7 +33,6 @@ PIL image processors.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -101,10 +100,7 @@ def image_settings(directory: str | Path, required: bool = True) -> dict[str, An
         if required:
             raise ModelError(f"{path} is missing: the checkpoint's image preprocessing is unknown")
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{path} cannot be read: {err}") from err
+    data = read_json(path)
 
     def refuse(reason: str) -> None:
         if required:
