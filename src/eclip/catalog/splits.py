@@ -89,8 +89,7 @@ def assign_splits(listings: list[Listing], data: DataConfig) -> tuple[list[Listi
     splits = split_listings(listings, data)
     assigned = ([replace(x, split=data.train_split) for x in splits.train]
                 + [replace(x, split=data.val_split) for x in splits.val])
-    return assigned, (f"no split column: {len(splits.val)} listings held out by catalog as "
-                      f"'{data.val_split}' (data.val_fraction={data.val_fraction})")
+    return assigned, splits.note
 
 
 @dataclass
