@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.schema import Listing
-from eclip.encode.fusion import fuse, model_fusion_weight, unit_rows
+from eclip.encode.fusion import FUSION_WEIGHT, fuse, model_fusion_weight, unit_rows
 from eclip.encode.images import ImageFeatureCache, eval_transform, photo_batches
 from eclip.encode.text import model_composer
 
@@ -36,7 +36,7 @@ class Embeddings:
     image: np.ndarray  # [N, D] float32, unit rows
     text: np.ndarray  # [N, D]
     product: np.ndarray  # [N, 2D]: fuse(image, text, fusion_weight)
-    fusion_weight: float = 0.5
+    fusion_weight: float = FUSION_WEIGHT
     image_features: np.ndarray | None = None  # [N, F_image] pooled tower features (features=True)
     text_features: np.ndarray | None = None  # [N, F_text]
 
