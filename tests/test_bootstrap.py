@@ -246,8 +246,11 @@ def test_report_counts_only_wins_and_shows_the_verdict_table(tmp_path):
         "task": "matching", "modality": "image", "model": "eclip", "reference": "baseline",
         "metric": "cosine_roc_auc", "delta": 0.1, "ci_low": 0.05, "ci_high": 0.15, "verdict": "win"}
     assert data["comparisons"][3]["ci_low"] is None  # NaN: valid JSON
-    assert data["verdicts"]["matching"] | {"line": None, "margins": None} == {
-        "line": None, "margins": None, "beats_all": False, "win": 1, "tie": 1, "loss": 1}
+    assert data["verdicts"]["matching"] | {"line": None, "margins": None, "not_won": None} == {
+        "line": None, "margins": None, "not_won": None, "beats_all": False, "win": 1, "tie": 1,
+        "loss": 1}
+    assert [(c["modality"], c["verdict"]) for c in data["verdicts"]["matching"]["not_won"]] == [
+        ("text", "tie"), ("both", "loss")]
     md = md_path.read_text()
     assert "## Verdict table" in md and "| **all** | | 1 win · 1 tie · 1 loss |" in md
     assert "| image | other_metric | eclip − baseline | +0.100 [n/a] n/a |" in md

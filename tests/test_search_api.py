@@ -22,10 +22,17 @@ def listings(tiny_catalog):
     return read_catalog(tiny_catalog).listings
 
 
-@pytest.fixture(scope="module")
-def index_dir(tiny_model_dir, listings, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search_api") / "index"
-    build_index(tiny_model_dir, listings, out, progress=False)
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def index_dir(request, tiny_model_dir, listings, tmp_path_factory):
+    """The same index with its vectors in each store: FAISS files, Milvus Lite (milvus.db)."""
+    from eclip.search.stores import StoreSpec
+
+    if request.param == "milvus":
+        milvus = pytest.importorskip("eclip.search.milvus")
+        pytest.importorskip("milvus_lite")
+        request.addfinalizer(milvus.close_all)  # its Milvus Lite servers stop with the fixture
+    out = tmp_path_factory.mktemp(f"search_api_{request.param}") / "index"
+    build_index(tiny_model_dir, listings, out, progress=False, store=StoreSpec(request.param))
     return out
 
 

@@ -124,3 +124,53 @@ def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
     assert errors == []
     page.close()
 
+
+
+def test_mode_selector_asks_the_api_for_that_mode(browser, site, listings):
+    import httpx
+
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(site)
+    page.wait_for_function("() => document.getElementById('status').textContent"
+                           ".includes('listings')")
+    query = listings[3].title
+    for mode in ("lexical", "vector", "hybrid"):
+        expected = httpx.post(f"{site}/search/text", json={"query": query, "k": 24, "mode": mode}
+                              ).json()["results"]
+        page.select_option("#mode", mode)
+        page.fill("#query", query)
+        page.press("#query", "Enter")
+        page.wait_for_function(f"() => document.getElementById('summary').textContent"
+                               f".includes('({mode},')")
+        assert [c["id"] for c in _cards(page)] == [r["product_id"] for r in expected]
+    # changing the mode re-runs the query on the page
+    page.select_option("#mode", "lexical")
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".includes('(lexical,')")
+    assert errors == []
+    page.close()
+
+
+def test_docs_page_renders_with_the_network_blocked(browser, site):
+    context = browser.new_context()
+    blocked: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(site):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{site}/docs")
+    page.wait_for_selector(".opblock")  # Swagger UI drew the operations from /openapi.json
+    text = page.text_content("body")
+    assert "/search/text" in text and "/similar/{product_id}" in text
+    assert blocked == []  # nothing was asked of any other host
+    context.close()

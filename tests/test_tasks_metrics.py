@@ -106,3 +106,48 @@ def test_clustering_metrics_are_perfect_for_a_relabelled_truth_and_low_for_one_c
     assert lumped["ARI"] == pytest.approx(0.0)
     assert lumped["pair_recall"] == 1.0 and lumped["pair_precision"] == pytest.approx(3 / 15)
     assert lumped["bcubed_precision"] == pytest.approx(1 / 3)
+
+
+def _retrieval_by_full_sort(vectors, groups, ks):
+    """The definition, row by row: sort every other item (stable: ties by index), read the ranks."""
+    import scipy.sparse as sp
+
+    dense = vectors.toarray() if sp.issparse(vectors) else np.asarray(vectors)
+    sims = dense @ dense.T
+    groups = np.asarray(groups)
+    out, n = {f"R@{k}": 0.0 for k in ks} | {"MRR": 0.0, "mAP": 0.0}, 0
+    for q in range(len(groups)):
+        if (groups == groups[q]).sum() < 2:
+            continue
+        others = np.array([i for i in range(len(groups)) if i != q])
+        order = others[np.argsort(-sims[q, others], kind="stable")]
+        relevant = groups[order] == groups[q]
+        hit_ranks = np.flatnonzero(relevant) + 1
+        for k in ks:
+            out[f"R@{k}"] += float(hit_ranks[0] <= k)
+        out["MRR"] += 1.0 / hit_ranks[0]
+        out["mAP"] += float(np.mean(np.arange(1, len(hit_ranks) + 1) / hit_ranks))
+        n += 1
+    return {key: value / n for key, value in out.items()}
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_same_group_retrieval_equals_the_full_sort_with_ties_singletons_and_chunks(ties,
+                                                                                  monkeypatch):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    groups = [f"g{g}" for g in rng.integers(0, 60, size=300)]  # sizes 1..~12, some singletons
+    vectors = rng.standard_normal((300, 8))
+    if ties:  # few distinct scores: many ties, broken by index
+        vectors = np.round(vectors)
+    expected = _retrieval_by_full_sort(vectors, groups, (1, 5, 10))
+    got = M.same_group_retrieval(vectors, groups, ks=(1, 5, 10))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
+    assert M.same_group_retrieval(sp.csr_matrix(vectors), groups, ks=(1, 5, 10)) == \
+        pytest.approx(got, rel=1e-12)
+    # chunked queries (as for a large split) give the same numbers
+    monkeypatch.setattr(M, "min", lambda a, b: 7, raising=False)
+    assert M.same_group_retrieval(vectors, groups, ks=(1, 5, 10)) == pytest.approx(got, rel=1e-12)

@@ -151,15 +151,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_ray(args: argparse.Namespace) -> bool:
+    """Whether ``--engine ray`` was chosen (``--ray-address`` alone is a mistake, said so)."""
+    if args.ray_address and args.engine != "ray":
+        raise EclipError("--ray-address joins a Ray cluster: give it with --engine ray")
+    return args.engine == "ray"
+
+
+def _engine_options(p: argparse.ArgumentParser, engine: str, work: str, note: str = "") -> None:
+    """``--engine``, ``--ray-address`` and ``--block-size`` of a batch command (embed, prepare);
+    ``engine`` is its Ray engine function (where the block size's default is read)."""
+    group = p.add_argument_group("engine")
+    group.add_argument("--engine", default=Library("eclip.engines:DEFAULT_ENGINE"),
+                       choices=Library("eclip.engines:ENGINES"),
+                       help=f"local: this process; ray: {work} on a pool of Ray actors, one per "
+                            f"CPU{note} (pip install 'eclip[ray]') (default: %(default)s)")
+    group.add_argument("--ray-address", metavar="ADDRESS",
+                       help="a running Ray cluster (ray://HEAD:10001, or auto); without it "
+                            "--engine ray starts a local Ray on this machine's cores")
+    group.add_argument("--block-size", type=int, metavar="N",
+                       default=Library(engine, "block_size"),
+                       help="--engine ray: listings per block, the unit an actor takes (and "
+                            "retries when it dies) (default: %(default)s)")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.catalog.load import load_catalog
     from eclip.encode import embed_listings, write_embeddings
     from eclip.model import DualEncoder
 
+    on_ray = _on_ray(args)
     recipe = _recipe(args)
+    out = Path(args.out)
+    if on_ray:  # a folder of Parquet parts, bad_rows.json inside it
+        from eclip.engines.embed import embed_with_ray
+
+        read = load_catalog(recipe.data, report_dir=out, progress=_progress(args))
+        manifest = embed_with_ray(args.model, read.listings, out, batch_size=args.batch_size,
+                                  block_size=args.block_size, threads_per_worker=args.threads or 1,
+                                  address=args.ray_address, progress=_progress(args))
+        print(f"wrote {len(read.listings)} embeddings to {out} (parts listed in {manifest.name})")
+        return 0
     _threads(args)
     model = DualEncoder.from_pretrained(args.model)
-    out = Path(args.out)
     read = load_catalog(recipe.data, report_dir=out.parent, progress=_progress(args))
     emb = embed_listings(model, read.listings, batch_size=args.batch_size,
                          progress=_progress(args))
@@ -193,6 +227,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from eclip.catalog.shards import ShardIndex, prepare_shards
     from eclip.catalog.splits import assign_splits
 
+    on_ray = _on_ray(args)
     recipe = _recipe(args)
     data = recipe.data
     out = Path(args.out)
@@ -201,10 +236,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     listings, message = assign_splits(read.listings, data)
     if message:
         print(message)
-    index_path = prepare_shards(replace(read, listings=listings), out, shard_size=args.shard_size,
-                                image_size=args.image_size,
-                                composer_config=ComposerConfig.from_dict(data.text),
-                                progress=_progress(args))
+    write = prepare_shards
+    engine: dict = {}
+    if on_ray:  # the same shards, the images encoded on Ray
+        from eclip.engines.prepare import prepare_with_ray as write
+
+        engine = {"address": args.ray_address, "block_size": args.block_size}
+    index_path = write(replace(read, listings=listings), out, shard_size=args.shard_size,
+                       image_size=args.image_size,
+                       composer_config=ComposerConfig.from_dict(data.text),
+                       progress=_progress(args), **engine)
     index = ShardIndex.load(out)
     skipped = index.data["skipped"]
     splits_text = ", ".join(f"{n} {name or 'without split'}" for name, n in index.splits.items())
@@ -234,7 +275,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     from eclip.catalog.load import BAD_ROWS_FILE, load_catalog
     from eclip.catalog.splits import held_out_warning, only_splits
     from eclip.search import VectorSettings, build_index, delete_from_index, update_index
+    from eclip.search.index import index_store
+    from eclip.search.stores import StoreSpec
 
+    if args.delete or args.update:  # a write to an index keeps its store
+        if args.uri or args.collection:
+            raise EclipError("--uri and --collection choose the store of a new index; --update "
+                             "and --delete write to the index's own store")
+        if args.store != StoreSpec.kind and args.store != index_store(args.out).kind:
+            raise EclipError(f"{args.out} keeps its vectors in {index_store(args.out).kind}, not "
+                             f"{args.store}: rebuild it (without --update) to change the store")
     if args.delete:
         if args.catalog or args.update:
             raise EclipError("--delete removes listings by id: give it without --catalog/--update")
@@ -264,9 +314,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
                                   target_recall=args.target_recall)
+        store = StoreSpec(args.store, args.uri, args.collection)
         info = build_index(args.model, listings, out, settings=settings,
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
-                           progress=_progress(args))
+                           progress=_progress(args), store=store)
     print(info.summary())
     if read.issues:  # beside the generations, after the index is written
         read.write_report(out / BAD_ROWS_FILE)
@@ -435,16 +486,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("embed", cmd_embed, "embed a catalog with a trained model into Parquet",
                 "Image, text and fused vectors for every listing, in a Parquet file; "
-                "bad_rows.json beside it.",
+                "bad_rows.json beside it. With --engine ray: a folder of Parquet parts and "
+                "manifest.json (eclip.encode.listings.read_embeddings reads either), bad_rows.json in it.",
                 ["eclip embed --model runs/shop/model --catalog my.csv --image-root imgs "
-                 "--out embeddings.parquet data.column_map.title=item_name"],
+                 "--out embeddings.parquet data.column_map.title=item_name",
+                 "eclip embed --engine ray --model runs/shop/model --catalog my.csv "
+                 "--out embeddings_parts",
+                 "eclip embed --engine ray --ray-address ray://head:10001 --model "
+                 "/shared/model --catalog /shared/my.csv --out /shared/embeddings_parts"],
                 parents=(catalog, quiet, threads, overrides))
     p.add_argument("--model", required=True, metavar="DIR",
                    help="model directory (eclip's, or a transformers CLIP / SigLIP checkpoint)")
-    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument("--out", required=True,
+                   help="output .parquet file (--engine ray: output folder)")
     p.add_argument("--batch-size", type=int,
                    default=Library("eclip.encode.listings:embed_listings", "batch_size"),
                    help="listings per forward pass (default: %(default)s)")
+    _engine_options(p, "eclip.engines.embed:embed_with_ray", "blocks of listings embedded, "
+                    "one Parquet part each,", note=" (--threads N: N torch threads per actor, "
+                                                   "one actor per N CPUs; default 1)")
 
     p = command(
         "eval", cmd_eval, "the five e-commerce tasks for several models, against baselines",
@@ -473,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "column, data.val_fraction of the catalogs are held out as val.",
                 ["eclip prepare --catalog my.csv --image-root imgs --out shards "
                  "--shard-size 1000 data.column_map.title=item_name",
+                 "eclip prepare --engine ray --catalog my.csv --out shards",
                  "eclip train --config demo_ddp data.shards=shards"],
                 parents=(catalog, quiet, overrides))
     p.add_argument("--out", required=True, help="shard folder")
@@ -481,18 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=Library(shards, "image_size"),
                    help="shorter side of the stored images in pixels; smaller ones are kept "
                         "(default: %(default)s)")
+    _engine_options(p, "eclip.engines.prepare:prepare_with_ray",
+                    "the images decoded and re-encoded")
 
     settings, build = "eclip.search.vectors:VectorSettings", "eclip.search.index:build_index"
     p = command(
         "index", cmd_index, "build or update a search index of a catalog",
-        "Embed listings and store vectors (FAISS), metadata (SQLite), thumbnails and the model "
-        "in INDEX_DIR; every write is a new generation swapped in atomically.",
+        "Embed listings and store vectors (FAISS, or Milvus with --store milvus), metadata "
+        "(SQLite), thumbnails and the model in INDEX_DIR; every write is a new generation "
+        "swapped in atomically.",
         ["eclip index --model demo_out/models/eclip --catalog demo_out/catalog/listings.jsonl "
          "--out shop_index",
          "eclip index --update --catalog new_or_changed.jsonl --out shop_index",
          "eclip index --delete p000001,p000007 --out shop_index",
          "eclip index --delete @sold_out.txt --out shop_index",
-         "eclip index --model runs/shop/model --catalog my.csv --split train --out train_index"],
+         "eclip index --model runs/shop/model --catalog my.csv --split train --out train_index",
+         "eclip index --store milvus --model runs/shop/model --catalog my.csv --out shop_index",
+         "eclip index --store milvus --uri http://milvus:19530 --model runs/shop/model "
+         "--catalog my.csv --out shop_index"],
         parents=(catalog, quiet, threads, overrides))
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder")
     p.add_argument("--model", metavar="DIR",
@@ -515,6 +582,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
                    help="IVF: recall@10 against exact search that nprobe is tuned to reach "
                         "(default: %(default)s)")
+    group = p.add_argument_group("vector store")
+    group.add_argument("--store", choices=Library("eclip.search.stores:STORE_KINDS"),
+                       metavar="STORE", default=Library("eclip.search.stores:StoreSpec", "kind"),
+                       help="where the vectors are searched, one of %(choices)s: FAISS files in "
+                            "the index folder, or a Milvus collection per generation behind an "
+                            "alias; --update/--delete keep the index's store "
+                            "(default: %(default)s)")
+    group.add_argument("--uri", metavar="URI",
+                       help="milvus: a local FILE.db is Milvus Lite (one process at a time), "
+                            "http://HOST:19530 a Milvus server or cluster (token: environment "
+                            "variable ECLIP_MILVUS_TOKEN) (default: milvus.db in the index folder)")
+    group.add_argument("--collection", metavar="NAME",
+                       help="milvus: the alias readers follow; generations fill NAME_gNNNNNN "
+                            "(default: eclip_ and a digest of the index folder's path)")
     p.add_argument("--thumbnail-size", type=int, default=Library(build, "thumbnail_size"),
                    help="longest side of the photos stored in the index (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=Library(build, "batch_size"),

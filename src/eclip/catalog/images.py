@@ -324,7 +324,7 @@ class ImageTransform:
     are ``(x / 255 - mean) / std`` per channel. The same generator state gives the same crop.
 
     ``resize`` picks how an evaluation image becomes ``size`` x ``size`` (training always uses the
-    random crop above, resized with ``resample``):
+    random crop above, resized with ``crop_resample``):
 
     * ``"crop"`` (default): the centred square (shorter side) resized to ``size`` in one step;
     * ``"shortest_edge"``: the whole image resized so that its shorter side is ``resize_size``
@@ -335,12 +335,18 @@ class ImageTransform:
       ``SiglipImageProcessor`` does (``size.height`` = ``size.width``, no crop); with a
       ``resize_size`` the square is that large and the centred ``size`` crop is taken from it.
 
-    ``resample`` is the PIL filter (``bicubic``, ``bilinear``, ``nearest``, ``lanczos``, ``box``,
-    ``hamming``). In the two transformers-style modes values are computed as the transformers PIL
+    ``resample`` is the PIL filter of evaluation (``bicubic``, ``bilinear``, ``nearest``,
+    ``lanczos``, ``box``, ``hamming``); ``crop_resample`` that of the training crop: ``bilinear`` by
+    default (what torchvision's ``RandomResizedCrop`` uses; PIL's bilinear resize reads half the
+    source pixels of its bicubic one and takes about half the time, most of a loader's work;
+    ``"bicubic"`` restores the crops of eclip before issue 15 exactly). In the two transformers-style modes values are computed as the transformers PIL
     image processors do (``uint8 * (1/255)`` in float64 cast to float32, then ``(x - mean) / std`` in
     float32), so the pixels equal theirs exactly (tests compare with the processors). The
     torchvision backend of those processors (used when torchvision is installed) resizes with
     its own kernels and is not reproduced bit for bit.
+
+    :meth:`pixels` stops before normalisation (uint8, what loaders hand out) and :meth:`normalize`
+    finishes a batch of them on any device; ``__call__`` is the two together.
     """
 
     size: int
@@ -352,6 +358,7 @@ class ImageTransform:
     resize: str = "crop"
     resample: str = "bicubic"
     resize_size: int | None = None
+    crop_resample: str = "bilinear"
 
     def __post_init__(self) -> None:
         for name in ("mean", "std", "scale", "ratio"):
@@ -361,9 +368,10 @@ class ImageTransform:
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"image transform: resize must be one of {', '.join(RESIZE_MODES)}, "
                               f"got {self.resize!r}")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ConfigError(f"image transform: resample must be one of "
-                              f"{', '.join(RESAMPLE_FILTERS)}, got {self.resample!r}")
+        for name in ("resample", "crop_resample"):
+            if getattr(self, name) not in RESAMPLE_FILTERS:
+                raise ConfigError(f"image transform: {name} must be one of "
+                                  f"{', '.join(RESAMPLE_FILTERS)}, got {getattr(self, name)!r}")
         if self.resize_size is not None and (
                 not isinstance(self.resize_size, int) or isinstance(self.resize_size, bool)
                 or self.resize_size < self.size):
@@ -380,20 +388,57 @@ class ImageTransform:
             raise ConfigError(f"image transform: ratio must satisfy 0 < min <= max, got {self.ratio}")
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.normalize(self.pixels(img, generator))
+
+    def pixels(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The image as the tower will see it, before normalisation: a uint8 (3, size, size) tensor
+        (a channels-last view; ``torch.stack`` makes batches of it). ``normalize`` of it equals
+        ``self(img, generator)`` exactly; loaders hand out these (4x fewer bytes to pickle between
+        worker processes, pin and copy) and normalise whole batches on the device."""
         if img.mode != "RGB":
             img = to_rgb(img)
         if self.resize != "crop" and not self.train:
-            return self._processor_style(img)
+            return _chw(self._processor_style(img))
         box = self.crop_box(img.size, generator)
-        resized = img.resize((self.size, self.size), RESAMPLE_FILTERS[self.resample], box=box)
-        pixels = np.array(resized, dtype=np.float32)  # (size, size, 3)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        pixels = (pixels / 255.0 - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        # one resampling pass over the crop box (no separate crop copy); uint8 throughout
+        resample = self.crop_resample if self.train else self.resample
+        return _chw(img.resize((self.size, self.size), RESAMPLE_FILTERS[resample], box=box))
 
-    def _processor_style(self, img: Image.Image) -> torch.Tensor:
-        """``shortest_edge`` / ``squash`` evaluation, with the transformers processors' arithmetic."""
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (..., 3, H, W) from :meth:`pixels` -> the float32 values the tower eats, on
+        the pixels' device, in standard (contiguous) layout.
+
+        The arithmetic is the per-image float path's, element by element (``x / 255`` in float32,
+        or the transformers processors' ``x * (1/255)`` in float64 cast to float32, then
+        ``(x - mean) / std`` in float32; divisors are tensors on the device, never scalars that a
+        kernel may turn into a reciprocal), so every value equals :meth:`value_table`'s entry for
+        its channel and input, whatever the batch, the device or the memory layout (tests pin it).
+        """
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"normalize expects uint8 pixels, got {pixels.dtype}")
+        if pixels.dim() < 3 or pixels.shape[-3] != 3:
+            raise ValueError(f"normalize expects (..., 3, H, W) pixels, got {tuple(pixels.shape)}")
+        scale_by, mean, std = _normal_constants(self.mean, self.std, self._float32_scaling,
+                                                pixels.device)
+        if self._float32_scaling:
+            values = pixels.to(torch.float32, memory_format=torch.contiguous_format)
+            values.div_(scale_by)
+        else:
+            values = pixels.to(torch.float64, memory_format=torch.contiguous_format)
+            values = values.mul_(scale_by).to(torch.float32)
+        return values.sub_(mean).div_(std)
+
+    def value_table(self) -> torch.Tensor:
+        """(3, 256) float32: the normalised value of each channel's input 0..255, computed with numpy
+        as the per-image float path computed it (the reference :meth:`normalize` is tested against)."""
+        return _value_table(self.mean, self.std, self._float32_scaling).clone()
+
+    @property
+    def _float32_scaling(self) -> bool:
+        return self.train or self.resize == "crop"
+
+    def _processor_style(self, img: Image.Image) -> Image.Image:
+        """``shortest_edge`` / ``squash`` evaluation: the resized image, its centred crop."""
         width, height = img.size
         if self.resize == "squash":
             new_w = new_h = self.resize_size or self.size
@@ -402,15 +447,11 @@ class ImageTransform:
             short, long = (width, height) if width <= height else (height, width)
             new_short, new_long = short_target, int(short_target * long / short)
             new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-        pixels = np.array(img.resize((new_w, new_h), resample=RESAMPLE_FILTERS[self.resample]))
+        resized = img.resize((new_w, new_h), resample=RESAMPLE_FILTERS[self.resample])
         if (new_w, new_h) != (self.size, self.size):
             top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
-            pixels = pixels[top:top + self.size, left:left + self.size]
-        values = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        values = (values - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
+            resized = resized.crop((left, top, left + self.size, top + self.size))
+        return resized
 
     def crop_box(self, image_size: tuple[int, int], generator: torch.Generator | None = None
                  ) -> tuple[float, float, float, float]:
@@ -441,7 +482,8 @@ class ImageTransform:
         """Plain JSON-ready settings, e.g. for a model's preprocessor config."""
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
                 "train": self.train, "scale": list(self.scale), "ratio": list(self.ratio),
-                "resize": self.resize, "resample": self.resample, "resize_size": self.resize_size}
+                "resize": self.resize, "resample": self.resample, "resize_size": self.resize_size,
+                "crop_resample": self.crop_resample}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageTransform":
@@ -454,3 +496,42 @@ class ImageTransform:
         if missing:
             raise ConfigError(f"image transform: missing setting(s) {missing}")
         return cls(**data)
+
+
+@cache
+def _normal_constants(mean: tuple[float, float, float], std: tuple[float, float, float],
+                      float32_scaling: bool, device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) tensors on ``device``: the 1/255 step (a divisor of 255 in float32, or the
+    multiplier 1/255 in float64), mean and std (float32)."""
+    if float32_scaling:
+        scale_by = torch.full((3, 1, 1), 255.0, dtype=torch.float32)
+    else:
+        scale_by = torch.full((3, 1, 1), 1 / 255, dtype=torch.float64)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return scale_by.to(device), mean_t.to(device), std_t.to(device)
+
+
+def _chw(image: Image.Image) -> torch.Tensor:
+    """An RGB image's bytes as a uint8 (3, H, W) view (channels last in memory; one copy of the
+    bytes, no per-pixel conversion)."""
+    width, height = image.size
+    flat = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return flat.view(height, width, 3).permute(2, 0, 1)
+
+
+@cache
+def _value_table(mean: tuple[float, float, float], std: tuple[float, float, float],
+                 float32_scaling: bool) -> torch.Tensor:
+    """What each channel's input 0..255 becomes. ``float32_scaling``: ``(x / 255 - mean) / std``
+    in float32 (the training crop and the ``crop`` evaluation); otherwise the transformers image
+    processors' arithmetic, ``x * (1/255)`` in float64 cast to float32, then ``(x - mean) / std``
+    in float32 (``shortest_edge`` / ``squash``)."""
+    levels = np.arange(256, dtype=np.uint8).reshape(256, 1).repeat(3, axis=1)  # (256, 3)
+    if float32_scaling:
+        values = levels.astype(np.float32) / 255.0
+    else:
+        values = (levels.astype(np.float64) * (1 / 255)).astype(np.float32)
+    values = (values - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(values.T))  # (3, 256)

@@ -149,3 +149,75 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+# A folder of Parquet parts (``eclip embed --engine ray``): part files in the format of
+# :func:`write_embeddings` and a manifest naming them in order, written last (the commit point).
+EMBEDDINGS_MANIFEST = "manifest.json"
+EMBEDDINGS_FORMAT = "eclip-embeddings"
+
+
+def write_embeddings_manifest(folder: str | Path, parts: list[tuple[str, int]],
+                              fusion_weight: float, **extra) -> Path:
+    """``folder/manifest.json``: the parts (file name, rows) in order and their total."""
+    from eclip.atomic import write_json_atomic
+
+    manifest = {"format": EMBEDDINGS_FORMAT, "version": 1,
+                "rows": sum(rows for _, rows in parts), "fusion_weight": fusion_weight,
+                "parts": [{"name": name, "rows": rows} for name, rows in parts], **extra}
+    return write_json_atomic(Path(folder) / EMBEDDINGS_MANIFEST, manifest)
+
+
+def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | None]:
+    """What ``eclip embed`` wrote, as :class:`Embeddings` and the catalog ids (None where the file
+    has none): one Parquet file (the local engine), or a folder of parts with its manifest (the ray
+    engine), read in the manifest's order."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from eclip.errors import EclipError
+
+    path = Path(path)
+    if path.is_dir():
+        manifest_path = path / EMBEDDINGS_MANIFEST
+        if not manifest_path.is_file():
+            raise EclipError(f"{path} has no {EMBEDDINGS_MANIFEST}: `eclip embed` did not finish "
+                             "there; run it again")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("format") != EMBEDDINGS_FORMAT:
+                raise ValueError(f"format is {manifest.get('format')!r}")
+            parts = [(str(p["name"]), int(p["rows"])) for p in manifest["parts"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EclipError(f"{manifest_path} is not a valid embeddings manifest ({exc})") from None
+        files = []
+        for name, rows in parts:
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise EclipError(f"{manifest_path} names {name!r}, not a file of {path}")
+            files.append((path / name, rows))
+    else:
+        files = [(path, None)]
+    tables = []
+    for file, rows in files:
+        try:
+            table = pq.read_table(file)
+        except (OSError, ValueError) as exc:
+            raise EclipError(f"cannot read embeddings {file}: {exc}") from None
+        if rows is not None and table.num_rows != rows:
+            raise EclipError(f"{file} holds {table.num_rows} rows, the manifest says {rows}; "
+                             "run `eclip embed` again")
+        tables.append(table)
+
+    def matrix(name: str) -> np.ndarray:
+        arrays = [np.asarray(t.column(name).combine_chunks().flatten(), np.float32)
+                  .reshape(t.num_rows, -1) for t in tables]
+        return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
+
+    meta = (tables[0].schema.metadata or {}) if tables else {}
+    weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
+    ids = [x for t in tables for x in t.column("product_id").to_pylist()]
+    catalog_ids = ([x for t in tables for x in t.column("catalog_id").to_pylist()]
+                   if tables and "catalog_id" in tables[0].column_names else None)
+    return Embeddings(ids, matrix("image_embedding"), matrix("text_embedding"),
+                      matrix("product_embedding"), weight), catalog_ids

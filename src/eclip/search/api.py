@@ -2,13 +2,17 @@
 
 ``create_app(index_dir)`` serves:
 
-* ``POST /search/text``   JSON ``{query, k, category?, against?}``
+* ``POST /search/text``   JSON ``{query, k, category?, against?, mode?}``: ``mode`` "vector",
+                          "lexical" (words of titles, brands, categories) or "hybrid" (the two
+                          fused by reciprocal rank, the default; ``hybrid.py``)
 * ``POST /search/image``  multipart: ``file`` (a photo), ``k``, ``category``, ``against``
 * ``GET  /similar/{product_id}?k=``   the same product from other sellers first, then look-alikes
 * ``POST /classify``      multipart: ``title`` and/or ``file`` (``exclude``: a product id left out
                           of the neighbour vote) -> top categories, adult probability
 * ``GET  /categories``, ``GET /health``, ``GET /images/{product_id}?n=`` (stored thumbnails)
-* ``GET  /`` the web page (``static/``), ``GET /openapi.json`` the schema, ``/docs``
+* ``GET  /`` the web page (``static/``), ``GET /openapi.json`` the schema, ``/docs`` the schema as
+  Swagger UI 5, whose script and style come from a package (``fastapi-offline``'s static files,
+  served under ``/docs-assets/``), so that the page works without internet
 
 Requests are bounded before they are read: bodies above the endpoint's limit get 413 (whether or
 not they announce their length), uploads that are not usable photos 415/422 with the reason, bad
@@ -19,6 +23,7 @@ is picked up while serving (checked at most once a second).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 import time
@@ -30,17 +35,23 @@ import faiss
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from eclip import __version__
 from eclip.catalog.images import load_image
 from eclip.errors import ImageError
+from eclip.search import hybrid
 from eclip.search.index import Hit, LiveIndex, SearchIndex
 from eclip.search.store import StoredListing
 
 STATIC_DIR = Path(__file__).with_name("static")
+# Swagger UI 5's files as fastapi-offline ships them (swagger-ui-bundle 1.1 holds Swagger UI 4,
+# which cannot read the OpenAPI 3.1 schema FastAPI writes). Only the folder is used, not its code.
+DOCS_ASSETS = Path(importlib.util.find_spec("fastapi_offline").origin).with_name("static")
+DOCS_FILES = {"js": "swagger-ui-bundle.js", "css": "swagger-ui.css", "icon": "favicon.png"}
 MAX_K = 100
 MAX_TEXT = 500
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -52,6 +63,7 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none
                "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 Against = Literal["text", "image", "both"]
+Mode = Literal["vector", "lexical", "hybrid"]
 
 
 # ------------------------------------------------------------------------------- schemas
@@ -64,6 +76,10 @@ class TextSearch(BaseModel):
                                              "'Food & Drink' or 'Food & Drink > Drink'")
     against: Against = Field("text", description="search listings' titles (text), photos (image) "
                                                  "or both (fused vectors)")
+    mode: Mode = Field(hybrid.DEFAULT_MODE,
+                       description="vector: the query's embedding (see against); lexical: its "
+                                   "words in titles, brands and categories (bm25); hybrid: the "
+                                   "two lists fused by reciprocal rank")
 
 
 class ListingOut(BaseModel):
@@ -78,13 +94,15 @@ class ListingOut(BaseModel):
 
 
 class Result(ListingOut):
-    score: float = Field(description="cosine similarity to the query")
+    score: float = Field(description="cosine similarity to the query (vector mode), -bm25 "
+                                     "(lexical) or the reciprocal-rank-fusion score (hybrid)")
     same_catalog: bool = Field(False, description="a listing of the same catalog (same product)")
 
 
 class SearchResponse(BaseModel):
     results: list[Result]
     against: Against
+    mode: Mode = Field(description="how the results were found (photos: always vector)")
     took_ms: float
     generation: str
 
@@ -322,9 +340,10 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         live.get().model  # noqa: B018 - load the model before the first query
     app = FastAPI(title="eclip product search", version=__version__,
                   description="Search a catalog by text or photo, find the same product, "
-                              "classify a listing.")
+                              "classify a listing.", docs_url=None, redoc_url=None)
     app.add_middleware(RequestGuard, upload_limit=max_upload_bytes + MAX_BODY_BYTES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -341,6 +360,18 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
                             headers={"content-security-policy": PAGE_POLICY})
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"/docs-assets/{DOCS_FILES['js']}",
+                                   swagger_css_url=f"/docs-assets/{DOCS_FILES['css']}",
+                                   swagger_favicon_url=f"/docs-assets/{DOCS_FILES['icon']}",
+                                   oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> dict:
         current = index()
@@ -350,12 +381,18 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
 
     @app.post("/search/text", response_model=SearchResponse, tags=["search"])
     def search_text(body: TextSearch) -> dict:
-        """Listings for a query text, best first."""
+        """Listings for a query text, best first, found by its vector, its words or both."""
         start = time.perf_counter()
         current = index()
-        hits = current.search_text(body.query, body.k, against=body.against,
-                                   category=body.category)
-        return {"results": _results(hits), "against": body.against,
+        mode = body.mode
+        if "mode" not in body.model_fields_set and current.store.lexical_tokenizer is None:
+            mode = "vector"  # an index written before lexical search: its default is vector
+        try:
+            hits = hybrid.search_text(current, body.query, body.k, mode=mode,
+                                      against=body.against, category=body.category)
+        except hybrid.NoLexicalIndex as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"results": _results(hits), "against": body.against, "mode": mode,
                 "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
 
     @app.post("/search/image", response_model=SearchResponse, tags=["search"])
@@ -368,7 +405,7 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         image = _read_photo(file, max_upload_bytes, max_upload_pixels)
         current = index()
         hits = current.search_image(image, k, against=against, category=category or None)
-        return {"results": _results(hits), "against": against,
+        return {"results": _results(hits), "against": against, "mode": "vector",
                 "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
 
     @app.get("/similar/{product_id:path}", response_model=SimilarResponse, tags=["search"])

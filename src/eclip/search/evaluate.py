@@ -57,10 +57,11 @@ def _group(result: dict) -> str:
 
 
 def recall_through_api(client, queries: list[Listing], indexed: list[Listing], *, k: int = 10,
-                       modes: tuple[tuple[str, str], ...] = (("text", "text"), ("image", "image"))
-                       ) -> list[ApiRecall]:
+                       modes: tuple[tuple[str, str], ...] = (("text", "text"), ("image", "image")),
+                       text_search: str = "vector") -> list[ApiRecall]:
     """R@k through the API for each ``(mode, against)``; ``indexed`` are the index's listings. The
-    query listing itself is dropped from the results before they are scored."""
+    query listing itself is dropped from the results before they are scored. ``text_search`` is
+    the ``mode`` of the text queries ("vector", "lexical" or "hybrid", ``search/hybrid.py``)."""
     sizes = Counter(x.group_id for x in indexed)
     indexed_ids = {x.product_id for x in indexed}
     report = []
@@ -70,7 +71,8 @@ def recall_through_api(client, queries: list[Listing], indexed: list[Listing], *
             start = time.perf_counter()
             if mode == "text":
                 response = client.post("/search/text", json={"query": listing.title, "k": k + 1,
-                                                              "against": against})
+                                                              "against": against,
+                                                              "mode": text_search})
             else:
                 photo = Path(listing.images[0])
                 response = client.post("/search/image", data={"k": str(k + 1), "against": against},

@@ -9,10 +9,13 @@ Layout::
         listings.sqlite    metadata (store.py), keyed by vid
         vids.npy           int64 vids, ascending; row i of every vector file belongs to vids[i]
         image.npy text.npy product.npy   float32 unit vectors (the source for rebuilds)
-        image.faiss text.faiss product.faiss   FAISS indexes with ids = vids (vectors.py)
+        image.faiss text.faiss product.faiss   FAISS indexes with ids = vids (vectors.py); with
+                           the Milvus store (milvus.py) a collection per generation instead
         heads.json         adult heads (heads.py)
-        info.json          counts, index kinds, measured recall, model fingerprint, settings
+        info.json          counts, index kinds, measured recall, model fingerprint, settings,
+                           and for Milvus the store: {kind, uri, alias, collection}
       images/ab/<sha1>.jpg thumbnails shared by generations (thumbnails.py)
+      milvus.db            the Milvus Lite file, with ``--store milvus`` and no ``--uri``
       .lock                held by the one writer at a time
 
 Every write (a build, an update, a delete) assembles a new generation in a temporary folder, syncs
@@ -20,6 +23,9 @@ it to disk, renames it into place and then replaces ``CURRENT`` atomically: a cr
 leaves the previous generation in service. Updates re-embed only the listings they touch; the other
 vectors, their metadata and a trained IVF index are carried over. The previous generation is kept
 for readers that still have it open; older ones and unreferenced photos are removed.
+
+Where the vectors are searched is a store (``stores.py``): FAISS files in the generation (the
+default), or a Milvus collection per generation whose alias moves when the generation is in service.
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -52,6 +57,8 @@ from eclip.errors import EclipError
 from eclip.search.heads import AdultHead, fit_adult_head, vote_categories
 from eclip.search.store import MetadataStore, StoredListing
 from eclip.search.thumbnails import ThumbnailStore
+from eclip.search.stores import (FaissStore, Scalars, StoreSpec, StoreWriter, VectorStore, Where,
+                                 WriteJob, store_spec_of, writer_for)
 from eclip.search.vectors import IndexStats, VectorIndex, VectorSettings
 from eclip.encode import (FUSION_WEIGHT, Embeddings, embed_listings, eval_transform, fuse,
                           fuse_query, model_composer)
@@ -62,13 +69,10 @@ VERSION = 1
 POINTER = "CURRENT"
 MODALITIES = ("image", "text", "product")
 AGAINST = {"image": "image", "text": "text", "both": "product"}  # API names -> stored modality
-# A category filter that keeps at most this many listings (and under a quarter of the index) is
-# answered by scanning just their vectors; a larger one by the FAISS index with an id selector.
-SUBSET_SCAN_MAX = 20_000
 _GENERATION = re.compile(r"^g(\d{6})$")
 # what a first write that failed (or was killed) leaves: the lock, temporaries, photos, a generation
 # renamed into place before the pointer was written
-_LEFTOVER = re.compile(r"^(\.lock|\.tmp-.*|\.CURRENT\.tmp-.*|images|g\d{6})$")
+_LEFTOVER = re.compile(r"^(\.lock|\.tmp-.*|\.CURRENT\.tmp-.*|images|g\d{6}|milvus\.db)$")
 
 
 logger = logging.getLogger("eclip.search")
@@ -97,11 +101,14 @@ class IndexInfo:
     not_found: list[str] = field(default_factory=list)
     image_problems: int = 0
     fusion_weight: float = FUSION_WEIGHT  # "both" = eclip.encode.fuse(image, text, fusion_weight)
+    store: dict | None = None  # the vector store (stores.py); None: FAISS files in the generation
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["vectors"] = {m: asdict(s) for m, s in self.vectors.items()}
         data["settings"] = self.settings.to_dict()
+        if data["store"] is None:  # the FAISS layout, unchanged
+            del data["store"]
         return data
 
     @classmethod
@@ -115,6 +122,9 @@ class IndexInfo:
         lines = [f"index generation {self.generation}: {self.listings} listings, {self.dim}-d "
                  f"vectors (added {self.added}, updated {self.updated}, deleted {self.deleted})"]
         lines += [f"  {m} vectors: {self.vectors[m].describe()}" for m in MODALITIES]
+        if self.store:
+            lines.append(f"  vectors in Milvus ({self.store.get('uri') or 'milvus.db in the index'}"
+                         f"): collection {self.store['collection']}, alias {self.store['alias']}")
         if self.not_found:
             shown = ", ".join(self.not_found[:5]) + (" ..." if len(self.not_found) > 5 else "")
             lines.append(f"  {len(self.not_found)} product id(s) to delete were not in the index: "
@@ -150,6 +160,14 @@ def current_generation(index_dir: str | Path) -> Path:
 
 def is_index(path: str | Path) -> bool:
     return (Path(path) / POINTER).is_file()
+
+
+def index_store(index_dir: str | Path) -> StoreSpec:
+    """The vector store of the generation in service (updates and deletes keep it)."""
+    generation = current_generation(index_dir)
+    with _reading(generation / "info.json"):
+        entry = json.loads((generation / "info.json").read_text("utf-8")).get("store")
+    return store_spec_of(entry)
 
 
 def _write_pointer(root: Path, generation: str) -> None:
@@ -264,22 +282,33 @@ class _Writer:
 
     def commit(self, base: Path | None, model_dir: Path, listings: list[Listing],
                emb: Embeddings | None, delete: list[str], settings: VectorSettings,
-               thumbnail_size: int) -> IndexInfo:
+               thumbnail_size: int, store: StoreSpec | None = None) -> IndexInfo:
+        """``store``: where the vectors go (None: the base generation's store, else FAISS)."""
         _check_unique([x.product_id for x in listings])
+        if store is None:
+            store = store_spec_of(_read_info(base).store) if base is not None else StoreSpec()
+        vector_store = writer_for(store, self.root)
         previous = self._in_service()
         tmp = self.root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
+        info = None
         try:
             info = self._assemble(tmp, base, model_dir, listings, emb, delete, settings,
-                                  thumbnail_size)
+                                  thumbnail_size, vector_store)
             _fsync_tree(tmp)
             target = self.root / info.generation
             tmp.rename(target)
             _write_pointer(self.root, info.generation)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if info is not None:
+                vector_store.discard(info.store)
             raise
-        self._collect_garbage(keep=[info.generation] + ([previous.name] if previous else []))
+        # the generation is in service: clients that follow the store's own switch (a Milvus
+        # alias) see it now, complete
+        vector_store.publish(info.store)
+        self._collect_garbage([info.generation] + ([previous.name] if previous else []),
+                              vector_store)
         return info
 
     def _in_service(self) -> Path | None:
@@ -291,7 +320,7 @@ class _Writer:
 
     def _assemble(self, tmp: Path, base: Path | None, model_dir: Path, listings: list[Listing],
                   emb: Embeddings | None, delete: list[str], settings: VectorSettings,
-                  thumbnail_size: int) -> IndexInfo:
+                  thumbnail_size: int, vector_store: StoreWriter) -> IndexInfo:
         _link_tree(model_dir, tmp / "model")
         thumbs = ThumbnailStore(self.root / "images", thumbnail_size)
         names, problems = [], 0
@@ -335,23 +364,27 @@ class _Writer:
         vids = vids[order]
         np.save(tmp / "vids.npy", vids)
         generation = _next_generation(self.root)
-        stats: dict[str, IndexStats] = {}
         heads: dict[str, dict | None] = {}
         label_rows = np.searchsorted(vids, label_vids)
-        for m in tqdm(MODALITIES, desc="indexing vectors", disable=not self.progress):
+        for m in MODALITIES:
             parts = [np.asarray(old.arrays[m][keep]) if old is not None else None,
                      np.asarray(fresh[m], dtype=np.float32).reshape(len(listings), dims[m])]
             vectors = np.concatenate([p for p in parts if p is not None]).astype(np.float32)
             vectors = np.ascontiguousarray(vectors[order]) if len(vectors) else \
                 np.zeros((0, dims[m]), np.float32)
             np.save(tmp / f"{m}.npy", vectors)
-            index = self._vector_index(base, m, vectors, vids, dropped, fresh[m], new_vids,
-                                       settings)
-            index.save(str(tmp / f"{m}.faiss"))
-            stats[m] = index.stats
             head = fit_adult_head(vectors[label_rows], labels, seed=settings.seed)
             heads[m] = head.to_dict() if head is not None else None
+            del vectors
         (tmp / "heads.json").write_text(json.dumps({"adult": heads}), encoding="utf-8")
+        stats, store_entry = vector_store.write(WriteJob(
+            root=self.root, tmp=tmp, generation=generation, base=base,
+            base_info=_read_info(base).to_dict() if base is not None else None, vids=vids,
+            dropped=dropped, new_vids=new_vids,
+            fresh={m: np.asarray(fresh[m], dtype=np.float32).reshape(len(listings), dims[m])
+                   for m in MODALITIES},
+            settings=settings, scalars=lambda: _scalars(tmp / "listings.sqlite", vids),
+            progress=self.progress))
         added = len(listings) - len(existing)
         info = IndexInfo(generation=generation, listings=count, dim=dims["image"], vectors=stats,
                          model_sha1=_model_sha1(tmp / "model"), settings=settings,
@@ -359,31 +392,21 @@ class _Writer:
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          added=added, updated=len(existing), deleted=len(deleted),
                          not_found=not_found, image_problems=problems,
-                         fusion_weight=_fusion_weight(emb, base))
+                         fusion_weight=_fusion_weight(emb, base), store=store_entry)
         (tmp / "info.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n",
                                        encoding="utf-8")
         return info
 
-    def _vector_index(self, base: Path | None, modality: str, vectors: np.ndarray,
-                      vids: np.ndarray, dropped: np.ndarray, fresh: np.ndarray,
-                      new_vids: np.ndarray, settings: VectorSettings) -> VectorIndex:
-        """The base generation's index with the changes applied, or a new one when it must be."""
-        if base is not None:
-            base_info = IndexInfo.from_dict(json.loads((base / "info.json").read_text("utf-8")))
-            index = VectorIndex.load(str(base / f"{modality}.faiss"), base_info.vectors[modality])
-            if not index.needs_retraining(len(vids), settings):
-                index.remove(dropped)
-                index.add(fresh, new_vids)
-                index.tune(vectors, vids, settings)
-                return index
-        return VectorIndex.build(vectors, vids, settings)
-
-    def _collect_garbage(self, keep: list[str]) -> None:
-        """Drop generations other than ``keep``, leftovers of failed writes, and unused photos."""
+    def _collect_garbage(self, keep: list[str], vector_store: StoreWriter) -> None:
+        """Drop generations other than ``keep`` (with their store's data: a Milvus collection),
+        leftovers of failed writes, and unused photos."""
         for entry in self.root.iterdir():
             stale_gen = _GENERATION.match(entry.name) and entry.name not in keep
             if entry.is_dir() and (stale_gen or entry.name.startswith(".tmp-")):
+                if stale_gen:
+                    _discard_store_of(self.root, entry)
                 shutil.rmtree(entry, ignore_errors=True)
+        vector_store.collect([_read_info(self.root / gen).store for gen in keep])
         names: set[str] = set()
         for gen in keep:
             store = MetadataStore(self.root / gen / "listings.sqlite")
@@ -393,6 +416,35 @@ class _Writer:
 
 
 _API_NAME = {"image": "image", "text": "text", "product": "both"}
+
+
+def _read_info(generation: Path) -> IndexInfo:
+    return IndexInfo.from_dict(json.loads((generation / "info.json").read_text("utf-8")))
+
+
+def _discard_store_of(root: Path, generation: Path) -> None:
+    """The store's data of a generation being removed (a Milvus collection); FAISS files go with
+    the folder. A generation whose info.json cannot be read has nothing recorded to drop."""
+    try:
+        entry = _read_info(generation).store
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if entry:
+        writer_for(store_spec_of(entry), root).discard(entry)
+
+
+def _scalars(metadata: Path, vids: np.ndarray) -> Scalars:
+    """The filterable fields of the listings ``vids`` (in that order) from a generation's
+    metadata: category, catalog id, adult flag (1, 0, -1 unknown)."""
+    store = MetadataStore(metadata)
+    try:
+        found = store.fetch(vids.tolist())
+    finally:
+        store.close()
+    rows = [found[int(v)] for v in vids]
+    return Scalars(categories=[x.category for x in rows], catalog_ids=[x.catalog_id for x in rows],
+                   adult=np.asarray([-1 if x.adult is None else int(x.adult) for x in rows],
+                                    dtype=np.int8))
 
 
 def _next_generation(root: Path) -> str:
@@ -430,10 +482,12 @@ def _fusion_weight(emb: Embeddings | None, base: Path | None) -> float:
 
 def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str | Path, *,
                 settings: VectorSettings | None = None, thumbnail_size: int = 256,
-                batch_size: int = 64, progress: bool = True) -> IndexInfo:
+                batch_size: int = 64, progress: bool = True,
+                store: StoreSpec | None = None) -> IndexInfo:
     """Embed ``listings`` with the model in ``model_dir`` and write a new index to ``index_dir``.
 
     An existing index there is replaced by a new generation (atomically, like every write).
+    ``store``: where the vectors are searched (``stores.StoreSpec``; default FAISS files).
     """
     if not listings:
         raise SearchIndexError("no listings to index")
@@ -442,19 +496,20 @@ def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str |
     emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
                          desc="embedding listings")
     return write_index(index_dir, model_dir, listings, emb, settings=settings,
-                       thumbnail_size=thumbnail_size, progress=progress)
+                       thumbnail_size=thumbnail_size, progress=progress, store=store)
 
 
 def write_index(index_dir: str | Path, model_dir: str | Path, listings: list[Listing],
                 embeddings: Embeddings, *, settings: VectorSettings | None = None,
-                thumbnail_size: int = 256, progress: bool = True) -> IndexInfo:
+                thumbnail_size: int = 256, progress: bool = True,
+                store: StoreSpec | None = None) -> IndexInfo:
     """A new index from listings and vectors already computed (``embed_listings``) with the model
     in ``model_dir``, which is copied into the index."""
     if embeddings.product_ids != [x.product_id for x in listings]:
         raise SearchIndexError("the embeddings do not belong to the listings (product ids differ)")
     with _Writer(index_dir, progress) as writer:
         return writer.commit(None, Path(model_dir), listings, embeddings, [],
-                             settings or VectorSettings(), thumbnail_size)
+                             settings or VectorSettings(), thumbnail_size, store or StoreSpec())
 
 
 def update_index(index_dir: str | Path, listings: list[Listing], *,
@@ -564,6 +619,7 @@ class SearchIndex:
         self.thumbnails = ThumbnailStore(root / "images")
         self._encoder = _Encoder(generation / "model")
         self._category_cache: dict[str, np.ndarray] = {}
+        self._adult_vids: np.ndarray | None = None
 
     def _open(self, generation: Path) -> None:
         """Every file of the generation opened and checked against ``info.json`` (counts, sizes),
@@ -588,15 +644,26 @@ class SearchIndex:
             path = generation / f"{m}.npy"
             _consistent(path, self.vectors[m].ndim == 2 and self.vectors[m].shape[0] == listings,
                         f"shape {self.vectors[m].shape}, info.json {listings} listings")
-        self.indexes = {}
-        for m in MODALITIES:
-            path = generation / f"{m}.faiss"
-            with _reading(path):
-                self.indexes[m] = VectorIndex.load(str(path), self.info.vectors[m])
-            found = self.indexes[m].count, self.indexes[m].index.d
-            _consistent(path, found == (listings, self.vectors[m].shape[1]),
-                        f"{found[0]} vectors of {found[1]} dimensions, the generation "
-                        f"{listings} of {self.vectors[m].shape[1]}")
+        self.indexes: dict[str, VectorIndex] = {}  # the FAISS store's indexes
+        self.vector_store: VectorStore
+        if self.info.store:
+            from eclip.search.milvus import MilvusStore
+
+            self.vector_store = MilvusStore(self.info.store, self.root, self.info.vectors)
+            count = self.vector_store.count()
+            _consistent(generation / "info.json", count == listings,
+                        f"its Milvus collection {self.info.store['collection']} holds {count} "
+                        f"vectors, info.json {listings}")
+        else:
+            for m in MODALITIES:
+                path = generation / f"{m}.faiss"
+                with _reading(path):
+                    self.indexes[m] = VectorIndex.load(str(path), self.info.vectors[m])
+                found = self.indexes[m].count, self.indexes[m].index.d
+                _consistent(path, found == (listings, self.vectors[m].shape[1]),
+                            f"{found[0]} vectors of {found[1]} dimensions, the generation "
+                            f"{listings} of {self.vectors[m].shape[1]}")
+            self.vector_store = FaissStore(self.indexes, self.vids, self.vectors, self._allowed)
         with _reading(generation / "heads.json"):
             heads = json.loads((generation / "heads.json").read_text("utf-8"))["adult"]
             self.adult_heads = {m: AdultHead.from_dict(h) if h else None
@@ -621,6 +688,7 @@ class SearchIndex:
 
     def close(self) -> None:
         self.store.close()
+        self.vector_store.close()
 
     # ------------------------------------------------------------------------------ encoding
     @property
@@ -637,28 +705,40 @@ class SearchIndex:
 
     # ------------------------------------------------------------------------------- search
     def search(self, vector: np.ndarray, k: int, *, against: str = "both",
-               category: str | None = None, exclude: set[int] | frozenset[int] = frozenset()
-               ) -> list[Hit]:
+               category: str | None = None, exclude: set[int] | frozenset[int] = frozenset(),
+               catalog_id: str | None = None, adult: bool | None = None) -> list[Hit]:
         """The ``k`` listings nearest to ``vector`` among the ``against`` vectors ("image", "text"
-        or "both"), optionally only in ``category`` (and below it), never those in ``exclude``."""
-        modality = AGAINST[against]
-        want = k + len(exclude)
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        allowed = self._category_vids(category) if category else None
-        if allowed is not None and len(allowed) == 0:
+        or "both"), optionally only in ``category`` (and below it), of one catalog, with or without
+        the adult flag (``stores.Where``), never those in ``exclude``. The vector store applies the
+        filters (FAISS: an id selector from the metadata; Milvus: a filter expression)."""
+        if k <= 0:
             return []
-        if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
-            subset = np.take(self.vectors[modality], np.searchsorted(self.vids, allowed), axis=0)
-            values, top = faiss.knn(query, subset, min(want, len(allowed)),
-                                    metric=faiss.METRIC_INNER_PRODUCT)
-            values, found = values[0], allowed[top[0]]
-        else:
-            values, found = self.indexes[modality].search(query, want, allowed=allowed)
-            values, found = values[0], found[0]
-        pairs = [(int(v), float(s)) for v, s in zip(found, values) if v >= 0 and v not in exclude]
-        pairs = pairs[:k]
+        where = Where(category=category or None, catalog_id=catalog_id or None, adult=adult,
+                      exclude=frozenset(int(v) for v in exclude))
+        found, values = self.vector_store.search(AGAINST[against], vector, k, where)
+        pairs = [(int(v), float(s)) for v, s in zip(found, values)][:k]
         listings = self.store.fetch(v for v, _ in pairs)
         return [Hit(listings[v], s) for v, s in pairs if v in listings]
+
+    def _allowed(self, where: Where) -> np.ndarray | None:
+        """The vids ``where`` keeps (ascending), from the metadata; None: every listing."""
+        sets = []
+        if where.category is not None:
+            sets.append(self._category_vids(where.category))
+        if where.catalog_id is not None:
+            sets.append(np.asarray(self.store.catalog_members(where.catalog_id), dtype=np.int64))
+        if where.adult is not None:
+            if self._adult_vids is None:
+                vids, labels = self.store.adult_labels()
+                self._adult_vids = np.sort(vids[labels == 1])
+            sets.append(self._adult_vids if where.adult
+                        else np.setdiff1d(self.vids, self._adult_vids))
+        if not sets:
+            return None
+        allowed = np.unique(sets[0])
+        for other in sets[1:]:
+            allowed = np.intersect1d(allowed, other)
+        return allowed.astype(np.int64)
 
     def search_text(self, query: str, k: int, *, against: str = "text",
                     category: str | None = None) -> list[Hit]:

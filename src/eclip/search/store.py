@@ -2,6 +2,12 @@
 
 The vid is the FAISS id of the listing's vectors. A listing keeps its vid when it is updated; new
 listings get ids above every id ever given out (``meta.next_vid``), so an id is never reused.
+
+The same file holds the lexical index (``lexical.py``): an FTS5 table of every listing's title,
+brand and category under its vid, written in the same transaction as the listing's row by
+``upsert`` and ``delete``, so that it never disagrees with the metadata. Its tokeniser is recorded
+in ``meta.lexical_tokenizer``. A store written before the lexical index existed gets one, filled
+from its rows, when it is copied into a new generation (any ``eclip index --update``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from eclip.catalog.schema import CATEGORY_SEP, Listing
+from eclip.search import lexical
 
 SCHEMA = """
 CREATE TABLE listings (
@@ -79,14 +86,29 @@ class MetadataStore:
         else:
             self._conn = sqlite3.connect(self.path)
         self._lock = threading.Lock()
+        self._lexical: str | None = None
+        if lexical.has_table(self._conn):
+            rows = self._conn.execute("SELECT value FROM meta WHERE key = 'lexical_tokenizer'"
+                                      ).fetchall()
+            self._lexical = rows[0][0] if rows else lexical.DEFAULT_TOKENIZER
 
     @classmethod
-    def create(cls, path: str | Path) -> MetadataStore:
+    def create(cls, path: str | Path, *,
+               lexical_tokenizer: str = lexical.DEFAULT_TOKENIZER) -> MetadataStore:
         store = cls(path, readonly=False)
         store._conn.executescript(SCHEMA)
         store.set_meta("next_vid", "0")
+        store._add_lexical(lexical_tokenizer)
         store._conn.commit()
         return store
+
+    def _add_lexical(self, tokenizer: str) -> None:
+        """The lexical index, filled from the rows already here (none in a new store)."""
+        lexical.create_table(self._conn, tokenizer)
+        self.set_meta("lexical_tokenizer", tokenizer)
+        self._lexical = tokenizer
+        rows = self._conn.execute("SELECT vid, title, brand, category FROM listings").fetchall()
+        lexical.write_rows(self._conn, rows, tokenizer)
 
     @classmethod
     def copy(cls, source: str | Path, target: str | Path) -> MetadataStore:
@@ -98,7 +120,11 @@ class MetadataStore:
         finally:
             src.close()
             dst.close()
-        return cls(target, readonly=False)
+        store = cls(target, readonly=False)
+        if store.lexical_tokenizer is None:  # written by an eclip without the lexical index
+            store._add_lexical(lexical.DEFAULT_TOKENIZER)
+            store.commit()
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -133,9 +159,14 @@ class MetadataStore:
         self._conn.executemany(
             f"INSERT OR REPLACE INTO listings({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+        if self._lexical is not None:
+            lexical.write_rows(self._conn, [(row[0], row[3], row[4], row[5]) for row in rows],
+                               self._lexical)
 
     def delete(self, vids: np.ndarray) -> None:
         self._conn.executemany("DELETE FROM listings WHERE vid = ?", [(int(v),) for v in vids])
+        if self._lexical is not None:
+            lexical.delete_rows(self._conn, vids)
 
     def commit(self) -> None:
         self._conn.commit()
@@ -147,6 +178,28 @@ class MetadataStore:
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM listings")[0][0])
+
+    @property
+    def lexical_tokenizer(self) -> str | None:
+        """The lexical index's tokeniser, or None for a store written before it existed."""
+        return self._lexical
+
+    def lexical_search(self, query: str, limit: int, *, category: str | None = None
+                       ) -> list[tuple[int, float]]:
+        """``(vid, score)`` of the ``limit`` listings whose title, brand or category best match
+        the words of ``query`` (score: ``-bm25``, higher is better), optionally only in
+        ``category`` and below it. A query with no usable term matches nothing."""
+        if self._lexical is None:
+            raise LookupError(f"{self.path} has no lexical index")
+        expression = lexical.match_expression(query, self._lexical)
+        if expression is None or limit < 1:
+            return []
+        params: list = [expression]
+        if category is not None:
+            below = category + CATEGORY_SEP
+            params += [category, below, below[:-1] + "!"]
+        rows = self._query(lexical.search_sql(category is not None), [*params, int(limit)])
+        return [(int(vid), float(score)) for vid, score in rows]
 
     def vids_of(self, product_ids: list[str]) -> dict[str, int]:
         """product_id -> vid for the ids that are in the store."""

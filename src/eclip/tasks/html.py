@@ -343,6 +343,9 @@ def write_html(report: Report, ctx: TaskContext, path: str | Path) -> Path:
             verdict = report.verdict(task)
             if verdict:
                 parts.append(f'<p class="verdict">{html.escape(verdict)}</p>')
+                missing = report.not_won_line(task)
+                if missing:
+                    parts.append(f'<p class="verdict">{html.escape(missing)}</p>')
         parts += [p for p in plots.get(task, []) if p]
         parts.append(_task_comparisons(report, task))
         parts.append(f"<details><summary>all {html.escape(task)} metrics</summary>"

@@ -214,6 +214,43 @@ class Report:
         return (f"{task} ({self.headlines[task]}): {answer} — {self.subject} {beats}"
                 + "; ".join(parts))
 
+    def not_won(self, task: str) -> list[dict[str, Any]]:
+        """The subject's headline cells that are not wins: with comparisons, every pair whose
+        interval is not above 0 (tie or loss); without them, every non-reference margin <= 0."""
+        compared = self.headline_comparisons(task)
+        if compared:
+            return [{"reference": c.reference, "modality": c.modality, "verdict": c.verdict,
+                     "shown": format_interval(c)} for c in compared if c.verdict != "win"]
+        return [{"reference": other, "modality": m, "verdict": "no margin",
+                 "shown": f"{d:+.3f}, no interval"}
+                for other, per_modality in self.margins(task).items()
+                if other not in self.references for m, d in per_modality.items() if d <= 0]
+
+    def not_won_line(self, task: str) -> str | None:
+        """One line naming where the subject does not win (None: it wins every cell)."""
+        cells = self.not_won(task)
+        if not cells:
+            return None
+        by_reference: dict[str, list[str]] = {}
+        for cell in cells:
+            by_reference.setdefault(cell["reference"], []).append(
+                f"{cell['modality']} {cell['shown']}")
+        shown = "; ".join(f"against {other}: {', '.join(where)}"
+                          for other, where in by_reference.items())
+        return (f"{task}: not shown — {self.subject} does not win {shown}; these cells do not "
+                "count in the headline.")
+
+    def _verdict_bullets(self, tasks: list[str]) -> list[str]:
+        lines = []
+        for task in tasks:
+            verdict = self.verdict(task)
+            if verdict:
+                lines.append(f"- {verdict}")
+                missing = self.not_won_line(task)
+                if missing:
+                    lines.append(f"  - {missing}")
+        return lines
+
     def verdict_table(self) -> list[str]:
         """Markdown: rows task x modality (headline metrics), a column per compared pair, cells
         ``delta [low, high] verdict``; a last row counts wins / ties / losses per pair."""
@@ -271,7 +308,7 @@ class Report:
                 "headlines": self.headlines, "subject": self.subject,
                 "references": self.references, "skipped": self.skipped,
                 "verdicts": {t: {"line": self.verdict(t), "beats_all": self.beats_all(t),
-                                 "margins": self.margins(t),
+                                 "margins": self.margins(t), "not_won": self.not_won(t),
                                  **self.tally(self.headline_comparisons(t))}
                              for t in self.tasks() if t in self.headlines},
                 "comparisons": [c.to_json() for c in self.comparisons],
@@ -292,7 +329,7 @@ class Report:
     def summary_markdown(self) -> str:
         """The title, the verdicts, the skipped tasks and each task's headline table."""
         lines = [f"# {self.title}", ""]
-        lines += [f"- {v}" for v in (self.verdict(t) for t in self.tasks()) if v] + [""]
+        lines += self._verdict_bullets(self.tasks()) + [""]
         table = self.verdict_table()
         if table:
             lines += ["## Verdict table", "", self.verdict_table_caption(), ""] + table + [""]
@@ -307,7 +344,8 @@ class Report:
         lines = [f"# {self.title}", ""]
         verdicts = [self.verdict(t) for t in self.tasks() if t in self.headlines]
         if any(verdicts):
-            lines += ["## Verdicts", ""] + [f"- {v}" for v in verdicts if v] + [""]
+            lines += ["## Verdicts", ""] + self._verdict_bullets(
+                [t for t in self.tasks() if t in self.headlines]) + [""]
         table = self.verdict_table()
         if table:
             lines += ["## Verdict table", "", self.verdict_table_caption(), ""] + table + [""]
@@ -322,6 +360,9 @@ class Report:
                 verdict = self.verdict(task)
                 if verdict:
                     lines += [f"Verdict: {verdict}", ""]
+                    missing = self.not_won_line(task)
+                    if missing:
+                        lines += [missing, ""]
             compared = self.task_comparisons(task)
             if compared:
                 lines += compared + [""]

@@ -2,11 +2,20 @@
 
 Randomness (text dropout, augmentation, which of a listing's images) is derived from
 ``(seed, epoch, index)``, never from global state, so that a resumed run sees the very same batches.
+
+Pixels travel as uint8 (``uint8=True``: the datasets' ``pixel_values`` are
+``ImageTransform.pixels``, and a data source names the transform in each batch as
+``pixel_transform``); :func:`to_device` moves a batch to the training device and normalises it there,
+to exactly the values the per-image float path gives. :class:`DevicePrefetcher` copies the next
+batch to a CUDA device while the current step runs; :func:`default_num_workers` sizes the loader
+worker pool from the cores this process may use.
 """
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -31,11 +40,14 @@ class ListingDataset(Dataset):
 
     With ``images_as_refs`` the dataset does not decode images: it returns the position of the chosen
     image in ``self.image_paths`` so that a feature cache can stand in for a locked image tower.
+    With ``uint8`` ``pixel_values`` are the transform's uint8 pixels (normalised later, by
+    :func:`to_device`), else its float values.
     """
 
     def __init__(self, listings: list[Listing], composer: TextComposer, transform: ImageTransform,
-                 *, seed: int = 0, images_as_refs: bool = False):
+                 *, seed: int = 0, images_as_refs: bool = False, uint8: bool = False):
         self.listings = listings
+        self.uint8 = uint8
         self.composer = composer
         self.transform = transform
         self.seed = seed
@@ -67,7 +79,8 @@ class ListingDataset(Dataset):
             if self.transform.train:
                 generator = torch.Generator().manual_seed(rng.getrandbits(63))
             image = load_image(listing.images[which])
-            item["pixel_values"] = self.transform(image, generator)
+            pixels = self.transform.pixels(image, generator)
+            item["pixel_values"] = pixels if self.uint8 else self.transform.normalize(pixels)
         return item
 
 
@@ -86,3 +99,84 @@ class Collator:
         else:
             batch["image_ref"] = torch.tensor([it["image_ref"] for it in items], dtype=torch.long)
         return batch
+
+
+PIXEL_TRANSFORM = "pixel_transform"  # a batch's ImageTransform when its pixel_values are uint8
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` on ``device``, its uint8 ``pixel_values`` normalised there.
+
+    Tensors are copied with ``non_blocking`` (from pinned memory the copy overlaps the host); a
+    batch with ``pixel_transform`` (uint8 pixels and their :class:`ImageTransform`) leaves with
+    float32 ``pixel_values`` (``ImageTransform.normalize``: equal, bit for bit, to what
+    ``ImageTransform.__call__`` gives image by image) and without ``pixel_transform``. On the CPU
+    nothing is copied but the pixels' normalisation."""
+    if device.type != "cpu":
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+    if PIXEL_TRANSFORM in batch:
+        batch = dict(batch)
+        transform = batch.pop(PIXEL_TRANSFORM)
+        batch["pixel_values"] = transform.normalize(batch["pixel_values"])
+    return batch
+
+
+def with_pixel_transform(batch: dict[str, Any], transform: ImageTransform) -> dict[str, Any]:
+    """Name ``transform`` in a batch of its uint8 pixels (see :func:`to_device`)."""
+    pixels = batch.get("pixel_values")
+    if isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8:
+        batch[PIXEL_TRANSFORM] = transform
+    return batch
+
+
+def default_num_workers(processes_per_machine: int = 1, *, reserve: int = 1) -> int:
+    """Loader worker processes for one training process: the cores this process may use
+    (``os.sched_getaffinity``), less ``reserve`` for the training process itself, shared among
+    ``processes_per_machine`` (torchrun's local world size); 0 (load in the training process) when
+    that leaves none."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, cores // max(1, processes_per_machine) - reserve)
+
+
+class DevicePrefetcher:
+    """Batches of ``batches`` already on ``device``, the next one copied while the current is used.
+
+    On CUDA the copies (from pinned memory: ``pin_memory=True`` in the loader) and the uint8
+    normalisation run on a side stream, one batch ahead; the consumer's stream waits for them
+    before it touches the batch, and the tensors are marked as used there. On any other device it
+    is :func:`to_device` applied batch by batch, nothing read ahead. Reading ahead moves a data
+    source's position one batch early: take checkpoints' data positions from the source only
+    between batches that this wrapper has handed out, or use it where no position is kept.
+    """
+
+    def __init__(self, batches: Iterable[dict[str, Any]], device: torch.device | str):
+        self.batches, self.device = batches, torch.device(device)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.device.type != "cuda":
+            for batch in self.batches:
+                yield to_device(batch, self.device)
+            return
+        stream = torch.cuda.Stream(self.device)
+        source = iter(self.batches)
+
+        def ahead() -> dict[str, Any] | None:
+            batch = next(source, None)
+            if batch is None:
+                return None
+            with torch.cuda.stream(stream):
+                return to_device(batch, self.device)
+
+        upcoming = ahead()
+        while upcoming is not None:
+            current_stream = torch.cuda.current_stream(self.device)
+            current_stream.wait_stream(stream)
+            for value in upcoming.values():
+                if isinstance(value, torch.Tensor):
+                    value.record_stream(current_stream)
+            batch, upcoming = upcoming, ahead()
+            yield batch

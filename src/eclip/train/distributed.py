@@ -15,9 +15,11 @@ ranks (DDP), the parameter gradients equal those of one process holding the whol
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from eclip.errors import ConfigError
+from eclip.train.checkpoint import LAST, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -171,5 +174,61 @@ def wrap_data_parallel(module: nn.Module, env: DistEnv) -> nn.Module:
 
 
 def no_sync(module: nn.Module) -> AbstractContextManager:
-    """Skip DDP's gradient all-reduce inside the block (gradients accumulate locally)."""
+    """Skip the gradient reduction inside the block (gradients accumulate locally): DDP's
+    all-reduce, or FSDP's reduce-scatter (``set_requires_gradient_sync``; the unsharded gradients
+    wait for the next backward pass that syncs)."""
+    if hasattr(module, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(module)
     return module.no_sync() if hasattr(module, "no_sync") else nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(module: nn.Module) -> Iterator[None]:
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+class DataParallel:
+    """The ``train.parallel: ddp`` strategy (and that of every one-process run): every rank holds
+    the whole model, DDP averages the gradients; checkpoints are one file, ``last.pt``, written by
+    rank 0. ``train/fsdp.py`` has the sharded counterpart with the same methods."""
+
+    name = "ddp"
+
+    def __init__(self, env: DistEnv):
+        self.env = env
+
+    def checkpoint_path(self, ckpt_dir: Path) -> Path:
+        return Path(ckpt_dir) / LAST
+
+    def wrap(self, model: nn.Module, embedder: nn.Module) -> nn.Module:
+        """What the steps run: ``embedder`` (which holds ``model``) in DDP for several ranks."""
+        return wrap_data_parallel(embedder, self.env)
+
+    def step(self, embed_step: Any) -> Any:
+        """The embedding step as the strategy runs it (DDP's hooks need nothing more)."""
+        return embed_step
+
+    @contextmanager
+    def full_model(self, model: nn.Module) -> Iterator[nn.Module | None]:
+        """The whole model, for validation and saving (rank 0 uses it): ``model`` itself."""
+        yield model
+
+    def save_checkpoint(self, ckpt_dir: Path, state: dict[str, Any], model: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """``state`` with the model and optimizer states to ``ckpt_dir/last.pt`` (rank 0)."""
+        if self.env.is_main:
+            save_checkpoint(ckpt_dir, {"model": model.state_dict(),
+                                       "optimizer": optimizer.state_dict(), **state})
+
+    def load_checkpoint(self, ckpt_dir: Path) -> dict[str, Any] | None:
+        return load_checkpoint(ckpt_dir)
+
+    def restore(self, state: dict[str, Any], model: nn.Module,
+                optimizer: torch.optim.Optimizer) -> None:
+        """The checkpoint's model and optimizer states into the run's (every rank)."""
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])

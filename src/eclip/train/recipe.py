@@ -13,6 +13,9 @@ from typing import Any
 
 from eclip.catalog.config import DataConfig
 from eclip.config import Range, above, apply_overrides, at_least, check_ranges, from_dict, load_yaml
+from eclip.errors import ConfigError
+
+PARALLEL = ("ddp", "fsdp")  # train.parallel: DDP, or FSDP2 (eclip.train.fsdp)
 
 
 # The allowed values of every numeric option of the train section, checked in one place
@@ -78,6 +81,9 @@ class TrainConfig:
     text_text_weight: float = 0.0
     image_image_weight: float = 0.0
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast around the towers)
+    # how the ranks of a torchrun job share the model: "ddp" (each holds all of it) or "fsdp"
+    # (FSDP2: weights, gradients and optimizer states sharded per tower block; see train/fsdp.py)
+    parallel: str = "ddp"
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     compile: bool = False  # torch.compile the towers
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
@@ -125,6 +131,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", TRAIN_RANGES)
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, "
+                              f"got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError("train.parallel=fsdp does not run with train.precision=fp16 (the "
+                              "loss scaler would see only this rank's shards): use bf16 or fp32")
 
 
 @dataclass

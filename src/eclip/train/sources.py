@@ -14,6 +14,10 @@ how many units a step takes) with a position that resumes exactly::
   targets then make them positives.
 - :class:`ShardSource` (``data.shards``): :class:`eclip.train.stream.ShardStream`, each rank reading
   its own part of the shards with several workers.
+
+Both hand out pixels as uint8 with their transform (``pixel_transform``; ``uint8=False``:
+float pixels as before): the consumer passes every batch through
+:func:`eclip.train.data.to_device`, which normalises them on the training device.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from eclip.catalog.schema import Listing
 from eclip.errors import EclipError
-from eclip.train.data import ListingDataset
+from eclip.train.data import ListingDataset, with_pixel_transform
 from eclip.train.sampler import CatalogBatchSampler
 
 Batch = dict[str, Any]
@@ -60,11 +64,14 @@ class RankSlice:
 
 
 class ListingSource:
-    """Unit batches of listings held in memory; see the module docstring."""
+    """Unit batches of listings held in memory; see the module docstring (``uint8`` sets the
+    dataset's pixel output)."""
 
     def __init__(self, dataset: ListingDataset, sampler: CatalogBatchSampler, collate, *,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0,
+                 uint8: bool = True):
         self.dataset, self.sampler, self.collate = dataset, sampler, collate
+        dataset.uint8 = uint8
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.seed = num_workers, seed
         # The loop's own position: with DataLoader workers the sampler runs ahead of the loop.
@@ -95,8 +102,10 @@ class ListingSource:
             loader = DataLoader(self.dataset, batch_sampler=RankSlice(self.sampler, self.rank,
                                                                       self.world_size),
                                 collate_fn=self.collate, num_workers=self.num_workers,
+                                pin_memory=torch.cuda.is_available(),
                                 generator=torch.Generator().manual_seed(self.seed + epoch))
             for batch in loader:
+                batch = with_pixel_transform(batch, self.dataset.transform)
                 done = self.position["batches_done"] + 1
                 self.position = ({"epoch": epoch + 1, "batches_done": 0} if done == len(self.sampler)
                                  else {"epoch": epoch, "batches_done": done})
@@ -104,10 +113,12 @@ class ListingSource:
 
 
 class ShardSource:
-    """Unit batches streamed from prepared shards (a :class:`eclip.train.stream.StreamLoader`)."""
+    """Unit batches streamed from prepared shards (a :class:`eclip.train.stream.StreamLoader`;
+    ``uint8`` sets its stream's pixel output)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, *, uint8: bool = True):
         self.loader = loader
+        loader.stream.uint8 = uint8
 
     @property
     def epoch(self) -> int:
@@ -132,8 +143,10 @@ class ShardSource:
                 first = next(batches, None)
             if first is None:
                 raise EclipError("the shard stream yields no batch in an epoch")
-            yield first
-            yield from batches
+            transform = self.loader.stream.transform
+            yield with_pixel_transform(first, transform)
+            for batch in batches:
+                yield with_pixel_transform(batch, transform)
 
 
 def shard_listings(shard_dir: str | Path, split: str | None) -> list[Listing]:

@@ -33,9 +33,12 @@ What one rank reads in an epoch is a pure function of the shard index, ``split``
    listings together) move as one, so catalog-aware targets find positives in the batch. The
    permutation comes from ``(seed, epoch, block position)``; images are decoded only when emitted.
 5. **Items** are dicts like those of :class:`~eclip.train.data.ListingDataset` (``text``, ``group``,
-   ``index``: the sample's global index in the shard set, ``pixel_values``); text dropout, the
-   choice among a listing's images and augmentation come from ``item_rng(seed, epoch, index)``.
-   With ``composer=None`` the text composed at prepare time is used (no dropout).
+   ``index``: the sample's global index in the shard set, ``pixel_values``: float, or with
+   ``uint8=True`` the transform's uint8 pixels, normalised later on the training device); text
+   dropout, the choice among a listing's images and augmentation come from
+   ``item_rng(seed, epoch, index)``. With ``composer=None`` the text composed at prepare time is
+   used (no dropout). A JPEG stored at least twice as large as the pixels a crop needs is decoded
+   at 1/2, 1/4 or 1/8 scale (``draft``), never below that size.
 
 **The DataLoader's order.** Each worker batches its own items, and the DataLoader hands out the
 workers' batches round-robin (worker 0, 1, ..., W-1, 0, ...), skipping a worker once it has run
@@ -88,13 +91,14 @@ class ShardStream(IterableDataset):
     shuffled block (0 or 1: the shards' own order). ``per_group``: listings of one catalog that
     move together. ``composer=None``: the text composed at prepare time. ``train=False``
     (evaluation): shards in index order, no shuffling, no dropout, the first image, no random
-    crop. Only ``index.json`` is read here.
+    crop. ``uint8``: items carry uint8 pixels (see :func:`eclip.train.data.to_device`). Only
+    ``index.json`` is read here.
     """
 
     def __init__(self, shard_dir: str | os.PathLike[str], *, transform: ImageTransform,
                  composer: TextComposer | None = None, seed: int = 0, shuffle_buffer: int = 1000,
                  rank: int = 0, world_size: int = 1, split: str | None = None, epoch: int = 0,
-                 per_group: int = 1, train: bool = True):
+                 per_group: int = 1, train: bool = True, uint8: bool = False):
         _check_int("seed", seed, 0)
         _check_int("shuffle_buffer", shuffle_buffer, 0)
         _check_int("world_size", world_size, 1)
@@ -106,7 +110,7 @@ class ShardStream(IterableDataset):
         self.shards = self.index.select(split)
         self.transform, self.composer = transform, composer
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
-        self.per_group, self.train = per_group, train
+        self.per_group, self.train, self.uint8 = per_group, train, uint8
         self.rank, self.world_size, self.split = rank, world_size, split
         total = sum(s.samples for s in self.shards)
         self.samples_per_rank = total // world_size
@@ -270,9 +274,11 @@ class ShardStream(IterableDataset):
         except ImageError as exc:
             raise ImageError(f"shard sample {sample.index} ({record.get('product_id')}) in "
                              f"{self.index.root}: {exc}; run `eclip prepare` again") from None
+        pixels = self.transform.pixels(image, generator)
         return {"text": text,
                 "group": torch.tensor(catalog_group_id(record.get("catalog_id")), dtype=torch.long),
-                "index": sample.index, "pixel_values": self.transform(image, generator)}
+                "index": sample.index,
+                "pixel_values": pixels if self.uint8 else self.transform.normalize(pixels)}
 
 
 class _Cursor:
@@ -331,6 +337,8 @@ class StreamLoader:
         if reserved:
             raise ConfigError(f"StreamLoader sets {reserved} itself")
         self.stream, self.batch_size, self.num_workers = stream, batch_size, num_workers
+        # batches to a CUDA device leave from page-locked memory (no-op without CUDA)
+        loader_kwargs.setdefault("pin_memory", torch.cuda.is_available())
         self.collate_fn, self.drop_last, self.loader_kwargs = collate_fn, drop_last, loader_kwargs
 
     @property

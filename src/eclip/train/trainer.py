@@ -45,12 +45,12 @@ from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, titl
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
-from eclip.train.checkpoint import (LAST, clean_checkpoint_temps, damaged, load_checkpoint,
-                                    save_checkpoint)
+from eclip.train.checkpoint import clean_checkpoint_temps, damaged
 from eclip.train.fingerprint import check_fingerprint, data_fingerprint
-from eclip.train.data import Collator, ListingDataset
-from eclip.train.distributed import (DistEnv, barrier, gather_objects, init_distributed,
-                                     rank_log, wrap_data_parallel)
+from eclip.train.data import Collator, ListingDataset, to_device
+from eclip.train.distributed import (DataParallel, DistEnv, barrier, gather_objects,
+                                     init_distributed, rank_log)
+from eclip.train.fsdp import parallel_strategy
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
 from eclip.model.merge import WiseFT
@@ -214,10 +214,7 @@ def apply_memory_options(model, cfg: TrainConfig, log: Callable[[str], None]) ->
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    if device.type == "cpu":
-        return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    return to_device(batch, device)  # train/data.py: moved, uint8 pixels normalised on the device
 
 
 def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing] = (),
@@ -261,10 +258,14 @@ class TrainingRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     wise: WiseFT | None = None  # train.wise_alpha: the weights before training, merged at the end
     fingerprint: dict[str, Any] | None = None  # of the training data, saved in checkpoints
+    # train.parallel: DDP (train/distributed.py DataParallel) or FSDP (train/fsdp.py)
+    parallel: Any = None
     metrics: MetricsLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = MetricsLog(self.out_dir, enabled=self.env.is_main, start_step=self.step)
+        if self.parallel is None:
+            self.parallel = DataParallel(self.env)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -360,47 +361,48 @@ class TrainingRun:
         self.metrics.write(self.step, values)
 
     def checkpoint(self) -> None:
-        """Every rank's RNG state and data position, and rank 0's model, optimizer, scheduler and
-        precision state, to ``checkpoints/last.pt`` (rank 0 writes)."""
+        """Every rank's RNG state and data position, and the model, optimizer, scheduler and
+        precision state, to ``checkpoints/last.pt`` (rank 0 writes) or, sharded, to
+        ``checkpoints/last.dcp/`` (FSDP: every rank writes its shards)."""
         rng_states = gather_objects(torch.get_rng_state())
         positions = gather_objects(self.data.source.state_dict())
-        if self.env.is_main:
-            save_checkpoint(self.ckpt_dir, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
-                "data": positions, "torch_rng": rng_states, "step": self.step,
-                "data_fingerprint": self.fingerprint,
-            })
+        self.parallel.save_checkpoint(self.ckpt_dir, {
+            "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+            "data": positions, "torch_rng": rng_states, "step": self.step,
+            "data_fingerprint": self.fingerprint,
+        }, self.model, self.optimizer)
 
     def validation(self, epoch: int) -> None:
         """Retrieval on the validation listings (rank 0), logged and kept in ``history``."""
-        if self.env.is_main:
-            values = validate(self.model, list(self.val_listings), self.composer,
-                              image_cache=self.data.image_cache,
-                              batch_size=self.cfg.eval_batch_size)
-            values["epoch"] = epoch
-            self.metrics.write(self.step, values)
-            self.history.append({"step": self.step, **values})
-            self.log(f"epoch {epoch}: " + ", ".join(
-                f"{k}={v:.3f}" for k, v in values.items()
-                if k.startswith("val/") and k.endswith(("@1", "@10"))))
+        with self.parallel.full_model(self.model) as model:  # FSDP: gathered onto rank 0
+            if self.env.is_main:
+                values = validate(model, list(self.val_listings), self.composer,
+                                  image_cache=self.data.image_cache,
+                                  batch_size=self.cfg.eval_batch_size)
+                values["epoch"] = epoch
+                self.metrics.write(self.step, values)
+                self.history.append({"step": self.step, **values})
+                self.log(f"epoch {epoch}: " + ", ".join(
+                    f"{k}={v:.3f}" for k, v in values.items()
+                    if k.startswith("val/") and k.endswith(("@1", "@10"))))
         self.model.train()
         barrier()
 
-    def choose_fusion_weight(self) -> None:
+    def choose_fusion_weight(self, model=None) -> None:
         """The model's fusion weight (``model.fusion_weight``: the image's share of its "both"
         vector, served by ``eclip embed`` and search, read by ``eclip eval``), chosen on the
         validation catalogs with their titles as the text: what the evaluation reads, and the hard
         case (a composed text that names category and attributes ranks a catalog's listings
         together at almost any weight, which would leave the choice to ties); without validation
         listings it stays unset."""
+        model = self.model if model is None else model
         if not self.val_listings:
             return
-        emb = embed_listings(self.model, self.val_listings, title_composer(self.model),
+        emb = embed_listings(model, self.val_listings, title_composer(model),
                              progress=False, image_cache=self.data.image_cache,
                              batch_size=self.cfg.eval_batch_size)
         weight = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in self.val_listings])
-        self.model.config.fusion_weight = weight
+        model.config.fusion_weight = weight
         self.log(f"fusion weight {weight:g} (image share of the fused vector, chosen on validation "
                  "catalogs)")
 
@@ -408,16 +410,20 @@ class TrainingRun:
         """The trained model to ``train.model_dir`` (default OUTPUT_DIR/model), by rank 0."""
         cfg = self.cfg
         model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out_dir / "model"
-        if self.wise is not None:  # WiSE-FT: the checkpoint keeps the trained weights
-            self.wise.apply(self.model)
-            alpha = self.wise.alpha
-            self.log(f"WiSE-FT: the saved model is {1 - alpha:g} x the start + {alpha:g} x the trained")
-        if self.env.is_main:
-            self.choose_fusion_weight()
-            self.model.save_pretrained(model_dir)
-            self.log(f"saved {model_dir} after {self.step} steps")
+        with self.parallel.full_model(self.model) as model:  # FSDP: on rank 0, None elsewhere
+            if self.wise is not None:  # WiSE-FT: the checkpoint keeps the trained weights
+                if model is not None:
+                    self.wise.apply(model)
+                alpha = self.wise.alpha
+                self.log(f"WiSE-FT: the saved model is {1 - alpha:g} x the start + {alpha:g} x "
+                         "the trained")
+            if self.env.is_main:
+                self.choose_fusion_weight(model)
+                model.save_pretrained(model_dir)
+                self.log(f"saved {model_dir} after {self.step} steps")
         barrier()
-        return TrainResult(model=self.model, model_dir=model_dir, steps=self.step,
+        return TrainResult(model=self.model if model is None else model, model_dir=model_dir,
+                           steps=self.step,
                            history=self.history, rank=self.env.rank)
 
 
@@ -432,13 +438,14 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     cfg = recipe.train
     env = env if env is not None else init_distributed(cfg.device)
     log = rank_log(env, log)
+    parallel = parallel_strategy(cfg, env)  # DDP or FSDP
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:
         clean_run_temps(out_dir, cfg)
     # what the run trains on; a resumed run checks it against its checkpoint before anything else
     fingerprint = data_fingerprint(recipe, list(train_listings))
-    state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log)
+    state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log, parallel)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
     wise = prepare_finetune(model, cfg)  # the towers' locked layers; the start for wise_alpha
@@ -451,22 +458,23 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     apply_memory_options(model, cfg, log)
     total_steps = count_steps(cfg, schedule, data.source.units_per_epoch, unit, env.world_size)
     loss_fn = build_loss(cfg, model)
+    # DDP broadcasts rank 0's weights, so every rank starts from the same model; FSDP shards it in
+    # place (its parameters are new ones: the optimizer comes after)
+    embedder = parallel.wrap(model, Embedder(model, data.image_input))
     optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.lr)
     scheduler = build_lr_scheduler(optimizer, schedule, total_steps=total_steps,
                                    warmup_steps=min(cfg.warmup_steps, total_steps // 2),
                                    min_ratio=cfg.min_lr_ratio)
     precision = Precision(cfg.precision, env.device)
     step = resume_step(out_dir / CHECKPOINTS, state, model, optimizer, scheduler, precision,
-                       data.source, env, log)
-    # DDP broadcasts rank 0's weights, so every rank starts from the same model.
-    embedder = wrap_data_parallel(Embedder(model, data.image_input), env)
+                       data.source, env, log, parallel)
     run = TrainingRun(
         recipe=recipe, model=model, env=env, log=log, out_dir=out_dir, composer=composer,
         val_listings=list(val_listings), schedule=schedule, unit=unit, data=data,
         total_steps=total_steps, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        precision=precision, embed_step=embedding_step(cfg, model),
+        precision=precision, embed_step=parallel.step(embedding_step(cfg, model)),
         params=[p for p in model.parameters() if p.requires_grad], embedder=embedder, step=step,
-        wise=wise, fingerprint=fingerprint)
+        wise=wise, fingerprint=fingerprint, parallel=parallel)
     run.announce()
     return run
 
@@ -481,16 +489,19 @@ def clean_run_temps(out_dir: Path, cfg: TrainConfig) -> None:
 
 
 def _resume_state(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any], out_dir: Path,
-                  log: Callable[[str], None]) -> dict[str, Any] | None:
+                  log: Callable[[str], None], parallel=None) -> dict[str, Any] | None:
     """The checkpoint a resumed run continues from (None: none there, or not resuming), once its
     data fingerprint matches the data of this run (else ConfigError naming what changed); a
-    damaged checkpoint is a CheckpointError naming the file."""
-    state = load_checkpoint(ckpt_dir) if resume else None
+    damaged checkpoint is a CheckpointError naming the file. ``parallel``: the strategy whose
+    checkpoints are read (default DDP's ``last.pt``)."""
+    parallel = parallel if parallel is not None else DataParallel(DistEnv())
+    state = parallel.load_checkpoint(ckpt_dir) if resume else None
     if state is None:
         if resume:
             log(f"no checkpoint in {ckpt_dir}: starting from scratch")
         return None
-    note = check_fingerprint(state.get("data_fingerprint"), fingerprint, ckpt_dir / LAST, out_dir)
+    note = check_fingerprint(state.get("data_fingerprint"), fingerprint,
+                             parallel.checkpoint_path(ckpt_dir), out_dir)
     if note:
         log(note)
     return state
@@ -498,20 +509,22 @@ def _resume_state(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any], out
 
 def resume_step(ckpt_dir: Path, state: dict[str, Any] | None, model, optimizer, scheduler,
                 precision: Precision, source: DataSource, env: DistEnv,
-                log: Callable[[str], None]) -> int:
+                log: Callable[[str], None], parallel=None) -> int:
     """The step the run starts at: the checkpoint's (``state``, see :func:`_resume_state`),
     restored into the run's objects; 0 without one. A checkpoint that does not fit the run's model,
     optimizer or data is a CheckpointError naming the file."""
     if state is None:
         return 0
+    parallel = parallel if parallel is not None else DataParallel(env)
+    path = parallel.checkpoint_path(ckpt_dir)
     try:
-        step = _restore(state, model, optimizer, scheduler, precision, source, env)
+        step = _restore(state, model, optimizer, scheduler, precision, source, env, parallel)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         lines = str(exc).strip().splitlines()
         detail = "; ".join(line.strip() for line in lines[:3]) or type(exc).__name__
-        raise damaged(ckpt_dir / LAST, f"it does not fit this run's model, optimizer or data "
-                                       f"({detail})") from None
-    log(f"resumed from {ckpt_dir / LAST} at step {step}")
+        raise damaged(path, f"it does not fit this run's model, optimizer or data "
+                            f"({detail})") from None
+    log(f"resumed from {path} at step {step}")
     return step
 
 
@@ -572,14 +585,13 @@ def embedding_step(cfg: TrainConfig, model) -> EmbeddingStep:
 
 
 def _restore(state: dict[str, Any], model, optimizer, scheduler, precision: Precision,
-             source: DataSource, env: DistEnv) -> int:
+             source: DataSource, env: DistEnv, parallel) -> int:
     """Load a checkpoint into the run's objects; returns its step."""
     ranks = len(state["data"])
     if ranks != env.world_size:
         raise ConfigError(f"the checkpoint was written by a job of {ranks} rank(s): resume it with "
                           f"{ranks} (this job has {env.world_size})")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    parallel.restore(state, model, optimizer)  # the model and optimizer: whole or sharded
     scheduler.load_state_dict(state["scheduler"])
     precision.load_state_dict(state["precision"])
     source.load_state_dict(state["data"][env.rank])

@@ -75,14 +75,19 @@ function renderClassification(data) {
 }
 
 function filters() {
-  return { category: $("category").value || null, against: $("against").value || null };
+  return {
+    category: $("category").value || null,
+    against: $("against").value || null,
+    mode: $("mode").value || null,
+  };
 }
 
 async function searchText(query) {
-  const { category, against } = filters();
+  const { category, against, mode } = filters();
   const body = { query, k: RESULTS };
   if (category) body.category = category;
   if (against) body.against = against;
+  if (mode) body.mode = mode;
   $("classification").hidden = true;
   setSummary(`searching for “${query}”…`);
   const data = await api("/search/text", {
@@ -91,7 +96,8 @@ async function searchText(query) {
     body: JSON.stringify(body),
   });
   render(data.results);
-  setSummary(`${data.results.length} results for “${query}” (${data.took_ms.toFixed(0)} ms)`);
+  setSummary(`${data.results.length} results for “${query}” ` +
+             `(${data.mode}, ${data.took_ms.toFixed(0)} ms)`);
 }
 
 async function searchPhoto(file) {
@@ -171,6 +177,10 @@ $("photo").addEventListener("change", async () => {
   } catch (err) {
     showError(err.message);
   }
+});
+
+$("mode").addEventListener("change", () => {
+  if (new URLSearchParams(window.location.hash.slice(1)).has("q")) route();
 });
 
 window.addEventListener("hashchange", route);

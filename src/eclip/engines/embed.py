@@ -1,0 +1,123 @@
+"""``eclip embed --engine ray``: the listings in blocks over a pool of Ray actors, each holding the
+model once, each block embedded by :func:`eclip.encode.listings.embed_listings` (the local engine's
+function) and written by :func:`eclip.encode.listings.write_embeddings` as one Parquet part.
+
+The output folder::
+
+    part-000000.parquet   block 0: the listings 0 .. block_size-1 of the catalog, in order
+    part-000001.parquet
+    ...
+    manifest.json         the parts in order and their rows, written last: the commit point
+    bad_rows.json         the catalog's report (written by the caller, as for the local engine)
+
+A part is written atomically under its block's name, so a block that is retried (its actor died)
+replaces its own part and no listing is written twice; the driver checks that every block came back
+once and that the rows add up before it writes the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eclip.atomic import clean_stale_temps
+from eclip.catalog.schema import Listing
+from eclip.encode.listings import (EMBEDDINGS_MANIFEST, write_embeddings,
+                                   write_embeddings_manifest)
+from eclip.engines.ray_session import (actor_pool, crash_plan, job_errors, maybe_crash,
+                                       pool_size, ray_session)
+from eclip.errors import ConfigError, EclipError
+
+PART_PATTERN = "part-*.parquet"
+
+
+def part_name(block: int) -> str:
+    return f"part-{block:06d}.parquet"
+
+
+class EmbedBlocks:
+    """One actor of the pool: the model, loaded once; a call embeds and writes one block."""
+
+    def __init__(self, model_dir: str, out_dir: str, batch_size: int, threads: int,
+                 crash: tuple[str, int] | None = None):
+        from eclip.config import use_threads
+        from eclip.model import DualEncoder
+
+        use_threads(threads)
+        self.model = DualEncoder.from_pretrained(model_dir)
+        self.out, self.batch_size, self.crash = Path(out_dir), batch_size, crash
+
+    def __call__(self, batch: dict) -> dict:
+        from eclip.encode.listings import embed_listings
+
+        blocks, rows, weights = [], [], []
+        for block, payload in zip(batch["block"], batch["listings"]):
+            block = int(block)
+            maybe_crash(self.crash, block)
+            listings = [Listing.from_dict(row) for row in json.loads(payload)]
+            emb = embed_listings(self.model, listings, batch_size=self.batch_size,
+                                 progress=False)
+            write_embeddings(emb, self.out / part_name(block), listings)
+            blocks.append(block)
+            rows.append(len(listings))
+            weights.append(emb.fusion_weight)
+        return {"block": blocks, "rows": rows, "fusion_weight": weights}
+
+
+def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str | Path, *,
+                   batch_size: int = 128, block_size: int = 1000, workers: int | None = None,
+                   threads_per_worker: int = 1, address: str | None = None,
+                   progress: bool = True) -> Path:
+    """Embed ``listings`` with the model in ``model_dir`` into ``out_dir`` (parts + manifest, see
+    the module docstring) on a pool of ``workers`` actors (default: the cluster's CPUs divided by
+    ``threads_per_worker``); ``address`` joins a running Ray cluster, else a local Ray is started.
+    Returns the manifest's path. ``model_dir`` and the images must be readable by every worker
+    (a shared file system on a cluster); the parts are written by the workers into ``out_dir``."""
+    for name, value in (("batch_size", batch_size), ("block_size", block_size),
+                        ("threads_per_worker", threads_per_worker)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    model_dir, out = Path(model_dir).resolve(), Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise EclipError(f"{out} is a file: the ray engine writes a folder of Parquet parts; "
+                         "give --out a folder name")
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
+    (out / EMBEDDINGS_MANIFEST).unlink(missing_ok=True)  # unfinished from now on
+    for stale in out.glob(PART_PATTERN):
+        stale.unlink()
+    blocks = [{"block": k, "listings": json.dumps([x.to_dict() for x in
+                                                   listings[start:start + block_size]],
+                                                  ensure_ascii=False)}
+              for k, start in enumerate(range(0, len(listings), block_size))]
+    done: dict[int, int] = {}
+    fusion_weight = None
+    if blocks:
+        with ray_session(address, progress=progress) as ray, job_errors("eclip embed"):
+            size = min(pool_size(ray, workers, threads_per_worker), len(blocks))
+            dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks))
+            results = dataset.map_batches(
+                EmbedBlocks, batch_size=1, compute=actor_pool(ray, size), num_cpus=threads_per_worker,
+                fn_constructor_kwargs={"model_dir": str(model_dir), "out_dir": str(out),
+                                       "batch_size": batch_size, "threads": threads_per_worker,
+                                       "crash": crash_plan()})
+            for row in results.iter_rows():
+                block, rows = int(row["block"]), int(row["rows"])
+                if block in done:
+                    raise EclipError(f"block {block} came back twice from the Ray workers")
+                done[block] = rows
+                fusion_weight = float(row["fusion_weight"])
+    clean_stale_temps(out)  # the temporary part of a worker that died while writing
+    expected = {k: len(json.loads(b["listings"])) for k, b in enumerate(blocks)}
+    if done != expected:
+        missing = sorted(set(expected) - set(done))
+        raise EclipError(f"the Ray job returned {len(done)} of {len(expected)} blocks "
+                         f"(missing: {missing[:10]}); nothing was committed in {out}")
+    if fusion_weight is None:  # no listing: the weight the model would fuse with
+        from eclip.encode.fusion import model_fusion_weight
+        from eclip.model import DualEncoder
+
+        fusion_weight = model_fusion_weight(DualEncoder.from_pretrained(model_dir))
+    return write_embeddings_manifest(out, [(part_name(k), done[k]) for k in sorted(done)],
+                                     fusion_weight, model=str(model_dir), engine="ray")
+

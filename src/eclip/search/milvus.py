@@ -1,0 +1,388 @@
+"""The Milvus vector store (``pymilvus``): Milvus Lite in a local file, or a Milvus server by URI.
+
+One collection per index generation, ``<alias>_gNNNNNN``, holds every listing once: its ``vid``
+(the primary key, the id the metadata uses), its ``image``, ``text`` and ``product`` vectors and the
+filterable fields ``categories`` (the category and every category above it, so that a filter on
+"Food" keeps "Food > Tea"), ``catalog`` (``catalog_group_id`` of the catalog id, -1 without one) and
+``adult`` (1, 0, -1 unknown). Filters are Milvus expressions, evaluated by the database.
+
+A write fills the new generation's collection completely (insert, flush, load, recall measured),
+and only when the generation is in service is the alias moved to it (``alter_alias``): a client
+that follows the alias never sees a half-built collection, and ``eclip serve`` reads the collection
+its generation names, so its metadata and vectors always agree. The previous generation's
+collection is kept one write longer (readers may still have it open), older ones are dropped.
+
+The same code talks to both kinds of deployment: ``uri`` ending in ``.db`` is Milvus Lite (the
+server runs in this process; one process at a time may open the file), ``http(s)://host:19530`` a
+Milvus server or cluster (token from the environment variable ``ECLIP_MILVUS_TOKEN``, if set).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eclip.catalog.schema import CATEGORY_SEP, catalog_group_id
+from eclip.errors import ConfigError
+from eclip.search.index import SearchIndexError
+from eclip.search.stores import SPACES, StoreSpec, Where, WriteJob
+from eclip.search.vectors import (RECALL_K, IndexStats, default_nlist, exact_top_scores,
+                                  near_duplicate_queries, recall_against)
+
+LITE_FILE = "milvus.db"  # Milvus Lite's file in the index folder when no URI is given
+TOKEN_ENV = "ECLIP_MILVUS_TOKEN"
+INSERT_BATCH = 1000
+MAX_LIMIT = 16_384  # Milvus' largest top-k
+MAX_STRING = 65_535  # bytes of a VARCHAR
+_REMOTE = re.compile(r"^(https?|tcp|grpc)://", re.IGNORECASE)
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+_lite_paths: set[str] = set()
+
+
+# ---------------------------------------------------------------------------------- clients
+def is_lite(uri: str) -> bool:
+    return not _REMOTE.match(uri)
+
+
+def resolve_uri(uri: str | None, root: Path) -> str:
+    """The URI to connect to: None is Milvus Lite's file in the index folder ``root``."""
+    return str(Path(root).resolve() / LITE_FILE) if not uri else uri
+
+
+def recorded_uri(uri: str | None) -> str | None:
+    """The URI as ``info.json`` keeps it: None (the index folder's own file) stays None, so the
+    folder can move; another local file is made absolute; a server URI is kept as given."""
+    if not uri:
+        return None
+    if is_lite(uri):
+        if not uri.endswith(".db"):
+            raise ConfigError(f"--uri {uri!r}: a local Milvus Lite file must end in .db; a "
+                              f"Milvus server is http://host:19530")
+        return str(Path(uri).resolve())
+    return uri
+
+
+def connect(uri: str):
+    """One client per URI per process (a Milvus Lite file is opened once and shared)."""
+    with _clients_lock:
+        client = _clients.get(uri)
+        if client is not None:
+            return client
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        # errors reach the user as ours, in one line
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        logging.getLogger("milvus_lite.server_manager").setLevel(logging.CRITICAL)
+        if is_lite(uri) and os.path.abspath(uri) not in _lite_paths:
+            _check_not_held(Path(uri))
+        try:
+            if is_lite(uri):
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                client = MilvusClient(uri=uri)
+                _lite_paths.add(os.path.abspath(uri))
+            else:
+                token = os.environ.get(TOKEN_ENV, "")
+                client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        except (MilvusException, OSError, RuntimeError, ValueError) as exc:
+            where = "the Milvus Lite file" if is_lite(uri) else "the Milvus server"
+            hint = (" (is another process, e.g. eclip serve, holding it? Milvus Lite opens a file "
+                    "in one process at a time: stop it, or use a Milvus server)"
+                    if is_lite(uri) else "")
+            raise SearchIndexError(f"cannot open {where} {uri}: {_reason(exc)}{hint}") from None
+        _clients[uri] = client
+        return client
+
+
+def _check_not_held(path: Path) -> None:
+    """Milvus Lite holds an advisory lock on ``FILE.db/LOCK`` while a process has it open."""
+    lock = path / "LOCK"
+    if not lock.is_file():
+        return
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchIndexError(
+                f"the Milvus Lite file {path} is open in another process (eclip serve?); Milvus "
+                f"Lite opens a file in one process at a time: stop that process, or keep the "
+                f"vectors on a Milvus server (eclip index --store milvus --uri "
+                f"http://HOST:19530)") from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def close_all() -> None:
+    """Close every client and stop the Milvus Lite servers this process started (also done at
+    exit by milvus-lite itself)."""
+    with _clients_lock:
+        clients, paths = list(_clients.values()), sorted(_lite_paths)
+        _clients.clear()
+        _lite_paths.clear()
+    for client in clients:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+    if paths:
+        from milvus_lite import server_manager_instance
+
+        for path in paths:
+            server_manager_instance.release_server(path)
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(message).split())[:300]
+
+
+def default_alias(root: Path) -> str:
+    """``eclip_`` and a digest of the index folder's absolute path: two indexes never share one."""
+    return "eclip_" + hashlib.sha1(str(Path(root).resolve()).encode("utf-8")).hexdigest()[:12]
+
+
+def quote(value: str) -> str:
+    """A Milvus expression string literal."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def expression(where: Where) -> str:
+    """``where`` as a Milvus filter expression ("" keeps everything)."""
+    parts = []
+    if where.category is not None:
+        parts.append(f"array_contains(categories, {quote(where.category)})")
+    if where.catalog_id is not None:
+        parts.append(f"catalog == {catalog_group_id(where.catalog_id)}")
+    if where.adult is not None:
+        parts.append("adult == 1" if where.adult else "adult != 1")
+    if where.exclude:
+        parts.append(f"vid not in [{', '.join(str(int(v)) for v in sorted(where.exclude))}]")
+    return " and ".join(parts)
+
+
+def category_path(category: str | None) -> list[str]:
+    """The category and every category above it: "A > B > C" -> ["A", "A > B", "A > B > C"]."""
+    if not category:
+        return []
+    found, start = [], 0
+    while (at := category.find(CATEGORY_SEP, start)) >= 0:
+        found.append(category[:at])
+        start = at + len(CATEGORY_SEP)
+    return found + [category]
+
+
+def _search_params(stats: IndexStats, nprobe: int | None = None) -> dict:
+    if stats.kind == "ivf":
+        return {"metric_type": "IP", "params": {"nprobe": int(nprobe or stats.nprobe or 1)}}
+    return {"metric_type": "IP"}
+
+
+def _results(answer, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Milvus search results as ``(scores, ids)`` [n, k], missing ones -1 (like FAISS)."""
+    scores = np.full((len(answer), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(answer), k), -1, dtype=np.int64)
+    for row, hits in enumerate(answer):
+        for col, hit in enumerate(list(hits)[:k]):
+            ids[row, col], scores[row, col] = int(hit.id), float(hit["distance"])
+    return scores, ids
+
+
+# ----------------------------------------------------------------------------------- writer
+class MilvusWriter:
+    """Fills one collection per generation; ``publish`` moves the alias to it."""
+
+    def __init__(self, spec: StoreSpec, root: Path):
+        self.root = Path(root)
+        self.uri = recorded_uri(spec.uri)
+        self.alias = spec.collection or default_alias(self.root)
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = connect(resolve_uri(self.uri, self.root))
+        return self._client
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            raise SearchIndexError(f"Milvus ({resolve_uri(self.uri, self.root)}) could not "
+                                   f"{what}: {_reason(exc)}") from None
+
+    def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
+        from pymilvus import DataType, MilvusClient
+
+        name = f"{self.alias}_{job.generation}"
+        client = self.client
+        if client.has_collection(name):  # left by a writer that was killed before its pointer
+            self._call(f"drop the stale collection {name}", client.drop_collection, name)
+        n = len(job.vids)
+        vectors = {s: job.vectors(s) for s in SPACES}
+        scalars = job.scalars()
+        paths = [category_path(c) for c in scalars.categories]
+        longest = max((len(p.encode("utf-8")) for path in paths for p in path), default=1)
+        if longest > MAX_STRING:
+            raise SearchIndexError(f"a category is {longest} bytes long; Milvus holds at most "
+                                   f"{MAX_STRING}")
+        kind = job.settings.resolve_kind(n)
+        if kind == "ivf" and n == 0:
+            raise ConfigError("an IVF index needs vectors to train on; use kind 'exact' or 'auto'")
+        nlist = min(job.settings.nlist or default_nlist(n), max(n, 1))
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("vid", DataType.INT64, is_primary=True)
+        for space in SPACES:
+            schema.add_field(space, DataType.FLOAT_VECTOR, dim=int(vectors[space].shape[1]))
+        schema.add_field("categories", DataType.ARRAY, element_type=DataType.VARCHAR,
+                         max_capacity=max(1, max((len(p) for p in paths), default=1)),
+                         max_length=max(1, longest))
+        schema.add_field("catalog", DataType.INT64)
+        schema.add_field("adult", DataType.INT8)
+        params = client.prepare_index_params()
+        for space in SPACES:
+            if kind == "exact":
+                params.add_index(field_name=space, index_type="FLAT", metric_type="IP")
+            else:
+                params.add_index(field_name=space, index_type="IVF_FLAT", metric_type="IP",
+                                 params={"nlist": int(nlist)})
+        self._call(f"create the collection {name}", client.create_collection, name,
+                   schema=schema)
+        entry = {"kind": "milvus", "uri": self.uri, "alias": self.alias, "collection": name}
+        try:
+            # Milvus Lite builds the index when the data is flushed; a server builds it in the
+            # background, and we wait for it
+            self._call(f"index {name}", client.create_index, name, params,
+                       sync=not is_lite(resolve_uri(self.uri, self.root)))
+            return self._fill(job, name, entry, vectors, scalars, paths, kind, nlist)
+        except BaseException:
+            self.discard(entry)  # a half-filled collection is never left behind
+            raise
+
+    def _fill(self, job: WriteJob, name: str, entry: dict, vectors: dict, scalars, paths: list,
+              kind: str, nlist: int) -> tuple[dict[str, IndexStats], dict | None]:
+        client, n = self.client, len(job.vids)
+        groups = [catalog_group_id(c) for c in scalars.catalog_ids]
+        steps = range(0, n, INSERT_BATCH)
+        for start in tqdm(steps, desc="filling Milvus", disable=not job.progress, unit="batch"):
+            stop = min(n, start + INSERT_BATCH)
+            block = {s: np.asarray(vectors[s][start:stop], dtype=np.float32) for s in SPACES}
+            rows = [{"vid": int(job.vids[i]), **{s: block[s][i - start] for s in SPACES},
+                     "categories": paths[i], "catalog": groups[i],
+                     "adult": int(scalars.adult[i])} for i in range(start, stop)]
+            self._call(f"insert into {name}", client.insert, name, rows)
+        self._call(f"flush {name}", client.flush, name)
+        self._call(f"load {name}", client.load_collection, name)
+        stored = int(client.get_collection_stats(name).get("row_count", -1))
+        if stored != n:
+            raise SearchIndexError(f"Milvus collection {name} holds {stored} rows after the "
+                                   f"write, the generation {n}")
+        stats = {}
+        for space in SPACES:
+            stats[space] = IndexStats("exact", n) if kind == "exact" else IndexStats(
+                "ivf", n, nlist=int(nlist), quantizer="milvus IVF_FLAT", trained_on=n)
+            self._tune(name, space, stats[space], np.asarray(vectors[space]), job)
+        return stats, entry
+
+    def _tune(self, name: str, space: str, stats: IndexStats, vectors: np.ndarray,
+              job: WriteJob) -> None:
+        """IVF: the smallest power-of-two ``nprobe`` whose recall@10 against exact search reaches
+        the target on sampled near-duplicate queries (as ``vectors.VectorIndex.tune``)."""
+        if stats.kind != "ivf" or stats.count == 0:
+            return
+        settings = job.settings
+        queries = near_duplicate_queries(vectors, settings.recall_queries, settings.seed)
+        truth = exact_top_scores(vectors, queries, RECALL_K)
+        k = truth.shape[1]
+        nprobe, recall = 1, 0.0
+        while True:
+            answer = self._call(f"search {name}", self.client.search, name,
+                                data=[q for q in queries], anns_field=space, limit=k,
+                                output_fields=["vid"],
+                                search_params=_search_params(stats, nprobe))
+            scores, found = _results(answer, k)
+            recall = recall_against(truth, scores, found)
+            if recall >= settings.target_recall or nprobe >= (stats.nlist or 1):
+                break
+            nprobe = min(nprobe * 2, stats.nlist or 1)
+        stats.nprobe, stats.recall_at_10, stats.recall_queries = nprobe, recall, len(queries)
+
+    def publish(self, entry: dict | None) -> None:
+        client = self.client
+        aliases = self._call("list aliases", client.list_aliases).get("aliases", [])
+        if self.alias in aliases:
+            self._call(f"move the alias {self.alias}", client.alter_alias, entry["collection"],
+                       self.alias)
+        else:
+            self._call(f"create the alias {self.alias}", client.create_alias,
+                       entry["collection"], self.alias)
+
+    def discard(self, entry: dict | None) -> None:
+        if entry and self.client.has_collection(entry["collection"]):
+            self.client.drop_collection(entry["collection"])
+
+    def collect(self, keep: list[dict | None]) -> None:
+        """Drop this index's generation collections that no kept generation names."""
+        kept = {e.get("collection") for e in keep if e}
+        pattern = re.compile(rf"^{re.escape(self.alias)}_g\d{{6}}$")
+        for name in self._call("list collections", self.client.list_collections):
+            if pattern.match(name) and name not in kept:
+                self._call(f"drop {name}", self.client.drop_collection, name)
+
+
+# ----------------------------------------------------------------------------------- reader
+class MilvusStore:
+    """The read side: the collection a generation names, searched with filter expressions."""
+
+    kind = "milvus"
+
+    def __init__(self, entry: dict, root: Path, stats: dict[str, IndexStats]):
+        self.uri = resolve_uri(entry.get("uri"), root)
+        self.collection = entry["collection"]
+        self.stats = stats
+        self.client = connect(self.uri)
+        if not self.client.has_collection(self.collection):
+            raise SearchIndexError(f"Milvus ({self.uri}) has no collection {self.collection}: "
+                                   f"the index generation names it; rebuild the index with "
+                                   f"`eclip index --store milvus`")
+        self._call("load", self.client.load_collection, self.collection)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            raise SearchIndexError(f"Milvus ({self.uri}) could not {what} the collection "
+                                   f"{self.collection}: {_reason(exc)}") from None
+
+    def count(self) -> int:
+        return int(self._call("count", self.client.get_collection_stats,
+                              self.collection).get("row_count", -1))
+
+    def search(self, space: str, query: np.ndarray, k: int, where: Where
+               ) -> tuple[np.ndarray, np.ndarray]:
+        limit = max(1, min(int(k), MAX_LIMIT))
+        answer = self._call("search", self.client.search, self.collection,
+                            data=[np.asarray(query, dtype=np.float32).reshape(-1)],
+                            anns_field=space, limit=limit, filter=expression(where),
+                            output_fields=["vid"], search_params=_search_params(self.stats[space]))
+        scores, ids = _results(answer, limit)
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def close(self) -> None:
+        pass  # the client is shared by the generations of this process (close_all at the end)
