@@ -37,9 +37,10 @@ Per (implementation, model), in a fresh process:
    MFU here counts model FLOPs (the towers' FLOPs per pair from step 2 times the batch, plus the
    loss's, which grow as B^2), not the second forward pass of the streams.
 
-``--budget-s`` (default 420) bounds the whole run: a size whose predicted time does not fit in what
-is left is skipped with a note, so the script ends within about 8 minutes. A size that runs out of
-device memory is reported as such. Output: a JSON file (``--out``) and Markdown tables on stdout.
+``--budget-s`` (default 420) bounds the whole run: each (implementation, model) process gets an
+equal share of the time left, a size whose predicted time does not fit in its share is skipped with
+a note, and a process still running 30 s after its share is stopped (its rows so far are kept), so
+the script ends within about 8 minutes. A size that runs out of device memory is reported as such. Output: a JSON file (``--out``) and Markdown tables on stdout.
 
     python benchmarks/gpu_train.py --out gpu.json --open-clip-python /path/to/ocvenv/bin/python
     python benchmarks/gpu_train.py --device cpu --tiny --out tiny.json   # the CPU check (seconds)
@@ -633,25 +634,30 @@ def drive(args) -> dict:
     facts: dict = {}
     notes: list[str] = []
     rows: list[dict] = []
+    runs = []
     for model in args.models:
         for impl in IMPLS[model]:
             python = args.eclip_python if impl == "eclip" else args.open_clip_python
             if python is None:
                 notes.append(f"{impl} {model}: not run (no --open-clip-python: give the python of an "
                              "environment with open_clip_torch and the same torch)")
-                continue
-            if deadline - time.time() < 20:
-                rows.append({"impl": impl, "model": model, "kind": "throughput",
-                             "skipped": "no time left in the budget"})
-                continue
-            got = _run_worker(python, impl, model, args, deadline)
-            if "device" in got:
-                facts = facts or got["device"]
-                if got["device"]["torch"] != facts["torch"]:
-                    notes.append(f"{impl} ran on torch {got['device']['torch']}, not {facts['torch']}")
-            rows += got["rows"]
-            for row in got["rows"]:
-                print(json.dumps({k: v for k, v in row.items() if k != "step_s"}), flush=True)
+            else:
+                runs.append((impl, model, python))
+    for k, (impl, model, python) in enumerate(runs):
+        left = deadline - time.time()
+        if left < 20:
+            rows.append({"impl": impl, "model": model, "kind": "throughput",
+                         "skipped": "no time left in the budget"})
+            continue
+        # an equal share of what is left, so that a slow run cannot take the others' time
+        got = _run_worker(python, impl, model, args, time.time() + left / (len(runs) - k))
+        if "device" in got:
+            facts = facts or got["device"]
+            if got["device"]["torch"] != facts["torch"]:
+                notes.append(f"{impl} ran on torch {got['device']['torch']}, not {facts['torch']}")
+        rows += got["rows"]
+        for row in got["rows"]:
+            print(json.dumps({key: v for key, v in row.items() if key != "step_s"}), flush=True)
     name = facts.get("name", "unknown (no worker ran)")
     peak, source = args.peak_tflops, "--peak-tflops"
     if peak is None:

@@ -1,10 +1,11 @@
 """Vector, lexical and hybrid text search compared on a demo output: R@10 and nDCG@10 (ranx).
 
-Two query sets over an index of the whole demo catalog:
+Query sets over an index of the whole demo catalog:
 
 * **held-out titles**: every test-split listing whose catalog has another listing; the query is its
   title, the relevant listings are the other listings of its catalog (the listing itself is taken
-  out of the answer, as ``eclip.search.evaluate`` does);
+  out of the answer, as ``eclip.search.evaluate`` does); **val titles**, the same for the val split,
+  are the set on which fusion settings are to be chosen;
 * **category names**: one query per leaf category name ("Drink", "Food Asian"); the relevant
   listings are those of every category with that leaf name.
 
@@ -21,7 +22,9 @@ categories (``eclip.tasks.bootstrap``) of hybrid minus the better single mode.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import time
 from collections import defaultdict
@@ -46,17 +49,20 @@ def query_sets(listings) -> dict[str, list[dict]]:
     for x in listings:
         if x.catalog_id:
             members[x.catalog_id].append(x.product_id)
-    titles = [{"id": x.product_id, "text": x.title, "group": x.catalog_id, "skip": x.product_id,
-               "relevant": [p for p in members[x.catalog_id] if p != x.product_id]}
-              for x in listings if x.split == "test" and x.catalog_id
-              and len(members[x.catalog_id]) > 1]
+    def titles(split):
+        return [{"id": x.product_id, "text": x.title, "group": x.catalog_id, "skip": x.product_id,
+                 "relevant": [p for p in members[x.catalog_id] if p != x.product_id]}
+                for x in listings if x.split == split and x.catalog_id
+                and len(members[x.catalog_id]) > 1]
+
     by_leaf = defaultdict(list)
     for x in listings:
         if x.leaf_category:
             by_leaf[x.leaf_category].append(x.product_id)
     categories = [{"id": f"cat:{leaf}", "text": leaf, "group": leaf, "skip": None,
                    "relevant": pids} for leaf, pids in sorted(by_leaf.items())]
-    return {"held-out titles": titles, "category names": categories}
+    return {"val titles (for choosing)": titles("val"), "held-out titles": titles("test"),
+            "category names": categories}
 
 
 def lexical_store(index: SearchIndex, tokenizer: str, work: Path) -> MetadataStore:
@@ -92,16 +98,22 @@ def variants(tokenizers) -> dict[str, dict]:
         out[f"lexical ({t})"] = {"kind": "lexical", "tokenizer": t}
     default = hybrid.Fusion()
     for t in tokenizers:
-        out[f"hybrid ({t}, RRF k=60, depth 100)"] = {"kind": "hybrid", "tokenizer": t,
-                                                     "fusion": default}
+        out[f"hybrid ({t}, {_describe(default)}) default"] = {"kind": "hybrid", "tokenizer": t,
+                                                              "fusion": default}
     t = lexical.DEFAULT_TOKENIZER
-    for fusion in (hybrid.Fusion(depth=20), hybrid.Fusion(depth=50), hybrid.Fusion(depth=200),
-                   hybrid.Fusion(rrf_k=10), hybrid.Fusion(rrf_k=200),
-                   hybrid.Fusion(weights=(1.0, 2.0)), hybrid.Fusion(weights=(2.0, 1.0))):
-        name = (f"hybrid ({t}, RRF k={fusion.rrf_k:g}, depth {fusion.depth}, "
-                f"w vector:lexical {fusion.weights[0]:g}:{fusion.weights[1]:g})")
-        out[name] = {"kind": "hybrid", "tokenizer": t, "fusion": fusion}
+    plain = hybrid.Fusion(weights=(1.0, 1.0))
+    for fusion in (plain, hybrid.Fusion(weights=(2.0, 1.0)), hybrid.Fusion(weights=(1.0, 3.0)),
+                   dataclasses.replace(plain, rrf_k=10), dataclasses.replace(plain, rrf_k=200),
+                   dataclasses.replace(plain, depth=20), dataclasses.replace(plain, depth=200),
+                   hybrid.Fusion(depth=20), hybrid.Fusion(depth=200), hybrid.Fusion(rrf_k=10)):
+        out[f"hybrid ({t}, {_describe(fusion)})"] = {"kind": "hybrid", "tokenizer": t,
+                                                     "fusion": fusion}
     return out
+
+
+def _describe(fusion: hybrid.Fusion) -> str:
+    return (f"RRF k={fusion.rrf_k:g}, depth {fusion.depth}, "
+            f"w vector:lexical {fusion.weights[0]:g}:{fusion.weights[1]:g}")
 
 
 def ranked(spec: dict, lists: dict[str, list[int]], k: int) -> list[int]:
@@ -139,6 +151,7 @@ def main() -> None:
     specs = variants(lexical.TOKENIZERS)
     sets = query_sets(listings)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "k": k,
+               "load_start": os.getloadavg(), "cpus": os.cpu_count(),
                "against": args.against, "listings": len(listings), "sets": {}}
     for set_name, queries in sets.items():
         start = time.perf_counter()
@@ -193,6 +206,8 @@ def main() -> None:
                     cells.append("best single" if best_single[m] == name else "")
             print(f"| {name} | {row['R@10']:.3f} | {row['nDCG@10']:.3f} | {cells[0]} | "
                   f"{cells[1]} |")
+    results["load_end"] = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min): start {results['load_start']}, end {results['load_end']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

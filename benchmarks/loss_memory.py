@@ -2,8 +2,12 @@
 
 For each batch size B and mode, a fresh process builds unit-length image and text embeddings [B, D]
 (float32, catalog ids in pairs so that the catalog-aware targets are not the identity) and times one
-forward + backward pass of ``eclip.train.loss.contrastive_loss``: dense (the B x B logits held for
-autograd) or chunked (``chunk_size`` rows at a time, gradients computed in the same pass).
+forward + backward pass of ``eclip.train.loss.contrastive_loss``: dense (no ``chunk_size``: all rows
+as one chunk, B x B logits once, gradients computed in the same pass, the targets' terms from
+per-catalog sums) or chunked (``chunk_size`` rows at a time); and, as the reference, the same loss
+through autograd with an explicit B x B targets matrix and ``log_softmax`` in both directions (how
+eclip computed it before issue 15, and how autograd losses such as open_clip's ``ClipLoss`` hold
+their logits).
 
 Memory: the peak growth of the process's resident set (RSS) during forward + backward. The peak
 (VmHWM) is reset through ``/proc/self/clear_refs`` just before and read just after, relative to the
@@ -54,14 +58,30 @@ def run_one(batch: int, dim: int, chunk: int | None, repeats: int, threads: int)
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
             fh.write("5")  # reset the peak RSS to the current RSS
         start = time.perf_counter()
-        value = contrastive_loss(i, t, scale, groups, chunk_size=chunk)
+        if chunk == -1:
+            value = _autograd_loss(i, t, scale, groups)
+        else:
+            value = contrastive_loss(i, t, scale, groups, chunk_size=chunk)
         value.backward()
         times.append(time.perf_counter() - start)
         peaks.append(_status("VmHWM") - before)
         loss = value.item()
         del value, i, t, scale
-    return {"batch": batch, "mode": "dense" if chunk is None else f"chunked ({chunk} rows)",
+    mode = {None: "dense", -1: "autograd reference"}.get(chunk, f"chunked ({chunk} rows)")
+    return {"batch": batch, "mode": mode,
             "seconds": min(times), "peak_mib": min(peaks) / 2**20, "loss": loss}
+
+
+def _autograd_loss(image, text, scale, groups):
+    """The catalog-aware loss as autograd sees it: logits, targets, log-softmax per direction."""
+    import torch.nn.functional as F
+
+    from eclip.train.loss import catalog_targets
+
+    logits = scale * image @ text.T
+    targets = catalog_targets(groups)
+    return -((targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+             + (targets * F.log_softmax(logits.T, dim=1)).sum(1).mean()) / 2
 
 
 def _available_bytes() -> int:
@@ -80,6 +100,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=2, help="per (B, mode) below 32k; 1 above")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the autograd reference (explicit targets matrix)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--one", nargs=3, metavar=("B", "CHUNK", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -91,11 +113,12 @@ def main() -> None:
     rows, dense_bytes_per_entry = [], None
     for batch in sorted(args.sizes):
         repeats = args.repeats if batch < 32768 else 1
-        for chunk in (0, args.chunk):
-            if chunk == 0 and dense_bytes_per_entry is not None:
+        for chunk in ((-1, 0, args.chunk) if args.reference else (0, args.chunk)):
+            if chunk <= 0 and dense_bytes_per_entry is not None:
                 need = dense_bytes_per_entry * batch * batch
                 if need > 0.8 * _available_bytes():
-                    rows.append({"batch": batch, "mode": "dense", "skipped":
+                    rows.append({"batch": batch, "mode": "dense" if chunk == 0 else "autograd reference",
+                                 "skipped":
                                  f"needs ~{need / 2**30:.0f} GiB (extrapolated), "
                                  f"{_available_bytes() / 2**30:.0f} GiB available"})
                     print(rows[-1], flush=True)
@@ -104,8 +127,9 @@ def main() -> None:
                                    str(args.threads), "--one", str(batch), str(chunk), str(repeats)],
                                   capture_output=True, text=True, check=True)
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            if chunk == 0 and dense_bytes_per_entry is None:
-                dense_bytes_per_entry = row["peak_mib"] * 2**20 / batch**2
+            if chunk <= 0:  # the larger of the two B x B modes at the smallest B
+                dense_bytes_per_entry = max(dense_bytes_per_entry or 0,
+                                            row["peak_mib"] * 2**20 / batch**2)
             rows.append(row)
             print(row, flush=True)
 

@@ -122,19 +122,36 @@ def main() -> None:
             print(f"  {store:6s} {mode}->{against}: " + ", ".join(f"{x:.1f}" for x in p50) +
                   f"  (median {np.median(p50):.1f}, spread {max(p50) - min(p50):.1f})")
 
-    same, differ = 0, []
+    same, same_but_ties, differ = 0, 0, []
     with serve("faiss", args) as a, serve("milvus", args) as b:
         for x in queries:
             body = {"query": x.title, "k": 10, "against": "text"}
-            ids = [[r["product_id"] for r in c.post("/search/text", json=body).json()["results"]]
-                   for c in (a, b)]
+            answers = [c.post("/search/text", json=body).json()["results"] for c in (a, b)]
+            ids = [[r["product_id"] for r in rows] for rows in answers]
             if ids[0] == ids[1]:
                 same += 1
+            elif _same_up_to_ties(*answers):
+                same_but_ties += 1
             else:
                 differ.append(x.product_id)
-    print(f"\nidentical top-10 product ids (title -> text vectors): {same} of {len(queries)} "
-          f"queries" + (f"; differing: {', '.join(differ[:10])}" if differ else "") +
-          f"; {_load()}")
+    print(f"\ntop-10 product ids (title -> text vectors), {len(queries)} queries: identical "
+          f"{same}, identical but for the order of equal scores {same_but_ties}, different "
+          f"{len(differ)}" + (f" ({', '.join(differ[:10])})" if differ else "") + f"; {_load()}")
+
+
+def _same_up_to_ties(a: list[dict], b: list[dict], tol: float = 1e-4) -> bool:
+    """The same scores, and the same listings at each score (listings tied with the last one
+    may be cut at k differently)."""
+    sa, sb = [r["score"] for r in a], [r["score"] for r in b]
+    if len(sa) != len(sb) or not np.allclose(sa, sb, atol=tol):
+        return False
+    last = min(sa, default=0.0)
+
+    def above(rows):
+        return sorted((round(r["score"] / tol), r["product_id"]) for r in rows
+                      if r["score"] > last + tol)
+
+    return above(a) == above(b)
 
 
 if __name__ == "__main__":

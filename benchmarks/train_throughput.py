@@ -1,24 +1,37 @@
 """Training throughput (pairs/s) and peak memory of eclip's training step, against open_clip's.
 
-The two run the same kind of model on synthetic data: a ViT image tower and a transformer text tower
-of the same width, depth, heads, resolution, patch, context length and vocabulary, a projection to
-the same embedding size, AdamW with gradient clipping. Each configuration runs in a fresh process;
-open_clip runs in its own environment (``--open-clip-python``), since it needs torchvision.
+The two run the same kind of model on the same synthetic data: a ViT image tower and a transformer
+text tower of the same width, depth, heads, resolution, patch, context length and vocabulary, no
+dropout, a projection to the same embedding size, AdamW with gradient clipping. Each configuration
+runs in a fresh process; open_clip runs in its own environment (``--open-clip-python``), since it
+needs torchvision.
 
 - eclip: the trainer's own parts (``Embedder``, ``WholeBatchStep`` / ``MultiStreamStep``,
-  ``ContrastiveLoss`` with catalog targets, ``Precision``), a Hugging Face ViT + BERT.
-- open_clip: ``open_clip.CLIP`` + ``ClipLoss``; for batches larger than a micro-batch, the feature
-  caching of open_clip_train's ``--accum-freq`` (embed every micro-batch without gradients, then for
-  each micro-batch re-embed it with gradients and back-propagate the loss over the whole batch).
+  ``ContrastiveLoss`` with catalog targets, ``Precision``), a Hugging Face ViT + BERT; ``--compile``:
+  ``DualEncoder.compile_towers`` (what ``train.compile`` does).
+- open_clip: ``open_clip.CLIP`` + ``ClipLoss``; ``--compile``: ``model.compile()``. For batches
+  larger than a micro-batch, the feature caching of open_clip_train's ``--accum-freq`` (embed every
+  micro-batch without gradients, then for each micro-batch re-embed it with gradients and
+  back-propagate the loss over the whole batch).
 
-Throughput: pairs per second over the timed steps (after warm-up steps; the suite times a single
-step of its batches above 1024, without warm-up above 4096). Memory: the peak resident
+Titles: ``--titles 10-30`` gives each row a title of 10 to 30 tokens (drawn once, seeded) padded to
+the context (77), as a tokenizer pads a catalog's titles to CLIP's context; both sides get the same
+ids and mask. open_clip's text tower runs the whole context (its design: causal attention, the
+pooled token found by argmax); eclip's drops the columns that are padding in every row
+(``DualEncoder.text_features``). ``--titles full``: every row fills the context (no padding).
+
+Throughput: pairs per second over the timed steps (after warm-up steps). Memory: the peak resident
 set of the process (VmHWM), and its growth over the resident set after the model was built (the
 training step's own memory: activations, the loss, gradients, optimizer state). Linux only.
 
-    python benchmarks/train_throughput.py --suite --open-clip-python VENV/bin/python \
+``--suite`` runs every configuration of the table for both sides, alternating eclip and open_clip,
+``--rounds`` times over (a fresh process each), and prints per row the median pairs/s with its
+min-max over the rounds, the median memory, and eclip / open_clip:
+
+    python benchmarks/train_throughput.py --suite --rounds 3 --open-clip-python VENV/bin/python \
         --eclip-python VENV/bin/python
-    python benchmarks/train_throughput.py --impl eclip --batch 256 --precision bf16
+    python benchmarks/train_throughput.py --suite issue4 ...   # the table of issue 4 (context 16)
+    python benchmarks/train_throughput.py --impl eclip --batch 256 --compile
 """
 
 from __future__ import annotations
@@ -27,10 +40,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -44,12 +59,26 @@ def _status(field: str) -> float:
     raise RuntimeError(field)
 
 
+def _title_lengths(titles: str, context: int) -> tuple[int, int]:
+    """``--titles``: ``full`` (every row fills the context) or ``LO-HI`` tokens per title."""
+    if titles == "full":
+        return context, context
+    low, high = (int(v) for v in titles.split("-"))
+    if not 1 <= low <= high <= context:
+        raise SystemExit(f"--titles {titles}: need 1 <= LO <= HI <= context ({context})")
+    return low, high
+
+
 def _batch(args, torch):
+    """The synthetic batch, the same for both sides: random pixels, titles of random ids and
+    lengths padded with id 0 to the context, two rows per catalog."""
     gen = torch.Generator().manual_seed(0)
+    low, high = _title_lengths(args.titles, args.context)
+    lengths = torch.randint(low, high + 1, (args.batch, 1), generator=gen)
+    mask = (torch.arange(args.context).unsqueeze(0) < lengths).long()
+    ids = torch.randint(1, args.vocab, (args.batch, args.context), generator=gen) * mask
     return {"pixel_values": torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen),
-            "input_ids": torch.randint(1, args.vocab, (args.batch, args.context), generator=gen),
-            "attention_mask": torch.ones(args.batch, args.context, dtype=torch.long),
-            "group": torch.arange(args.batch) // 2}
+            "input_ids": ids, "attention_mask": mask, "group": torch.arange(args.batch) // 2}
 
 
 def _micro_batches(batch: dict, micro: int | None) -> list[dict]:
@@ -73,7 +102,8 @@ def eclip_runner(args):
 
     text = {"model_type": "bert", "vocab_size": args.vocab, "hidden_size": args.text_width,
             "num_hidden_layers": args.text_layers, "num_attention_heads": args.text_heads,
-            "intermediate_size": 4 * args.text_width, "max_position_embeddings": args.context}
+            "intermediate_size": 4 * args.text_width, "max_position_embeddings": args.context,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # open_clip has none
     image = {"model_type": "vit", "hidden_size": args.width, "num_hidden_layers": args.layers,
              "num_attention_heads": args.heads, "intermediate_size": 4 * args.width,
              "image_size": args.image_size, "patch_size": args.patch}
@@ -83,7 +113,7 @@ def eclip_runner(args):
     tokenizer = train_tokenizer([f"word{i}" for i in range(50)], 100)
     model = DualEncoder.build(config, tokenizer=tokenizer)
     apply_memory_options(model, TrainConfig(grad_checkpointing=args.grad_checkpointing,
-                                            compile=args.compile), print)
+                                            compile=bool(args.compile)), print)
     model.train()
     embedder = Embedder(model, pixel_input)
     step = MultiStreamStep() if args.micro else WholeBatchStep()
@@ -166,77 +196,142 @@ def run_one(args) -> dict:
     peak = _status("VmHWM")
     return {"impl": args.impl, "torch": torch.__version__, "batch": args.batch, "micro": args.micro,
             "chunk": args.chunk, "precision": args.precision, "grad_checkpointing": args.grad_checkpointing,
-            "compile": args.compile, "params_m": n_params / 1e6, "step_s": seconds,
-            "pairs_per_s": args.batch / seconds, "peak_rss_mib": peak, "step_mib": peak - built,
-            "loss": loss}
+            "compile": args.compile, "context": args.context, "titles": args.titles,
+            "params_m": n_params / 1e6, "step_s": seconds, "pairs_per_s": args.batch / seconds,
+            "peak_rss_mib": peak, "step_mib": peak - built, "loss": loss}
 
 
 MODEL_FLAGS = ("width", "layers", "heads", "patch", "image_size", "text_width", "text_layers",
                "text_heads", "context", "vocab", "embed_dim")
 
-# (batch, micro, chunk, precision, grad_checkpointing, compile); open_clip ignores chunk
-SUITE = [
-    (256, None, None, "fp32", False, False),
-    (256, None, None, "bf16", False, False),
-    (256, None, None, "fp32", True, False),
-    (256, None, None, "fp32", False, True),
-    (4096, None, None, "fp32", False, False),
-    (4096, 256, 1024, "fp32", False, False),
-    (16384, 512, 2048, "fp32", False, False),
-]
+
+@dataclass(frozen=True)
+class Config:
+    """One row of a table: run for each side; open_clip ignores ``chunk``."""
+
+    batch: int
+    precision: str = "fp32"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    micro: int | None = None
+    chunk: int | None = None
+    titles: str | None = None  # None: the suite's --titles
+    context: int | None = None  # None: the suite's --context
+    steps: int | None = None  # None: --steps
+    warmup: int | None = None  # None: --warmup
+
+
+SUITES = {
+    # issue 15: plain and compiled at the matched model, titles of 10-30 tokens in CLIP's context
+    "compile": [Config(256), Config(256, compile=True), Config(4096, steps=1, warmup=1)],
+    # issue 4's table: context 16, titles filling it
+    "issue4": [Config(256, titles="full", context=16), Config(256, "bf16", titles="full", context=16),
+               Config(256, grad_checkpointing=True, titles="full", context=16),
+               Config(256, compile=True, titles="full", context=16),
+               Config(4096, titles="full", context=16, steps=1, warmup=1),
+               Config(4096, micro=256, chunk=1024, titles="full", context=16, steps=1, warmup=0),
+               Config(16384, micro=512, chunk=2048, titles="full", context=16, steps=1, warmup=0)],
+}
+
+
+def _command(python: str, impl: str, config: Config, args) -> list[str]:
+    command = [python, __file__, "--impl", impl, "--batch", str(config.batch),
+               "--precision", config.precision,
+               "--steps", str(config.steps if config.steps is not None else args.steps),
+               "--warmup", str(config.warmup if config.warmup is not None else args.warmup),
+               "--titles", config.titles or args.titles]
+    for flag in MODEL_FLAGS:
+        value = config.context if flag == "context" and config.context else getattr(args, flag)
+        command.append(f"--{flag.replace('_', '-')}={value}")
+    if config.micro:
+        command += ["--micro", str(config.micro)]
+    if config.chunk and impl == "eclip":
+        command += ["--chunk", str(config.chunk)]
+    if config.grad_checkpointing:
+        command.append("--grad-checkpointing")
+    if config.compile:
+        command.append("--compile")
+    return command
+
+
+def _run(command: list[str]) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _spread(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:.0f} ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else f"{med:.0f}"
 
 
 def suite(args) -> None:
-    rows = []
+    """Every row of the suite for each side, alternating sides and rows, ``--rounds`` times."""
+    configs = SUITES[args.suite]
     pythons = {"eclip": args.eclip_python or sys.executable}
     if args.open_clip_python:
         pythons["open_clip"] = args.open_clip_python
-    for batch, micro, chunk, precision, ckpt, compiled in SUITE:
-        for impl, python in pythons.items():
-            command = [python, __file__, "--impl", impl, "--batch", str(batch), "--precision", precision,
-                       "--steps", str(1 if batch > 1024 else args.steps),
-                       "--warmup", str(0 if batch > 4096 else 1 if batch > 1024 else args.warmup)]
-            command += [f"--{flag.replace('_', '-')}={getattr(args, flag)}" for flag in MODEL_FLAGS]
-            if micro:
-                command += ["--micro", str(micro)]
-            if chunk and impl == "eclip":
-                command += ["--chunk", str(chunk)]
-            if ckpt:
-                command.append("--grad-checkpointing")
-            if compiled:
-                command.append("--compile")
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                row = {"impl": impl, "batch": batch, "micro": micro, "precision": precision,
-                       "grad_checkpointing": ckpt, "compile": compiled,
-                       "error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]}
-            else:
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, {date.today()}; model: "
-          + ", ".join(f"{flag}={getattr(args, flag)}" for flag in MODEL_FLAGS) + "\n")
-    print("| impl | batch | micro x streams | loss chunk | precision | options | params (M) | pairs/s "
-          "| peak RSS (MiB) | step memory (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        options = ", ".join(name for name in ("grad_checkpointing", "compile") if r.get(name)) or "-"
-        streams = f"{r['micro']} x {r['batch'] // r['micro']}" if r.get("micro") else "-"
-        head = (f"| {r['impl']} | {r['batch']} | {streams} | {r.get('chunk') or '-'} | {r['precision']} "
-                f"| {options}")
-        if "error" in r:
-            print(f"{head} | failed: {r['error']} | | | |")
-        else:
-            print(f"{head} | {r['params_m']:.2f} | {r['pairs_per_s']:.0f} | {r['peak_rss_mib']:.0f} "
-                  f"| {r['step_mib']:.0f} |")
+    runs: dict[tuple[int, str], list[dict]] = {}
+    loads = [_load()]
+    for round_ in range(args.rounds):
+        for k, config in enumerate(configs):
+            # alternate which side goes first, so that neither always runs on a warmer machine
+            order = list(pythons.items())
+            if (round_ + k) % 2:
+                order.reverse()
+            for impl, python in order:
+                row = _run(_command(python, impl, config, args))
+                row.update(round=round_, config=k, impl=impl)
+                runs.setdefault((k, impl), []).append(row)
+                print(json.dumps(row), flush=True)
+        loads.append(_load())
+    print(f"\n{platform.machine()}, {os.cpu_count()} cores, {date.today()}, {args.rounds} rounds; "
+          f"load average (1, 5, 15 min) before and after each round: {' | '.join(loads)}; model: "
+          + ", ".join(f"{flag}={getattr(args, flag)}" for flag in MODEL_FLAGS)
+          + f", titles {args.titles}\n")
+    print("| impl | batch | micro x streams | loss chunk | precision | options | titles / context "
+          "| pairs/s median (min-max) | eclip / open_clip | peak RSS (MiB) | step memory (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k, config in enumerate(configs):
+        medians = {}
+        for impl in pythons:
+            good = [r for r in runs[(k, impl)] if "error" not in r]
+            if good:
+                medians[impl] = statistics.median(r["pairs_per_s"] for r in good)
+        for impl in pythons:
+            rows = runs[(k, impl)]
+            good = [r for r in rows if "error" not in r]
+            options = ", ".join(name for name in ("grad_checkpointing", "compile")
+                                if getattr(config, name)) or "-"
+            streams = f"{config.micro} x {config.batch // config.micro}" if config.micro else "-"
+            titles = f"{config.titles or args.titles} / {config.context or args.context}"
+            head = (f"| {impl} | {config.batch} | {streams} | "
+                    f"{(config.chunk if impl == 'eclip' else None) or '-'} | {config.precision} "
+                    f"| {options} | {titles}")
+            if not good:
+                print(f"{head} | failed: {rows[-1]['error']} | | | |")
+                continue
+            ratio = (f"{medians['eclip'] / medians['open_clip']:.2f}"
+                     if impl == "eclip" and len(medians) == 2 else "")
+            print(f"{head} | {_spread([r['pairs_per_s'] for r in good])} | {ratio} "
+                  f"| {statistics.median(r['peak_rss_mib'] for r in good):.0f} "
+                  f"| {_spread([r['step_mib'] for r in good])} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        Path(args.out).write_text(json.dumps([r for rows in runs.values() for r in rows], indent=2),
+                                  encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", action="store_true", help="run the standard table")
+    parser.add_argument("--suite", nargs="?", const="compile", choices=sorted(SUITES),
+                        help="run a table (default: compile, the plain and compiled step of issue 15)")
+    parser.add_argument("--rounds", type=int, default=3, help="suite: times each row runs per side")
     parser.add_argument("--open-clip-python", help="python of an environment with open_clip_torch")
     parser.add_argument("--eclip-python", help="python for eclip's runs (default: this one); give the "
                         "open_clip environment's to compare on the same torch build")
@@ -258,7 +353,9 @@ def main() -> None:
     parser.add_argument("--text-width", type=int, default=128)
     parser.add_argument("--text-layers", type=int, default=2)
     parser.add_argument("--text-heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=16)
+    parser.add_argument("--context", type=int, default=77)
+    parser.add_argument("--titles", default="10-30",
+                        help="tokens per title, LO-HI (padded to the context), or 'full'")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--embed-dim", type=int, default=128)
     args = parser.parse_args()

@@ -6,8 +6,10 @@ which catalogs straddle ranks (row 0 on rank 0 and the last row on the last rank
 rank computes the loss (whole-batch and local-loss modes, dense and chunked) and, for a toy model
 wrapped in DDP, the parameter gradients of a plain step and of a multi-stream step. The test then
 checks them against one process holding the whole batch. The sigmoid (SigLIP) loss runs through the
-same checks, its learnable bias's gradient included. ``test_torchrun.py`` launches the real
-``eclip train`` under torchrun.
+same checks, its learnable bias's gradient included. The same steps run again with the toy model
+sharded by FSDP2 (``train/fsdp.py``; its scalar logit scale and bias kept whole and averaged) and
+give the same gradients. ``test_torchrun.py`` launches the real ``eclip train`` under torchrun,
+``test_fsdp.py`` trains with FSDP.
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def _loss_and_grads(image, text, groups, targets, loss_fn, bias=None):
     return out
 
 
+def _full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The gradients of a model sharded by FSDP, whole (a collective: every rank calls it)."""
+    return {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
+            for name, p in model.named_parameters()}
+
+
+def _fsdp_step(env, step, local_batch, loss_fn, **toy):
+    """``step`` on a toy model sharded by FSDP (each rank starts from other weights: rank 0's must
+    win, as under DDP): the loss and the whole gradients."""
+    from eclip.train.fsdp import FullyShardedParallel
+
+    model = ToyDualEncoder(seed=env.rank, **toy)
+    strategy = FullyShardedParallel(env)
+    embedder = strategy.wrap(model, Embedder(model, pixel_input))
+    units = [rows_of(local_batch, k, k + 2) for k in range(0, ROWS_PER_RANK, 2)]
+    loss = strategy.step(step)(embedder, units, loss_fn, Precision())
+    return {"loss": loss, "grads": _full_grads(model)}
+
+
 def worker(rank: int, world: int, port: int, out: Path) -> None:
     from eclip.train.distributed import init_distributed, shutdown, wrap_data_parallel
 
@@ -112,6 +133,8 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
         units = [rows_of(local_batch, k, k + 2) for k in range(0, ROWS_PER_RANK, 2)]
         loss = step(embedder, units, ContrastiveLoss(local_loss=local, chunk_size=chunk), Precision())
         results[name] = {"loss": loss, "grads": grads(model)}
+        results[f"fsdp_{name}"] = _fsdp_step(env, step, local_batch,
+                                             ContrastiveLoss(local_loss=local, chunk_size=chunk))
     for name, (step, local, chunk) in SIGMOID_STEP_MODES.items():
         model = ToyDualEncoder(seed=rank, logit_bias=BIAS)  # DDP must broadcast rank 0's bias too
         embedder = wrap_data_parallel(Embedder(model, pixel_input), env)
@@ -119,6 +142,7 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
         loss_fn = ContrastiveLoss(loss="sigmoid", local_loss=local, chunk_size=chunk)
         loss = step(embedder, units, loss_fn, Precision())
         results[name] = {"loss": loss, "grads": grads(model)}
+        results[f"fsdp_{name}"] = _fsdp_step(env, step, local_batch, loss_fn, logit_bias=BIAS)
     torch.save(results, out / f"rank{rank}.pt")
     shutdown()
 
@@ -189,7 +213,7 @@ def test_global_negatives_equal_the_single_process_computation(launched, world):
     model = ToyDualEncoder(seed=0)
     loss = WholeBatchStep()(Embedder(model, pixel_input), [batch], ContrastiveLoss(), Precision())
     expected = grads(model)
-    for name in STEP_MODES:
+    for name in [*STEP_MODES, *(f"fsdp_{name}" for name in STEP_MODES)]:
         for rank, result in enumerate(results):
             assert result[name]["loss"] == pytest.approx(loss, abs=1e-10), (name, rank)
             for param, grad in expected.items():
@@ -237,7 +261,7 @@ def test_global_sigmoid_loss_equals_the_single_process_computation(launched, wor
                             Precision())
     expected = grads(model)
     assert expected["logit_bias"].abs() > 0
-    for name in SIGMOID_STEP_MODES:
+    for name in [*SIGMOID_STEP_MODES, *(f"fsdp_{name}" for name in SIGMOID_STEP_MODES)]:
         for rank, result in enumerate(results):
             assert result[name]["loss"] == pytest.approx(loss, abs=1e-10), (name, rank)
             assert set(result[name]["grads"]) == set(expected)

@@ -1,14 +1,19 @@
 """FSDP2 as a training strategy (``train.parallel=fsdp``) equals DDP and resumes exactly.
 
 Two gloo processes on the CPU (started here with torchrun's environment variables) train the tiny
-model of ``conftest.py`` (a scratch BERT and a tiny ViT, one block each, sharded per block) on the
-tiny catalog, through ``eclip.train.trainer.train``: DDP and FSDP, each with whole-batch steps and
-with multi-stream accumulation under the chunked loss. With fp32, FSDP's losses, gradient norms
-(clipping measures the global norm over all shards) and saved models equal DDP's (1e-5). A
-third job is killed with SIGKILL mid-run and resumed from its sharded checkpoint: the losses and the
-model equal the uninterrupted FSDP run. The model directory an FSDP run writes is an ordinary one
-(loaded here in one process); its sharded checkpoint is read here in one process too, and a
-damaged one is refused with one line naming the file.
+model of ``conftest.py`` (a scratch BERT and a tiny ViT, every block its own FSDP unit) on the tiny
+catalog through ``eclip.train.trainer.train``. Two jobs, started once for the module: the first is
+an FSDP run killed with SIGKILL in step 4 (after its checkpoint of step 2); the second trains DDP
+and FSDP, each with whole-batch steps and with multi-stream accumulation under the chunked loss,
+an FSDP run in bf16, and resumes the killed run from its sharded checkpoint.
+
+With fp32, FSDP's losses, gradient norms (clipping measures the global norm over all shards) and
+saved models equal DDP's (1e-5); the resumed run equals the uninterrupted one. The learning rate is
+low (1e-4) because AdamW turns float noise in a gradient that is zero in exact arithmetic (the
+attention key biases: softmax ignores them) into steps of up to ``lr x noise / eps``: at 1e-3 such
+an element drifts by 1e-5 between two exact implementations, at 1e-4 by 5e-7. The model directory
+an FSDP run writes is an ordinary one (loaded here in one process); its sharded checkpoint reads
+in one process too, and a damaged one is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ import pytest
 import torch
 from run_logs import assert_same_losses, assert_same_models, logged_losses, logged_rows
 
-from eclip.catalog.readers import read_catalog
-from eclip.catalog.splits import split_listings
 from eclip.model import DualEncoder
 from eclip.train.checkpoint import (LAST_SHARDED, CheckpointError, load_checkpoint,
                                     load_sharded_checkpoint, read_sharded_tensors)
@@ -47,6 +50,7 @@ RUNS = {  # name: overrides
     "fsdp": ["train.parallel=fsdp"],
     "ddp_streams": ["train.parallel=ddp", *STREAMS],
     "fsdp_streams": ["train.parallel=fsdp", *STREAMS],
+    "fsdp_bf16": ["train.parallel=fsdp", "train.precision=bf16", "train.max_steps=2"],
 }
 
 # One rank of a job: trains the runs it is given one after the other in one process group; with
@@ -199,6 +203,16 @@ def test_fsdp_losses_and_parameters_equal_ddp(trained, streams):
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"]
 
 
+def test_bf16_gathers_in_bfloat16_and_keeps_float32_weights(trained):
+    """bf16: FSDP's mixed-precision policy computes in bfloat16 (losses near, not equal to, fp32's);
+    the shards, the optimizer and so the saved model stay float32."""
+    fp32, bf16 = logged_losses(trained / "fsdp"), logged_losses(trained / "fsdp_bf16")
+    assert sorted(bf16) == [1, 2]
+    assert bf16[1] == pytest.approx(fp32[1], rel=2e-2) and bf16[1] != fp32[1]
+    state = DualEncoder.from_pretrained(trained / "fsdp_bf16" / "model").state_dict()
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
+
+
 def test_the_model_really_trained_and_was_sharded_per_block(trained, tiny_model_dir):
     start = DualEncoder.from_pretrained(tiny_model_dir)
     # every BERT layer and every ViT layer is an FSDP unit of its own
@@ -278,3 +292,21 @@ def test_a_fsdp_run_killed_with_sigkill_resumes_with_the_same_losses(trained):
     assert sorted(logged_losses(killed)) == [1, 2, 3, 4]
     assert_same_losses(logged_losses(reference), logged_losses(killed), atol=1e-6)
     assert_same_models(reference / "model", killed / "model", atol=1e-6)
+
+
+def test_what_a_killed_sharded_save_left_is_cleaned(tmp_path):
+    """A folder half written by ranks that were killed is removed; a previous checkpoint set aside
+    by a replacement that never arrived is put back."""
+    from eclip.train.checkpoint import clean_checkpoint_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    half = tmp_path / f".{LAST_SHARDED}.tmp-{dead.pid}-0123abcd"
+    aside = tmp_path / f".{LAST_SHARDED}.old-{dead.pid}-4567abcd"
+    for folder in (half, aside):
+        folder.mkdir()
+        (folder / "__0_0.distcp").write_bytes(b"x")
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    clean_checkpoint_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST_SHARDED]
+    assert (tmp_path / LAST_SHARDED / "__0_0.distcp").read_bytes() == b"x"

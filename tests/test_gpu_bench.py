@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def test_bad_sizes_are_a_usage_error(bench, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed  # the script runs each model in a worker process
 def test_tiny_run_on_cpu(tmp_path):
     out = tmp_path / "tiny.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
@@ -109,3 +111,44 @@ def test_budget_spent_skips_with_a_note(bench, tmp_path, capsys):
         ("vit_b16_bert", "no time left in the budget"), ("clip_vit_b16", "no time left in the budget")]
     printed = capsys.readouterr().out
     assert "| eclip | vit_b16_bert | | | no time left in the budget |" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(not os.environ.get("ECLIP_OPEN_CLIP_PYTHON"),
+                    reason="set ECLIP_OPEN_CLIP_PYTHON to the python of an open_clip_torch environment")
+def test_open_clip_side_matches_eclip_clip(tmp_path):
+    """open_clip's CLIP and eclip's CLIP start have the same shapes: parameters and forward FLOPs."""
+    out = tmp_path / "oc.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
+                           "--models", "clip_vit_b16", "--sizes", "16", "--steps", "1",
+                           "--open-clip-python", os.environ["ECLIP_OPEN_CLIP_PYTHON"]],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert not [r for r in rows if "error" in r or "skipped" in r]
+    through = {r["impl"]: r for r in rows if r["kind"] == "throughput"}
+    assert through["open_clip"]["params_m"] == through["eclip"]["params_m"]
+    assert (through["open_clip"]["forward_flops_counted"] == through["eclip"]["forward_flops_counted"]
+            == through["eclip"]["forward_flops_analytic"])
+    assert [r["batch"] for r in rows if r["kind"] == "memory" and r["impl"] == "open_clip"] == [16]
+
+
+def test_sizes_past_the_deadline_are_skipped_with_a_note(bench):
+    """A worker whose share of the budget is spent still gives its throughput row, and says why each
+    size of the memory sweep was not run."""
+    import time
+
+    args = bench.parse_args(["--device", "cpu", "--tiny", "--worker", "eclip", "--model", "clip_vit_b16",
+                             "--steps", "1", "--warmup", "0", "--deadline", str(time.time())])
+    threads = torch.get_num_threads()
+    try:
+        result = bench.worker(args)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["device"]["name"] == "cpu"
+    through, *sweep = result["rows"]
+    assert through["kind"] == "throughput" and through["pairs_per_s"] > 0
+    assert through["forward_flops_counted"] == through["forward_flops_analytic"]
+    assert [(r["batch"], r["streams"]) for r in sweep] == [(16, 2), (32, 4), (64, 8)]
+    assert all(r["skipped"].startswith("predicted") and "budget left" in r["skipped"] for r in sweep)

@@ -186,7 +186,8 @@ def test_modes_through_the_api(client, index_dir, listings):
     depth = hybrid.DEPTH
     words = [v for v, _ in index.store.lexical_search(query, depth)]
     vids = [h.listing.vid for h in index.search_text(query, depth)]
-    expected = [vid for vid, _ in hybrid.rrf([vids, words], k=hybrid.RRF_K)][:10]
+    expected = [vid for vid, _ in hybrid.rrf([vids, words], k=hybrid.RRF_K,
+                                               weights=hybrid.WEIGHTS)][:10]
     answer = client.post("/search/text", json={"query": query, "mode": "hybrid"}).json()
     by_pid = index.store.vids_of([r["product_id"] for r in answer["results"]])
     assert [by_pid[r["product_id"]] for r in answer["results"]] == expected

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"catalog"},
     {"model"},
     {"encode"},
-    {"train", "tasks", "search"},
+    {"train", "tasks", "search", "engines"},
     {"demo"},
     {"cli"},
     {"__main__"},

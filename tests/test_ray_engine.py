@@ -20,7 +20,7 @@ from eclip.catalog.shards import INDEX_NAME
 from eclip.cli import main
 from eclip.encode.listings import read_embeddings
 from eclip.engines.ray_session import CRASH_ENV, require_ray
-from eclip.errors import EclipError
+from eclip.errors import ConfigError, EclipError
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -111,7 +111,8 @@ def test_prepare_on_ray_writes_the_local_shards_byte_for_byte_though_a_worker_di
     assert INDEX_NAME in names and BAD_ROWS_FILE in names and len(names) > 4
     for name in names:
         if name != BAD_ROWS_FILE:
-            assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+            ray_bytes = (tmp_path / "ray" / name).read_bytes()
+            assert ray_bytes == (tmp_path / "local" / name).read_bytes(), name
     _same_report(tmp_path / "local" / BAD_ROWS_FILE, tmp_path / "ray" / BAD_ROWS_FILE)
     index = json.loads((tmp_path / "ray" / INDEX_NAME).read_text())
     # read without checking images, so prepare finds them: rows[3]'s second photo, and the only
@@ -127,10 +128,14 @@ def test_prepare_on_ray_writes_the_local_shards_byte_for_byte_though_a_worker_di
     assert ids == list(range(index["samples"]))  # training reads Ray-prepared shards unchanged
 
 
-def test_without_ray_installed_the_error_names_the_extra(monkeypatch):
+def test_without_ray_installed_the_error_names_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(EclipError, match=r"pip install 'eclip\[ray\]'"):
         require_ray()
+    code = main(["prepare", "--engine", "ray", "--catalog", str(tmp_path / "c.jsonl"), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'eclip[ray]'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_ray_address_without_the_ray_engine_is_refused(tmp_path, capsys):
@@ -145,3 +150,91 @@ def test_ray_engine_refuses_a_file_as_its_output_folder(tmp_path, tiny_model_dir
     (tmp_path / "emb.parquet").write_bytes(b"")
     with pytest.raises(EclipError, match="folder"):
         embed_with_ray(tiny_model_dir, [], tmp_path / "emb.parquet", progress=False)
+
+
+def test_read_embeddings_joins_parts_in_manifest_order_and_names_a_bad_folder(tmp_path):
+    from eclip.encode.fusion import fuse
+    from eclip.encode.listings import Embeddings, write_embeddings, write_embeddings_manifest
+
+    rng = np.random.default_rng(0)
+
+    def part(ids):
+        image = rng.standard_normal((len(ids), 4)).astype(np.float32)
+        text = rng.standard_normal((len(ids), 4)).astype(np.float32)
+        return Embeddings(ids, image, text, fuse(image, text, 0.5), 0.5)
+
+    first, second = part(["a", "b", "c"]), part(["d", "e"])
+    write_embeddings(first, tmp_path / "parts" / "part-000000.parquet")
+    write_embeddings(second, tmp_path / "parts" / "part-000001.parquet")
+    with pytest.raises(EclipError, match="manifest.json"):  # unfinished: no manifest yet
+        read_embeddings(tmp_path / "parts")
+    write_embeddings_manifest(tmp_path / "parts", [("part-000001.parquet", 2),
+                                                   ("part-000000.parquet", 3)], 0.5)
+    got, catalogs = read_embeddings(tmp_path / "parts")
+    assert got.product_ids == ["d", "e", "a", "b", "c"] and catalogs is None
+    np.testing.assert_array_equal(got.image, np.concatenate([second.image, first.image]))
+    np.testing.assert_array_equal(got.product, np.concatenate([second.product, first.product]))
+    write_embeddings_manifest(tmp_path / "parts", [("part-000000.parquet", 4)], 0.5)
+    with pytest.raises(EclipError, match="part-000000.parquet holds 3 rows"):
+        read_embeddings(tmp_path / "parts")
+    write_embeddings_manifest(tmp_path / "parts", [("../elsewhere.parquet", 3)], 0.5)
+    with pytest.raises(EclipError, match="not a file of"):
+        read_embeddings(tmp_path / "parts")
+
+
+def test_on_device_adapter_gives_embed_listings_the_same_vectors(tiny_catalog, tiny_model_dir):
+    """What a GPU actor runs (inputs to the device, outputs back), here with the CPU as device:
+    the adapter covers every call ``embed_listings`` makes and changes no number."""
+    from eclip.catalog.readers import read_catalog
+    from eclip.encode.listings import embed_listings
+    from eclip.engines.embed import OnDevice
+    from eclip.model import DualEncoder
+
+    listings = read_catalog(tiny_catalog).listings[:12]
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    want = embed_listings(model, listings, batch_size=5, progress=False)
+    got = embed_listings(OnDevice(model, "cpu"), listings, batch_size=5, progress=False)
+    assert got.product_ids == want.product_ids
+    np.testing.assert_array_equal(got.product, want.product)
+
+
+def test_pool_size_follows_cpus_and_gpus():
+    from eclip.engines.ray_session import gpus_per_worker, pool_size
+
+    class Cluster:
+        def __init__(self, **resources):
+            self.resources = resources
+
+        def cluster_resources(self):
+            return self.resources
+
+    cpus, gpus = Cluster(CPU=16.0), Cluster(CPU=16.0, GPU=2.0)
+    assert pool_size(cpus, None, 1) == 16 and pool_size(cpus, None, 3) == 5
+    assert pool_size(gpus, None, 1, gpu=True) == 2 and pool_size(gpus, None, 1) == 16
+    assert gpus_per_worker(gpus) == 1 and gpus_per_worker(cpus) == 0
+    assert pool_size(cpus, 3, 1) == 3
+    with pytest.raises(ConfigError, match="workers"):
+        pool_size(cpus, 0, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_an_error_in_a_worker_is_one_line_naming_the_file(local_ray, tiny_catalog, tiny_model_dir,
+                                                          tmp_path):
+    """A photo that vanished after the catalog was read: the worker's eclip error, as one line."""
+    import shutil
+    from dataclasses import replace
+
+    from eclip.catalog.readers import read_catalog
+    from eclip.engines.embed import embed_with_ray
+
+    listings = read_catalog(tiny_catalog).listings[:3]
+    gone = tmp_path / "gone.jpg"
+    shutil.copy(listings[1].images[0], gone)
+    listings[1] = replace(listings[1], images=[str(gone)])
+    gone.unlink()
+    with pytest.raises(EclipError) as caught:
+        embed_with_ray(tiny_model_dir, listings, tmp_path / "parts", workers=1, progress=False)
+    message = str(caught.value)
+    assert "gone.jpg" in message and "\n" not in message and "Traceback" not in message
+    assert not (tmp_path / "parts" / "manifest.json").exists()

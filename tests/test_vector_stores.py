@@ -295,7 +295,7 @@ def test_a_milvus_lite_file_held_by_another_process_is_a_one_line_error(
     root = tmp_path / "idx"
     write_index(root, tiny_model_dir, listings[:20], _embeddings(listings[:20]), progress=False,
                 store=StoreSpec("milvus"))
-    milvus.close_all()  # this process lets go of it; another one (a server, say) opens it
+    milvus.release(milvus.resolve_uri(None, root))  # let go of it; another process opens it
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pymilvus import MilvusClient; "
          f"c = MilvusClient({str(root / 'milvus.db')!r}); print('held', flush=True); "
@@ -309,3 +309,19 @@ def test_a_milvus_lite_file_held_by_another_process_is_a_one_line_error(
         holder.stdin.close()
         holder.wait(timeout=60)
     assert main(["index", "--delete", listings[0].product_id, "--out", str(root)]) == 0
+
+
+def test_two_indexes_never_share_a_milvus_alias(tiny_model_dir, listings, tmp_path):
+    lite = str(tmp_path / "shared.db")
+    rows = listings[:12]
+    first = write_index(tmp_path / "a", tiny_model_dir, rows, _embeddings(rows), progress=False,
+                        store=StoreSpec("milvus", uri=lite, collection="shop"))
+    with pytest.raises(SearchIndexError, match="choose another --collection"):
+        write_index(tmp_path / "b", tiny_model_dir, rows, _embeddings(rows), progress=False,
+                    store=StoreSpec("milvus", uri=lite, collection="shop"))
+    index = SearchIndex.open(tmp_path / "a")
+    assert index.vector_store.count() == 12 and index.info.store == first.store
+    # the default alias is per folder: both live in one database
+    write_index(tmp_path / "c", tiny_model_dir, rows, _embeddings(rows), progress=False,
+                store=StoreSpec("milvus", uri=lite))
+    assert SearchIndex.open(tmp_path / "c").info.store["alias"] != "shop"

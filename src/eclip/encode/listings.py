@@ -189,8 +189,9 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
             if manifest.get("format") != EMBEDDINGS_FORMAT:
                 raise ValueError(f"format is {manifest.get('format')!r}")
             parts = [(str(p["name"]), int(p["rows"])) for p in manifest["parts"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EclipError(f"{manifest_path} is not a valid embeddings manifest ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise EclipError(f"{manifest_path} is not a valid embeddings manifest "
+                             f"({exc})") from None
         files = []
         for name, rows in parts:
             if Path(name).name != name or name in ("", ".", ".."):

@@ -24,8 +24,8 @@ from eclip.atomic import clean_stale_temps
 from eclip.catalog.schema import Listing
 from eclip.encode.listings import (EMBEDDINGS_MANIFEST, write_embeddings,
                                    write_embeddings_manifest)
-from eclip.engines.ray_session import (actor_pool, crash_plan, job_errors, maybe_crash,
-                                       pool_size, ray_session)
+from eclip.engines.ray_session import (actor_pool, crash_plan, gpus_per_worker, job_errors,
+                                       maybe_crash, pool_size, ray_session)
 from eclip.errors import ConfigError, EclipError
 
 PART_PATTERN = "part-*.parquet"
@@ -35,33 +35,71 @@ def part_name(block: int) -> str:
     return f"part-{block:06d}.parquet"
 
 
+class OnDevice:
+    """``model`` on ``device`` behind the interface ``embed_listings`` uses: the towers' and the
+    projections' inputs moved to the device, their outputs back to the CPU; everything else is the
+    model's own."""
+
+    def __init__(self, model, device: str):
+        import torch
+
+        self._device = torch.device(device)
+        self._model = model.to(self._device)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def image_features(self, pixel_values):
+        return self._model.image_features(pixel_values.to(self._device)).cpu()
+
+    def text_features(self, input_ids, attention_mask):
+        return self._model.text_features(input_ids.to(self._device),
+                                         attention_mask.to(self._device)).cpu()
+
+    def project_image(self, features, normalize: bool = True):
+        return self._model.project_image(features.to(self._device), normalize).cpu()
+
+    def project_text(self, features, normalize: bool = True):
+        return self._model.project_text(features.to(self._device), normalize).cpu()
+
+
 class EmbedBlocks:
-    """One actor of the pool: the model, loaded once; a call embeds and writes one block."""
+    """One actor of the pool: the model, loaded once (onto the actor's GPU where Ray gave it one);
+    a call embeds and writes one block."""
 
     def __init__(self, model_dir: str, out_dir: str, batch_size: int, threads: int,
                  crash: tuple[str, int] | None = None):
+        import torch
+
         from eclip.config import use_threads
         from eclip.model import DualEncoder
 
         use_threads(threads)
         self.model = DualEncoder.from_pretrained(model_dir)
+        if torch.cuda.is_available():  # Ray shows an actor only the GPU it reserved for it
+            self.model = OnDevice(self.model, "cuda")
         self.out, self.batch_size, self.crash = Path(out_dir), batch_size, crash
 
     def __call__(self, batch: dict) -> dict:
         from eclip.encode.listings import embed_listings
 
-        blocks, rows, weights = [], [], []
+        out: dict[str, list] = {"block": [], "rows": [], "fusion_weight": [], "error": []}
         for block, payload in zip(batch["block"], batch["listings"]):
             block = int(block)
             maybe_crash(self.crash, block)
             listings = [Listing.from_dict(row) for row in json.loads(payload)]
-            emb = embed_listings(self.model, listings, batch_size=self.batch_size,
-                                 progress=False)
-            write_embeddings(emb, self.out / part_name(block), listings)
-            blocks.append(block)
-            rows.append(len(listings))
-            weights.append(emb.fusion_weight)
-        return {"block": blocks, "rows": rows, "fusion_weight": weights}
+            weight, error = 0.0, ""
+            try:
+                emb = embed_listings(self.model, listings, batch_size=self.batch_size,
+                                     progress=False)
+                write_embeddings(emb, self.out / part_name(block), listings)
+                weight = emb.fusion_weight
+            except EclipError as exc:  # the driver says it, as one line
+                error = str(exc)
+            for key, value in (("block", block), ("rows", len(listings)),
+                               ("fusion_weight", weight), ("error", error)):
+                out[key].append(value)
+        return out
 
 
 def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str | Path, *,
@@ -70,14 +108,17 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
                    progress: bool = True) -> Path:
     """Embed ``listings`` with the model in ``model_dir`` into ``out_dir`` (parts + manifest, see
     the module docstring) on a pool of ``workers`` actors (default: the cluster's CPUs divided by
-    ``threads_per_worker``); ``address`` joins a running Ray cluster, else a local Ray is started.
-    Returns the manifest's path. ``model_dir`` and the images must be readable by every worker
+    ``threads_per_worker``; where the cluster has GPUs, one actor per GPU, each holding one);
+    ``address`` joins a running Ray cluster, else a local Ray is started. Returns the manifest's
+    path. ``model_dir`` and the images must be readable by every worker
     (a shared file system on a cluster); the parts are written by the workers into ``out_dir``."""
     for name, value in (("batch_size", batch_size), ("block_size", block_size),
                         ("threads_per_worker", threads_per_worker)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     model_dir, out = Path(model_dir).resolve(), Path(out_dir).resolve()
+    if not model_dir.is_dir():
+        raise EclipError(f"model directory {model_dir} not found")
     if out.exists() and not out.is_dir():
         raise EclipError(f"{out} is a file: the ray engine writes a folder of Parquet parts; "
                          "give --out a folder name")
@@ -94,14 +135,17 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
     fusion_weight = None
     if blocks:
         with ray_session(address, progress=progress) as ray, job_errors("eclip embed"):
-            size = min(pool_size(ray, workers, threads_per_worker), len(blocks))
+            size = min(pool_size(ray, workers, threads_per_worker, gpu=True), len(blocks))
             dataset = ray.data.from_items(blocks, override_num_blocks=len(blocks))
             results = dataset.map_batches(
-                EmbedBlocks, batch_size=1, compute=actor_pool(ray, size), num_cpus=threads_per_worker,
+                EmbedBlocks, batch_size=1, compute=actor_pool(ray, size),
+                num_cpus=threads_per_worker, num_gpus=gpus_per_worker(ray),
                 fn_constructor_kwargs={"model_dir": str(model_dir), "out_dir": str(out),
                                        "batch_size": batch_size, "threads": threads_per_worker,
                                        "crash": crash_plan()})
             for row in results.iter_rows():
+                if row["error"]:
+                    raise EclipError(row["error"])
                 block, rows = int(row["block"]), int(row["rows"])
                 if block in done:
                     raise EclipError(f"block {block} came back twice from the Ray workers")

@@ -38,19 +38,23 @@ class EncodeBlocks:
                                                                 image_root, crash)
 
     def __call__(self, batch: dict) -> dict:
-        blocks, payloads = [], []
+        blocks, payloads, errors = [], [], []
         for block, rows in zip(batch["block"], batch["listings"]):
             block = int(block)
             maybe_crash(self.crash, block)
-            encoded = []
-            for row in json.loads(rows):
-                issues: list[dict[str, Any]] = []
-                images = _shards._encode_images(Listing.from_dict(row), self.image_size,
-                                                self.quality, issues, self.root)
-                encoded.append((images, issues))
+            encoded, error = [], ""
+            try:
+                for row in json.loads(rows):
+                    issues: list[dict[str, Any]] = []
+                    images = _shards._encode_images(Listing.from_dict(row), self.image_size,
+                                                    self.quality, issues, self.root)
+                    encoded.append((images, issues))
+            except EclipError as exc:  # the driver says it, as one line
+                error = str(exc)
             blocks.append(block)
             payloads.append(pickle.dumps(encoded, protocol=pickle.HIGHEST_PROTOCOL))
-        return {"block": blocks, "encoded": payloads}
+            errors.append(error)
+        return {"block": blocks, "encoded": payloads, "error": errors}
 
 
 def prepare_with_ray(source: CatalogRead, out_dir: str | Path, *, shard_size: int = 1000,
@@ -100,6 +104,8 @@ def prepare_with_ray(source: CatalogRead, out_dir: str | Path, *, shard_size: in
                 early: dict[int, list] = {}
                 following = 0
                 for row in results.iter_rows():
+                    if row["error"]:
+                        raise EclipError(row["error"])
                     early[int(row["block"])] = pickle.loads(row["encoded"])
                     while following in early:
                         start = starts[following]

@@ -79,14 +79,22 @@ def quiet_data(progress: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def pool_size(ray, workers: int | None, cpus_per_worker: int) -> int:
-    """Actors in the pool: ``workers``, else as many as the cluster's CPUs hold."""
+def pool_size(ray, workers: int | None, cpus_per_worker: int, *, gpu: bool = False) -> int:
+    """Actors in the pool: ``workers``, else as many as the cluster's CPUs hold (``gpu``: and at
+    most one per GPU where it has GPUs)."""
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be a positive integer, got {workers!r}")
         return workers
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus // cpus_per_worker)
+    resources = ray.cluster_resources()
+    size = max(1, int(resources.get("CPU", 1)) // cpus_per_worker)
+    gpus = int(resources.get("GPU", 0))
+    return min(size, gpus) if gpu and gpus else size
+
+
+def gpus_per_worker(ray) -> int:
+    """One GPU per actor where the cluster has GPUs, else none."""
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
 def actor_pool(ray, size: int):
@@ -122,7 +130,7 @@ def maybe_crash(plan: tuple[str, int] | None, block: int) -> None:
 @contextmanager
 def job_errors(what: str) -> Iterator[None]:
     """A failed Ray job as one line: the eclip error a worker raised, where one did, else the
-    first line of Ray's."""
+    last line of Ray's (the exception)."""
     ray = require_ray()
     failures: tuple[type[BaseException], ...] = (ray.exceptions.RayError,)
     try:
@@ -135,11 +143,16 @@ def job_errors(what: str) -> Iterator[None]:
         yield
     except failures as exc:
         cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, EclipError):
-                raise cause from None
+        for _ in range(20):  # Ray's wrappers: .cause is the worker's own exception
+            if cause is None:
+                break
             inner = getattr(cause, "cause", None)
-            cause = inner if isinstance(inner, BaseException) else cause.__cause__
+            if isinstance(inner, BaseException) and inner is not cause:
+                cause = inner
+            elif isinstance(cause, EclipError) and not isinstance(cause, failures):
+                raise EclipError(str(cause)) from None
+            else:
+                cause = cause.__cause__
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise EclipError(f"{what} failed on Ray: {lines[-1] if lines else type(exc).__name__}") \
             from None

@@ -123,7 +123,14 @@ class DualEncoder(nn.Module):
         return self.image_tower(pixel_values)
 
     def text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled text-tower features, before projection."""
+        """Pooled text-tower features, before projection.
+
+        Columns that are padding in every row are dropped first (:func:`trim_padding`) where that
+        cannot change the features: the tower masks padding out (``masks_padding``) and the model
+        does not pad to ``max_length`` on purpose (SigLIP pools the last position).
+        """
+        if self.config.text_padding != "max_length" and getattr(self.text_tower, "masks_padding", False):
+            input_ids, attention_mask = trim_padding(input_ids, attention_mask)
         return self.text_tower(input_ids, attention_mask)
 
     def project_image(self, features: Tensor, normalize: bool = True) -> Tensor:
@@ -219,6 +226,17 @@ class DualEncoder(nn.Module):
                         module.eval()
         return self
 
+    def compile_towers(self, **options: Any) -> None:
+        """``torch.compile`` both towers in place (``options``: those of ``torch.compile``).
+
+        Only the towers: the padding trim before the text tower (data-dependent width), the
+        projections and the loss stay eager, so that the compiled graphs have no breaks. Parameter
+        names, and so checkpoints and saved models, stay the same. A new text width recompiles once,
+        then torch marks it dynamic.
+        """
+        self.text_tower.compile(**options)
+        self.image_tower.compile(**options)
+
     def enable_gradient_checkpointing(self) -> dict[str, bool]:
         """Gradient checkpointing in both towers where supported; says which towers have it."""
         return {"text": self.text_tower.enable_gradient_checkpointing(),
@@ -310,6 +328,20 @@ def _preprocessor_settings(config: DualEncoderConfig) -> dict[str, Any]:
         if getattr(config, name) != getattr(default, name):
             settings[name] = getattr(config, name)
     return settings
+
+
+def trim_padding(input_ids: Tensor, attention_mask: Tensor, multiple: int = 8) -> tuple[Tensor, Tensor]:
+    """``input_ids`` and ``attention_mask`` without their trailing columns that are padding in every
+    row (mask 0), the width rounded up to a ``multiple`` (fewer distinct shapes for a compiled tower)
+    and never more than it was. A batch padded to a long context (77 tokens) for titles of 10 to 30
+    runs the tower on about a third of the positions. Left padding is never trimmed."""
+    width = attention_mask.shape[1]
+    used = attention_mask.any(dim=0).nonzero()
+    keep = int(used[-1]) + 1 if used.numel() else 1
+    keep = min(width, -(-keep // multiple) * multiple)
+    if keep == width:
+        return input_ids, attention_mask
+    return input_ids[:, :keep], attention_mask[:, :keep]
 
 
 def _overrides(config: DualEncoderConfig) -> dict[str, Any]:

@@ -97,6 +97,9 @@ class TextTower(nn.Module):
 
     out_dim: int
     hf_config: dict | None = None
+    # True: positions with attention_mask 0 change nothing in the features, so that columns of
+    # padding only can be dropped before the tower runs (DualEncoder.text_features)
+    masks_padding: bool = False
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         raise NotImplementedError
@@ -284,7 +287,13 @@ class _HFModelTower:
 
 class HFTextTower(_HFModelTower, TextTower):
     """A Hugging Face text encoder with mean (over the attention mask), CLS or the model's own
-    pooling (``pooler``: ``pooler_output`` -- BERT's tanh head, CLIP's EOS token, SigLIP's head)."""
+    pooling (``pooler``: ``pooler_output`` -- BERT's tanh head, CLIP's EOS token, SigLIP's head).
+
+    Transformers' text models mask padding out of attention, and the three poolings read only
+    unmasked positions (SigLIP's last position is the exception: its models pad to ``max_length``,
+    which ``DualEncoder.text_features`` never trims)."""
+
+    masks_padding = True
 
     def __init__(self, model: nn.Module, pooling: str):
         super().__init__()

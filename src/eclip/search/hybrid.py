@@ -6,8 +6,12 @@
   (``MetadataStore.lexical_search``, ``lexical.py``); the score is ``-bm25``.
 * ``hybrid``: both lists, each cut at ``depth`` candidates, fused by reciprocal-rank fusion
   (Cormack, Clarke and Buettcher, 2009): a listing scores ``sum_i w_i / (rrf_k + rank_i)`` over
-  the lists it appears in (rank 1 = first), with ``rrf_k = 60`` and equal weights by default. RRF
-  needs no calibration between a cosine and a bm25 score, which live on unrelated scales.
+  the lists it appears in (rank 1 = first), with ``rrf_k = 60`` and weights 1 (vector) and 2
+  (lexical) by default. RRF needs no calibration between a cosine and a bm25 score, which live on
+  unrelated scales. On the demo the lexical list is the stronger one on both query sets (a title
+  shares its brand and product words with the product's other listings; a category name is a word
+  of the indexed category): with equal weights hybrid ties the lexical mode, with the lexical list
+  counted twice it is better on held-out titles and equal on category names (docs/SEARCH.md).
 
 A category filter applies in every mode (to both lists in hybrid). The default mode and the fusion
 settings were chosen by the measurements in docs/SEARCH.md (``benchmarks/hybrid_search.py``).
@@ -23,6 +27,7 @@ from eclip.search.index import Hit, SearchIndex
 MODES = ("vector", "lexical", "hybrid")
 DEFAULT_MODE = "hybrid"
 RRF_K = 60
+WEIGHTS = (1.0, 2.0)  # (vector, lexical)
 DEPTH = 100  # candidates taken from each list before fusing (at least k)
 
 
@@ -36,7 +41,7 @@ class Fusion:
     many candidates each list contributes."""
 
     rrf_k: float = RRF_K
-    weights: tuple[float, float] = (1.0, 1.0)
+    weights: tuple[float, float] = WEIGHTS
     depth: int = DEPTH
 
     def __post_init__(self):

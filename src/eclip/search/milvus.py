@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -119,6 +120,24 @@ def _check_not_held(path: Path) -> None:
                 f"vectors on a Milvus server (eclip index --store milvus --uri "
                 f"http://HOST:19530)") from None
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def release(uri: str) -> None:
+    """Close this process's client of ``uri`` (and stop its Milvus Lite server, letting another
+    process open the file). Indexes opened on it must not be searched afterwards."""
+    with _clients_lock:
+        client = _clients.pop(uri, None)
+        lite = os.path.abspath(uri) in _lite_paths
+        _lite_paths.discard(os.path.abspath(uri))
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+    if lite:
+        from milvus_lite import server_manager_instance
+
+        server_manager_instance.release_server(os.path.abspath(uri))
 
 
 def close_all() -> None:
@@ -228,6 +247,12 @@ class MilvusWriter:
 
         name = f"{self.alias}_{job.generation}"
         client = self.client
+        target = self._alias_target()
+        if target is not None and not self._ours(target):
+            raise SearchIndexError(
+                f"the Milvus alias {self.alias} names {target}, a collection this index folder "
+                f"did not write (another index, or one whose folder was removed, uses the name): "
+                f"choose another --collection, or drop that alias and its collections in Milvus")
         if client.has_collection(name):  # left by a writer that was killed before its pointer
             self._call(f"drop the stale collection {name}", client.drop_collection, name)
         n = len(job.vids)
@@ -293,7 +318,7 @@ class MilvusWriter:
         stats = {}
         for space in SPACES:
             stats[space] = IndexStats("exact", n) if kind == "exact" else IndexStats(
-                "ivf", n, nlist=int(nlist), quantizer="milvus IVF_FLAT", trained_on=n)
+                "ivf", n, nlist=int(nlist), quantizer="flat", trained_on=n)
             self._tune(name, space, stats[space], np.asarray(vectors[space]), job)
         return stats, entry
 
@@ -320,10 +345,27 @@ class MilvusWriter:
             nprobe = min(nprobe * 2, stats.nlist or 1)
         stats.nprobe, stats.recall_at_10, stats.recall_queries = nprobe, recall, len(queries)
 
+    def _alias_target(self) -> str | None:
+        aliases = self._call("list aliases", self.client.list_aliases).get("aliases", [])
+        if self.alias not in aliases:
+            return None
+        return self._call(f"describe the alias {self.alias}", self.client.describe_alias,
+                          self.alias).get("collection_name")
+
+    def _ours(self, collection: str) -> bool:
+        """Whether a generation of this index folder names ``collection``."""
+        for info in self.root.glob("g[0-9]*/info.json"):
+            try:
+                entry = json.loads(info.read_text("utf-8")).get("store") or {}
+            except (OSError, ValueError):
+                continue
+            if entry.get("collection") == collection:
+                return True
+        return False
+
     def publish(self, entry: dict | None) -> None:
         client = self.client
-        aliases = self._call("list aliases", client.list_aliases).get("aliases", [])
-        if self.alias in aliases:
+        if self._alias_target() is not None:
             self._call(f"move the alias {self.alias}", client.alter_alias, entry["collection"],
                        self.alias)
         else:
@@ -336,7 +378,7 @@ class MilvusWriter:
 
     def collect(self, keep: list[dict | None]) -> None:
         """Drop this index's generation collections that no kept generation names."""
-        kept = {e.get("collection") for e in keep if e}
+        kept = {e.get("collection") for e in keep if e} | {self._alias_target()}
         pattern = re.compile(rf"^{re.escape(self.alias)}_g\d{{6}}$")
         for name in self._call("list collections", self.client.list_collections):
             if pattern.match(name) and name not in kept:

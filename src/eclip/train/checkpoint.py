@@ -25,6 +25,7 @@ import io
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,18 @@ def _check_types(path: Path, state: dict[str, Any]) -> None:
         raise damaged(path, "its model, data, torch_rng or step entries have the wrong types")
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path, folder: Path | None = None) -> dict[str, Any]:
     """A dict saved with ``torch.save`` at ``path``, loaded ``weights_only``; anything else is a
-    :class:`CheckpointError` naming the file."""
+    :class:`CheckpointError` naming the file (or the checkpoint ``folder`` that holds it)."""
+    named, its = (path, "it") if folder is None else (folder, f"its {path.name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line.strip() for line in first if "Unsupported global" in line
                        or "GLOBAL" in line), "")
-        raise damaged(path, "it holds objects other than tensors and plain values (a weights-only "
-                            "load refuses them, nothing was run)"
+        raise damaged(named, f"{its} holds objects other than tensors and plain values (a "
+                             "weights-only load refuses them, nothing was run)"
                       + (f": {detail}" if detail else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError,
             AttributeError, IndexError, MemoryError, RecursionError) as exc:
@@ -116,9 +118,9 @@ def _read_state(path: Path) -> dict[str, Any]:
         if isinstance(exc, EOFError) or "central directory" in reason or "zip archive" in reason:
             first = reason.split(". ")[0]  # torch adds a paragraph of advice
             reason = f"the file is truncated or not a torch checkpoint ({first or 'empty file'})"
-        raise damaged(path, reason) from None
+        raise damaged(named, reason if folder is None else f"{its}: {reason}") from None
     if not isinstance(state, dict):
-        raise damaged(path, f"it holds a {type(state).__name__}, not a checkpoint")
+        raise damaged(named, f"{its} holds a {type(state).__name__}, not a checkpoint")
     return state
 
 
@@ -182,13 +184,14 @@ def load_sharded_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     state_path = path / STATE
     if not state_path.is_file():
         raise damaged(path, f"it has no {STATE} (not a checkpoint of eclip train, or damaged)")
-    state = _read_state(state_path)
+    state = _read_state(state_path, path)
     missing = [key for key in SHARDED_KEYS if key not in state]
     if missing:
-        raise damaged(state_path, f"it lacks {', '.join(missing)} (not a checkpoint of eclip train)")
-    _check_types(state_path, state)
+        raise damaged(path, f"its {STATE} lacks {', '.join(missing)} (not a checkpoint of eclip "
+                            "train)")
+    _check_types(path, state)
     if not isinstance(state["optimizer_groups"], list):
-        raise damaged(state_path, "its optimizer_groups entry has the wrong type")
+        raise damaged(path, f"its {STATE} has an optimizer_groups entry of the wrong type")
     state["index"] = read_index(path)
     return state
 
@@ -225,19 +228,20 @@ def read_index(path: Path) -> Any:
         with open(index_path, "rb") as fh:
             index = _IndexUnpickler(fh).load()
     except pickle.UnpicklingError as exc:
-        raise damaged(index_path, f"it is not an index of shards ({exc}; nothing was run)") from None
+        raise damaged(path, f"its {METADATA} is not an index of shards ({exc}; nothing was "
+                            "run)") from None
     except (EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
             MemoryError, RecursionError, ImportError) as exc:
-        raise damaged(index_path, f"it is truncated or not an index of shards "
-                                  f"({type(exc).__name__}: {exc})") from None
+        raise damaged(path, f"its {METADATA} is truncated or not an index of shards "
+                            f"({type(exc).__name__}: {exc})") from None
     storage = getattr(index, "storage_data", None)
     if not isinstance(index, Metadata) or not isinstance(storage, dict):
-        raise damaged(index_path, "it is not an index of shards")
+        raise damaged(path, f"its {METADATA} is not an index of shards")
     sizes: dict[str, int] = {}
     for info in storage.values():
         name = str(getattr(info, "relative_path", ""))
         if not SHARD_FILE.match(name):
-            raise damaged(index_path, f"it names {name!r}, not a shard file of the folder")
+            raise damaged(path, f"its {METADATA} names {name!r}, not a shard file of the folder")
         if name not in sizes:
             shard = path / name
             if not shard.is_file():
@@ -245,10 +249,10 @@ def read_index(path: Path) -> Any:
             sizes[name] = shard.stat().st_size
         offset, length = getattr(info, "offset", -1), getattr(info, "length", -1)
         if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
-            raise damaged(index_path, f"it points into {name} at an invalid position")
+            raise damaged(path, f"its {METADATA} points into {name} at an invalid position")
         if offset + length > sizes[name]:
-            raise damaged(path / name, f"the shard is truncated ({sizes[name]} bytes, the index "
-                                       f"reads up to byte {offset + length})")
+            raise damaged(path, f"its shard {name} is truncated ({sizes[name]} bytes, the index "
+                                f"reads up to byte {offset + length})")
     return index
 
 
@@ -271,8 +275,14 @@ def read_sharded_tensors(path: Path, tensors: dict[str, Any], index: Any) -> Non
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             raise ValueError(f"entry {read_item.dest_index.fqn} is a pickled object, not a tensor")
 
+    import torch.distributed as dist
+
+    alone = not (dist.is_available() and dist.is_initialized())  # e.g. a test reading it whole
     try:
-        dcp.load(tensors, storage_reader=Reader(path), planner=TensorsOnly())
+        with warnings.catch_warnings():
+            if alone:  # DCP warns that it assumes one process: that is the intent here
+                warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(tensors, storage_reader=Reader(path), planner=TensorsOnly(), no_dist=alone)
     except CheckpointError:
         raise
     except Exception as exc:  # DCP gathers every rank's failure into one CheckpointException

@@ -95,11 +95,6 @@ def catalog_targets(group_ids: Tensor, dtype: torch.dtype = torch.float32) -> Te
     return mask / mask.sum(dim=1, keepdim=True)
 
 
-def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over rows of ``-sum_j targets[i, j] * log_softmax(logits)[i, j]``."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
 def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
                      group_ids: Tensor | None = None, targets: str = "catalog", *,
                      chunk_size: int | None = None, loss: str = "softmax",
@@ -128,22 +123,9 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | 
         group_ids = None
     if group_ids is not None:
         _check_group_ids(group_ids, batch)
-    if chunk_size is not None or loss == "sigmoid":
-        return contrastive_loss_rows(image_emb, text_emb, image_emb, text_emb, logit_scale,
-                                     group_ids, group_ids, 0, chunk_size=chunk_size, loss=loss,
-                                     logit_bias=logit_bias)
-
-    logits = logit_scale * (image_emb @ text_emb.T)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-
-    if group_ids is None:
-        labels = torch.arange(batch, device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-    soft = catalog_targets(group_ids.to(logits.device), dtype=logits.dtype)
-    # soft is symmetric (see catalog_targets), so soft.T == soft serves the text->image direction.
-    return (_soft_cross_entropy(logits, soft) + _soft_cross_entropy(logits.T, soft)) / 2
+    # one implementation for dense and chunked: the dense loss is one chunk of all rows
+    return contrastive_loss_rows(image_emb, text_emb, image_emb, text_emb, logit_scale, group_ids,
+                                 group_ids, 0, chunk_size=chunk_size, loss=loss, logit_bias=logit_bias)
 
 
 def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
@@ -177,7 +159,8 @@ def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Ten
 
     ``chunk_size`` computes ``chunk_size`` rows at a time and the gradients with respect to
     embeddings and ``logit_scale`` in the same pass, so that at most ``chunk_size x C`` logits exist at
-    once (the dense path keeps ``R x C`` for autograd). Half-precision inputs are computed in float32.
+    once; without it the softmax loss is the same computation in one chunk (``R x C`` logits, once:
+    see :class:`_ChunkedRowLoss`). Half-precision inputs are computed in float32.
 
     ``loss="sigmoid"``: the sum over the R rows and all C columns of ``-log sigmoid(label * (s * <image
     row, text column> + logit_bias))``, divided by R (``text_rows`` and ``image_cols`` are not needed:
@@ -205,6 +188,11 @@ def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Ten
     if not isinstance(logit_scale, Tensor):
         logit_scale = torch.tensor(float(logit_scale), dtype=image_rows.dtype, device=image_rows.device)
     positions = torch.arange(row_offset, row_offset + rows, device=image_rows.device)
+    if not torch.is_grad_enabled():  # no gradients to build in the forward pass (validation)
+        image_rows, text_rows, image_cols, text_cols, logit_scale = (
+            t.detach() for t in (image_rows, text_rows, image_cols, text_cols, logit_scale))
+        if isinstance(logit_bias, Tensor):
+            logit_bias = logit_bias.detach()
 
     if loss == "sigmoid":
         if logit_bias is None:
@@ -219,26 +207,14 @@ def contrastive_loss_rows(image_rows: Tensor, text_rows: Tensor, image_cols: Ten
                                           positions, chunk_size, logit_bias)
         return total / rows
 
-    if chunk_size is None:
-        positives = _positives(row_groups, col_groups, positions, cols)
-        image_to_text = _dense_row_loss(image_rows, text_cols, logit_scale, positives)
-        text_to_image = _dense_row_loss(text_rows, image_cols, logit_scale, positives)
-    else:
-        image_to_text = _ChunkedRowLoss.apply(image_rows, text_cols, logit_scale, row_groups,
-                                              col_groups, positions, chunk_size)
-        text_to_image = _ChunkedRowLoss.apply(text_rows, image_cols, logit_scale, row_groups,
-                                              col_groups, positions, chunk_size)
+    # dense: one chunk of every row (the gradients are computed in the forward pass all the same, so
+    # that only R x C logits exist at once instead of autograd's logits, targets and log-softmax)
+    chunk = rows if chunk_size is None else chunk_size
+    image_to_text = _ChunkedRowLoss.apply(image_rows, text_cols, logit_scale, row_groups, col_groups,
+                                          positions, chunk)
+    text_to_image = _ChunkedRowLoss.apply(text_rows, image_cols, logit_scale, row_groups, col_groups,
+                                          positions, chunk)
     return (image_to_text + text_to_image) / (2 * rows)
-
-
-def _dense_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, positives: Tensor) -> Tensor:
-    """Sum over rows of the soft cross-entropy of ``scale * rows @ cols.T`` against ``positives``."""
-    logits = scale * (rows @ cols.T)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    targets = positives.to(logits.dtype)
-    targets = targets / targets.sum(dim=1, keepdim=True)
-    return -(targets * F.log_softmax(logits, dim=1)).sum()
 
 
 def _dense_sigmoid_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor,
@@ -253,22 +229,50 @@ def _dense_sigmoid_row_loss(rows: Tensor, cols: Tensor, scale: Tensor, bias: Ten
     return -F.logsigmoid(labels * logits).sum()
 
 
-def _softmax_chunk(logits: Tensor, targets: Tensor, want_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """One chunk of the softmax loss: ``(sum of its rows' losses, dloss/dlogits or None)``.
+def _target_products(rows: Tensor, cols: Tensor, row_groups: Tensor | None,
+                     col_groups: Tensor | None, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t @ cols [R, D], t.T @ rows [C, D])`` for the soft targets ``t`` of the rows, without ``t``.
 
-    ``targets`` is the chunk's positives mask as a float matrix; both it and ``logits`` are
-    overwritten (the gradient is built in the logits' memory).
+    ``t[i, j] = 1 / n_i`` on row i's positives (see :func:`_positives`: its own column
+    ``positions[i]`` and every column of its non-negative catalog) and 0 elsewhere. Positives are
+    whole catalogs, so both products are sums per catalog (``index_add``): O((R + C) x D) instead of
+    an R x C targets matrix.
     """
-    count = targets.sum(dim=1)
-    # sum_j t_ij * l_ij as a batched row-by-row product: no third chunk x C matrix
-    target_logit = torch.bmm(targets.unsqueeze(1), logits.unsqueeze(2)).view(-1) / count
+    if row_groups is None:  # identity targets: each row's own column
+        return cols[positions], torch.zeros_like(cols).index_add_(0, positions, rows)
+    n_cols = cols.shape[0]
+    ids, slot = torch.unique(torch.cat([col_groups, row_groups]), return_inverse=True)
+    col_slot, row_slot = slot[:n_cols], slot[n_cols:]
+    row_in, col_in = row_groups >= 0, col_groups >= 0  # only non-negative ids share positives
+    groups = ids.shape[0]
+    col_sum = cols.new_zeros(groups, cols.shape[1]).index_add_(0, col_slot, cols)
+    col_count = cols.new_zeros(groups).index_add_(0, col_slot, col_in.to(cols.dtype))
+    # the row's own column, where it is not already one of its catalog's columns
+    own = (~(row_in & (col_groups[positions] == row_groups))).to(cols.dtype)
+    same = row_in.to(cols.dtype)
+    count = same * col_count[row_slot] + own
+    t_cols = (same.unsqueeze(1) * col_sum[row_slot] + own.unsqueeze(1) * cols[positions])
+    t_cols = t_cols / count.unsqueeze(1)
+    weighted = rows / count.unsqueeze(1)
+    row_sum = rows.new_zeros(groups, rows.shape[1]).index_add_(0, row_slot,
+                                                               weighted * same.unsqueeze(1))
+    t_rows = col_in.to(rows.dtype).unsqueeze(1) * row_sum[col_slot]
+    t_rows.index_add_(0, positions, weighted * own.unsqueeze(1))
+    return t_cols, t_rows
+
+
+def _softmax_chunk(logits: Tensor, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The log-sum-exp part of one chunk of the softmax loss: ``(sum over its rows of
+    logsumexp(logits), softmax(logits) or None)``; the probabilities are built in the logits' memory.
+    The targets' part (``- sum_j t_ij l_ij``, gradient ``- t``) is linear in the embeddings and is
+    added by :class:`_ChunkedRowLoss` from :func:`_target_products`."""
     peak = logits.amax(dim=1, keepdim=True)
     probs = logits.sub_(peak).exp_()  # in place from here on
     sum_exp = probs.sum(dim=1, keepdim=True)
-    total = (peak.view(-1) + sum_exp.view(-1).log() - target_logit).sum()
+    total = (peak.view(-1) + sum_exp.view(-1).log()).sum()
     if not want_grad:
         return total, None
-    return total, probs.div_(sum_exp).sub_(targets.div_(count.unsqueeze(1)))  # p - t
+    return total, probs.div_(sum_exp)
 
 
 def _sigmoid_chunk(logits: Tensor, targets: Tensor, want_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -286,18 +290,23 @@ def _sigmoid_chunk(logits: Tensor, targets: Tensor, want_grad: bool) -> tuple[Te
 
 
 class _ChunkedRowLoss(torch.autograd.Function):
-    """``_dense_row_loss`` computed ``chunk_size`` rows at a time, gradients included.
+    """The soft cross-entropy of ``s * rows @ cols.T`` against the rows' catalog targets, summed
+    over the rows, computed ``chunk_size`` rows at a time, gradients included.
 
     For a row i with logits ``l_i = s * x_i @ Y.T``, probabilities ``p_i = softmax(l_i)`` and soft
     targets ``t_i`` (summing to 1), the loss is ``logsumexp(l_i) - t_i @ l_i`` and its gradient with
     respect to the logits is ``g_i = p_i - t_i``; then ``d/dx_i = s * g_i @ Y``,
     ``d/dY = s * g.T @ X`` and ``d/ds = sum(g * X @ Y.T) = sum_i x_i . (g_i @ Y)``. The forward pass
-    accumulates these, the backward pass only scales them by the incoming gradient. Per chunk it
-    holds two ``chunk x C`` float matrices (logits, turned into ``g`` in place, and the targets).
+    accumulates these, the backward pass only scales them by the incoming gradient. The targets'
+    terms are linear: ``t_i @ l_i = s * x_i . (t @ Y)_i`` and ``t @ Y``, ``t.T @ X`` are sums per
+    catalog (:func:`_target_products`), so a chunk holds one ``chunk x C`` float matrix (the logits,
+    turned into ``p`` in place). With ``chunk_size >= R`` it is the dense loss in one chunk: R x C
+    logits, once, where autograd would keep the logits, the targets and the log-softmax.
 
     With ``bias`` (a tensor) it is the sigmoid loss instead (:func:`_dense_sigmoid_row_loss`):
     logits ``s * x_i @ Y.T + b``, the same ``d/dx``, ``d/dY`` and ``d/ds`` for its own ``g``, and
-    ``d/db = sum(g)``. The logsigmoid of a chunk briefly needs a third ``chunk x C`` matrix.
+    ``d/db = sum(g)``. Its labels are a ``chunk x C`` matrix, and the logsigmoid of a chunk briefly
+    needs a third one.
     """
 
     @staticmethod
@@ -308,7 +317,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
         dtype = torch.float32 if rows.dtype in half or cols.dtype in half else rows.dtype
         x, y, s = rows.to(dtype), cols.to(dtype), scale.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
-        chunk_loss = _softmax_chunk if bias is None else _sigmoid_chunk
+        softmax = bias is None
         want_rows, want_cols, want_scale = ctx.needs_input_grad[:3]
         want_bias = bias is not None and ctx.needs_input_grad[7]
         want_any = want_rows or want_cols or want_scale or want_bias
@@ -317,21 +326,28 @@ class _ChunkedRowLoss(torch.autograd.Function):
         grad_cols = torch.zeros_like(y) if want_cols else None
         grad_scale = torch.zeros((), dtype=dtype, device=x.device) if want_scale else None
         grad_bias = torch.zeros((), dtype=dtype, device=x.device) if want_bias else None
+        if softmax:  # the targets' terms: t @ Y per row, t.T @ X per column
+            t_cols, t_rows = _target_products(x, y, row_groups, col_groups, positions)
+            total -= s * (x * t_cols).sum()
         for start in range(0, x.shape[0], chunk_size):
             stop = min(start + chunk_size, x.shape[0])
             part = x[start:stop]
             logits = (part @ y.T).mul_(s)
-            if b is not None:
+            if softmax:
+                chunk_total, grad = _softmax_chunk(logits, want_any)
+            else:
                 logits.add_(b.reshape(()))
-            targets = _positives(None if row_groups is None else row_groups[start:stop], col_groups,
-                                 positions[start:stop], y.shape[0]).to(dtype)
-            chunk_total, grad = chunk_loss(logits, targets, want_any)
+                targets = _positives(None if row_groups is None else row_groups[start:stop],
+                                     col_groups, positions[start:stop], y.shape[0]).to(dtype)
+                chunk_total, grad = _sigmoid_chunk(logits, targets, want_any)
             total += chunk_total
             if not want_any:
                 continue
             if want_bias:
                 grad_bias += grad.sum()
             rows_grad = grad @ y
+            if softmax:
+                rows_grad -= t_cols[start:stop]  # (p - t) @ Y
             if want_scale:
                 grad_scale += (part * rows_grad).sum()
             if want_rows:
@@ -339,6 +355,8 @@ class _ChunkedRowLoss(torch.autograd.Function):
             if want_cols:
                 grad_cols.addmm_(grad.T, part)
         if want_cols:
+            if softmax:
+                grad_cols -= t_rows  # (p - t).T @ X
             grad_cols *= s
         ctx.save_for_backward(grad_rows, grad_cols, grad_scale, grad_bias)
         ctx.dtypes = (rows.dtype, cols.dtype, scale.dtype, None if bias is None else bias.dtype)

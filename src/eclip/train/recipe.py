@@ -85,7 +85,9 @@ class TrainConfig:
     # (FSDP2: weights, gradients and optimizer states sharded per tower block; see train/fsdp.py)
     parallel: str = "ddp"
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
-    compile: bool = False  # torch.compile the towers
+    # torch.compile the towers: true, false or "auto" (on CUDA, where it wins; on the CPU it
+    # does not: docs/BENCHMARKS.md)
+    compile: bool | str = "auto"
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
     per_group: int = 2  # listings of one catalog kept together in a batch (1 = plain shuffle)
     lr: float = 1e-4
@@ -134,6 +136,8 @@ class TrainConfig:
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, "
                               f"got {self.parallel!r}")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"train.compile must be true, false or auto, got {self.compile!r}")
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise ConfigError("train.parallel=fsdp does not run with train.precision=fp16 (the "
                               "loss scaler would see only this rank's shards): use bf16 or fp32")

@@ -20,7 +20,8 @@ resumes from) in an order that fixes the run's random draws; :meth:`TrainingRun.
 (steps, logging, checkpoints, validation, the saved model). :func:`train` is the two together.
 
 Under torchrun every rank runs this loop on its slice of each global batch (DDP averages the
-gradients); rank 0 writes metrics, checkpoints and the model.
+gradients, or FSDP shards weights, gradients and optimizer: ``train.parallel``, a strategy from
+``distributed`` / ``fsdp``); rank 0 writes metrics, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -207,10 +208,16 @@ def apply_memory_options(model, cfg: TrainConfig, log: Callable[[str], None]) ->
         if missing:
             log(f"gradient checkpointing is not available in the {' and '.join(missing)} tower; "
                 "it keeps its activations")
-    if cfg.compile:
-        # in place: parameter names (and so checkpoints and saved models) stay the same
-        model.text_tower.compile()
-        model.image_tower.compile()
+    if compile_wanted(cfg, next(model.parameters()).device):
+        model.compile_towers()
+
+
+def compile_wanted(cfg: TrainConfig, device: torch.device) -> bool:
+    """``train.compile``: true, false, or ``auto``: on CUDA with DDP, where compiled towers win;
+    on the CPU they do not (docs/BENCHMARKS.md), and FSDP's sharded blocks stay uncompiled."""
+    if cfg.compile == "auto":
+        return device.type == "cuda" and cfg.parallel == "ddp"
+    return bool(cfg.compile)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
