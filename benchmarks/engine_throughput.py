@@ -7,11 +7,12 @@ Generates a demo catalog once (kept in ``--out`` for the next run; ``--source-si
 and a tiny model (the tests' scratch BERT + tiny ViT, 32 px input, a 2000-piece vocabulary: the
 demo's EfficientNet would make the towers, not the engine, the measurement). Starts one local Ray
 on the cores this process may use (its start-up is timed and printed on its own), then runs each
-job with both engines, alternating which goes first, ``--repeats`` times:
+job with every engine variant, ``--repeats`` times, the order reversed every other time:
 
-* embed: ``encode.listings.embed_listings`` + ``write_embeddings`` in this process (torch on every
-  core), against ``engines.embed.embed_with_ray`` (one actor per core, one torch thread each,
-  blocks of ``--block-size`` listings, a Parquet part each);
+* embed: ``encode.listings.embed_listings`` + ``write_embeddings`` in this process, with torch on
+  every core (the CLI's default) and on one thread (``--local-threads``), against
+  ``engines.embed.embed_with_ray`` (one actor per core, one torch thread each, blocks of
+  ``--block-size`` listings, a Parquet part each);
 * prepare: ``catalog.shards.prepare_shards`` against ``engines.prepare.prepare_with_ray``
   (``--image-size`` px shorter side, shards of 1000).
 
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=96)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=500)
+    parser.add_argument("--local-threads", type=int, nargs="+", default=None,
+                        help="torch threads of the local embed runs, one variant each "
+                             "(default: the cores, and 1)")
     args = parser.parse_args()
 
     cores = local_cpus()
@@ -103,10 +107,13 @@ def main() -> None:
 
     runs = args.out / "runs"
 
-    def local_embed() -> None:
-        use_threads(cores)
-        emb = embed_listings(model, read.listings, progress=False)
-        write_embeddings(emb, runs / "local_embed.parquet", read.listings)
+    def local_embed(threads: int):
+        def run() -> None:
+            use_threads(threads)
+            emb = embed_listings(model, read.listings, progress=False)
+            write_embeddings(emb, runs / "local_embed.parquet", read.listings)
+            use_threads(cores)
+        return run
 
     def ray_embed() -> None:
         embed_with_ray(model_dir, read.listings, runs / "ray_embed", block_size=args.block_size,
@@ -120,13 +127,16 @@ def main() -> None:
         prepare_with_ray(unchecked, runs / "ray_shards", image_size=args.image_size,
                          block_size=args.block_size, progress=False)
 
-    jobs = {"embed": (local_embed, ray_embed), "prepare": (local_prepare, ray_prepare)}
+    local_threads = args.local_threads or sorted({cores, 1}, reverse=True)
+    jobs = {"embed": [(f"local, {n} torch thread{'s' if n > 1 else ''}", local_embed(n))
+                      for n in local_threads] + [("ray", ray_embed)],
+            "prepare": [("local", local_prepare), ("ray", ray_prepare)]}
     shutil.rmtree(runs, ignore_errors=True)
     seconds: dict[tuple[str, str], list[float]] = {}
     for job in args.jobs:
         for repeat in range(args.repeats):
-            pair = list(zip(("local", "ray"), jobs[job]))
-            for engine, run in (pair if repeat % 2 == 0 else pair[::-1]):
+            variants = jobs[job]
+            for engine, run in (variants if repeat % 2 == 0 else variants[::-1]):
                 started = time.perf_counter()
                 run()
                 took = time.perf_counter() - started

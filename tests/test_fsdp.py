@@ -284,6 +284,13 @@ def test_parallel_is_validated_and_one_process_runs_plain():
     assert parallel_strategy(cfg, DistEnv()).name == "ddp"  # nothing to shard in one process
 
 
+def test_an_fsdp_resume_of_a_ddp_checkpoint_says_which_strategy_wrote_it(tmp_path):
+    torch.save({"step": 1}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="resume it with train.parallel=ddp"):
+        load_sharded_checkpoint(tmp_path)
+    assert load_sharded_checkpoint(tmp_path / "none") is None  # no checkpoint: a fresh start
+
+
 def test_a_fsdp_run_killed_with_sigkill_resumes_with_the_same_losses(trained):
     at_kill = json.loads((trained / "killed_at_kill.json").read_text())
     assert max(map(int, at_kill["losses"])) == 3  # killed in step 4

@@ -220,13 +220,29 @@ def test_device_prefetcher_passes_batches_through_on_the_cpu():
             yield batch
 
     out = []
-    for batch in DevicePrefetcher(source(), "cpu"):
+    prefetcher = DevicePrefetcher(source(), "cpu", position=lambda: len(pulled))
+    assert prefetcher.position == 0
+    for batch in prefetcher:
         assert len(pulled) == len(out) + 1  # on the CPU nothing is read ahead
         out.append(batch)
+        assert prefetcher.position == len(out)  # the position after the batch handed out
     assert [b["index"].tolist() for b in out] == [b["index"].tolist() for b in batches]
     for got, sent in zip(out, batches):
         assert "pixel_transform" not in got and got["text"] == sent["text"]
         assert torch.equal(got["pixel_values"], transform.normalize(sent["pixel_values"]))
+
+    # reading one batch ahead (what it does on CUDA): the same batches, the source one batch
+    # further, and the position still that of the batches handed out
+    pulled.clear()
+    ahead = []
+    prefetcher = DevicePrefetcher(source(), "cpu", position=lambda: len(pulled), read_ahead=True)
+    for batch in prefetcher:
+        ahead.append(batch)
+        assert len(pulled) == min(len(ahead) + 1, len(batches))
+        assert prefetcher.position == len(ahead)
+    assert len(ahead) == len(out)
+    for a, b in zip(ahead, out):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["text"] == b["text"]
 
 
 def test_default_num_workers_follow_the_cores_this_process_may_use(monkeypatch):

@@ -18,7 +18,9 @@ exception out, and it guards against hostile files without touching PIL's global
   greyscale are scaled (not clipped) to 8 bit, the first frame of an animation is used and the EXIF
   orientation is applied.
 
-``ImageTransform`` maps a decoded image to the normalised (3, size, size) tensor a vision tower eats.
+``ImageTransform`` maps a decoded image to the normalised (3, size, size) tensor a vision tower eats;
+loaders use its two halves apart: ``pixels`` (uint8, in the loader's workers) and ``normalize`` (a
+whole batch, on the training device), which together give exactly the same values.
 """
 
 from __future__ import annotations

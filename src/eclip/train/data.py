@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -148,35 +149,50 @@ class DevicePrefetcher:
     On CUDA the copies (from pinned memory: ``pin_memory=True`` in the loader) and the uint8
     normalisation run on a side stream, one batch ahead; the consumer's stream waits for them
     before it touches the batch, and the tensors are marked as used there. On any other device it
-    is :func:`to_device` applied batch by batch, nothing read ahead. Reading ahead moves a data
-    source's position one batch early: take checkpoints' data positions from the source only
-    between batches that this wrapper has handed out, or use it where no position is kept.
+    is :func:`to_device` applied batch by batch, nothing read ahead (``read_ahead=True`` reads one
+    batch ahead there too, without streams: the CUDA order and bookkeeping, testable on a CPU).
+
+    Reading ahead moves a data source's own position one batch past the loop. With ``position``
+    (e.g. ``source.state_dict``), called after each batch is read, ``self.position`` is the
+    position after the last batch *handed out*: what a checkpoint should save.
     """
 
-    def __init__(self, batches: Iterable[dict[str, Any]], device: torch.device | str):
-        self.batches, self.device = batches, torch.device(device)
+    def __init__(self, batches: Iterable[dict[str, Any]], device: torch.device | str, *,
+                 position: Callable[[], Any] | None = None, read_ahead: bool | None = None):
+        self.batches, self.device, self._position_of = batches, torch.device(device), position
+        self.read_ahead = self.device.type == "cuda" if read_ahead is None else read_ahead
+        self.position = position() if position is not None else None
+
+    def _read(self, source: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], Any] | None:
+        batch = next(source, None)
+        if batch is None:
+            return None
+        return batch, self._position_of() if self._position_of is not None else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.device.type != "cuda":
-            for batch in self.batches:
+        source = iter(self.batches)
+        if not self.read_ahead:
+            while (read := self._read(source)) is not None:
+                batch, self.position = read
                 yield to_device(batch, self.device)
             return
-        stream = torch.cuda.Stream(self.device)
-        source = iter(self.batches)
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
 
-        def ahead() -> dict[str, Any] | None:
-            batch = next(source, None)
-            if batch is None:
+        def ahead() -> tuple[dict[str, Any], Any] | None:
+            read = self._read(source)
+            if read is None:
                 return None
-            with torch.cuda.stream(stream):
-                return to_device(batch, self.device)
+            with torch.cuda.stream(stream) if cuda else nullcontext():
+                return to_device(read[0], self.device), read[1]
 
         upcoming = ahead()
         while upcoming is not None:
-            current_stream = torch.cuda.current_stream(self.device)
-            current_stream.wait_stream(stream)
-            for value in upcoming.values():
-                if isinstance(value, torch.Tensor):
-                    value.record_stream(current_stream)
-            batch, upcoming = upcoming, ahead()
+            if cuda:
+                current_stream = torch.cuda.current_stream(self.device)
+                current_stream.wait_stream(stream)
+                for value in upcoming[0].values():
+                    if isinstance(value, torch.Tensor):
+                        value.record_stream(current_stream)
+            (batch, self.position), upcoming = upcoming, ahead()
             yield batch
