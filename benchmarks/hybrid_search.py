@@ -207,7 +207,8 @@ def main() -> None:
             print(f"| {name} | {row['R@10']:.3f} | {row['nDCG@10']:.3f} | {cells[0]} | "
                   f"{cells[1]} |")
     results["load_end"] = os.getloadavg()
-    print(f"\nload average (1, 5, 15 min): start {results['load_start']}, end {results['load_end']}")
+    print(f"\nload average (1, 5, 15 min): start {results['load_start']}, "
+          f"end {results['load_end']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

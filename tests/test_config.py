@@ -77,3 +77,11 @@ def test_fine_tuning_recipes_start_from_a_checkpoint(name, tmp_path):
     model = DualEncoder.build(DualEncoderConfig.from_dict(recipe.model))
     assert model.config.init_from == str(checkpoint)
     assert loss_kind(recipe.train, model) == ("softmax" if name == "from_clip" else "sigmoid")
+
+
+def test_crop_resample_is_a_data_setting_checked_against_pil_filters():
+    recipe = load_recipe(None, ["data.crop_resample=bicubic"])
+    assert recipe.data.crop_resample == "bicubic"
+    assert load_recipe(None, []).data.crop_resample == "bilinear"
+    with pytest.raises(ConfigError, match="data.crop_resample must be one of"):
+        load_recipe(None, ["data.crop_resample=cubic"])

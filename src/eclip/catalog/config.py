@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eclip.config import Range, at_least, check_ranges
+from eclip.errors import ConfigError
 
 # every numeric option of the data section and its allowed values (see eclip.config.check_ranges)
 DATA_RANGES: dict[str, Range] = {
@@ -35,6 +36,9 @@ class DataConfig:
     val_fraction: float = 0.1
     text: dict[str, Any] = field(default_factory=dict)  # ComposerConfig for training text
     augment: bool = False  # random-resized crops on training images
+    # the PIL filter that resizes those crops (bicubic, bilinear, ...; evaluation keeps the model's
+    # own filter): bilinear by default, 2.3x the loader's speed of bicubic (docs/BENCHMARKS.md)
+    crop_resample: str = "bilinear"
     # prepared shards (`eclip prepare`) to stream instead of reading `catalog` into memory
     shards: str | None = None
     shuffle_buffer: int = 1000  # samples shuffled together per loader worker when streaming shards
@@ -45,3 +49,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", DATA_RANGES)
+        from eclip.catalog.images import RESAMPLE_FILTERS
+
+        if self.crop_resample not in RESAMPLE_FILTERS:
+            raise ConfigError(f"data.crop_resample must be one of {', '.join(RESAMPLE_FILTERS)}, "
+                              f"got {self.crop_resample!r}")

@@ -160,7 +160,8 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     cfg = recipe.train
     if not listings:
         raise EclipError("no training listings: check the catalog's split column or val_fraction")
-    transform = model.config.image_transform(train=recipe.data.augment)
+    transform = model.config.image_transform(train=recipe.data.augment,
+                                             crop_resample=recipe.data.crop_resample)
     use_cache = caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment)
     dataset = ListingDataset(listings, composer, transform, seed=cfg.seed,
                              images_as_refs=use_cache)
@@ -190,7 +191,8 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
     from eclip.train.stream import ShardStream
 
     cfg = recipe.train
-    transform = model.config.image_transform(train=recipe.data.augment)
+    transform = model.config.image_transform(train=recipe.data.augment,
+                                             crop_resample=recipe.data.crop_resample)
     stream = ShardStream(recipe.data.shards, transform=transform, composer=composer, seed=cfg.seed,
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
