@@ -128,6 +128,29 @@ def ranked(spec: dict, lists: dict[str, list[int]], k: int) -> list[int]:
     return [v for v, _ in fused[:k]]
 
 
+def latency(index, queries: list[dict], rounds: int, against: str, k: int) -> None:
+    """Milliseconds per query of each mode through ``hybrid.search_text``, the modes alternating
+    query by query (in a rotating order) so that a change of load hits them alike; the median and
+    90th percentile of each round, and their spread over the rounds."""
+    per_round = {m: [] for m in hybrid.MODES}
+    for r in range(rounds):
+        times = {m: [] for m in hybrid.MODES}
+        for i, q in enumerate(queries):
+            modes = hybrid.MODES[(i + r) % 3:] + hybrid.MODES[:(i + r) % 3]
+            for mode in modes:
+                start = time.perf_counter()
+                hybrid.search_text(index, q["text"], k, mode=mode, against=against)
+                times[mode].append((time.perf_counter() - start) * 1000)
+        for m in hybrid.MODES:
+            per_round[m].append((float(np.median(times[m])), float(np.percentile(times[m], 90))))
+    print(f"\n| mode | median ms per query, per round | p90 ms per round | "
+          f"({len(queries)} queries x {rounds} rounds) |\n|---|---|---|---|")
+    for m in hybrid.MODES:
+        med = ", ".join(f"{a:.1f}" for a, _ in per_round[m])
+        p90 = ", ".join(f"{b:.1f}" for _, b in per_round[m])
+        print(f"| {m} | {med} | {p90} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path)
@@ -137,6 +160,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--latency", type=int, metavar="ROUNDS", default=0,
+                        help="only time the three modes on the held-out titles, ROUNDS times")
     args = parser.parse_args()
     k = args.k
 
@@ -146,6 +171,11 @@ def main() -> None:
     if not is_index(index_dir):
         build_index(args.model, listings, index_dir, progress=False)
     index = SearchIndex.open(index_dir)
+    if args.latency:
+        print(f"load average at the start: {os.getloadavg()}")
+        latency(index, query_sets(listings)["held-out titles"], args.latency, args.against, k)
+        print(f"load average at the end: {os.getloadavg()}")
+        return
     stores = {t: lexical_store(index, t, args.work) for t in lexical.TOKENIZERS}
     pid_of = {vid: item.product_id for vid, item in index.store.fetch(index.vids).items()}
     specs = variants(lexical.TOKENIZERS)

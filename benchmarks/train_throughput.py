@@ -265,9 +265,13 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def _num(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _spread(values: list[float]) -> str:
     med = statistics.median(values)
-    return f"{med:.0f} ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else f"{med:.0f}"
+    return f"{_num(med)} ({_num(min(values))}-{_num(max(values))})" if len(values) > 1 else _num(med)
 
 
 def suite(args) -> None:

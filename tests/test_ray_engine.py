@@ -238,3 +238,19 @@ def test_an_error_in_a_worker_is_one_line_naming_the_file(local_ray, tiny_catalo
     message = str(caught.value)
     assert "gone.jpg" in message and "\n" not in message and "Traceback" not in message
     assert not (tmp_path / "parts" / "manifest.json").exists()
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once():
+    import socket
+
+    from eclip.engines.ray_session import check_reachable
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(EclipError, match=f"cannot reach the Ray cluster at {address}"):
+            check_reachable(address, timeout=2)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        check_reachable("head-without-port")
+    check_reachable("auto")  # left to Ray

@@ -155,10 +155,12 @@ def _on_ray(args: argparse.Namespace) -> bool:
     """Whether ``--engine ray`` was chosen (``--ray-address`` alone is a mistake, said so)."""
     if args.ray_address and args.engine != "ray":
         raise EclipError("--ray-address joins a Ray cluster: give it with --engine ray")
-    if args.engine == "ray":  # before the catalog is read: a missing extra is said at once
-        from eclip.engines.ray_session import require_ray
+    if args.engine == "ray":  # before the catalog is read: a missing extra, a wrong address
+        from eclip.engines.ray_session import check_reachable, require_ray
 
         require_ray()
+        if args.ray_address:
+            check_reachable(args.ray_address)
     return args.engine == "ray"
 
 

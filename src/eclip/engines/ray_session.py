@@ -49,12 +49,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     ray = require_ray()
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress,
-                                  "logging_level": logging.WARNING}
+        kwargs: dict[str, Any] = {"log_to_driver": progress,
+                                  "logging_level": logging.WARNING if progress else logging.ERROR}
         if address:
-            kwargs["address"] = address
+            check_reachable(address)  # Ray itself retries an unreachable address for minutes
+            # Ray Client (ray://) hands ray.init's options to the cluster: give it none
+            kwargs = {"address": address} if address.startswith("ray://") else \
+                {**kwargs, "address": address}
         else:
-            kwargs["num_cpus"] = num_cpus or local_cpus()
+            kwargs.update(num_cpus=num_cpus or local_cpus(), include_dashboard=False)
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -70,13 +73,32 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             ray.shutdown()
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A one-line error where nothing answers at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``; ``auto`` and ``local`` are left to Ray)."""
+    import socket
+
+    rest = address.split("://", 1)[1] if "://" in address else address
+    if rest in ("auto", "local"):
+        return
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise EclipError(f"cannot reach the Ray cluster at {address}: "
+                         f"{exc.strerror or exc}") from None
+
+
 def quiet_data(progress: bool) -> None:
-    """Ray Data's progress bars only where eclip draws its own; its logs at warnings."""
+    """Ray Data's progress bars only where eclip draws its own; its logs at warnings (errors only
+    without progress bars: a quiet job)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = progress
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.ERROR)
 
 
 def pool_size(ray, workers: int | None, cpus_per_worker: int, *, gpu: bool = False) -> int:
