@@ -173,8 +173,9 @@ def _engine_options(p: argparse.ArgumentParser, engine: str, work: str, note: st
                        help=f"local: this process; ray: {work} on a pool of Ray actors, one per "
                             f"CPU{note} (pip install 'eclip[ray]') (default: %(default)s)")
     group.add_argument("--ray-address", metavar="ADDRESS",
-                       help="a running Ray cluster (ray://HEAD:10001, or auto); without it "
-                            "--engine ray starts a local Ray on this machine's cores")
+                       help="a running Ray cluster: its head's HOST:PORT (e.g. head:6379), or "
+                            "auto on a node of the cluster (ray job submit); without it --engine "
+                            "ray starts a local Ray on this machine's cores")
     group.add_argument("--block-size", type=int, metavar="N",
                        default=Library(engine, "block_size"),
                        help="--engine ray: listings per block, the unit an actor takes (and "
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "--out embeddings.parquet data.column_map.title=item_name",
                  "eclip embed --engine ray --model runs/shop/model --catalog my.csv "
                  "--out embeddings_parts",
-                 "eclip embed --engine ray --ray-address ray://head:10001 --model "
+                 "eclip embed --engine ray --ray-address head:6379 --model "
                  "/shared/model --catalog /shared/my.csv --out /shared/embeddings_parts"],
                 parents=(catalog, quiet, threads, overrides))
     p.add_argument("--model", required=True, metavar="DIR",

@@ -2,7 +2,7 @@
 
 A job calls :func:`ray_session`: where Ray is already running in this process (a test's module
 fixture, a notebook) it is used as it is; otherwise ``address`` joins a running cluster
-(``ray://head:10001`` or ``auto``), and without one a local Ray is started on this machine's cores
+(the head's ``HOST:PORT``, or ``auto`` on a node of it), and without one a local Ray is started on this machine's cores
 (no dashboard) and shut down when the job ends.
 """
 
@@ -53,9 +53,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                                   "logging_level": logging.WARNING if progress else logging.ERROR}
         if address:
             check_reachable(address)  # Ray itself retries an unreachable address for minutes
-            # Ray Client (ray://) hands ray.init's options to the cluster: give it none
-            kwargs = {"address": address} if address.startswith("ray://") else \
-                {**kwargs, "address": address}
+            kwargs["address"] = address
         else:
             kwargs.update(num_cpus=num_cpus or local_cpus(), include_dashboard=False)
         try:
@@ -74,16 +72,22 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
 
 
 def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """A one-line error where nothing answers at ``address`` (``HOST:PORT`` or
-    ``ray://HOST:PORT``; ``auto`` and ``local`` are left to Ray)."""
+    """A one-line error where nothing answers at ``address`` (the head's ``HOST:PORT``; ``auto``
+    is left to Ray). A Ray Client address (``ray://``) is refused: Ray Data does not run through
+    Ray Client (Ray 2.60 fails inside Ray Data); a job on the cluster joins it by ``auto``."""
     import socket
 
-    rest = address.split("://", 1)[1] if "://" in address else address
-    if rest in ("auto", "local"):
+    if address.startswith("ray://"):
+        raise ConfigError(f"--ray-address {address}: Ray Data does not run through Ray Client "
+                          "(ray://); run eclip on a node of the cluster with --ray-address auto "
+                          "(e.g. ray job submit -- eclip embed --engine ray --ray-address auto "
+                          "...) or give the head's HOST:6379")
+    if address == "auto":
         return
-    host, _, port = rest.rstrip("/").rpartition(":")
+    host, _, port = address.rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT (the head's, e.g. "
+                          "head:6379) or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
