@@ -101,7 +101,7 @@ def main() -> None:
 
     ray = require_ray()
     started = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     print(f"local Ray start-up ({cores} CPUs): {time.perf_counter() - started:.1f} s")
 

@@ -54,7 +54,7 @@ def _units(x: np.ndarray) -> np.ndarray:
 
 
 def synthetic_listings(sizes: dict[str, int], seed: int = 0) -> list[Listing]:
-    """Catalogs of 1-6 listings (mean ~3.4) per split, with category, attributes and adult labels."""
+    """Catalogs of 1-6 listings (mean ~3.4) per split, with category, attributes, adult labels."""
     rng = np.random.default_rng(seed)
     leaves = [f"top{i % TOPS} > leaf{i}" for i in range(LEAVES)]
     out: list[Listing] = []

@@ -26,7 +26,7 @@ from eclip.errors import ConfigError, EclipError
 def local_ray():
     """A local Ray on 2 CPUs for the module (the engine uses a running Ray as it is)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -1,9 +1,9 @@
 """Ray for the batch engines: imported lazily, started on this machine or joined by address.
 
 A job calls :func:`ray_session`: where Ray is already running in this process (a test's module
-fixture, a notebook) it is used as it is; otherwise ``address`` joins a running cluster
-(the head's ``HOST:PORT``, or ``auto`` on a node of it), and without one a local Ray is started on this machine's cores
-(no dashboard) and shut down when the job ends.
+fixture, a notebook) it is used as it is; otherwise ``address`` joins a running cluster (the
+head's ``HOST:PORT``, or ``auto`` on a node of it), and without one a new local Ray is started on
+this machine's cores (no dashboard) and shut down when the job ends.
 """
 
 from __future__ import annotations
@@ -55,13 +55,17 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             check_reachable(address)  # Ray itself retries an unreachable address for minutes
             kwargs["address"] = address
         else:
-            kwargs.update(num_cpus=num_cpus or local_cpus(), include_dashboard=False)
+            # "local": a new Ray of our own, even where another (or a stale record of one) exists
+            kwargs.update(address="local", num_cpus=num_cpus or local_cpus(),
+                          include_dashboard=False)
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EclipError(f"cannot start or join {where}: {first}") from None
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token (and its "
+                    "token: RAY_AUTH_TOKEN or ~/.ray/auth_token)") if address else ""
+            raise EclipError(f"cannot start or join {where}: {first}{hint}") from None
         started = True
     quiet_data(progress)
     try:
