@@ -333,3 +333,27 @@ def test_cli_prepare_with_renamed_column_and_no_split_column(catalog_read, tmp_p
         assert split_of.setdefault(group, sample.record["split"]) == sample.record["split"]
     assert main(["prepare", "--catalog", str(catalog), "--out", str(out), "--quiet",
                  "--shard-size", "0"]) == 2
+
+
+def test_an_encoder_elsewhere_gives_the_same_bytes_and_a_short_one_commits_nothing(
+        catalog_read, shard_dir, tmp_path):
+    # the engines' contract: prepare_shards writes, an encoder only encodes (same bytes whoever
+    # encodes), and an encoder that loses listings or invents some leaves no index.json
+    from eclip.catalog.shards import encode_listing
+
+    def elsewhere(listings):
+        return [encode_listing(x, 24, shards_module.JPEG_QUALITY, catalog_read.image_root)
+                for x in reversed(listings)][::-1]
+
+    out = tmp_path / "same"
+    prepare_shards(catalog_read, out, shard_size=16, image_size=24, composer_config=COMPOSER,
+                   progress=False, encoder=elsewhere)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in shard_dir.iterdir())
+    for path in shard_dir.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    for wrong in (lambda xs: elsewhere(xs)[:-1], lambda xs: elsewhere(xs) + elsewhere(xs)[:1]):
+        bad = tmp_path / "bad"
+        with pytest.raises(EclipError, match="nothing was committed"):
+            prepare_shards(catalog_read, bad, shard_size=16, image_size=24,
+                           composer_config=COMPOSER, progress=False, encoder=wrong)
+        assert not (bad / INDEX_NAME).exists()

@@ -38,7 +38,7 @@ import json
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ from eclip.catalog.readers import CatalogRead
 from eclip.catalog.schema import Listing
 from eclip.errors import ConfigError, EclipError, ImageError
 
-__all__ = ["INDEX_NAME", "ShardInfo", "ShardIndex", "ShardSample", "prepare_shards", "read_shard",
+__all__ = ["INDEX_NAME", "Encoded", "Encoder", "ShardInfo", "ShardIndex", "ShardSample",
+           "encode_listing", "prepare_shards", "read_shard",
            "decode_jpeg", "listing_from_record"]
 
 INDEX_NAME = "index.json"
@@ -148,15 +149,33 @@ class ShardIndex:
                 yield sample.record
 
 
+# what the encoding step hands back for each listing, in the order it was given them: the listing's
+# stored JPEG images and the issues found (dropped images, a skipped listing)
+Encoded = tuple[list[bytes], list[dict[str, Any]]]
+# an encoding step: the listings in prepared order -> one ``Encoded`` per listing, in that order
+Encoder = Callable[[list[Listing]], Iterable[Encoded]]
+
+
+def encode_listing(listing: Listing, image_size: int, jpeg_quality: int,
+                   image_root: str | None = None) -> Encoded:
+    """The images of one listing as stored in a shard, and what went wrong with them (the
+    per-listing step of :func:`prepare_shards`, run locally or on an engine's workers)."""
+    issues: list[dict[str, Any]] = []
+    return _encode_images(listing, image_size, jpeg_quality, issues, image_root), issues
+
+
 def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.PathLike[str], *,
                    shard_size: int = 1000, image_size: int = 256,
                    composer_config: ComposerConfig | None = None, jpeg_quality: int = JPEG_QUALITY,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, encoder: Encoder | None = None) -> Path:
     """Write ``source`` (a :class:`CatalogRead` or listings) as shards in ``out_dir``.
 
     Returns the path of ``index.json``. Shards hold at most ``shard_size`` samples (fewer where a
     split ends). An earlier preparation in ``out_dir`` (``index.json``, ``shard-*.tar``) is
-    deleted first; other files there are left alone.
+    deleted first; other files there are left alone. ``encoder``: where the images are decoded and
+    encoded (default: here, one listing after another with :func:`encode_listing`; the Ray engine
+    passes one that runs the same function on a pool of workers). Whatever encodes them, this
+    function writes the shards and ``index.json``, so every engine's output is the same bytes.
     """
     for name, value, low in (("shard_size", shard_size, 1), ("image_size", image_size, 1),
                              ("jpeg_quality", jpeg_quality, 1)):
@@ -165,7 +184,7 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
     if jpeg_quality > 100:
         raise ConfigError(f"jpeg_quality must be at most 100, got {jpeg_quality}")
     read = source if isinstance(source, CatalogRead) else None
-    listings = list(read.listings if read is not None else source)
+    listings = _prepared_order(list(read.listings if read is not None else source))
     image_root = read.image_root if read is not None else None  # images must stay inside it
     composer = TextComposer(composer_config)
     out = Path(out_dir)
@@ -175,28 +194,50 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
     for stale in out.glob("shard-*.tar"):
         stale.unlink()
 
+    if encoder is None:
+        results: Iterable[Encoded] = (encode_listing(x, image_size, jpeg_quality, image_root)
+                                      for x in listings)
+    else:
+        results = encoder(listings)
     shards: list[ShardInfo] = []
     issues: list[dict[str, Any]] = []
     writer: _ShardWriter | None = None
-    written = 0
+    written = seen = 0
     try:
-        for listing in tqdm(_prepared_order(listings), total=len(listings), disable=not progress,
-                            desc=f"writing shards to {out}", unit="listing"):
-            images = _encode_images(listing, image_size, jpeg_quality, issues, image_root)
-            if not images:
-                continue
-            if writer is None or writer.samples == shard_size or writer.split != listing.split:
-                if writer is not None:
-                    shards.append(writer.commit())
-                writer = _ShardWriter(out, f"shard-{len(shards):06d}.tar", listing.split, written)
-            writer.add(_record(listing, composer, written, len(images)), images)
-            written += 1
+        bar = tqdm(total=len(listings), disable=not progress, desc=f"writing shards to {out}",
+                   unit="listing")
+        with bar:
+            for images, found in results:
+                if seen == len(listings):
+                    raise EclipError(f"the encoder returned more results than the {len(listings)} "
+                                     f"listings it was given; nothing was committed in {out}")
+                listing = listings[seen]
+                seen += 1
+                bar.update(1)
+                issues.extend(found)
+                if not images:
+                    continue
+                if (writer is None or writer.samples == shard_size
+                        or writer.split != listing.split):
+                    if writer is not None:
+                        shards.append(writer.commit())
+                    writer = _ShardWriter(out, f"shard-{len(shards):06d}.tar", listing.split,
+                                          written)
+                writer.add(_record(listing, composer, written, len(images)), images)
+                written += 1
+        if seen != len(listings):
+            raise EclipError(f"the encoder returned {seen} results for {len(listings)} listings; "
+                             f"nothing was committed in {out}")
         if writer is not None:
             shards.append(writer.commit())
             writer = None
     finally:
         if writer is not None:
             writer.abort()
+        close = getattr(results, "close", None)
+        if close is not None:  # a generator's own clean-up (e.g. an engine's session) runs now
+            close()
+    clean_stale_temps(out)
 
     actions = Counter(issue["action"] for issue in issues)
     index = {
