@@ -5,8 +5,11 @@ OUT ?= demo_out
 setup:
 	./scripts/setup.sh
 
-demo: setup
+# the demo needs no extra; the tests need the test tools and the optional engines (Ray, Milvus Lite)
+demo:
+	EXTRAS= ./scripts/setup.sh
 	.venv/bin/eclip demo --out $(OUT)
 
-test: setup
+test:
+	EXTRAS=test ./scripts/setup.sh
 	.venv/bin/python -m pytest -q
