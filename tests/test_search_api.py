@@ -236,3 +236,157 @@ def test_the_service_follows_a_new_generation(index_dir, listings, tmp_path):
     assert client.get("/health").json()["generation"] == "g000002"
     assert client.get(f"/similar/{gone}").status_code == 404
     assert client.get(f"/images/{gone}").status_code == 404
+
+
+# ------------------------------------------------------------ catalog and adult filters (issue 13)
+@pytest.fixture(scope="module")
+def reference(index_dir):
+    """The index opened beside the service, to compute what a filtered search must answer."""
+    index = SearchIndex.open(index_dir)
+    yield index
+    index.close()
+
+
+def _keeps(listing, *, catalog_id=None, adult=None) -> bool:
+    """What the filters keep, written out by hand (adult=False keeps unknown flags)."""
+    if catalog_id is not None and listing.catalog_id != catalog_id:
+        return False
+    if adult is not None and bool(listing.adult) != adult:
+        return False
+    return True
+
+
+def _brute_force(index, vector, k, against, **filters) -> list[tuple[str, float]]:
+    """Every stored vector scored with numpy, the filter applied afterwards: (product_id, score)."""
+    from eclip.search.index import AGAINST
+
+    scores = np.asarray(index.vectors[AGAINST[against]]) @ vector
+    by_vid = index.store.fetch(index.vids.tolist())
+    ranked = [(by_vid[int(index.vids[i])], float(scores[i])) for i in np.argsort(-scores)]
+    return [(x.product_id, s) for x, s in ranked if _keeps(x, **filters)][:k]
+
+
+def _assert_same_ranking(results, expected):
+    """Same scores rank by rank; each listing scored as the brute force scores it (ties may swap)."""
+    assert [r["score"] for r in results] == pytest.approx([s for _, s in expected], abs=1e-4)
+    score_of = dict(expected)
+    for r in results:
+        assert r["product_id"] in score_of and score_of[r["product_id"]] == pytest.approx(
+            r["score"], abs=1e-4)
+
+
+FILTERS = [{"adult": False}, {"adult": True}, {"catalog_id": "c00008"},
+           {"catalog_id": "c00005", "adult": False}]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_vector_text_search_filters_equal_a_brute_force(client, reference, listings, filters):
+    query = listings[32].title
+    body = client.post("/search/text", json={"query": query, "k": 100, "mode": "vector",
+                                             "against": "both", **filters}).json()
+    results = body["results"]
+    by_pid = {x.product_id: x for x in listings}
+    assert results and all(_keeps(by_pid[r["product_id"]], **filters) for r in results)
+    assert len(results) == min(100, sum(_keeps(x, **filters) for x in listings))
+    vector = reference.lift(reference.encode_text(query), "both")
+    _assert_same_ranking(results, _brute_force(reference, vector, 100, "both", **filters))
+
+
+@pytest.mark.parametrize("mode", ["lexical", "hybrid"])
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_lexical_and_hybrid_filters_equal_the_index_search(client, reference, listings, mode,
+                                                            filters):
+    from eclip.search import hybrid
+
+    query = f"{listings[32].title} {listings[0].title} drink pen"
+    results = client.post("/search/text", json={"query": query, "k": 20, "mode": mode,
+                                                **filters}).json()["results"]
+    by_pid = {x.product_id: x for x in listings}
+    assert results and all(_keeps(by_pid[r["product_id"]], **filters) for r in results)
+    # the lexical list filtered in SQL == the unfiltered list filtered afterwards
+    everything = reference.store.lexical_search(query, len(listings))
+    stored = reference.store.fetch(v for v, _ in everything)
+    words = [v for v, _ in everything if _keeps(stored[v], **filters)]
+    assert [v for v, _ in reference.store.lexical_search(query, 1000, **filters)] == words
+    if mode == "lexical":
+        expected = words[:20]
+    else:  # RRF of the two filtered lists, as the index ranks them
+        vids = [h.listing.vid for h in reference.search(
+            reference.encode_text(query), hybrid.DEPTH, against="text", **filters)]
+        expected = [v for v, _ in hybrid.rrf([vids, words[:hybrid.DEPTH]], k=hybrid.RRF_K,
+                                             weights=hybrid.WEIGHTS)][:20]
+    vid_of = reference.store.vids_of([r["product_id"] for r in results])
+    assert [vid_of[r["product_id"]] for r in results] == expected
+
+
+def test_photo_search_filters(client, reference, listings):
+    adult = next(x for x in listings if x.adult and x.catalog_id)
+    photo = open(adult.images[0], "rb").read()
+    answers = {}
+    for name, data in {"none": {}, "safe": {"adult": "false"}, "only": {"adult": "true"},
+                       "catalog": {"catalog_id": adult.catalog_id},
+                       "empty": {"adult": "", "catalog_id": ""}}.items():
+        response = client.post("/search/image", files={"file": ("p.jpg", photo)},
+                               data={"k": "100", "against": "image", **data})
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()["results"]
+    ids = {name: [r["product_id"] for r in results] for name, results in answers.items()}
+    assert adult.product_id in ids["none"] and ids["empty"] == ids["none"]  # "" = no filter
+    assert adult.product_id not in ids["safe"]
+    assert all(r["adult"] is not True for r in answers["safe"])
+    assert all(r["adult"] is True for r in answers["only"])
+    assert len(ids["only"]) == sum(bool(x.adult) for x in listings)
+    assert len(ids["safe"]) == min(100, len(listings) - len(ids["only"]))
+    assert {r["catalog_id"] for r in answers["catalog"]} == {adult.catalog_id}
+    from eclip.catalog.images import load_image
+
+    vector = reference.encode_image(load_image(adult.images[0]))
+    _assert_same_ranking(answers["safe"], _brute_force(reference, vector, 100, "image",
+                                                       adult=False))
+    _assert_same_ranking(answers["catalog"], _brute_force(reference, vector, 100, "image",
+                                                          catalog_id=adult.catalog_id))
+
+
+def test_similar_hides_or_keeps_adult_listings(client, listings):
+    adult = next(x for x in listings if x.adult and x.catalog_id)
+    n_adult = sum(bool(x.adult) for x in listings)
+    plain = client.get(f"/similar/{adult.product_id}", params={"k": 100}).json()["results"]
+    safe = client.get(f"/similar/{adult.product_id}", params={"k": 100, "adult": "false"}
+                      ).json()
+    only = client.get(f"/similar/{adult.product_id}", params={"k": 100, "adult": "true"}).json()
+    assert safe["product"]["product_id"] == adult.product_id  # the product itself is answered
+    assert len(plain) == min(100, len(listings) - 1)
+    assert [r for r in plain if r["adult"] is not True] == [
+        {**r, "same_catalog": r["same_catalog"]} for r in safe["results"]]
+    assert all(r["adult"] is not True for r in safe["results"])
+    assert len(safe["results"]) == min(100, len(listings) - n_adult)
+    # only adult: its catalog's other (adult) listings first, then the other adult listings
+    assert len(only["results"]) == n_adult - 1 and all(r["adult"] for r in only["results"])
+    same = [r["same_catalog"] for r in only["results"]]
+    mates = sum(x.catalog_id == adult.catalog_id and x.adult for x in listings) - 1
+    assert same == [True] * mates + [False] * (n_adult - 1 - mates)
+
+
+@pytest.mark.parametrize("request_kwargs, field", [
+    (dict(json={"query": "x", "adult": "maybe"}), "adult"),
+    (dict(json={"query": "x", "adult": [False]}), "adult"),
+    (dict(json={"query": "x", "catalog_id": ""}), "catalog_id"),
+    (dict(json={"query": "x", "catalog_id": 5}), "catalog_id"),
+    (dict(json={"query": "x", "catalog_id": "c" * 501}), "catalog_id"),
+])
+def test_bad_filter_values_in_json_are_422_naming_the_field(client, request_kwargs, field):
+    response = client.post("/search/text", **request_kwargs)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert response.json()["detail"].startswith(f"invalid request: {field}: ")
+
+
+def test_bad_filter_values_in_forms_and_queries_are_422_naming_the_field(client, listings):
+    photo = open(listings[0].images[0], "rb").read()
+    for data, field in (({"adult": "maybe"}, "adult"), ({"catalog_id": "c" * 501}, "catalog_id")):
+        response = client.post("/search/image", files={"file": ("p.jpg", photo)}, data=data)
+        assert response.status_code == 422, data
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    response = client.get(f"/similar/{listings[0].product_id}", params={"adult": "maybe"})
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == ["adult"]

@@ -2,11 +2,17 @@
 
 ``create_app(index_dir)`` serves:
 
-* ``POST /search/text``   JSON ``{query, k, category?, against?, mode?}``: ``mode`` "vector",
-                          "lexical" (words of titles, brands, categories) or "hybrid" (the two
-                          fused by reciprocal rank, the default; ``hybrid.py``)
-* ``POST /search/image``  multipart: ``file`` (a photo), ``k``, ``category``, ``against``
-* ``GET  /similar/{product_id}?k=``   the same product from other sellers first, then look-alikes
+* ``POST /search/text``   JSON ``{query, k, category?, catalog_id?, adult?, against?, mode?}``:
+                          ``mode`` "vector", "lexical" (words of titles, brands, categories) or
+                          "hybrid" (the two fused by reciprocal rank, the default; ``hybrid.py``)
+* ``POST /search/image``  multipart: ``file`` (a photo), ``k``, ``category``, ``catalog_id``,
+                          ``adult``, ``against``
+* ``GET  /similar/{product_id}?k=&adult=``   the same product from other sellers first, then
+                          look-alikes
+
+The filters apply in every mode: ``category`` (and those below it), ``catalog_id`` (one product's
+listings) and ``adult`` (false: hide listings flagged adult, keeping those whose flag is unknown;
+true: only flagged ones; absent: no filter).
 * ``POST /classify``      multipart: ``title`` and/or ``file`` (``exclude``: a product id left out
                           of the neighbour vote) -> top categories, adult probability
 * ``GET  /categories``, ``GET /health``, ``GET /images/{product_id}?n=`` (stored thumbnails)
@@ -62,6 +68,10 @@ JSON_PATHS = ("/search/text",)  # endpoints whose body is a JSON object
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
                "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
+CATALOG_HELP = "only listings of this catalog id (the same product from several sellers)"
+ADULT_HELP = ("false: hide listings flagged adult (safe search; listings whose adult flag is "
+              "unknown are kept); true: only listings flagged adult; absent or null: no filter")
+
 Against = Literal["text", "image", "both"]
 Mode = Literal["vector", "lexical", "hybrid"]
 
@@ -74,6 +84,9 @@ class TextSearch(BaseModel):
     category: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
                                  description="only this category and those below it, e.g. "
                                              "'Food & Drink' or 'Food & Drink > Drink'")
+    catalog_id: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
+                                   description=CATALOG_HELP)
+    adult: bool | None = Field(None, description=ADULT_HELP)
     against: Against = Field("text", description="search listings' titles (text), photos (image) "
                                                  "or both (fused vectors)")
     mode: Mode = Field(hybrid.DEFAULT_MODE,
@@ -389,7 +402,8 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
             mode = "vector"  # an index written before lexical search: its default is vector
         try:
             hits = hybrid.search_text(current, body.query, body.k, mode=mode,
-                                      against=body.against, category=body.category)
+                                      against=body.against, category=body.category,
+                                      catalog_id=body.catalog_id, adult=body.adult)
         except hybrid.NoLexicalIndex as exc:
             raise HTTPException(409, str(exc)) from None
         return {"results": _results(hits), "against": body.against, "mode": mode,
@@ -399,21 +413,28 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
     def search_image(file: UploadFile = File(description="a photo: JPEG, PNG, WebP, GIF, ..."),
                      k: int = Form(10, ge=1, le=MAX_K),
                      category: str | None = Form(None, max_length=MAX_TEXT),
+                     catalog_id: str | None = Form(None, max_length=MAX_TEXT,
+                                                   description=CATALOG_HELP),
+                     adult: bool | None = Form(None, description=ADULT_HELP),
                      against: Against = Form("image")) -> dict:
         """Listings that look like an uploaded photo, best first."""
         start = time.perf_counter()
         image = _read_photo(file, max_upload_bytes, max_upload_pixels)
         current = index()
-        hits = current.search_image(image, k, against=against, category=category or None)
+        hits = hybrid.search_image(current, image, k, against=against,
+                                   category=(category or "").strip() or None,
+                                   catalog_id=(catalog_id or "").strip() or None, adult=adult)
         return {"results": _results(hits), "against": against, "mode": "vector",
                 "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
 
     @app.get("/similar/{product_id:path}", response_model=SimilarResponse, tags=["search"])
-    def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:
-        """Product matching: listings of the same catalog first, then the nearest other listings."""
+    def similar(product_id: str, k: int = Query(10, ge=1, le=MAX_K),
+                adult: bool | None = Query(None, description=ADULT_HELP)) -> dict:
+        """Product matching: listings of the same catalog first, then the nearest other listings
+        (``adult`` filters both; the product itself is answered whatever its flag)."""
         start = time.perf_counter()
         current = index()
-        found = current.similar(product_id, k)
+        found = current.similar(product_id, k, adult=adult)
         if found is None:
             raise HTTPException(404, f"no listing with product_id {product_id!r} in the index")
         item, hits = found

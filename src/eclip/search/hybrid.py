@@ -13,7 +13,10 @@
   of the indexed category): with equal weights hybrid ties the lexical mode, with the lexical list
   counted twice it is better on held-out titles and equal on category names (docs/SEARCH.md).
 
-A category filter applies in every mode (to both lists in hybrid). The default mode and the fusion
+The filters apply in every mode (to both lists in hybrid), the same in each: a category (and those
+below it), one catalog id, and the adult flag (``adult=False``: hide listings flagged adult, those
+whose flag is unknown are kept; ``True``: only flagged ones). The vector stores apply them as a
+``stores.Where``, the lexical index as SQL (``lexical.search_sql``). The default mode and the fusion
 settings were chosen by the measurements in docs/SEARCH.md (``benchmarks/hybrid_search.py``).
 """
 
@@ -69,31 +72,69 @@ def rrf(rankings: Sequence[Sequence[int]], *, k: float = RRF_K,
     return sorted(scores.items(), key=lambda pair: (-pair[1], best[pair[0]], pair[0]))
 
 
-def lexical_hits(index: SearchIndex, query: str, k: int, *, category: str | None = None
-                 ) -> list[Hit]:
+@dataclass(frozen=True)
+class Filters:
+    """Which listings a search may return (``stores.Where`` without ``exclude``): a category and
+    those below it, one catalog id, the adult flag (``False``: every listing not flagged adult,
+    unknown flags included; ``True``: only flagged ones); None: no filter."""
+
+    category: str | None = None
+    catalog_id: str | None = None
+    adult: bool | None = None
+
+    def kwargs(self) -> dict:
+        return {"category": self.category or None, "catalog_id": self.catalog_id or None,
+                "adult": self.adult}
+
+
+def lexical_hits(index: SearchIndex, query: str, k: int, *, category: str | None = None,
+                 catalog_id: str | None = None, adult: bool | None = None) -> list[Hit]:
     if index.store.lexical_tokenizer is None:
         raise NoLexicalIndex(f"index generation {index.generation} has no lexical index (it was "
                              f"written by an older eclip): rebuild it with `eclip index`, or "
                              f"search with mode 'vector'")
-    pairs = index.store.lexical_search(query, k, category=category)
+    where = Filters(category, catalog_id, adult).kwargs()
+    pairs = index.store.lexical_search(query, k, **where)
     listings = index.store.fetch(v for v, _ in pairs)
     return [Hit(listings[v], s) for v, s in pairs if v in listings]
 
 
+def vector_hits(index: SearchIndex, query: str, k: int, *, against: str = "text",
+                category: str | None = None, catalog_id: str | None = None,
+                adult: bool | None = None) -> list[Hit]:
+    """The query text's embedding searched among the ``against`` vectors, filtered
+    (``SearchIndex.search_text`` with the catalog and adult filters as well)."""
+    vector = index.lift(index.encode_text(query), against)
+    return index.search(vector, k, against=against,
+                        **Filters(category, catalog_id, adult).kwargs())
+
+
+def search_image(index: SearchIndex, image, k: int, *, against: str = "image",
+                 category: str | None = None, catalog_id: str | None = None,
+                 adult: bool | None = None) -> list[Hit]:
+    """Listings that look like ``image`` (``SearchIndex.search_image``), filtered the same way."""
+    vector = index.lift(index.encode_image(image), against)
+    return index.search(vector, k, against=against,
+                        **Filters(category, catalog_id, adult).kwargs())
+
+
 def search_text(index: SearchIndex, query: str, k: int, *, mode: str = DEFAULT_MODE,
                 against: str = "text", category: str | None = None,
+                catalog_id: str | None = None, adult: bool | None = None,
                 fusion: Fusion = Fusion()) -> list[Hit]:
     """The ``k`` best listings for a query text in ``mode`` (``MODES``); ``against`` chooses the
-    vectors of the vector half ("text", "image", "both")."""
+    vectors of the vector half ("text", "image", "both"). ``category``, ``catalog_id`` and
+    ``adult`` filter both halves alike (``Filters``)."""
+    where = {"category": category, "catalog_id": catalog_id, "adult": adult}
     if mode == "vector":
-        return index.search_text(query, k, against=against, category=category)
+        return vector_hits(index, query, k, against=against, **where)
     if mode == "lexical":
-        return lexical_hits(index, query, k, category=category)
+        return lexical_hits(index, query, k, **where)
     if mode != "hybrid":
         raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
     depth = max(k, fusion.depth)
-    words = lexical_hits(index, query, depth, category=category)
-    vectors = index.search_text(query, depth, against=against, category=category)
+    words = lexical_hits(index, query, depth, **where)
+    vectors = vector_hits(index, query, depth, against=against, **where)
     listing_of = {h.listing.vid: h.listing for h in vectors + words}
     fused = rrf([[h.listing.vid for h in vectors], [h.listing.vid for h in words]],
                 k=fusion.rrf_k, weights=fusion.weights)

@@ -771,15 +771,21 @@ class SearchIndex:
     def vector(self, vid: int, modality: str = "product") -> np.ndarray:
         return np.asarray(self.vectors[modality][int(np.searchsorted(self.vids, vid))])
 
-    def similar(self, product_id: str, k: int) -> tuple[StoredListing, list[Hit]] | None:
+    def similar(self, product_id: str, k: int, *, adult: bool | None = None
+                ) -> tuple[StoredListing, list[Hit]] | None:
         """Listings like ``product_id``: its catalog's other listings first (the same product from
-        other sellers, nearest first), then the nearest other listings by fused vector."""
+        other sellers, nearest first), then the nearest other listings by fused vector. ``adult``
+        filters both parts as in ``search`` (False: no listing flagged adult)."""
         item = self.listing(product_id)
         if item is None:
             return None
         query = self.vector(item.vid)
-        members = [v for v in self.store.catalog_members(item.catalog_id) if v != item.vid] \
+        everyone = [v for v in self.store.catalog_members(item.catalog_id) if v != item.vid] \
             if item.catalog_id else []
+        members = everyone
+        if adult is not None and everyone:
+            flags = self.store.fetch(everyone)
+            members = [v for v in everyone if v in flags and bool(flags[v].adult) == adult]
         same: list[Hit] = []
         if members:
             rows = np.searchsorted(self.vids, np.asarray(members, dtype=np.int64))
@@ -788,7 +794,7 @@ class SearchIndex:
             found = self.store.fetch(ranked)
             score_of = dict(zip(members, scores))
             same = [Hit(found[v], float(score_of[v]), True) for v in ranked if v in found]
-        rest = self.search(query, k - len(same), exclude={item.vid, *members}) \
+        rest = self.search(query, k - len(same), exclude={item.vid, *everyone}, adult=adult) \
             if k > len(same) else []
         return item, same + rest
 

@@ -138,14 +138,26 @@ def delete_rows(conn: sqlite3.Connection, vids: Iterable[int]) -> None:
     conn.executemany(f"DELETE FROM {TABLE} WHERE rowid = ?", [(int(v),) for v in vids])
 
 
-def search_sql(with_category: bool) -> str:
-    """The ranked lookup: vids and ``-bm25`` (higher is better), best first, ties by vid."""
+def search_sql(with_category: bool, *, with_catalog: bool = False,
+               adult: bool | None = None) -> str:
+    """The ranked lookup: vids and ``-bm25`` (higher is better), best first, ties by vid.
+
+    The filters are SQL on the ``listings`` table, the same ones the vector stores apply
+    (``stores.Where``): a category and those below it (three parameters: the category, the start
+    and the end of the range of paths below it), one catalog id (one parameter), and the adult
+    flag: ``True`` keeps only listings flagged adult, ``False`` every other one, those whose flag
+    is unknown (NULL) included."""
     weights = ", ".join(str(w) for w in COLUMN_WEIGHTS)
     where = f"{TABLE} MATCH ?"
-    join = ""
     if with_category:
-        join = f" JOIN listings ON listings.vid = {TABLE}.rowid"
         where += (" AND (listings.category = ? OR "
                   "(listings.category >= ? AND listings.category < ?))")
+    if with_catalog:
+        where += " AND listings.catalog_id = ?"
+    if adult is not None:
+        where += " AND listings.adult = 1" if adult else " AND listings.adult IS NOT 1"
+    join = ""
+    if with_category or with_catalog or adult is not None:
+        join = f" JOIN listings ON listings.vid = {TABLE}.rowid"
     return (f"SELECT {TABLE}.rowid, -bm25({TABLE}, {weights}) AS score FROM {TABLE}{join} "
             f"WHERE {where} ORDER BY score DESC, {TABLE}.rowid LIMIT ?")

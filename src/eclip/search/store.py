@@ -184,11 +184,15 @@ class MetadataStore:
         """The lexical index's tokeniser, or None for a store written before it existed."""
         return self._lexical
 
-    def lexical_search(self, query: str, limit: int, *, category: str | None = None
+    def lexical_search(self, query: str, limit: int, *, category: str | None = None,
+                       catalog_id: str | None = None, adult: bool | None = None
                        ) -> list[tuple[int, float]]:
         """``(vid, score)`` of the ``limit`` listings whose title, brand or category best match
         the words of ``query`` (score: ``-bm25``, higher is better), optionally only in
-        ``category`` and below it. A query with no usable term matches nothing."""
+        ``category`` and below it, only of the catalog ``catalog_id``, and by the adult flag
+        (``True``: only listings flagged adult; ``False``: all others, unknown flags included),
+        filtered in SQL like the vector stores' ``Where``. A query with no usable term matches
+        nothing."""
         if self._lexical is None:
             raise LookupError(f"{self.path} has no lexical index")
         expression = lexical.match_expression(query, self._lexical)
@@ -198,7 +202,11 @@ class MetadataStore:
         if category is not None:
             below = category + CATEGORY_SEP
             params += [category, below, below[:-1] + "!"]
-        rows = self._query(lexical.search_sql(category is not None), [*params, int(limit)])
+        if catalog_id is not None:
+            params.append(catalog_id)
+        sql = lexical.search_sql(category is not None, with_catalog=catalog_id is not None,
+                                 adult=None if adult is None else bool(adult))
+        rows = self._query(sql, [*params, int(limit)])
         return [(int(vid), float(score)) for vid, score in rows]
 
     def vids_of(self, product_ids: list[str]) -> dict[str, int]:

@@ -85,8 +85,8 @@ class TrainConfig:
     # (FSDP2: weights, gradients and optimizer states sharded per tower block; see train/fsdp.py)
     parallel: str = "ddp"
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
-    # torch.compile the towers: true, false or "auto" (on CUDA, where it wins; on the CPU it
-    # does not: docs/BENCHMARKS.md)
+    # torch.compile the towers: true, false or "auto" (on with CUDA and DDP; off on the CPU, where
+    # compiling costs minutes: docs/BENCHMARKS.md)
     compile: bool | str = "auto"
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu" or "cuda"
     per_group: int = 2  # listings of one catalog kept together in a batch (1 = plain shuffle)

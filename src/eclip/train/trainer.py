@@ -215,8 +215,9 @@ def apply_memory_options(model, cfg: TrainConfig, log: Callable[[str], None]) ->
 
 
 def compile_wanted(cfg: TrainConfig, device: torch.device) -> bool:
-    """``train.compile``: true, false, or ``auto``: on CUDA with DDP, where compiled towers win;
-    on the CPU they do not (docs/BENCHMARKS.md), and FSDP's sharded blocks stay uncompiled."""
+    """``train.compile``: true, false, or ``auto``: on CUDA with DDP. On the CPU compiling costs
+    minutes and wins only for long runs of dropout-free towers (docs/BENCHMARKS.md); FSDP's
+    sharded blocks stay uncompiled."""
     if cfg.compile == "auto":
         return device.type == "cuda" and cfg.parallel == "ddp"
     return bool(cfg.compile)

@@ -3,6 +3,7 @@
 
 const RESULTS = 24;
 const $ = (id) => document.getElementById(id);
+let lastPhoto = null; // the photo of the current results, when they came from a photo search
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -79,13 +80,16 @@ function filters() {
     category: $("category").value || null,
     against: $("against").value || null,
     mode: $("mode").value || null,
+    // safe search: "hide adult listings" sends adult=false; unchecked sends no adult filter
+    adult: $("hide-adult").checked ? false : null,
   };
 }
 
 async function searchText(query) {
-  const { category, against, mode } = filters();
+  const { category, against, mode, adult } = filters();
   const body = { query, k: RESULTS };
   if (category) body.category = category;
+  if (adult !== null) body.adult = adult;
   if (against) body.against = against;
   if (mode) body.mode = mode;
   $("classification").hidden = true;
@@ -101,11 +105,12 @@ async function searchText(query) {
 }
 
 async function searchPhoto(file) {
-  const { category, against } = filters();
+  const { category, against, adult } = filters();
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(RESULTS));
   if (category) form.append("category", category);
+  if (adult !== null) form.append("adult", String(adult));
   if (against) form.append("against", against);
   setSummary(`searching by photo ${file.name}…`);
   const data = await api("/search/image", { method: "POST", body: form });
@@ -118,13 +123,16 @@ async function searchPhoto(file) {
 
 async function moreLike(productId) {
   $("classification").hidden = true;
-  const data = await api(`/similar/${encodeURIComponent(productId)}?k=${RESULTS}`);
+  const { adult } = filters();
+  const safe = adult === null ? "" : `&adult=${adult}`;
+  const data = await api(`/similar/${encodeURIComponent(productId)}?k=${RESULTS}${safe}`);
   render(data.results);
   setSummary(`More like: ${data.product.title}`);
 }
 
 async function route() {
   const params = new URLSearchParams(window.location.hash.slice(1));
+  lastPhoto = null;
   showError("");
   try {
     if (params.has("similar")) {
@@ -172,6 +180,7 @@ $("photo").addEventListener("change", async () => {
   if (!file) return;
   showError("");
   try {
+    lastPhoto = file;
     await searchPhoto(file);
     $("photo").value = "";
   } catch (err) {
@@ -181,6 +190,21 @@ $("photo").addEventListener("change", async () => {
 
 $("mode").addEventListener("change", () => {
   if (new URLSearchParams(window.location.hash.slice(1)).has("q")) route();
+});
+
+// toggling safe search re-runs what is on screen: the photo search, or the query / "more like"
+$("hide-adult").addEventListener("change", async () => {
+  if (lastPhoto) {
+    showError("");
+    try {
+      await searchPhoto(lastPhoto);
+    } catch (err) {
+      showError(err.message);
+    }
+    return;
+  }
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  if (params.has("q") || params.has("similar")) route();
 });
 
 window.addEventListener("hashchange", route);
