@@ -272,3 +272,51 @@ def test_docs_page_links_only_its_own_assets(client):
     for link in links:
         assert client.get(link).status_code == 200, link
     assert client.get("/redoc").status_code == 404  # no second page that needs a CDN
+
+
+# ------------------------------------------------------------- catalog and adult filters in SQL
+FLAGGED = [dataclasses.replace(KOREAN[0], catalog_id="c1", adult=True),
+           dataclasses.replace(KOREAN[1], catalog_id="c1", adult=False),
+           dataclasses.replace(KOREAN[3], catalog_id="c2"),  # adult flag unknown
+           dataclasses.replace(KOREAN[2], catalog_id="c2", adult=False)]
+
+
+def test_lexical_search_filters_catalog_and_adult_in_sql(tmp_path):
+    store = _store(tmp_path, FLAGGED)
+    assert set(_found(store, "nike 에어맥스")) == {"k1", "k2", "k4"}
+    assert set(_found(store, "nike 에어맥스", catalog_id="c1")) == {"k1", "k2"}
+    assert _found(store, "nike 에어맥스", catalog_id="c2") == ["k4"]
+    assert _found(store, "nike 에어맥스", catalog_id="c9") == []
+    # adult=False hides the flagged listing and keeps the one whose flag is unknown
+    assert set(_found(store, "nike 에어맥스", adult=False)) == {"k2", "k4"}
+    assert _found(store, "nike 에어맥스", adult=True) == ["k1"]
+    assert _found(store, "nike 에어맥스", catalog_id="c1", adult=False) == ["k2"]
+    assert _found(store, "nike 에어맥스", category="Fashion > Bags", catalog_id="c2") == []
+    assert _found(store, "가방", category="Fashion", catalog_id="c2", adult=False) == ["k3"]
+    # a filter only removes rows: the rest keep their scores and order
+    everything = store.lexical_search("nike 에어맥스 가방", 10)
+    flags = {v: x.adult for v, x in store.fetch(v for v, _ in everything).items()}
+    assert store.lexical_search("nike 에어맥스 가방", 10, adult=False) == [
+        (v, s) for v, s in everything if flags[v] is not True]
+    for query in HOSTILE:  # filters never turn a hostile query into an SQL error
+        assert isinstance(store.lexical_search(query, 5, catalog_id="c1", adult=False), list)
+    assert lexical.search_sql(False).count("JOIN") == 0  # no filter: the FTS table alone
+
+
+@pytest.mark.parametrize("mode", hybrid.MODES)
+def test_unknown_adult_flags_are_kept_by_safe_search(client, index_dir, mode):
+    """The Korean listings of the index carry no adult flag: adult=false keeps them, true hides."""
+    def ask(**filters):
+        return _ids(client.post("/search/text", json={"query": "에어맥스 가방", "k": 50,
+                                                      "mode": mode, **filters}))
+
+    plain, safe, only = ask(), ask(adult=False), ask(adult=True)
+    index = SearchIndex.open(index_dir)
+    flags = {x.product_id: x.adult for x in index.store.fetch(index.vids.tolist()).values()}
+    index.close()
+    assert {"k1", "k2", "k3"} <= set(safe)
+    assert {"k1", "k2", "k3"}.isdisjoint(only) and all(flags[p] is True for p in only)
+    assert all(flags[p] is not True for p in safe)
+    if mode == "lexical":  # one ranked list: filtering only leaves the flagged listings out
+        kept = [p for p in plain if flags[p] is not True]
+        assert kept == safe[:len(kept)]

@@ -267,7 +267,7 @@ def _brute_force(index, vector, k, against, **filters) -> list[tuple[str, float]
 
 
 def _assert_same_ranking(results, expected):
-    """Same scores rank by rank; each listing scored as the brute force scores it (ties may swap)."""
+    """Equal scores rank by rank, each as the brute force scores it (ties may swap)."""
     assert [r["score"] for r in results] == pytest.approx([s for _, s in expected], abs=1e-4)
     score_of = dict(expected)
     for r in results:
@@ -275,11 +275,15 @@ def _assert_same_ranking(results, expected):
             r["score"], abs=1e-4)
 
 
+def _filter_id(filters: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in filters.items())
+
+
 FILTERS = [{"adult": False}, {"adult": True}, {"catalog_id": "c00008"},
            {"catalog_id": "c00005", "adult": False}]
 
 
-@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize("filters", FILTERS, ids=_filter_id)
 def test_vector_text_search_filters_equal_a_brute_force(client, reference, listings, filters):
     query = listings[32].title
     body = client.post("/search/text", json={"query": query, "k": 100, "mode": "vector",
@@ -293,7 +297,7 @@ def test_vector_text_search_filters_equal_a_brute_force(client, reference, listi
 
 
 @pytest.mark.parametrize("mode", ["lexical", "hybrid"])
-@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize("filters", FILTERS, ids=_filter_id)
 def test_lexical_and_hybrid_filters_equal_the_index_search(client, reference, listings, mode,
                                                             filters):
     from eclip.search import hybrid

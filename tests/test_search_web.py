@@ -154,6 +154,60 @@ def test_mode_selector_asks_the_api_for_that_mode(browser, site, listings):
     page.close()
 
 
+def test_hide_adult_checkbox_reruns_the_query_without_adult_listings(browser, site, listings):
+    import httpx
+
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(site)
+    page.wait_for_function("() => document.getElementById('status').textContent"
+                           ".includes('listings')")
+    adult_ids = [x.product_id for x in listings if x.adult]
+    query = next(x for x in listings if x.adult).title
+    shown = ("ids => [...document.querySelectorAll('#results .card')]"
+             ".some(card => ids.includes(card.dataset.productId))")
+    assert not page.is_checked("#hide-adult")  # unchecked by default: no filter
+    page.fill("#query", query)
+    page.press("#query", "Enter")
+    page.wait_for_function(shown, arg=adult_ids)  # the adult listing the query names is shown
+    # checking the box re-runs the query with adult=false: what the API answers, no adult one
+    expected = httpx.post(f"{site}/search/text", json={"query": query, "k": 24, "adult": False}
+                          ).json()["results"]
+    page.check("#hide-adult")
+    page.wait_for_function(f"ids => !({shown})(ids)", arg=adult_ids)
+    assert [c["id"] for c in _cards(page)] == [r["product_id"] for r in expected]
+    # "more like this" keeps hiding them: what /similar answers with adult=false
+    first = _cards(page)[0]["id"]
+    similar = httpx.get(f"{site}/similar/{first}", params={"k": 24, "adult": "false"}).json()
+    page.click(f"#results .card[data-product-id='{first}'] .more")
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".startsWith('More like')")
+    assert [c["id"] for c in _cards(page)] == [r["product_id"] for r in similar["results"]]
+    # back to the query, then unchecking re-runs it without the filter
+    page.fill("#query", query)
+    page.press("#query", "Enter")
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".includes('results for')")
+    assert not page.evaluate(shown, adult_ids)
+    unfiltered = httpx.post(f"{site}/search/text", json={"query": query, "k": 24}).json()
+    page.uncheck("#hide-adult")
+    page.wait_for_function(shown, arg=adult_ids)
+    assert [c["id"] for c in _cards(page)] == [r["product_id"] for r in unfiltered["results"]]
+    # after a photo search the box re-runs the photo search
+    adult = next(x for x in listings if x.adult)
+    page.select_option("#against", "image")
+    page.set_input_files("#photo", adult.images[0])
+    page.wait_for_function("() => document.getElementById('summary').textContent"
+                           ".includes('results for photo')")
+    assert adult.product_id in {c["id"] for c in _cards(page)}
+    page.check("#hide-adult")
+    page.wait_for_function(f"ids => !({shown})(ids)", arg=adult_ids)
+    assert errors == []
+    page.close()
+
+
 def test_docs_page_renders_with_the_network_blocked(browser, site):
     context = browser.new_context()
     blocked: list[str] = []
