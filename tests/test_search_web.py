@@ -67,7 +67,9 @@ def _cards(page) -> list[dict]:
     }))""")
 
 
-def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
+def _open_page(browser, site):
+    """The search page, loaded (its status line counts the listings), and the list its script
+    errors are collected in."""
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -75,6 +77,11 @@ def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
     page.goto(site)
     page.wait_for_function("() => document.getElementById('status').textContent"
                            ".includes('listings')")
+    return page, errors
+
+
+def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
+    page, errors = _open_page(browser, site)
     assert f"{len(listings)} listings" in page.text_content("#status")
 
     # 1. type a query: a grid of results with photos, titles, categories and scores
@@ -129,13 +136,7 @@ def test_search_upload_and_more_like_this(browser, site, listings, tmp_path):
 def test_mode_selector_asks_the_api_for_that_mode(browser, site, listings):
     import httpx
 
-    page = browser.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(site)
-    page.wait_for_function("() => document.getElementById('status').textContent"
-                           ".includes('listings')")
+    page, errors = _open_page(browser, site)
     query = listings[3].title
     for mode in ("lexical", "vector", "hybrid"):
         expected = httpx.post(f"{site}/search/text", json={"query": query, "k": 24, "mode": mode}
@@ -157,13 +158,7 @@ def test_mode_selector_asks_the_api_for_that_mode(browser, site, listings):
 def test_hide_adult_checkbox_reruns_the_query_without_adult_listings(browser, site, listings):
     import httpx
 
-    page = browser.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(site)
-    page.wait_for_function("() => document.getElementById('status').textContent"
-                           ".includes('listings')")
+    page, errors = _open_page(browser, site)
     adult_ids = [x.product_id for x in listings if x.adult]
     query = next(x for x in listings if x.adult).title
     shown = ("ids => [...document.querySelectorAll('#results .card')]"
