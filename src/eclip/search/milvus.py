@@ -218,6 +218,17 @@ def _results(answer, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------- writer
+def _milvus_call(uri: str, what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a client call; Milvus's own error becomes a one-line
+    :class:`SearchIndexError` saying which server could not do ``what`` and why."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        return fn(*args, **kwargs)
+    except MilvusException as exc:
+        raise SearchIndexError(f"Milvus ({uri}) could not {what}: {_reason(exc)}") from None
+
+
 class MilvusWriter:
     """Fills one collection per generation; ``publish`` moves the alias to it."""
 
@@ -234,13 +245,7 @@ class MilvusWriter:
         return self._client
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            return fn(*args, **kwargs)
-        except MilvusException as exc:
-            raise SearchIndexError(f"Milvus ({resolve_uri(self.uri, self.root)}) could not "
-                                   f"{what}: {_reason(exc)}") from None
+        return _milvus_call(resolve_uri(self.uri, self.root), what, fn, *args, **kwargs)
 
     def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
         from pymilvus import DataType, MilvusClient
@@ -403,13 +408,8 @@ class MilvusStore:
         self._call("load", self.client.load_collection, self.collection)
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            return fn(*args, **kwargs)
-        except MilvusException as exc:
-            raise SearchIndexError(f"Milvus ({self.uri}) could not {what} the collection "
-                                   f"{self.collection}: {_reason(exc)}") from None
+        return _milvus_call(self.uri, f"{what} the collection {self.collection}", fn, *args,
+                            **kwargs)
 
     def count(self) -> int:
         return int(self._call("count", self.client.get_collection_stats,
