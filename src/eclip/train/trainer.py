@@ -223,10 +223,6 @@ def compile_wanted(cfg: TrainConfig, device: torch.device) -> bool:
     return bool(cfg.compile)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return to_device(batch, device)  # train/data.py: moved, uint8 pixels normalised on the device
-
-
 def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing] = (),
           *, image_cache: ImageFeatureCache | None = None, resume: bool = False,
           log: Callable[[str], None] = print, env: DistEnv | None = None) -> TrainResult:
@@ -328,7 +324,7 @@ class TrainingRun:
         it skip the update (its batch consumed)."""
         env, schedule = self.env, self.schedule
         t_wait = time.perf_counter()
-        batch = [_to_device(next(units), env.device)
+        batch = [to_device(next(units), env.device)
                  for _ in range(schedule.units(self.step, self.unit, env.world_size))]
         t_step = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
