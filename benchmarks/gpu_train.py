@@ -424,6 +424,8 @@ def worker(args) -> dict:
         if not torch.cuda.is_available():
             raise SystemExit(f"no CUDA device: torch {torch.__version__} sees none "
                              "(--device cpu --tiny is the CPU check)")
+        if device.index is None:  # torch.cuda.set_device wants an index: "cuda" is the current one
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
