@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader
 import eclip.train.stream as stream_module
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.demo import make_demo_catalog
-from eclip.catalog.images import RESAMPLE_FILTERS, ImageTransform
+from eclip.catalog.filters import RESAMPLE_FILTERS
+from eclip.catalog.images import ImageTransform
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.schema import catalog_group_id
 from eclip.catalog.shards import ShardIndex, listing_from_record, prepare_shards

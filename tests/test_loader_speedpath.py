@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from eclip.catalog.compose import ComposerConfig, TextComposer
-from eclip.catalog.images import RESAMPLE_FILTERS, ImageTransform, to_rgb
+from eclip.catalog.filters import RESAMPLE_FILTERS
+from eclip.catalog.images import ImageTransform, to_rgb
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.shards import prepare_shards
 from eclip.errors import ConfigError

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eclip.catalog.filters import RESAMPLE_FILTERS
 from eclip.config import Range, at_least, check_ranges
 from eclip.errors import ConfigError
 
@@ -49,8 +50,6 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", DATA_RANGES)
-        from eclip.catalog.images import RESAMPLE_FILTERS
-
         if self.crop_resample not in RESAMPLE_FILTERS:
             raise ConfigError(f"data.crop_resample must be one of {', '.join(RESAMPLE_FILTERS)}, "
                               f"got {self.crop_resample!r}")

@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from eclip.catalog.config import DEFAULT_MAX_PIXELS
+from eclip.catalog.filters import RESAMPLE_FILTERS, RESIZE_MODES
 from eclip.catalog.paths import BAD_PATH, path_problem, printable
 from eclip.errors import ConfigError, ImageError
 
@@ -50,13 +51,6 @@ _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
-# How an evaluation image is brought to the tower's square input (see ImageTransform).
-RESIZE_MODES = ("crop", "shortest_edge", "squash")
-RESAMPLE_FILTERS = {
-    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
-}
 
 
 class _Rejected(Exception):

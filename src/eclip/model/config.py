@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from eclip.catalog.filters import RESAMPLE_FILTERS, RESIZE_MODES
 from eclip.config import coerce
 from eclip.errors import ConfigError
 
@@ -33,8 +34,6 @@ TEXT_POOLINGS = ("mean", "cls", "pooler")
 IMAGE_POOLINGS = ("pooler", "cls", "mean")
 TEXT_PADDINGS = ("longest", "max_length")
 PROJECTIONS = ("linear", "identity")
-IMAGE_RESIZE_MODES = ("crop", "shortest_edge", "squash")
-IMAGE_RESAMPLE_FILTERS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
 @dataclass
@@ -113,8 +112,8 @@ class DualEncoderConfig:
             raise ConfigError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
                               f"got '{self.text_pooling}'")
         for name, allowed in (("image_pooling", IMAGE_POOLINGS), ("text_padding", TEXT_PADDINGS),
-                              ("projection", PROJECTIONS), ("image_resize", IMAGE_RESIZE_MODES),
-                              ("image_resample", IMAGE_RESAMPLE_FILTERS)):
+                              ("projection", PROJECTIONS), ("image_resize", RESIZE_MODES),
+                              ("image_resample", tuple(RESAMPLE_FILTERS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
                                   f"got '{getattr(self, name)}'")

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eclip.catalog.filters import filter_code
 from eclip.errors import ModelError
 
 FORMATS = ("transformers", "sentence-transformers")
@@ -187,7 +188,7 @@ def _image_processor(model, kind: str):
 
     cfg = model.config
     common = dict(image_mean=list(cfg.image_mean), image_std=list(cfg.image_std),
-                  resample=_RESAMPLE[cfg.image_resample], do_rescale=True, rescale_factor=1 / 255,
+                  resample=filter_code(cfg.image_resample), do_rescale=True, rescale_factor=1 / 255,
                   do_normalize=True, do_convert_rgb=True)
     crop = {"height": cfg.image_size, "width": cfg.image_size}
     if cfg.image_resize == "squash":
@@ -198,9 +199,6 @@ def _image_processor(model, kind: str):
                                      do_center_crop=side != cfg.image_size, **common)
     side = cfg.image_resize_size or cfg.image_size  # shortest_edge (and crop: its nearest equivalent)
     return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size=crop, do_center_crop=True, **common)
-
-
-_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
 def _write_transformers(model, hf, kind: str, out: Path) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from eclip.catalog.filters import FILTER_BY_CODE
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
 from eclip.model.files import guard_model_dir, read_json, weights_error
@@ -52,7 +53,6 @@ KINDS = {"clip": "clip", "siglip": "siglip", "vision-text-dual-encoder": "vtde"}
 OVERRIDABLE = ("max_length", "text_padding", "text_composer", "max_logit_scale", "init_logit_bias",
                "init_temperature")
 
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # preprocessor_config.json keys that do not change the pixels or that image_settings reads
 _HARMLESS_KEYS = {
     "image_processor_type", "processor_class", "feature_extractor_type", "do_convert_rgb",
@@ -138,8 +138,8 @@ def image_settings(directory: str | Path, required: bool = True) -> dict[str, An
     else:
         refuse(f"size {size} is not a square or a shortest edge")
     resample = data.get("resample", 2)
-    if resample in _PIL_RESAMPLE:
-        out["image_resample"] = _PIL_RESAMPLE[resample]
+    if resample in FILTER_BY_CODE:
+        out["image_resample"] = FILTER_BY_CODE[resample]
     else:
         refuse(f"resample {resample!r} is not a PIL filter")
     if data.get("do_normalize", True):
