@@ -42,3 +42,23 @@ class ConfigError(EclipError):
 
 class ModelError(EclipError):
     """A model directory is missing files or does not match the code."""
+
+
+class PathOutsideRoot(EclipError):
+    """A path named by data resolves outside the folder it must stay in, or cannot name a file.
+
+    ``kind`` is the rule (``"outside the image root"``, ``"bad path"``: catalog/paths.py), ``path``
+    the path as given (printable: a NUL byte is shown escaped) and ``detail`` why.
+    """
+
+    def __init__(self, kind: str, path: str, detail: str):
+        super().__init__(f"{kind}: {path} ({detail})")
+        self.kind, self.path, self.detail = kind, path, detail
+
+
+class CheckpointError(EclipError):
+    """A checkpoint that cannot be resumed from."""
+
+
+class SearchIndexError(EclipError):
+    """Not an index, a locked index, or a write that cannot be done."""

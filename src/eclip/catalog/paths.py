@@ -13,22 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eclip.errors import EclipError
+from eclip.errors import PathOutsideRoot
 
 OUTSIDE_ROOT = "outside the image root"
 BAD_PATH = "bad path"
-
-
-class PathOutsideRoot(EclipError):
-    """A path named by data resolves outside the folder it must stay in, or cannot name a file.
-
-    ``kind`` is the rule (``"outside the image root"``, ``"bad path"``), ``path`` the path as given
-    (printable: a NUL byte is shown escaped) and ``detail`` why.
-    """
-
-    def __init__(self, kind: str, path: str, detail: str):
-        super().__init__(f"{kind}: {path} ({detail})")
-        self.kind, self.path, self.detail = kind, path, detail
 
 
 def printable(path: str | os.PathLike[str]) -> str:

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from eclip.atomic import atomic_open, clean_stale_temps
 from eclip.catalog.schema import Listing
-from eclip.errors import EclipError
+from eclip.errors import EclipError, SearchIndexError
 from eclip.search.heads import AdultHead, fit_adult_head, vote_categories
 from eclip.search.store import MetadataStore, StoredListing
 from eclip.search.thumbnails import ThumbnailStore
@@ -76,10 +76,6 @@ _LEFTOVER = re.compile(r"^(\.lock|\.tmp-.*|\.CURRENT\.tmp-.*|images|g\d{6}|milvu
 
 
 logger = logging.getLogger("eclip.search")
-
-
-class SearchIndexError(EclipError):
-    """Not an index, a locked index, or a write that cannot be done."""
 
 
 # --------------------------------------------------------------------------------------- info

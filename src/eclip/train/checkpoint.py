@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from eclip.atomic import atomic_open, clean_stale_temps, temp_sibling
-from eclip.errors import EclipError
+from eclip.errors import CheckpointError
 
 LAST = "last.pt"
 LAST_SHARDED = "last.dcp"  # FSDP: a DCP folder
@@ -44,10 +44,6 @@ KEYS = ("model", "optimizer", "scheduler", "precision", "data", "torch_rng", "st
 # what ``state.pt`` of a sharded checkpoint holds (the model and optimizer tensors are the shards)
 SHARDED_KEYS = ("optimizer_groups", "scheduler", "precision", "data", "torch_rng", "step")
 SHARD_FILE = re.compile(r"^__\d+_\d+\.distcp$")
-
-
-class CheckpointError(EclipError):
-    """A checkpoint that cannot be resumed from."""
 
 
 def damaged(path: Path, reason: str) -> CheckpointError:
