@@ -18,8 +18,8 @@ from eclip.catalog.demo import (
     DEMO_LICENSE_NOTE,
     load_emoji_pool,
     make_demo_catalog,
-    tint_artwork,
 )
+from eclip.catalog.demo_photos import tint_artwork
 from eclip.catalog.schema import FIELDS, Listing
 from eclip.errors import ConfigError
 

