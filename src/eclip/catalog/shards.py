@@ -164,41 +164,30 @@ def encode_listing(listing: Listing, image_size: int, jpeg_quality: int,
     return _encode_images(listing, image_size, jpeg_quality, issues, image_root), issues
 
 
-def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.PathLike[str], *,
-                   shard_size: int = 1000, image_size: int = 256,
-                   composer_config: ComposerConfig | None = None, jpeg_quality: int = JPEG_QUALITY,
-                   progress: bool = True, encoder: Encoder | None = None) -> Path:
-    """Write ``source`` (a :class:`CatalogRead` or listings) as shards in ``out_dir``.
-
-    Returns the path of ``index.json``. Shards hold at most ``shard_size`` samples (fewer where a
-    split ends). An earlier preparation in ``out_dir`` (``index.json``, ``shard-*.tar``) is
-    deleted first; other files there are left alone. ``encoder``: where the images are decoded and
-    encoded (default: here, one listing after another with :func:`encode_listing`; the Ray engine
-    passes one that runs the same function on a pool of workers). Whatever encodes them, this
-    function writes the shards and ``index.json``, so every engine's output is the same bytes.
-    """
+def _check_shard_options(shard_size: int, image_size: int, jpeg_quality: int) -> None:
     for name, value, low in (("shard_size", shard_size, 1), ("image_size", image_size, 1),
                              ("jpeg_quality", jpeg_quality, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if jpeg_quality > 100:
         raise ConfigError(f"jpeg_quality must be at most 100, got {jpeg_quality}")
-    read = source if isinstance(source, CatalogRead) else None
-    listings = _prepared_order(list(read.listings if read is not None else source))
-    image_root = read.image_root if read is not None else None  # images must stay inside it
-    composer = TextComposer(composer_config)
-    out = Path(out_dir)
+
+
+def _clear_preparation(out: Path) -> None:
+    """Remove an earlier preparation in ``out`` (its index first: the folder is unfinished from
+    then on), and the temporaries of one that was killed; other files are left alone."""
     out.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out)  # shards and index files of a preparation that was killed
-    (out / INDEX_NAME).unlink(missing_ok=True)  # first: the folder is unfinished from now on
+    clean_stale_temps(out)
+    (out / INDEX_NAME).unlink(missing_ok=True)
     for stale in out.glob("shard-*.tar"):
         stale.unlink()
 
-    if encoder is None:
-        results: Iterable[Encoded] = (encode_listing(x, image_size, jpeg_quality, image_root)
-                                      for x in listings)
-    else:
-        results = encoder(listings)
+
+def _write_shards(results: Iterable[Encoded], listings: list[Listing], out: Path, shard_size: int,
+                  composer: TextComposer, progress: bool) -> tuple[list[ShardInfo], list[dict], int]:
+    """Write the encoded listings into shards (a new shard at ``shard_size`` samples or a new
+    split); the shards committed, the issues reported, the samples written. An encoder that
+    returns more or fewer results than listings commits nothing."""
     shards: list[ShardInfo] = []
     issues: list[dict[str, Any]] = []
     writer: _ShardWriter | None = None
@@ -237,10 +226,15 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
         close = getattr(results, "close", None)
         if close is not None:  # a generator's own clean-up (e.g. an engine's session) runs now
             close()
-    clean_stale_temps(out)
+    return shards, issues, written
 
+
+def _index_record(read: CatalogRead | None, shards: list[ShardInfo], issues: list[dict],
+                  written: int, image_size: int, jpeg_quality: int,
+                  composer: TextComposer) -> dict[str, Any]:
+    """What ``index.json`` holds: the format, the shards, and every skip counted and named."""
     actions = Counter(issue["action"] for issue in issues)
-    index = {
+    return {
         "format": FORMAT, "version": VERSION,
         "source": read.path if read is not None else None,
         "samples": written, "image_size": image_size, "jpeg_quality": jpeg_quality,
@@ -256,6 +250,36 @@ def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.Pa
         "catalog_issue_counts": read.counts() if read is not None else {},
         "issues": issues,
     }
+
+
+def prepare_shards(source: CatalogRead | Sequence[Listing], out_dir: str | os.PathLike[str], *,
+                   shard_size: int = 1000, image_size: int = 256,
+                   composer_config: ComposerConfig | None = None, jpeg_quality: int = JPEG_QUALITY,
+                   progress: bool = True, encoder: Encoder | None = None) -> Path:
+    """Write ``source`` (a :class:`CatalogRead` or listings) as shards in ``out_dir``.
+
+    Returns the path of ``index.json``. Shards hold at most ``shard_size`` samples (fewer where a
+    split ends). An earlier preparation in ``out_dir`` (``index.json``, ``shard-*.tar``) is
+    deleted first; other files there are left alone. ``encoder``: where the images are decoded and
+    encoded (default: here, one listing after another with :func:`encode_listing`; the Ray engine
+    passes one that runs the same function on a pool of workers). Whatever encodes them, this
+    function writes the shards and ``index.json``, so every engine's output is the same bytes.
+    """
+    _check_shard_options(shard_size, image_size, jpeg_quality)
+    read = source if isinstance(source, CatalogRead) else None
+    listings = _prepared_order(list(read.listings if read is not None else source))
+    image_root = read.image_root if read is not None else None  # images must stay inside it
+    composer = TextComposer(composer_config)
+    out = Path(out_dir)
+    _clear_preparation(out)
+    if encoder is None:
+        results: Iterable[Encoded] = (encode_listing(x, image_size, jpeg_quality, image_root)
+                                      for x in listings)
+    else:
+        results = encoder(listings)
+    shards, issues, written = _write_shards(results, listings, out, shard_size, composer, progress)
+    clean_stale_temps(out)
+    index = _index_record(read, shards, issues, written, image_size, jpeg_quality, composer)
     index_path = out / INDEX_NAME
     with atomic_open(index_path, "w") as file:
         file.write(json.dumps(index, ensure_ascii=False, indent=1) + "\n")
