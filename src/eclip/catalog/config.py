@@ -20,6 +20,40 @@ DATA_RANGES: dict[str, Range] = {
     "max_pixels": at_least(1),
 }
 
+CATALOG_SOURCES = ("given", "mined", "given+mined")  # data.catalog_source
+
+# every numeric option of data.mining (eclip.mining: catalogs mined from a model's vectors)
+MINING_RANGES: dict[str, Range] = {
+    "neighbours": at_least(1),
+    "max_group_size": at_least(2),
+    "null_quantile": Range(0, 1, low_open=True, high_open=True),
+    "null_sample": at_least(10),
+    "target_precision": Range(0, 1, low_open=True),
+    "rounds": at_least(1),
+    "image_threshold": Range(-1, 1, note="null: from the data"),
+    "text_threshold": Range(-1, 1, note="null: from the data"),
+}
+
+
+@dataclass
+class MiningConfig:
+    """``data.mining``: how listings that are the same product are grouped (eclip/mining/)."""
+
+    neighbours: int = 10  # k of the mutual k-nearest-neighbour graph
+    max_group_size: int = 8  # no mined group grows past this: no giant component
+    block_by_category: bool = True  # candidates only within one category path, where there is one
+    null_quantile: float = 0.9  # the label-free threshold rule (eclip/mining/thresholds.py)
+    null_sample: int = 20000  # listings whose nearest certainly-different neighbour measures it
+    target_precision: float = 0.95  # given+mined: thresholds calibrated on the given ids to this
+    image_threshold: float | None = None  # fixed thresholds instead of the rules above
+    text_threshold: float | None = None
+    rounds: int = 1  # train, mine again with the trained model, train again from the start model
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "data.mining", MINING_RANGES)
+
+
 # 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
 # threshold (about 89 megapixels). A larger image is decoded at reduced size (catalog/images.py).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -47,9 +81,17 @@ class DataConfig:
     # 1/2, 1/4 or 1/8 scale; other formats whole, up to 4 x max_pixels, then reduced), a still
     # larger one dropped as too large (catalog/images.py)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # where catalog ids come from: the file's (given), groups mined from the start model's vectors
+    # with the file's ids ignored (mined), or the file's where present and mined for the rest
+    # (given+mined; the given ids calibrate the mining thresholds). eclip/mining/
+    catalog_source: str = "given"
+    mining: MiningConfig = field(default_factory=MiningConfig)
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", DATA_RANGES)
+        if self.catalog_source not in CATALOG_SOURCES:
+            raise ConfigError(f"data.catalog_source must be one of {', '.join(CATALOG_SOURCES)}, "
+                              f"got {self.catalog_source!r}")
         if self.crop_resample not in RESAMPLE_FILTERS:
             raise ConfigError(f"data.crop_resample must be one of {', '.join(RESAMPLE_FILTERS)}, "
                               f"got {self.crop_resample!r}")
