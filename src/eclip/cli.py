@@ -209,6 +209,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine_catalogs(args: argparse.Namespace) -> int:
+    from eclip.mining import mine_catalog_file
+
+    _threads(args)
+    recipe = _recipe(args)
+    source = args.source or ("given+mined" if recipe.data.catalog_source == "given+mined"
+                             else "mined")
+    mine_catalog_file(args.model, recipe.data, args.out, source=source, progress=_progress(args))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from eclip.tasks.suite import load_eval_recipe, parse_model_specs, run_eval
 
@@ -371,7 +382,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _threads(args)
     result = run_demo(args.out, listings=args.listings, seed=args.seed, seeds=args.seeds,
-                      overrides=args.overrides, progress=_progress(args))
+                      overrides=args.overrides, hide_catalog_ids=args.hide_catalog_ids,
+                      progress=_progress(args))
     print(f"\ndemo finished in {result.seconds:.0f} s: {result.out_dir / 'report.md'}")
     return 0
 
@@ -455,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train clip and eclip N times (train.seed, +1, ...) from the same "
                         "baseline; the report gives each row's mean ± std across the seeds "
                         "(default: %(default)s)")
+    p.add_argument("--hide-catalog-ids", action="store_true",
+                   help="train as a marketplace without catalog ids would: the ids are hidden "
+                        "from training (kept for scoring), clip trains without them, eclip_mined "
+                        "on catalogs mined from the baseline (data.catalog_source=mined), eclip on "
+                        "the true ids for reference")
 
     make_demo = "eclip.catalog.demo:make_demo_catalog"
     p = command("make-demo-catalog", cmd_make_demo_catalog,
@@ -512,6 +529,28 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p, "eclip.engines.embed:embed_with_ray", "blocks of listings embedded, "
                     "one Parquet part each,", note=" (--threads N: N torch threads per actor, "
                                                    "one actor per N CPUs; default 1)")
+
+    p = command("mine-catalogs", cmd_mine_catalogs,
+                "group the listings that are the same product, for a catalog without catalog ids",
+                "Mine catalogs from a model's image and text vectors: mutual nearest neighbours "
+                "inside each category whose photo and title similarities both pass thresholds "
+                "taken from the data (no labels needed), in groups of at most "
+                "data.mining.max_group_size listings. Writes the catalog with catalog_id and "
+                "catalog_source (given / mined) columns, and OUT.mining.json / OUT.mining.html. "
+                "Training does this itself with data.catalog_source=mined (or given+mined).",
+                ["eclip mine-catalogs --model runs/shop/init --catalog shop.csv --image-root imgs "
+                 "--out shop_mined.jsonl",
+                 "eclip mine-catalogs --source given+mined --model runs/shop/model --catalog "
+                 "shop.csv --out shop_mined.jsonl data.mining.target_precision=0.97"],
+                parents=(catalog, quiet, threads, overrides))
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="model directory: the one a run starts from (OUTPUT_DIR/init) or a "
+                        "trained one (eclip's, or a transformers CLIP / SigLIP checkpoint)")
+    p.add_argument("--out", required=True, help="output catalog (.jsonl)")
+    p.add_argument("--source", choices=("mined", "given+mined"),
+                   help="mined: ignore the file's catalog ids (and score the groups against "
+                        "them); given+mined: keep them, mine the rest, calibrate the thresholds "
+                        "on them (default: data.catalog_source if given+mined, else mined)")
 
     p = command(
         "eval", cmd_eval, "the five e-commerce tasks for several models, against baselines",

@@ -33,6 +33,7 @@ from eclip.catalog.splits import split_listings
 from eclip.config import to_dict
 from eclip.encode import ImageFeatureCache, caches_locked_tower, image_cache_for
 from eclip.errors import ConfigError
+from eclip.mining import hide_catalog_ids as hidden_ids
 from eclip.tasks.context import EvalConfig
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
@@ -41,6 +42,11 @@ from eclip.train.run import build_model
 from eclip.train.trainer import train
 
 MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
+# --hide-catalog-ids: the training listings lose their catalog ids (kept for scoring only); clip
+# trains without them, eclip_mined on catalogs mined from the baseline (data.catalog_source=mined),
+# and eclip on the true ids, as the reference of what mining could reach. (name, targets, source)
+HIDDEN_ID_MODELS = (("clip", "clip", "hidden"), ("eclip", "catalog", "given"),
+                    ("eclip_mined", "catalog", "mined"))
 
 
 def bundled_recipe(name: str) -> Path:
@@ -81,9 +87,22 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
                            desc="image features (locked part of the tower)")
 
 
+def _variant(recipe: Recipe, targets: str, source: str, train_listings: list[Listing]
+             ) -> tuple[Recipe, list[Listing]]:
+    """A model's recipe and training listings: the catalog's own ids (``given``), none
+    (``hidden``), or mined from the baseline (``mined``: training ignores the catalog's ids, and
+    the mining report scores the mined groups against them)."""
+    run = copy.deepcopy(recipe)
+    run.train.targets = targets
+    if source == "mined":
+        run.data.catalog_source = "mined"
+    return run, hidden_ids(train_listings) if source == "hidden" else train_listings
+
+
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
              seeds: int = 1, recipe: Recipe | None = None, overrides: list[str] | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+             hide_catalog_ids: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> DemoResult:
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
     started = time.perf_counter()
@@ -103,18 +122,19 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
 
     trained: dict = {"baseline": baseline}
     train_seeds = [recipe.train.seed + k for k in range(seeds)]
-    for step, (name, targets) in enumerate(MODELS, start=3):
+    models = HIDDEN_ID_MODELS if hide_catalog_ids else [(n, t, "given") for n, t in MODELS]
+    for step, (name, targets, source) in enumerate(models, start=3):
         runs = []
         for train_seed in train_seeds:
             where = name if seeds == 1 else f"{name}/seed{train_seed}"
-            log(f"[{step}/5] training '{name}' ({targets} targets)"
+            log(f"[{min(step, 4)}/5] training '{name}' ({targets} targets"
+                + (f", catalog ids {source}" if hide_catalog_ids else "") + ")"
                 + (f", train.seed={train_seed}" if seeds > 1 else ""))
-            run = copy.deepcopy(recipe)
-            run.train.targets = targets
+            run, train_listings = _variant(recipe, targets, source, splits.train)
             run.train.seed = train_seed
             run.train.output_dir = str(out_dir / "runs" / where)
             run.train.model_dir = str(out_dir / "models" / where)
-            result = train(run, copy.deepcopy(baseline), splits.train, splits.val,
+            result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
                            image_cache=image_cache, log=log)
             runs.append(result.model)
         trained[name] = runs[0] if seeds == 1 else runs  # a list: one model per seed
@@ -124,13 +144,22 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     meta = {"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)}
     notes = ["baseline: the towers before alignment; clip: trained with identity targets; "
              "eclip: trained with catalog-aware targets (same towers, recipe and data)."]
+    config = EvalConfig()
+    if hide_catalog_ids:
+        meta["hide_catalog_ids"] = True
+        notes.append("catalog ids hidden from training (kept for scoring): clip trained without "
+                     "them, eclip_mined on catalogs mined from the baseline's vectors "
+                     "(data.catalog_source=mined; runs/eclip_mined/mining.json), eclip on the true "
+                     "ids as the reference of what mining could reach.")
+        config.compare = [[m, r] for m in ("eclip", "eclip_mined") for r in ("baseline", "clip")]
+        config.compare.append(["eclip_mined", "eclip"])
     if seeds > 1:
         meta["train_seeds"] = train_seeds
         notes.append(f"clip and eclip: {seeds} training runs each, train.seed = "
                      f"{', '.join(map(str, train_seeds))}, all from the same baseline towers "
                      "(built once); models in models/NAME/seedS.")
     report = run_suite(
-        trained, read.listings, config=EvalConfig(), image_caches=caches, out_dir=out_dir,
+        trained, read.listings, config=config, image_caches=caches, out_dir=out_dir,
         title="eclip demo: held-out catalogs" + (f" ({seeds} training seeds)" if seeds > 1
                                                   else ""),
         progress=progress, log=log, meta=meta, notes=notes).report

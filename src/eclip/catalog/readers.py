@@ -40,7 +40,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,16 +255,20 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
 
 
 def write_listings(listings: Iterable[Listing], path: str | os.PathLike[str], *,
-                   image_root: str | os.PathLike[str] | None = None) -> None:
+                   image_root: str | os.PathLike[str] | None = None,
+                   extra: Sequence[dict[str, Any]] | None = None) -> None:
     """Write listings as JSONL (UTF-8, one ``Listing.to_dict()`` per line).
 
     With ``image_root`` the image paths are written relative to it, so that
-    ``read_catalog(path, image_root=image_root)`` gives the same listings back.
+    ``read_catalog(path, image_root=image_root)`` gives the same listings back. ``extra[i]``:
+    more columns of row i (e.g. ``catalog_source``), which reading ignores.
     """
     root = os.path.abspath(image_root) if image_root is not None else None
     lines = []
-    for listing in listings:
+    for i, listing in enumerate(listings):
         row = listing.to_dict()
+        if extra is not None:
+            row.update(extra[i])
         if root is not None:
             row["images"] = [Path(os.path.relpath(p, root)).as_posix() for p in listing.images]
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")

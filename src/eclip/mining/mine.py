@@ -123,6 +123,18 @@ def mine_catalogs(model, listings: Sequence[Listing], config: MiningConfig | Non
     ``source``: ``mined`` ignores the listings' catalog ids; ``given+mined`` keeps them, mines the
     rest and calibrates the thresholds on them. ``truth``: true catalog ids to score the groups
     against (default: the listings' own ids when ``source`` is ``mined`` and some are there)."""
+    emb = embed_listings(model, list(listings), image_cache=image_cache, progress=progress,
+                         desc="mining: embedding")
+    return group_listings(emb.image, emb.text, emb.product, listings, config, source=source,
+                          truth=truth, log=log)
+
+
+def group_listings(image: np.ndarray, text: np.ndarray, joint: np.ndarray,
+                   listings: Sequence[Listing], config: MiningConfig | None = None, *,
+                   source: str = "mined", truth: Sequence[str | None] | None = None,
+                   log: Callable[[str], None] = print) -> MiningResult:
+    """:func:`mine_catalogs` on vectors already computed: unit rows of ``image`` and ``text``
+    per listing, and ``joint`` (the fused vector) that the neighbour graph is searched in."""
     config = config or MiningConfig()
     if source not in ("mined", "given+mined"):
         raise ConfigError(f"mining source must be 'mined' or 'given+mined', got {source!r}")
@@ -131,15 +143,13 @@ def mine_catalogs(model, listings: Sequence[Listing], config: MiningConfig | Non
     given = [x.catalog_id or None for x in listings] if source == "given+mined" else [None] * n
     if truth is None and source == "mined" and any(x.catalog_id for x in listings):
         truth = [x.catalog_id for x in listings]
-    emb = embed_listings(model, listings, image_cache=image_cache, progress=progress,
-                         desc="mining: embedding")
     keys = [x.category if config.block_by_category else None for x in listings]
     blocks = blocks_of(keys)
-    candidates = mutual_candidates(emb.product, emb.image, emb.text, blocks, config.neighbours)
+    candidates = mutual_candidates(joint, image, text, blocks, config.neighbours)
     block_of = np.empty(n, np.int64)
     for b, rows in enumerate(blocks):
         block_of[rows] = b
-    null = null_sample(emb.image, emb.text, block_of, config.null_sample, config.max_group_size,
+    null = null_sample(image, text, block_of, config.null_sample, config.max_group_size,
                        config.seed)
     thresholds = choose_thresholds(config, source, candidates, null, given)
     mask = candidates.passing(thresholds.image, thresholds.text)

@@ -54,6 +54,7 @@ from eclip.train.distributed import (DataParallel, DistEnv, barrier, gather_obje
 from eclip.train.fsdp import parallel_strategy
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
+from eclip.train.mined import train_on_mined_catalogs
 from eclip.model.merge import WiseFT
 from eclip.train.optim import param_groups, prepare_finetune
 from eclip.train.precision import Precision
@@ -229,6 +230,15 @@ def train(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     """Train ``model`` on ``train_listings`` as ``recipe`` says: :func:`setup`, then
     :meth:`TrainingRun.train`. ``env``: the job's :class:`DistEnv` where the caller has joined the
     process group already (else it is joined here)."""
+    if recipe.data.catalog_source != "given":  # catalogs mined from the start model first
+        env = env if env is not None else init_distributed(recipe.train.device)
+
+        def train_once(run_recipe: Recipe, run_model, listings: list[Listing]) -> TrainResult:
+            return setup(run_recipe, run_model, listings, val_listings, image_cache=image_cache,
+                         resume=resume, env=env, log=log).train()
+
+        return train_on_mined_catalogs(recipe, model, list(train_listings), env, train_once,
+                                       image_cache=image_cache, resume=resume, log=log)
     run = setup(recipe, model, train_listings, val_listings, image_cache=image_cache, resume=resume,
                 env=env, log=log)
     return run.train()
