@@ -270,7 +270,8 @@ class HardNegativeOrder:
     walk runs dry, the earliest fitting chunk of the shuffled order starts a new walk in the same
     batch. A chunk is split over two batches only where no remaining chunk fits, as in the random
     order. Catalogs in each other's ``close`` lists are not put in one batch as long as another chunk
-    fits. Without neighbours and close pairs this is exactly the random order's packing.
+    fits (near the end of an epoch, when only such chunks are left, they may share a batch). Without
+    neighbours and close pairs this is exactly the random order's packing.
 
     ``compute`` (optional) returns fresh neighbourhoods from the model being trained; with
     ``refresh_epochs`` N > 0 it is called at the start of every N-th epoch (``prepare``), and the
@@ -312,7 +313,7 @@ class HardNegativeOrder:
         used = np.zeros(count, dtype=bool)
         by_size = [np.flatnonzero(lengths == size).tolist() for size in range(largest + 1)]
         heads = [0] * (largest + 1)
-        # each catalog's chunks in shuffled order, and how many of them are taken
+        # each catalog's chunks in shuffled order, and where its first unused one may be
         chunks_of: dict[int, list[int]] = {}
         for position, group in enumerate(chunk_groups.tolist()):
             chunks_of.setdefault(group, []).append(position)
@@ -357,6 +358,8 @@ class HardNegativeOrder:
             while frontier and pick < 0:  # the walk through neighbourhoods
                 group = frontier.popleft()
                 chunks = chunks_of.get(group, ())
+                while taken.get(group, 0) < len(chunks) and used[chunks[taken[group]]]:
+                    taken[group] += 1  # taken out of turn, as the earliest chunk that fitted
                 if taken.get(group, 0) < len(chunks):
                     position = chunks[taken[group]]
                     if lengths[position] <= room and not hoods.close_to(group) & members:
@@ -367,7 +370,6 @@ class HardNegativeOrder:
                 pick = first_unused()
             group = int(chunk_groups[pick])
             used[pick] = True
-            taken[group] = taken.get(group, 0) + 1
             out.append(pick)
             members.add(group)
             if 0 <= group < len(hoods):
