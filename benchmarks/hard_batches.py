@@ -63,6 +63,53 @@ def parse_variants(extra: list[str]) -> dict[str, list[str]]:
     return variants
 
 
+def plan_seconds(recipe, model, listings, image_cache, repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds to compute the start model's neighbourhoods (vectors of every training listing,
+    centroids, FAISS kNN) and to plan one epoch, hard and random, alternating; and how alike a
+    batch's negatives are: the share of pairs of different catalogs in one batch that have the same
+    category path (``same_category_*``), per order."""
+    from eclip.catalog.config import DataConfig
+    from eclip.train.data import group_index
+    from eclip.train.neighbours import batch_order
+    from eclip.train.sampler import CatalogBatchSampler
+
+    groups = group_index(listings)
+    categories = [x.category for x in listings]
+
+    def same_category(batches) -> float:
+        same = pairs = 0
+        for batch in batches:
+            for i, a in enumerate(batch):
+                for b in batch[i + 1:]:
+                    if groups[a] != groups[b]:
+                        pairs += 1
+                        same += categories[a] == categories[b]
+        return round(same / max(pairs, 1), 4)
+
+    out: dict[str, list[float]] = {"neighbourhoods_s": [], "plan_hard_s": [], "plan_random_s": []}
+    orders = {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        orders["hard"] = batch_order(DataConfig(batching="hard", hard_neighbours=8), model,
+                                     listings, groups, image_cache=image_cache)
+        out["neighbourhoods_s"].append(round(time.perf_counter() - started, 3))
+        for key, kind in (("plan_hard_s", orders["hard"]), ("plan_random_s", None)):
+            sampler = CatalogBatchSampler(groups, recipe.train.batch_size, recipe.train.per_group,
+                                          drop_last=True, order=kind)
+            started = time.perf_counter()
+            sampler.batches(0)
+            out[key].append(round(time.perf_counter() - started, 4))
+    for name, data in (("hard_no_category", DataConfig(batching="hard", hard_by_category=False)),
+                       ("hard_image", DataConfig(batching="hard", hard_vectors="image"))):
+        orders[name] = batch_order(data, model, listings, groups, image_cache=image_cache)
+    orders["random"] = None
+    for name, kind in orders.items():
+        sampler = CatalogBatchSampler(groups, recipe.train.batch_size, recipe.train.per_group,
+                                      drop_last=True, order=kind)
+        out[f"same_category_{name}"] = [same_category(sampler.batches(0))]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="/tmp/hard_bench")
@@ -74,6 +121,8 @@ def main() -> None:
     parser.add_argument("--compare", nargs="*", default=["eclip_hard:eclip", "clip_hard:clip"],
                         help="extra MODEL:REFERENCE pairs for the verdict table")
     parser.add_argument("--no-eval", action="store_true", help="train only")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="only time the neighbourhoods and plans, and how alike batches are")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -94,9 +143,12 @@ def main() -> None:
         baseline.save_pretrained(base_dir)
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=False)
 
+    timings: dict[str, list[float]] = plan_seconds(recipe, baseline, splits.train, image_cache)
+    print(f"plan: {timings}", flush=True)
+    if args.plan_only:
+        return
     seeds = [recipe.train.seed + k for k in range(args.seeds)]
     trained: dict = {"baseline": baseline}
-    timings: dict[str, list[float]] = {}
     for name in names:
         runs = []
         for seed in seeds:
