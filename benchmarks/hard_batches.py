@@ -36,6 +36,9 @@ from pathlib import Path
 
 import torch
 
+from eclip.catalog.config import DataConfig
+from eclip.catalog.load import load_catalog
+from eclip.catalog.splits import split_listings
 from eclip.demo import bundled_recipe, locked_image_cache, prepare_demo_catalog
 from eclip.model import DualEncoder
 from eclip.tasks.context import EvalConfig
@@ -133,8 +136,14 @@ def main() -> None:
     recipe = load_recipe(bundled_recipe("demo"))
     recipe.train.progress = False
     torch.manual_seed(0)
-    read, splits = prepare_demo_catalog(out, recipe, listings=args.listings, seed=0,
-                                        progress=False, log=print)
+    catalog_file = out / "catalog" / "listings.jsonl"
+    if catalog_file.is_file():  # a finished run's catalog (never rewritten under its readers)
+        read = load_catalog(DataConfig(catalog=str(catalog_file)), progress=False, log=print)
+        splits = split_listings(read.listings, recipe.data)
+        recipe.data.catalog = str(catalog_file)
+    else:
+        read, splits = prepare_demo_catalog(out, recipe, listings=args.listings, seed=0,
+                                            progress=False, log=print)
     base_dir = out / "models" / "baseline"
     if (base_dir / "config.json").is_file():
         baseline = DualEncoder.from_pretrained(base_dir)
@@ -143,9 +152,9 @@ def main() -> None:
         baseline.save_pretrained(base_dir)
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=False)
 
-    timings: dict[str, list[float]] = plan_seconds(recipe, baseline, splits.train, image_cache)
-    print(f"plan: {timings}", flush=True)
+    timings: dict[str, list[float]] = {}
     if args.plan_only:
+        print(f"plan: {plan_seconds(recipe, baseline, splits.train, image_cache)}", flush=True)
         return
     seeds = [recipe.train.seed + k for k in range(args.seeds)]
     trained: dict = {"baseline": baseline}
