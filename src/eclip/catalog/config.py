@@ -18,6 +18,9 @@ DATA_RANGES: dict[str, Range] = {
     "val_fraction": Range(0, 1, high_open=True),
     "shuffle_buffer": at_least(0, "0 or 1: the shards' own order"),
     "max_pixels": at_least(1),
+    "hard_neighbours": at_least(0, "0: no neighbourhoods, the random batches"),
+    "hard_refresh_epochs": at_least(0, "0: the start model's vectors for the whole run"),
+    "hard_negative_ceiling": Range(-1, 1, note="null: no ceiling"),
 }
 
 CATALOG_SOURCES = ("given", "mined", "given+mined")  # data.catalog_source
@@ -53,6 +56,8 @@ class MiningConfig:
     def __post_init__(self) -> None:
         check_ranges(self, "data.mining", MINING_RANGES)
 
+BATCHING = ("random", "hard")  # data.batching (train/sampler.py: the batch orders)
+HARD_VECTORS = ("both", "image", "text")  # data.hard_vectors: which vectors place a catalog
 
 # 64 megapixels (8000 x 8000) is far beyond any product photo yet stays below PIL's own warning
 # threshold (about 89 megapixels). A larger image is decoded at reduced size (catalog/images.py).
@@ -86,6 +91,19 @@ class DataConfig:
     # (given+mined; the given ids calibrate the mining thresholds). eclip/mining/
     catalog_source: str = "given"
     mining: MiningConfig = field(default_factory=MiningConfig)
+    # how catalog chunks are put together into batches: `random`, or `hard`: each batch grown from
+    # a catalog's neighbourhood (same category path first, then the nearest catalog centroids of
+    # the model's vectors), so that its negatives look alike (train/sampler.py HardNegativeOrder)
+    batching: str = "random"
+    hard_neighbours: int = 8  # nearest catalogs per catalog; 0: no neighbourhoods (random batches)
+    hard_by_category: bool = True  # neighbours of the same category path come first
+    hard_vectors: str = "both"  # the vectors whose catalog centroids are compared: both | image | text
+    # 0: the neighbourhoods of the start model for the whole run; N: recomputed with the model being
+    # trained every N epochs
+    hard_refresh_epochs: int = 0
+    # catalogs whose centroids' cosine is above this are likely unlabelled duplicates: never each
+    # other's neighbours, and kept out of one batch where another chunk fits (null: no ceiling)
+    hard_negative_ceiling: float | None = None
 
     def __post_init__(self) -> None:
         check_ranges(self, "data", DATA_RANGES)
@@ -95,3 +113,7 @@ class DataConfig:
         if self.crop_resample not in RESAMPLE_FILTERS:
             raise ConfigError(f"data.crop_resample must be one of {', '.join(RESAMPLE_FILTERS)}, "
                               f"got {self.crop_resample!r}")
+        for key, allowed in (("batching", BATCHING), ("hard_vectors", HARD_VECTORS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"data.{key} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, key)!r}")

@@ -4,12 +4,20 @@ Catalog-aware targets only help when listings of one catalog meet in a batch; wi
 millions of listings they almost never do. ``CatalogBatchSampler`` cuts every catalog into *chunks* of up
 to ``per_group`` listings, shuffles the chunks and packs them into batches, keeping each chunk whole
 wherever the batch size allows.
+
+Which chunks meet in a batch is a strategy, the sampler's *order* (``data.batching``):
+:class:`RandomOrder` packs the shuffled chunks as they come; :class:`HardNegativeOrder` grows each
+batch from a catalog's neighbourhood (catalogs that look alike: the same category path, near
+centroids of the model's vectors, see ``train/neighbours.py``), so that its negatives are hard. An
+order only rearranges the shuffled chunks: the plan of an epoch depends on ``(seed, epoch)`` and the
+order's neighbourhoods alone, so every rank computes the same global batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,10 +49,13 @@ class CatalogBatchSampler:
     progress when the epoch is the current one, so that calling it after ``load_state_dict`` is safe.
     With ``DataLoader`` workers prefetching, the sampler runs ahead of training: take the progress to
     save from the number of batches the loop consumed, not from this counter.
+
+    ``order`` (default :class:`RandomOrder`) decides which chunks share a batch; the sampler's state
+    carries the order's own state (``"order"``) where it has one.
     """
 
     def __init__(self, group_ids: Sequence[Hashable] | torch.Tensor, batch_size: int, per_group: int = 2,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, order: BatchOrder | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(per_group, bool) or not isinstance(per_group, int) or per_group < 1:
@@ -63,18 +74,8 @@ class CatalogBatchSampler:
         self.num_rows = len(group_ids)
         self.epoch = 0
         self.batches_done = 0
-        self._group_of = self._number_groups(group_ids)
-
-    @staticmethod
-    def _number_groups(group_ids: Sequence[Hashable]) -> np.ndarray:
-        """One integer per row, equal for rows of one catalog; a row without a catalog gets -(row + 1)."""
-        numbers: dict[Hashable, int] = {}
-        out = np.empty(len(group_ids), dtype=np.int64)
-        for row, gid in enumerate(group_ids):
-            no_catalog = gid is None or gid == "" or (
-                isinstance(gid, (int, np.integer)) and not isinstance(gid, bool) and gid < 0)
-            out[row] = -(row + 1) if no_catalog else numbers.setdefault(gid, len(numbers))
-        return out
+        self._group_of = number_groups(group_ids)
+        self.order = order if order is not None else RandomOrder()
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -89,11 +90,22 @@ class CatalogBatchSampler:
             self.epoch = epoch
             self.batches_done = 0
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, **self.plan_state()}
+
+    def plan_state(self) -> dict[str, Any]:
+        """The order's state (``{"order": ...}``), empty where it has none."""
+        state = self.order.state_dict()
+        return {"order": state} if state else {}
+
+    def prepare_epoch(self, epoch: int) -> None:
+        """Let the order refresh what it plans from before ``epoch`` starts (the data source calls
+        it at the start of every epoch, on every rank at the same time)."""
+        self.order.prepare(epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done = int(state["epoch"]), int(state["batches_done"])
+        self.order.load_state_dict(state.get("order") or {})
         if epoch < 0 or not 0 <= done <= len(self):
             raise ConfigError(
                 f"sampler state {state} does not fit this data: it has {len(self)} batches per epoch; "
@@ -106,6 +118,8 @@ class CatalogBatchSampler:
             return []
         rng = np.random.default_rng([self.seed, epoch])
         order, starts, lengths = self._chunks(rng)
+        arranged = self.order.arrange(self._group_of[order[starts]], lengths, self.batch_size)
+        starts, lengths = starts[arranged], lengths[arranged]
         packed = self._pack(lengths)
         # Lay the packed chunks end to end; batches are then consecutive runs of batch_size rows.
         offsets = np.cumsum(lengths[packed]) - lengths[packed]
@@ -157,3 +171,224 @@ class CatalogBatchSampler:
             packed.append(fit)
             fill = (fill + fit_size) % self.batch_size
         return np.asarray(packed, dtype=np.int64)
+
+
+def number_groups(group_ids: Sequence[Hashable]) -> np.ndarray:
+    """One integer per row, equal for rows of one catalog (0, 1, ... in order of first appearance);
+    a row without a catalog gets -(row + 1). The catalog numbers that orders' neighbourhoods use."""
+    if isinstance(group_ids, torch.Tensor):
+        group_ids = group_ids.tolist()
+    numbers: dict[Hashable, int] = {}
+    out = np.empty(len(group_ids), dtype=np.int64)
+    for row, gid in enumerate(group_ids):
+        no_catalog = gid is None or gid == "" or (
+            isinstance(gid, (int, np.integer)) and not isinstance(gid, bool) and gid < 0)
+        out[row] = -(row + 1) if no_catalog else numbers.setdefault(gid, len(numbers))
+    return out
+
+
+CLOSE_SCAN = 256  # chunks of one size looked through for one not close to a batch's catalogs
+
+
+class BatchOrder(Protocol):
+    """Which shuffled chunks share a batch: ``arrange`` returns the chunks' positions in the order
+    the packer takes them. It must depend only on its arguments and the order's state, so that
+    every rank arranges the same epoch the same way."""
+
+    def arrange(self, chunk_groups: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray: ...
+
+    def prepare(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class RandomOrder:
+    """The shuffled chunks as they come (``data.batching: random``)."""
+
+    def arrange(self, chunk_groups: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+        return np.arange(len(lengths))
+
+    def prepare(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Neighbourhoods:
+    """Per catalog (numbered as :func:`number_groups`): ``neighbours`` (G, k), the catalogs to put in
+    its batch, nearest first, -1 where there are fewer; ``close`` (G, m), the catalogs above the
+    similarity ceiling (likely the same product under another id), kept out of its batch."""
+
+    def __init__(self, neighbours: np.ndarray, close: np.ndarray | None = None):
+        self.neighbours = _table(neighbours)
+        self.close = (np.full((len(self.neighbours), 0), -1, np.int64) if close is None
+                      else _table(close))
+        if len(self.close) != len(self.neighbours):
+            raise ValueError("neighbours and close must have one row per catalog")
+        self._close_sets: list[set[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+    def close_to(self, group: int) -> set[int]:
+        """The catalogs kept apart from ``group`` (both directions of the ceiling's pairs)."""
+        if self._close_sets is None:
+            sets: list[set[int]] = [set() for _ in range(len(self))]
+            for g, h in zip(*np.nonzero(self.close >= 0)):
+                other = int(self.close[g, h])
+                sets[g].add(other)
+                sets[other].add(int(g))
+            self._close_sets = sets
+        return self._close_sets[group] if 0 <= group < len(self) else set()
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        return {"neighbours": torch.from_numpy(self.neighbours.copy()),
+                "close": torch.from_numpy(self.close.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Neighbourhoods:
+        return cls(torch.as_tensor(state["neighbours"]).numpy(), torch.as_tensor(state["close"]).numpy())
+
+
+def _table(rows) -> np.ndarray:
+    table = np.asarray(rows, dtype=np.int64)
+    return table.reshape(len(table), -1) if table.size else table.reshape(len(table), 0)
+
+
+class HardNegativeOrder:
+    """Batches grown from neighbourhoods of catalogs (``data.batching: hard``).
+
+    Each batch starts from the earliest chunk of the shuffled order that fits it (the random
+    order's choice) and is filled breadth-first from its catalog's neighbours, their neighbours, and
+    so on (each catalog's next chunk in the shuffled order, where it fits the room left); when the
+    walk runs dry, the earliest fitting chunk of the shuffled order starts a new walk in the same
+    batch. A chunk is split over two batches only where no remaining chunk fits, as in the random
+    order. Catalogs in each other's ``close`` lists are not put in one batch as long as another chunk
+    fits (near the end of an epoch, when only such chunks are left, they may share a batch). Without
+    neighbours and close pairs this is exactly the random order's packing.
+
+    ``compute`` (optional) returns fresh neighbourhoods from the model being trained; with
+    ``refresh_epochs`` N > 0 it is called at the start of every N-th epoch (``prepare``), and the
+    neighbourhoods in use are part of the state (a run resumed mid-epoch plans with those of its
+    epoch's start).
+    """
+
+    def __init__(self, neighbourhoods: Neighbourhoods,
+                 compute: Callable[[], Neighbourhoods] | None = None, refresh_epochs: int = 0):
+        if refresh_epochs and compute is None:
+            raise ConfigError("refreshing hard-negative neighbourhoods needs a function that "
+                              "computes them")
+        self.neighbourhoods = neighbourhoods
+        self.compute, self.refresh_epochs = compute, refresh_epochs
+        self.planned_at = 0  # the epoch whose start computed the neighbourhoods in use
+
+    def prepare(self, epoch: int) -> None:
+        if not self.refresh_epochs:
+            return
+        due = epoch - epoch % self.refresh_epochs
+        if due != self.planned_at:
+            self.neighbourhoods = self.compute()
+            self.planned_at = due
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.refresh_epochs:  # the start model's neighbourhoods: computed again on resume
+            return {}
+        return {"planned_at": self.planned_at, **self.neighbourhoods.to_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.refresh_epochs and state:
+            self.neighbourhoods = Neighbourhoods.from_state(state)
+            self.planned_at = int(state["planned_at"])
+
+    def arrange(self, chunk_groups: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+        hoods = self.neighbourhoods
+        count = len(lengths)
+        largest = int(lengths.max()) if count else 0
+        used = np.zeros(count, dtype=bool)
+        by_size = [np.flatnonzero(lengths == size).tolist() for size in range(largest + 1)]
+        heads = [0] * (largest + 1)
+        # each catalog's chunks in shuffled order, and where its first unused one may be
+        chunks_of: dict[int, list[int]] = {}
+        for position, group in enumerate(chunk_groups.tolist()):
+            chunks_of.setdefault(group, []).append(position)
+        taken = dict.fromkeys(chunks_of, 0)
+
+        any_close = bool((hoods.close >= 0).any())
+
+        def earliest(room: int, members: set[int]) -> int:
+            """The earliest unused chunk that fits ``room``: one whose catalog is not close to
+            ``members`` where one of the first ``CLOSE_SCAN`` of its size is, else the earliest
+            (-1: none fits)."""
+            spare = best = -1
+            for size in range(1, min(room, largest) + 1):
+                if not self._advance(by_size[size], heads, size, used):
+                    continue
+                queue = by_size[size]
+                first = queue[heads[size]]
+                spare = first if spare < 0 or first < spare else spare
+                candidate = first
+                if any_close and members:
+                    candidate = -1
+                    for position in queue[heads[size]:heads[size] + CLOSE_SCAN]:
+                        if best >= 0 and position > best:
+                            break
+                        if not used[position] and not (
+                                hoods.close_to(int(chunk_groups[position])) & members):
+                            candidate = position
+                            break
+                if candidate >= 0 and (best < 0 or candidate < best):
+                    best = candidate
+            return best if best >= 0 else spare
+
+        def first_unused() -> int:
+            return min((by_size[s][heads[s]] for s in range(1, largest + 1)
+                        if self._advance(by_size[s], heads, s, used)), default=-1)
+
+        out: list[int] = []
+        fill, members, frontier, seen = 0, set(), deque(), set()
+        while len(out) < count:
+            room = batch_size - fill
+            pick = -1
+            while frontier and pick < 0:  # the walk through neighbourhoods
+                group = frontier.popleft()
+                chunks = chunks_of.get(group, ())
+                while taken.get(group, 0) < len(chunks) and used[chunks[taken[group]]]:
+                    taken[group] += 1  # taken out of turn, as the earliest chunk that fitted
+                if taken.get(group, 0) < len(chunks):
+                    position = chunks[taken[group]]
+                    if lengths[position] <= room and not hoods.close_to(group) & members:
+                        pick = position
+            if pick < 0:
+                pick = earliest(room, members)
+            if pick < 0:  # nothing fits whole: the earliest chunk is split, its rest opens the next
+                pick = first_unused()
+            group = int(chunk_groups[pick])
+            used[pick] = True
+            out.append(pick)
+            members.add(group)
+            if 0 <= group < len(hoods):
+                for other in hoods.neighbours[group].tolist():
+                    if other >= 0 and other not in seen and other not in members:
+                        seen.add(other)
+                        frontier.append(other)
+            fill += int(lengths[pick])
+            if fill >= batch_size:  # the batch is full; a split chunk's rest opens the next one
+                fill -= batch_size
+                members = {group} if fill else set()
+                frontier, seen = deque(), set()
+                if fill and 0 <= group < len(hoods):
+                    frontier.extend(o for o in hoods.neighbours[group].tolist() if o >= 0)
+                    seen.update(frontier)
+        return np.asarray(out, dtype=np.int64)
+
+    @staticmethod
+    def _advance(queue: list[int], heads: list[int], size: int, used: np.ndarray) -> bool:
+        while heads[size] < len(queue) and used[queue[heads[size]]]:
+            heads[size] += 1
+        return heads[size] < len(queue)

@@ -96,6 +96,8 @@ class ListingSource:
         while True:
             epoch = self.position["epoch"]
             self.sampler.set_epoch(epoch)  # keeps a resumed position inside the epoch
+            self.sampler.prepare_epoch(epoch)  # hard batches: neighbourhoods refreshed where due
+            plan = self.sampler.plan_state()  # what the epoch's batches are planned from
             self.dataset.set_epoch(epoch)
             # The loader draws its seed from its own generator: drawing from the global RNG would
             # shift the dropout masks of a resumed run.
@@ -108,7 +110,7 @@ class ListingSource:
                 batch = with_pixel_transform(batch, self.dataset.transform)
                 done = self.position["batches_done"] + 1
                 self.position = ({"epoch": epoch + 1, "batches_done": 0} if done == len(self.sampler)
-                                 else {"epoch": epoch, "batches_done": done})
+                                 else {"epoch": epoch, "batches_done": done}) | plan
                 yield batch
 
 

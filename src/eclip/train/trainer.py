@@ -55,6 +55,7 @@ from eclip.train.fsdp import parallel_strategy
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
 from eclip.train.mined import train_on_mined_catalogs
+from eclip.train.neighbours import batch_order
 from eclip.model.merge import WiseFT
 from eclip.train.optim import param_groups, prepare_finetune
 from eclip.train.precision import Precision
@@ -177,8 +178,11 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
         image_cache.check(model)
         image_input = CachedImageInput(image_cache, dataset.image_paths)
         image_input.features = image_input.features.to(env.device)
-    sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size,
-                                  per_group=cfg.per_group, seed=cfg.seed, drop_last=True)
+    # data.batching: random, or hard (neighbourhoods from the model before training)
+    order = batch_order(recipe.data, model, listings, dataset.groups, image_cache=image_cache,
+                        batch_size=cfg.eval_batch_size, fsdp=cfg.parallel == "fsdp")
+    sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size, per_group=cfg.per_group,
+                                  seed=cfg.seed, drop_last=True, order=order)
     if len(sampler) == 0:
         raise EclipError(f"{len(listings)} training listings do not fill one batch of "
                          f"{unit * env.world_size}: lower train.batch_size")
@@ -192,6 +196,12 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
     from eclip.train.stream import ShardStream
 
     cfg = recipe.train
+    if recipe.data.batching != "random":
+        raise ConfigError(
+            f"data.batching={recipe.data.batching} needs the listings in memory: a shard stream "
+            "draws its batches from a small shuffle buffer per loader worker, without the start "
+            "model's vectors of every catalog. Train from data.catalog (without data.shards) for "
+            "hard batches, or keep data.batching=random with data.shards")
     transform = model.config.image_transform(train=recipe.data.augment,
                                              crop_resample=recipe.data.crop_resample)
     stream = ShardStream(recipe.data.shards, transform=transform, composer=composer, seed=cfg.seed,
