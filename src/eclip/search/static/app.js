@@ -40,7 +40,9 @@ function card(result) {
   } else {
     img.remove();
   }
-  node.querySelector(".title").textContent = result.title;
+  const title = node.querySelector(".title");
+  title.textContent = result.title;
+  title.title = `seller's title: ${result.raw_title}`;  // the raw one, in the details on hover
   node.querySelector(".category").textContent = result.category || "no category";
   node.querySelector(".score").textContent = `score ${result.score.toFixed(3)}`;
   node.querySelector(".badge").hidden = !result.same_catalog;
