@@ -12,7 +12,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eclip.errors import ConfigError
 from eclip.tasks.bootstrap import (CHUNK, bcubed_items, check_config, counts_of, default_pairs,
-                                   subject_of,
                                    interval, mean_items, micro_f1_items, paired_bootstrap,
                                    pr_auc_items, resampled_counts, roc_auc_items, statistics,
                                    verdict_of)
@@ -194,17 +193,8 @@ def test_verdicts_and_intervals():
 def test_default_pairs_and_config_checks():
     assert default_pairs(["baseline", "clip", "eclip", "tfidf"], ["tfidf"]) == [
         ("eclip", "baseline"), ("eclip", "clip")]
-    # every model given is compared with the subject, whatever its name (the README's
-    # `--models init=... eclip=...` gets its intervals)
-    assert default_pairs(["init", "eclip"]) == [("eclip", "init")]
-    assert default_pairs(["baseline", "eclip", "mine"]) == [("eclip", "baseline"), ("eclip", "mine")]
-    assert default_pairs(["init", "clip", "tuned"]) == [("tuned", "init"), ("tuned", "clip")]
-    assert default_pairs(["init", "clip", "tuned"], subject="clip") == [("clip", "init"),
-                                                                        ("clip", "tuned")]
-    assert subject_of(["init", "clip", "tuned"]) == "tuned"
-    assert subject_of(["eclip", "init"]) == "eclip" and subject_of(["tfidf"], None, ["tfidf"]) is None
-    with pytest.raises(ConfigError, match="eval.subject"):
-        subject_of(["init", "eclip"], "clip")
+    assert default_pairs(["baseline", "eclip", "mine"]) == [("eclip", "baseline"),
+                                                           ("mine", "baseline")]
     assert default_pairs(["eclip"]) == []
     names = ["baseline", "eclip"]
     check_config(EvalConfig(compare=[["eclip", "baseline"]]), names)

@@ -226,8 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from eclip.tasks.suite import load_eval_recipe, parse_model_specs, run_eval
 
     models, overrides = parse_model_specs(args.models)  # overrides may follow the models
-    args.overrides = overrides + args.overrides + (
-        [f"eval.subject={args.subject}"] if args.subject else [])
+    args.overrides = overrides + args.overrides
     recipe = load_eval_recipe(_recipe_path(args.config or "eval"), _data_overrides(args))
     _threads(args)
     result = run_eval(models, recipe, args.out, progress=_progress(args))
@@ -574,10 +573,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "model per training seed, reported as mean ± std across the seeds. "
                         "Recipe overrides (data.* / eval.*) may follow them")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--subject", metavar="NAME",
-                   help="the model whose verdicts the report states, compared with every other "
-                        "model given (= eval.subject; default: the model named eclip, else the "
-                        "last one given)")
 
     shards = "eclip.catalog.shards:prepare_shards"
     p = command("prepare", cmd_prepare, "write a catalog as tar shards for streaming training",

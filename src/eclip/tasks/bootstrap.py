@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 KINDS = ("mean", "micro_f1", "bcubed_f1", "roc_auc", "pr_auc")
 CHUNK = 50  # resamples drawn (and evaluated) together; each chunk is seeded on its own
 CACHE_ELEMENTS = 1 << 18  # AUCs: resamples x items evaluated in one pass
-DEFAULT_SUBJECT = "eclip"  # the subject when eval.subject is not set and a model has this name
+DEFAULT_REFERENCES = ("baseline", "clip")  # the models others are compared with by default
 
 
 # ----------------------------------------------------------------------------------- outcomes
@@ -314,29 +314,12 @@ def paired_bootstrap(a: Items, b: Items, catalogs: Sequence[str] | None = None, 
 # ------------------------------------------------------------------------------- in the suite
 
 
-def subject_of(models: Sequence[str], requested: str | None = None,
-               references: Sequence[str] = ()) -> str | None:
-    """The model whose verdicts a report states: ``requested`` (``eval.subject`` / ``--subject``),
-    else the model named ``eclip``, else the last model given (the report's own references, such
-    as TF-IDF, are never the subject); None without models."""
-    given = [m for m in models if m not in references]
-    if requested is not None:
-        if requested not in given:
-            raise ConfigError(f"eval.subject: {requested!r} is not among the models "
-                              f"({', '.join(given)})")
-        return requested
-    if DEFAULT_SUBJECT in given:
-        return DEFAULT_SUBJECT
-    return given[-1] if given else None
-
-
-def default_pairs(models: Sequence[str], references: Sequence[str] = (),
-                  subject: str | None = None) -> list[tuple[str, str]]:
-    """The subject (:func:`subject_of`) against every other model given, whatever its name:
-    ``[(eclip, baseline), (eclip, clip)]`` for baseline, clip and eclip, ``[(eclip, init)]`` for
-    init and eclip. The report's references (TF-IDF) are not compared."""
-    subject = subject if subject is not None else subject_of(models, None, references)
-    return [(subject, m) for m in models if m != subject and m not in references]
+def default_pairs(models: Sequence[str], references: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Every model that is neither a reference of the report (TF-IDF, ...) nor one of
+    ``DEFAULT_REFERENCES`` against each of those present: ``[(eclip, baseline), (eclip, clip)]``
+    for models baseline, clip and eclip."""
+    against = [r for r in DEFAULT_REFERENCES if r in models]
+    return [(m, r) for m in models if m not in against and m not in references for r in against]
 
 
 def check_config(cfg: EvalConfig, names: Sequence[str]) -> None:
@@ -369,7 +352,7 @@ def compare_models(ctx: TaskContext, order: Sequence[str] | None = None) -> list
     names = order if order is not None else [v.name for v in ctx.views]
     models = [name for name in names if name in kept]  # in the order the models were given
     pairs = ([tuple(p) for p in cfg.compare] if cfg.compare is not None
-             else default_pairs(models, report.references, report.subject))
+             else default_pairs(models, report.references))
     wanted = {m for pair in pairs for m in pair}
     items = {key: it for key, it in ctx.outcomes.items() if key[2] in wanted}
     if not pairs or not items:

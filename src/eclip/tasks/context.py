@@ -24,9 +24,7 @@ class EvalConfig:
     """The ``eval`` section of a recipe (``configs/eval.yaml``)."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    # the model whose verdicts the report states, compared with every other model given (null:
-    # the model named eclip, else the last one given; eclip.tasks.bootstrap.subject_of)
-    subject: str | None = None
+    subject: str = "eclip"  # the model whose verdicts the report states
     tower_features: list[str] = field(default_factory=lambda: ["baseline"])  # models read as towers
     reference: bool = True  # the TF-IDF title reference (and the title-span attribute extractor)
     seeds: int = 3  # probe seeds; each trains on a share of the training catalogs

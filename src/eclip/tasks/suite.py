@@ -28,7 +28,7 @@ from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
 from eclip.encode import ImageFeatureCache
 from eclip.errors import ConfigError
 from eclip.tasks import adult, attribute, category, clustering, ir, matching
-from eclip.tasks.bootstrap import check_config, compare_models, subject_of
+from eclip.tasks.bootstrap import check_config, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
@@ -158,7 +158,7 @@ def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
         "out; catalogs with one test listing ask nothing); category->image, the zero-shot prompts "
         "of each category, its listings relevant; query->image, the given search queries "
         f"(eval.queries). Top {cfg.retrieval_depth} by dot product in the joint space (TF-IDF in "
-        "text->text); metrics as ranx defines them: R@k is IR recall (the share of the relevant items in the "
+        "text->text); metrics by ranx: R@k is IR recall (the share of the relevant items in the "
         "top k), not the hit rate of the training logs; P@10 and nDCG@10 over binary relevance. "
         "The bootstrap resamples the query listings' catalogs (listing queries only).",
         "Matching pairs: one positive per listing of a multi-listing catalog, "
@@ -224,8 +224,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     counts = splits.counts()
     log(f"eval splits ({splits.source}): {counts['train']} train, {counts['val']} val, "
         f"{counts['test']} test listings")
-    subject = subject_of(names, cfg.subject, REFERENCES)
-    report = Report(title=title, headlines=dict(HEADLINES), subject=subject or "",
+    report = Report(title=title, headlines=dict(HEADLINES), subject=cfg.subject,
                     references=list(REFERENCES))
     availability = task_availability(splits)
     for task in cfg.tasks:
@@ -267,12 +266,6 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
                 f"test catalogs, {len(report.comparisons)} comparisons")
         lap("bootstrap")
     report.meta["duplicate_title_share"] = round(duplicate_title_share(ctx), 4)
-    others = [m for m in names if m != subject]
-    if subject and others:
-        report.notes.insert(0, f"Subject: {subject} (eval.subject / --subject; default: the model "
-                               f"named eclip, else the last one given). References: "
-                               f"{', '.join(others)}; every verdict is the subject against one of "
-                               "them.")
     report.notes += _notes(ctx, names) + list(notes or [])
     if folded:
         report.meta["training_seeds"] = {name: len(seeds) for name, seeds in members.items()
