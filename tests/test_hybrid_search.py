@@ -74,19 +74,6 @@ def test_korean_substring_and_two_syllable_words_are_found(tmp_path):
     assert set(_found(store, "nike")) == {"k2", "k4"}
     assert set(_found(store, "bags")) == {"k3"}
     assert _found(store, "zzzz") == []
-    # English words are stemmed: a plural or an -ing form finds the other form
-    assert _found(store, "shoe")[0] == "k4"
-    assert _found(store, "run") == ["k4"]  # "Running"
-
-
-def test_english_inflections_find_each_other(tmp_path):
-    store = _store(tmp_path, [_listing("a", "leather shoe"), _listing("b", "cotton shirts"),
-                              _listing("c", "가방 bags")])
-    assert _found(store, "shoes") == ["a"]
-    assert _found(store, "shirt") == ["b"]
-    assert _found(store, "bag") == ["c"] and _found(store, "가방") == ["c"]
-    unicode61 = _store(tmp_path, [_listing("a", "leather shoe")], "unicode61")
-    assert _found(unicode61, "shoes") == []  # the stock tokeniser does not stem
 
 
 def test_stock_tokenizers_show_why_bigram_is_the_default(tmp_path):

@@ -48,7 +48,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eclip import __version__
 from eclip.catalog.images import load_image
-from eclip.catalog.text import basic_normalize, normalize_title
 from eclip.errors import ImageError
 from eclip.search import hybrid
 from eclip.search.index import Hit, LiveIndex, SearchIndex
@@ -98,10 +97,7 @@ class TextSearch(BaseModel):
 
 class ListingOut(BaseModel):
     product_id: str
-    title: str = Field(description="the title cleaned for display (HTML entities decoded, full-width "
-                                   "letters normalised, promo noise removed: "
-                                   "eclip.catalog.text.normalize_title)")
-    raw_title: str = Field(description="the seller's title as the catalog has it")
+    title: str
     brand: str | None
     category: str | None
     catalog_id: str | None
@@ -286,16 +282,9 @@ async def _reply(send, status: int, detail: str, **extra) -> None:
 
 
 # ------------------------------------------------------------------------------- helpers
-def display_title(raw: str) -> str:
-    """The title a person reads: the cleaned title, or the raw one (entities decoded) where the
-    cleaning leaves nothing (a title that was only promo)."""
-    return normalize_title(raw) or basic_normalize(raw) or raw
-
-
 def _listing_out(item: StoredListing) -> dict:
     url = f"/images/{quote(item.product_id, safe='')}?n=0" if item.images else None
-    return {"product_id": item.product_id, "title": display_title(item.title),
-            "raw_title": item.title, "brand": item.brand,
+    return {"product_id": item.product_id, "title": item.title, "brand": item.brand,
             "category": item.category, "catalog_id": item.catalog_id, "adult": item.adult,
             "images": len(item.images), "image_url": url}
 

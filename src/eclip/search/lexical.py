@@ -8,8 +8,7 @@ characters (``가방`` finds nothing). The tokeniser used by default, ``bigram``
 answer for CJK text: words of Latin letters and digits are kept whole (case-folded, accents
 removed), and every run of Hangul, Han or Kana becomes its overlapping two-character pieces
 (``에어맥스`` -> ``에어 어맥 맥스``; a single character stays as it is). Titles and queries are cut
-the same way in Python, and FTS5 (``porter`` over ``unicode61``: English words stemmed, so
-``shoes`` finds ``shoe``) indexes the space-separated pieces; a query is the
+the same way in Python, and FTS5 (``unicode61``) indexes the space-separated pieces; a query is the
 OR of its pieces, ranked by ``bm25`` (listings sharing more and rarer pieces first).
 ``unicode61`` and ``trigram`` remain selectable (``TOKENIZERS``) so that the choice can be
 measured (``benchmarks/hybrid_search.py``; the figures are in docs/SEARCH.md).
@@ -36,11 +35,7 @@ DEFAULT_TOKENIZER = "bigram"
 COLUMN_WEIGHTS = (1.0, 1.0, 1.0)
 MAX_QUERY_TERMS = 64  # a 500-character query cannot become an expression of thousands of terms
 
-# bigram: FTS5's porter stemmer over unicode61, so that English words meet their inflections
-# ("shoes" finds "shoe", "running" finds "run"); it stems only words of Latin letters, so the Korean
-# pieces pass through as they are. An index written before keeps the tokeniser its table was made
-# with (FTS5 stores it in the table's definition).
-_FTS_TOKENIZE = {"bigram": "porter unicode61 remove_diacritics 2",
+_FTS_TOKENIZE = {"bigram": "unicode61 remove_diacritics 2",
                  "unicode61": "unicode61 remove_diacritics 2",
                  "trigram": "trigram"}
 _WORD = re.compile(r"[^\W_]+")

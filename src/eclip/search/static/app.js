@@ -40,9 +40,7 @@ function card(result) {
   } else {
     img.remove();
   }
-  const title = node.querySelector(".title");
-  title.textContent = result.title;
-  title.title = `seller's title: ${result.raw_title}`;  // the raw one, in the details on hover
+  node.querySelector(".title").textContent = result.title;
   node.querySelector(".category").textContent = result.category || "no category";
   node.querySelector(".score").textContent = `score ${result.score.toFixed(3)}`;
   node.querySelector(".badge").hidden = !result.same_catalog;
