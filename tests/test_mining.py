@@ -209,4 +209,3 @@ def test_training_on_mined_catalogs(tiny_catalog, tiny_model_config, tmp_path, o
                for name in ("mining_round1.json", "mining.json")]
     assert all(r["listings"] == len(train_rows) and "against_true_ids" in r for r in reports)
     assert (tmp_path / "run" / "round1" / "model" / "config.json").is_file()
-

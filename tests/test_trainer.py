@@ -127,26 +127,3 @@ def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_pa
     via_pixels = model_views("eclip", a.model, listings, fresh, progress=False)
     for modality in ("image", "text", "both"):
         assert via_cut.task[modality] == pytest.approx(via_pixels.task[modality], abs=1e-5)
-
-
-def test_a_small_catalog_names_the_setting_that_binds(tiny_catalog, tiny_model_config, tmp_path):
-    """A catalog too small for one unit batch says which setting decides the unit (a newcomer
-    lowering train.batch_size under a recipe with micro_batch_size changed nothing)."""
-    from eclip.catalog.readers import read_catalog
-    from eclip.errors import EclipError
-    from eclip.train.recipe import Recipe
-    from eclip.train.run import build_model
-    from eclip.train.trainer import train
-
-    listings = read_catalog(tiny_catalog).listings[:40]
-    for train_section, named in (({"micro_batch_size": 64, "batch_size": 128}, "micro_batch_size"),
-                                 ({"batch_schedule": [{"step": 0, "batch_size": 64}]},
-                                  "train.batch_schedule"),
-                                 ({"batch_size": 64}, "lower train.batch_size (now 64)")):
-        recipe = Recipe(model=dict(tiny_model_config))
-        for key, value in train_section.items():
-            setattr(recipe.train, key, value)
-        recipe.train.output_dir = str(tmp_path / "run")
-        recipe.train.progress = False
-        with pytest.raises(EclipError, match=named.replace("(", r"\(").replace(")", r"\)")):
-            train(recipe, build_model(recipe, listings), listings, log=lambda _: None)

@@ -153,21 +153,6 @@ class DataPlan:
     image_cache: ImageFeatureCache | None = None
 
 
-def _binding_setting(cfg: TrainConfig) -> str:
-    """What to lower when the catalog does not fill one unit batch: the setting that decides it."""
-    if cfg.micro_batch_size:
-        return (f"the unit is train.micro_batch_size={cfg.micro_batch_size}: lower it (and the "
-                "batch sizes of train.batch_schedule with it), or train on more listings")
-    if cfg.batch_schedule:
-        sizes = [phase["batch_size"] if isinstance(phase, dict) else phase
-                 for phase in cfg.batch_schedule]
-        return (f"the unit is the largest size that divides every batch size of "
-                f"train.batch_schedule ({', '.join(map(str, sizes))}): give a schedule of smaller "
-                "sizes (train.batch_schedule=null keeps train.batch_size alone), or set "
-                "train.micro_batch_size")
-    return f"lower train.batch_size (now {cfg.batch_size})"
-
-
 def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: list[Listing],
                  composer: TextComposer, unit: int, env: DistEnv,
                  image_cache: ImageFeatureCache | None) -> DataPlan:
@@ -199,9 +184,8 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size, per_group=cfg.per_group,
                                   seed=cfg.seed, drop_last=True, order=order)
     if len(sampler) == 0:
-        raise EclipError(f"{len(listings)} training listings do not fill one unit batch of "
-                         f"{unit * env.world_size} rows ({unit} per rank x {env.world_size} "
-                         f"rank(s)): {_binding_setting(cfg)}")
+        raise EclipError(f"{len(listings)} training listings do not fill one batch of "
+                         f"{unit * env.world_size}: lower train.batch_size")
     source = ListingSource(dataset, sampler, Collator(model.tokenize), rank=env.rank,
                            world_size=env.world_size, num_workers=cfg.num_workers, seed=cfg.seed)
     return DataPlan(source, image_input, image_cache)
@@ -591,11 +575,8 @@ def count_steps(cfg: TrainConfig, schedule: BatchSchedule, units_per_epoch: int,
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     if total_steps < 1:
-        setting = ("the first batch_size of train.batch_schedule" if cfg.batch_schedule
-                   else "train.batch_size")
         raise EclipError(f"{cfg.epochs} epoch(s) of {units_per_epoch} unit batches do not "
-                         f"fill one step of {schedule.batch_size(0)} rows: lower {setting}, or "
-                         "raise train.epochs")
+                         f"fill one step of {schedule.batch_size(0)}: lower train.batch_size")
     return total_steps
 
 
