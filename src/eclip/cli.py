@@ -186,7 +186,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.catalog.load import load_catalog
     from eclip.encode import embed_listings, write_embeddings
     from eclip.model import DualEncoder
-    from eclip.model.files import model_identity
 
     on_ray = _on_ray(args)
     recipe = _recipe(args)
@@ -205,7 +204,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     read = load_catalog(recipe.data, report_dir=out.parent, progress=_progress(args))
     emb = embed_listings(model, read.listings, batch_size=args.batch_size,
                          progress=_progress(args))
-    emb.model_sha1 = model_identity(args.model)
     write_embeddings(emb, out, read.listings)
     print(f"wrote {len(emb.product_ids)} embeddings to {out}")
     return 0
@@ -330,14 +328,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(warning)
     if args.update:
         info = update_index(out, listings, model_dir=args.model, batch_size=args.batch_size,
-                            progress=_progress(args), embeddings=args.embeddings)
+                            progress=_progress(args))
     else:
         settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
                                   target_recall=args.target_recall)
         store = StoreSpec(args.store, args.uri, args.collection)
         info = build_index(args.model, listings, out, settings=settings,
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
-                           progress=_progress(args), store=store, embeddings=args.embeddings)
+                           progress=_progress(args), store=store)
     print(info.summary())
     if read.issues:  # beside the generations, after the index is written
         read.write_report(out / BAD_ROWS_FILE)
@@ -606,8 +604,6 @@ def build_parser() -> argparse.ArgumentParser:
          "eclip index --delete @sold_out.txt --out shop_index",
          "eclip index --model runs/shop/model --catalog my.csv --split train --out train_index",
          "eclip index --store milvus --model runs/shop/model --catalog my.csv --out shop_index",
-         "eclip embed --engine ray --model runs/shop/model --catalog my.csv --out parts && "
-         "eclip index --embeddings parts --model runs/shop/model --catalog my.csv --out shop_index",
          "eclip index --store milvus --uri http://milvus:19530 --model runs/shop/model "
          "--catalog my.csv --out shop_index"],
         parents=(catalog, quiet, threads, overrides))
@@ -618,10 +614,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true",
                    help="add the catalog's listings to the index, replacing those with the same "
                         "product_id (only they are embedded)")
-    p.add_argument("--embeddings", metavar="PATH",
-                   help="vectors eclip embed wrote (a .parquet file, or the folder of parts of "
-                        "--engine ray) with the index's model: read instead of embedding (refused "
-                        "when another model made them); the catalog still gives the metadata")
     p.add_argument("--delete", metavar="IDS",
                    help="remove listings: comma-separated product ids, or @FILE with one per line")
     p.add_argument("--split", nargs="+", metavar="NAME",

@@ -39,7 +39,6 @@ class Embeddings:
     fusion_weight: float = FUSION_WEIGHT
     image_features: np.ndarray | None = None  # [N, F_image] pooled tower features (features=True)
     text_features: np.ndarray | None = None  # [N, F_text]
-    model_sha1: str | None = None  # which model made them (eclip.model.files.model_identity)
 
     def modality(self, name: str) -> np.ndarray:
         return {"image": self.image, "text": self.text, "both": self.product}[name]
@@ -146,10 +145,7 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
         flat = pa.array(values.astype(np.float32).reshape(-1))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     table = pa.table(columns)
-    meta = {"eclip.fusion_weight": str(emb.fusion_weight)}
-    if emb.model_sha1:
-        meta["eclip.model_sha1"] = emb.model_sha1
-    table = table.replace_schema_metadata(meta)
+    table = table.replace_schema_metadata({"eclip.fusion_weight": str(emb.fusion_weight)})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -221,12 +217,8 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
 
     meta = (tables[0].schema.metadata or {}) if tables else {}
     weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
-    sha1 = meta.get(b"eclip.model_sha1")
-    if path.is_dir():
-        sha1 = manifest.get("model_sha1") or sha1
     ids = [x for t in tables for x in t.column("product_id").to_pylist()]
     catalog_ids = ([x for t in tables for x in t.column("catalog_id").to_pylist()]
                    if tables and "catalog_id" in tables[0].column_names else None)
     return Embeddings(ids, matrix("image_embedding"), matrix("text_embedding"),
-                      matrix("product_embedding"), weight,
-                      model_sha1=sha1.decode() if isinstance(sha1, bytes) else sha1), catalog_ids
+                      matrix("product_embedding"), weight), catalog_ids

@@ -27,7 +27,6 @@ from eclip.encode.listings import (EMBEDDINGS_MANIFEST, write_embeddings,
 from eclip.engines.ray_session import (actor_pool, crash_plan, gpus_per_worker, job_errors,
                                        maybe_crash, pool_size, ray_session)
 from eclip.errors import ConfigError, EclipError
-from eclip.model.files import model_identity
 
 PART_PATTERN = "part-*.parquet"
 
@@ -164,6 +163,5 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
 
         fusion_weight = model_fusion_weight(DualEncoder.from_pretrained(model_dir))
     return write_embeddings_manifest(out, [(part_name(k), done[k]) for k in sorted(done)],
-                                     fusion_weight, model=str(model_dir), engine="ray",
-                                     model_sha1=model_identity(model_dir))
+                                     fusion_weight, model=str(model_dir), engine="ray")
 

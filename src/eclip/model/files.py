@@ -71,26 +71,3 @@ def weights_error(directory: str | Path, err: BaseException) -> ModelError:
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def file_sha1(path: str | Path) -> str:
-    """The SHA-1 of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_identity(model_dir: str | Path) -> str:
-    """Which model made a vector: the SHA-1 of the directory's weights (``model.safetensors``, or
-    the first weights file it has). Recorded by ``eclip embed`` and in every index, compared before
-    vectors are mixed; ModelError for a directory without weights."""
-    model_dir = Path(model_dir)
-    for name in WEIGHT_FILES:
-        if (model_dir / name).is_file():
-            return file_sha1(model_dir / name)
-    raise ModelError(f"{model_dir} has no model weights ({', '.join(WEIGHT_FILES)}): not a model "
-                     "directory")

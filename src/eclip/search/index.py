@@ -31,6 +31,7 @@ default), or a Milvus collection per generation whose alias moves when the gener
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -62,7 +63,6 @@ from eclip.search.vectors import IndexStats, VectorIndex, VectorSettings
 from eclip.encode import (FUSION_WEIGHT, Embeddings, embed_listings, eval_transform, fuse,
                           fuse_query, model_composer)
 from eclip.encode.text import query_listing
-from eclip.model.files import model_identity
 
 FORMAT = "eclip-search-index"
 VERSION = 1
@@ -202,11 +202,20 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(file, dest)
 
 
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _model_sha1(model_dir: Path) -> str:
-    if not (model_dir / "model.safetensors").is_file():
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
         raise SearchIndexError(f"{model_dir} is not an eclip model directory "
                                f"(no model.safetensors)")
-    return model_identity(model_dir)
+    return file_sha1(weights)
 
 
 # ------------------------------------------------------------------------------------ writer
@@ -470,24 +479,18 @@ def _fusion_weight(emb: Embeddings | None, base: Path | None) -> float:
 def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str | Path, *,
                 settings: VectorSettings | None = None, thumbnail_size: int = 256,
                 batch_size: int = 64, progress: bool = True,
-                store: StoreSpec | None = None, embeddings: str | Path | None = None) -> IndexInfo:
+                store: StoreSpec | None = None) -> IndexInfo:
     """Embed ``listings`` with the model in ``model_dir`` and write a new index to ``index_dir``.
 
     An existing index there is replaced by a new generation (atomically, like every write).
     ``store``: where the vectors are searched (``stores.StoreSpec``; default FAISS files).
-    ``embeddings``: what ``eclip embed`` wrote with that model (either engine), read instead of
-    running the model (:func:`stored_embeddings`); the model is still copied into the index, for
-    the queries.
     """
     if not listings:
         raise SearchIndexError("no listings to index")
     model_dir = Path(model_dir)
-    if embeddings is not None:
-        emb = stored_embeddings(embeddings, listings, model_dir)
-    else:
-        model = _load_model(model_dir)
-        emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
-                             desc="embedding listings")
+    model = _load_model(model_dir)
+    emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
+                         desc="embedding listings")
     return write_index(index_dir, model_dir, listings, emb, settings=settings,
                        thumbnail_size=thumbnail_size, progress=progress, store=store)
 
@@ -505,41 +508,13 @@ def write_index(index_dir: str | Path, model_dir: str | Path, listings: list[Lis
                              settings or VectorSettings(), thumbnail_size, store or StoreSpec())
 
 
-def stored_embeddings(path: str | Path, listings: list[Listing], model_dir: str | Path) -> Embeddings:
-    """The vectors ``eclip embed`` wrote to ``path`` (a Parquet file, or a folder of parts with
-    its manifest) for ``listings``, in their order. SearchIndexError when they were made by
-    another model than ``model_dir`` (the weights' SHA-1 that embed recorded), or when a listing
-    has no stored vector (embed it with the same model first)."""
-    from eclip.encode.listings import read_embeddings
-
-    emb, _ = read_embeddings(path)
-    want = _model_sha1(Path(model_dir))
-    if emb.model_sha1 is None:
-        raise SearchIndexError(f"{path} does not say which model made its vectors (written before "
-                               "eclip embed recorded it): run eclip embed again")
-    if emb.model_sha1 != want:
-        raise SearchIndexError(f"the vectors in {path} were made by another model (weights "
-                               f"{emb.model_sha1[:12]}) than {model_dir} ({want[:12]}); vectors of "
-                               "two models cannot be searched together: embed with this model")
-    row = {pid: i for i, pid in enumerate(emb.product_ids)}
-    missing = [x.product_id for x in listings if x.product_id not in row]
-    if missing:
-        raise SearchIndexError(f"{len(missing)} of {len(listings)} listings have no vector in "
-                               f"{path} (first: {', '.join(missing[:5])}): run eclip embed on this "
-                               "catalog")
-    rows = np.array([row[x.product_id] for x in listings], dtype=np.int64)
-    return Embeddings([x.product_id for x in listings], emb.image[rows], emb.text[rows],
-                      emb.product[rows], emb.fusion_weight, model_sha1=emb.model_sha1)
-
-
 def update_index(index_dir: str | Path, listings: list[Listing], *,
                  model_dir: str | Path | None = None, batch_size: int = 64,
-                 progress: bool = True, embeddings: str | Path | None = None) -> IndexInfo:
+                 progress: bool = True) -> IndexInfo:
     """Add ``listings`` to the index, replacing those whose product_id it holds already.
 
     Only these listings are embedded, with the index's own model; ``model_dir``, when given, must be
-    that same model. ``embeddings``: their vectors as ``eclip embed`` wrote them with that model
-    (no model runs).
+    that same model.
     """
     with _Writer(index_dir, progress) as writer:
         base = writer.base()
@@ -552,9 +527,7 @@ def update_index(index_dir: str | Path, listings: list[Listing], *,
                                    f"vectors of two models cannot be mixed: rebuild the index "
                                    f"with this model")
         emb = None
-        if listings and embeddings is not None:
-            emb = stored_embeddings(embeddings, listings, base / "model")
-        elif listings:
+        if listings:
             model = _load_model(base / "model")
             emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
                                  desc="embedding listings")
