@@ -49,26 +49,6 @@ HIDDEN_ID_MODELS = (("clip", "clip", "hidden"), ("eclip", "catalog", "given"),
                     ("eclip_mined", "catalog", "mined"))
 
 
-class PhaseClock:
-    """Seconds per phase of the demo, in order (printed at the end and kept in report.json)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self._last, 1)
-        self._last = now
-
-    def table(self, suite: dict[str, float]) -> str:
-        lines = ["", "time by phase (s):"] + [f"  {name:<40}{value:>8.1f}"
-                                              for name, value in self.seconds.items()]
-        lines += [f"    suite: {name:<31}{value:>8.1f}" for name, value in suite.items()
-                  if name != "total"]
-        return "\n".join(lines + [f"  {'total':<40}{sum(self.seconds.values()):>8.1f}"])
-
-
 def bundled_recipe(name: str) -> Path:
     """Path of a recipe that ships with the package (``configs/NAME.yaml``)."""
     return Path(str(resources.files("eclip") / "configs" / f"{name}.yaml"))
@@ -126,7 +106,6 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
     started = time.perf_counter()
-    phases = PhaseClock()
     out_dir = Path(out_dir)
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)
     recipe.train.progress = progress
@@ -135,13 +114,11 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     log(f"[1/5] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
     read, splits = prepare_demo_catalog(out_dir, recipe, listings=listings, seed=seed,
                                         progress=progress, log=log)
-    phases.lap("catalog")
 
     log("[2/5] towers before alignment (baseline)")
     baseline = build_model(recipe, splits.train)
     baseline.save_pretrained(out_dir / "models" / "baseline")
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=progress)
-    phases.lap("baseline and locked-tower features")
 
     trained: dict = {"baseline": baseline}
     train_seeds = [recipe.train.seed + k for k in range(seeds)]
@@ -160,7 +137,6 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
             result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
                            image_cache=image_cache, log=log)
             runs.append(result.model)
-            phases.lap(f"training {where}")
         trained[name] = runs[0] if seeds == 1 else runs  # a list: one model per seed
 
     log("[5/5] evaluation suite: five tasks x image/text/both on held-out catalogs")
@@ -187,12 +163,9 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
         title="eclip demo: held-out catalogs" + (f" ({seeds} training seeds)" if seeds > 1
                                                   else ""),
         progress=progress, log=log, meta=meta, notes=notes).report
-    phases.lap("evaluation suite")
     seconds = time.perf_counter() - started
     report.meta["seconds"] = round(seconds, 1)
-    report.meta["phase_seconds"] = phases.seconds
     report.write(out_dir)
     log(report.summary_markdown())
-    log(phases.table(report.meta.get("eval_seconds", {})))
     log(f"full report: {out_dir / 'report.md'}, {out_dir / 'report.html'}")
     return DemoResult(report, out_dir, seconds)

@@ -1,4 +1,4 @@
-"""The standard retrieval tasks, scored with ranx's definitions, and the files other tools read.
+"""The standard retrieval tasks, scored by ranx, and the files other tools read.
 
 Tasks on the test split (each a report modality of the task ``retrieval``, named by its direction):
 
@@ -84,63 +84,11 @@ def ranx_scores(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float
     return {m: dict(ranx_run.scores[m]) for m in metrics}
 
 
-_METRIC = re.compile(r"^(map|mrr|ndcg|recall|precision)@(\d+)$")
-
-
-def binary_scores(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
-                  metrics: Sequence[str]) -> dict[str, dict[str, float]]:
-    """:func:`ranx_scores` computed here with numpy, for the metrics the report uses (ranx names:
-    ``map@k``, ``mrr@k``, ``ndcg@k``, ``recall@k``, ``precision@k``), so that scoring needs no
-    numba compile (13-17 s in every new process). The definitions are ranx's, and
-    tests/test_ir.py pins the two equal: a document is relevant when its qrels value is > 0;
-    precision@k divides by k; recall@k and AP by the query's relevant count; nDCG is Jarvelin's
-    (gain = relevance, discount log2(rank + 1)) with the ideal ordering of the qrels. Documents
-    are ranked by score, ties by document id. Queries of ``qrels`` missing from ``run`` score 0;
-    queries of ``run`` outside ``qrels`` are dropped."""
-    parsed = []
-    for name in metrics:
-        match = _METRIC.match(name)
-        if not match:
-            raise ConfigError(f"metric {name!r} is not one of map@k, mrr@k, ndcg@k, recall@k, "
-                              "precision@k")
-        parsed.append((name, match.group(1), int(match.group(2))))
-    out: dict[str, dict[str, float]] = {name: {} for name in metrics}
-    for query, judged in qrels.items():
-        docs = run.get(query) or {}
-        ranked = sorted(docs, key=lambda d: (-docs[d], d))
-        gains = np.array([judged.get(d, 0) for d in ranked], dtype=np.float64)
-        hits = gains > 0
-        relevant = sum(1 for v in judged.values() if v > 0)
-        ideal = np.sort(np.array([v for v in judged.values() if v > 0], dtype=np.float64))[::-1]
-        for name, kind, k in parsed:
-            top = hits[:k]
-            if relevant == 0:
-                value = 0.0
-            elif kind == "precision":
-                value = top.sum() / k
-            elif kind == "recall":
-                value = top.sum() / relevant
-            elif kind == "mrr":
-                first = np.flatnonzero(top)
-                value = 1.0 / (first[0] + 1) if len(first) else 0.0
-            elif kind == "map":
-                ranks = np.flatnonzero(top) + 1
-                value = float(np.sum(np.arange(1, len(ranks) + 1) / ranks)) / relevant
-            else:  # ndcg
-                discount = 1.0 / np.log2(np.arange(2, k + 2))
-                dcg = float(np.sum(gains[:k] * discount[:len(gains[:k])]))
-                idcg = float(np.sum(ideal[:k] * discount[:len(ideal[:k])]))
-                value = dcg / idcg if idcg > 0 else 0.0
-            out[name][query] = float(value)
-    return out
-
-
 def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
                  depth: int = DEFAULT_DEPTH) -> dict[str, float]:
-    """The report's metrics of a run (means over the queries of ``qrels``), ranx's definitions
-    (:func:`binary_scores`)."""
+    """The report's metrics of a run (means over the queries of ``qrels``), computed by ranx."""
     names = metric_names(depth)
-    per_query = binary_scores(qrels, run, list(names.values()))
+    per_query = ranx_scores(qrels, run, list(names.values()))
     return {ours: float(np.mean([per_query[theirs].get(q, 0.0) for q in qrels])) if qrels else 0.0
             for ours, theirs in names.items()}
 
@@ -293,7 +241,7 @@ def rank_and_score(task: RetrievalTask, query: np.ndarray | sp.spmatrix,
                     handle.write(("" if first else ",\n") + json.dumps(q, ensure_ascii=False)
                                  + ": " + json.dumps(run[q], ensure_ascii=False))
                     first = False
-            values = binary_scores({q: task.qrels[q] for q in ids}, run, list(names.values()))
+            values = ranx_scores({q: task.qrels[q] for q in ids}, run, list(names.values()))
             for ours, theirs in names.items():
                 per_query[ours][b0:b0 + len(ids)] = [values[theirs].get(q, 0.0) for q in ids]
         if handle is not None:
