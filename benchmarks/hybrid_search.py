@@ -38,7 +38,7 @@ from eclip.search import hybrid, lexical
 from eclip.search.index import is_index
 from eclip.search.store import MetadataStore
 from eclip.tasks.bootstrap import mean_items, paired_bootstrap
-from eclip.tasks.ir import ranx_scores
+from eclip.tasks.ir import ir_scores
 
 DEPTH = 200
 METRICS = {"R@10": "recall@10", "nDCG@10": "ndcg@10"}
@@ -202,7 +202,7 @@ def main() -> None:
                 pids = [pid_of[v] for v in ranked(spec, lists[q["id"]], k + 1)]
                 pids = [p for p in pids if p != q["skip"]][:k]
                 run[q["id"]] = {p: float(k - i) for i, p in enumerate(pids)}
-            scores = ranx_scores(qrels, run, list(METRICS.values()))
+            scores = ir_scores(qrels, run, list(METRICS.values()))
             per_query[name] = {m: np.asarray([scores[r].get(q["id"], 0.0) for q in queries])
                                for m, r in METRICS.items()}
         groups = [q["group"] for q in queries]

@@ -30,6 +30,12 @@ def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path):
     assert rows == [dataclasses.astuple(r) for r in b.report.rows]
 
     assert {r.model for r in a.report.rows} >= {"baseline", "clip", "eclip"}
+    # the phase times (printed at the end, kept in report.json) add up to the run's time
+    phases = json.loads((tmp_path / "a" / "report.json").read_text())["meta"]["phase_seconds"]
+    assert list(phases)[:5] == ["catalog", "towers", "tower features", "train clip", "train eclip"]
+    assert {"eval embed", "eval retrieval", "eval bootstrap", "eval other"} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(a.seconds, abs=0.1 * len(phases))
     assert {r.task for r in a.report.rows} >= {"retrieval", "category", "matching", "clustering"}
     for name in ("baseline", "clip", "eclip"):
         config = json.loads((tmp_path / "a" / "models" / name / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""The standard retrieval tasks (eclip.tasks.ir): ranx against hand-computed values, the ranking,
+"""The standard retrieval tasks (eclip.tasks.ir): the metrics against hand-computed values and ranx, the ranking,
 the qrels / run / CLIP_benchmark files read back with ranx, and a benchmark in Marqo's layout
 (eclip.catalog.presets) through ``eclip eval``."""
 
@@ -35,11 +35,43 @@ HAND = {"mAP@1000": (5 / 6 + 1 / 3) / 3, "MRR@1000": (1 + 1 / 3) / 3,
         "R@1": 0.5 / 3, "R@10": 2 / 3, "P@10": 0.3 / 3}
 
 
-def test_ranx_metrics_match_hand_computed_values():
+def test_metrics_match_hand_computed_values():
     got = ir.evaluate_run(QRELS, RUN)
     assert got.keys() == HAND.keys()
     for metric, value in HAND.items():
         assert got[metric] == pytest.approx(value, abs=1e-9), metric
+
+
+def test_numpy_metrics_equal_ranx_on_random_graded_runs():
+    """``ir_scores`` (numpy, the report's scorer) == ``ranx.evaluate`` per query: graded qrels,
+    short and missing rankings, queries without a relevant document, relevant documents never
+    retrieved, run queries outside the qrels, k above a ranking's length. Scores are distinct
+    (ranx leaves the order of ties to its sort)."""
+    from ranx import Qrels, Run, evaluate
+
+    rng = np.random.default_rng(3)
+    docs = [f"d{i}" for i in range(60)]
+    qrels, run = {}, {}
+    for q in range(40):
+        chosen = rng.choice(60, size=rng.integers(1, 8), replace=False)
+        qrels[f"q{q}"] = {docs[j]: int(rng.integers(0, 4)) for j in chosen}
+        if q % 7 != 3:  # some queries have no ranking
+            ranked = rng.choice(60, size=rng.integers(1, 40), replace=False)
+            run[f"q{q}"] = {docs[j]: float(s) for j, s in
+                            zip(ranked, rng.permutation(len(ranked)) / 100 + 0.001)}
+    run["extra"] = {"d0": 0.5}
+    metrics = ["map@30", "mrr@30", "ndcg@10", "ndcg@3", "recall@1", "recall@10", "precision@10",
+               "precision@50"]
+    ours = ir.ir_scores(qrels, run, metrics)
+    kept = {q: r for q, r in qrels.items() if any(g >= 1 for g in r.values())}
+    ranx_run = Run.from_dict({q: d for q, d in run.items() if q in kept})
+    evaluate(Qrels.from_dict(kept), ranx_run, metrics, make_comparable=True)
+    for m in metrics:
+        for q in qrels:
+            theirs = ranx_run.scores[m].get(q, 0.0) if q in kept else 0.0
+            assert ours[m][q] == pytest.approx(theirs, abs=1e-12), (m, q)
+    assert any(v > 0 for v in ours["ndcg@10"].values())
+    assert set(ours["map@30"]) == set(qrels)
 
 
 def test_metric_names_follow_the_depth_and_reject_a_shallow_one():

@@ -261,3 +261,29 @@ def test_stream_loader_pins_memory_only_for_cuda(shard_dir):
     stream = ShardStream(shard_dir, transform=transform, split="train")
     assert stream.loader(4).loader_kwargs["pin_memory"] == torch.cuda.is_available()
     assert stream.loader(4, pin_memory=False).loader_kwargs["pin_memory"] is False
+
+
+def test_photo_loader_with_workers_gives_the_per_photo_values_in_order(tmp_path):
+    """Embedding's photo loader (eclip.encode.loader): uint8 pixels decoded in a worker process,
+    normalised batch-wise, equal bit for bit to the evaluation transform photo by photo, in the
+    paths' order, whatever the batch size or worker count; a bad file names itself."""
+    from eclip.catalog.images import load_image
+    from eclip.encode.loader import photo_batches
+    from eclip.errors import ImageError
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    transform = ImageTransform(16, MEAN, STD, train=False)
+    expected = torch.stack([transform(load_image(p)) for p in paths])
+    for batch_size, workers in ((2, 1), (2, 0), (8, 1)):
+        got = torch.cat(photo_batches(paths, transform, lambda x: x, batch_size=batch_size,
+                                      num_workers=workers))
+        assert got.dtype == torch.float32 and torch.equal(got, expected), (batch_size, workers)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="bad.png"):
+        photo_batches(paths + [str(tmp_path / "bad.png")], transform, lambda x: x, batch_size=2,
+                      num_workers=1)

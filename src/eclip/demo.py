@@ -54,6 +54,28 @@ def bundled_recipe(name: str) -> Path:
     return Path(str(resources.files("eclip") / "configs" / f"{name}.yaml"))
 
 
+class PhaseClock:
+    """Seconds per phase of the demo, in order (``report.json``'s ``meta.phase_seconds``); the
+    evaluation's phases are the suite's own laps (``meta.eval_seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        counted = sum(v for k, v in self.seconds.items() if k.startswith("eval ")) \
+            if name == "eval other" else 0.0
+        self.seconds[name] = round(max(now - self._clock - counted, 0.0), 1)
+        self._clock = now
+
+    def table(self, total: float) -> str:
+        width = max(len(k) for k in self.seconds) if self.seconds else 5
+        lines = [f"phase times ({total:.0f} s in all):"]
+        lines += [f"  {k:<{width}}  {v:7.1f} s" for k, v in self.seconds.items()]
+        return "\n".join(lines)
+
+
 @dataclass
 class DemoResult:
     report: Report
@@ -110,15 +132,19 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)
     recipe.train.progress = progress
     torch.manual_seed(seed)
+    phases = PhaseClock()
 
     log(f"[1/5] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
     read, splits = prepare_demo_catalog(out_dir, recipe, listings=listings, seed=seed,
                                         progress=progress, log=log)
+    phases.lap("catalog")
 
     log("[2/5] towers before alignment (baseline)")
     baseline = build_model(recipe, splits.train)
     baseline.save_pretrained(out_dir / "models" / "baseline")
+    phases.lap("towers")
     image_cache = locked_image_cache(recipe, baseline, read.listings, progress=progress)
+    phases.lap("tower features")
 
     trained: dict = {"baseline": baseline}
     train_seeds = [recipe.train.seed + k for k in range(seeds)]
@@ -137,6 +163,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
             result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
                            image_cache=image_cache, log=log)
             runs.append(result.model)
+            phases.lap(f"train {where}")
         trained[name] = runs[0] if seeds == 1 else runs  # a list: one model per seed
 
     log("[5/5] evaluation suite: five tasks x image/text/both on held-out catalogs")
@@ -163,9 +190,15 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
         title="eclip demo: held-out catalogs" + (f" ({seeds} training seeds)" if seeds > 1
                                                   else ""),
         progress=progress, log=log, meta=meta, notes=notes).report
+    for name, value in report.meta.get("eval_seconds", {}).items():
+        if name != "total":
+            phases.seconds[f"eval {name}"] = value
+    phases.lap("eval other")  # what the suite's own laps leave: the splits, views, report files
+    report.meta["phase_seconds"] = phases.seconds
     seconds = time.perf_counter() - started
     report.meta["seconds"] = round(seconds, 1)
     report.write(out_dir)
     log(report.summary_markdown())
+    log(phases.table(seconds))
     log(f"full report: {out_dir / 'report.md'}, {out_dir / 'report.html'}")
     return DemoResult(report, out_dir, seconds)

@@ -14,9 +14,9 @@ import hashlib
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from eclip.catalog.images import ImageTransform, load_image
+from eclip.catalog.images import ImageTransform
+from eclip.encode.loader import photo_batches
 
 
 def eval_transform(model) -> ImageTransform:
@@ -24,18 +24,6 @@ def eval_transform(model) -> ImageTransform:
     the model config's own (``DualEncoderConfig.image_transform``: size, resize mode, filter,
     normalisation, as a checkpoint's image processor has them), no augmentation."""
     return model.config.image_transform(train=False)
-
-
-def photo_batches(paths: list[str], transform: ImageTransform, run, *, batch_size: int = 128,
-                  progress: bool = False, desc: str = "images") -> list[torch.Tensor]:
-    """``run(pixels)`` for the photos of ``paths``, decoded and transformed ``batch_size`` at a
-    time, in order: one tensor per batch."""
-    chunks = []
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress,
-                      unit="batch"):
-        chunks.append(run(torch.stack([transform(load_image(p))
-                                       for p in paths[start:start + batch_size]])))
-    return chunks
 
 
 def caches_locked_tower(lock_image: bool, cache_locked_features: bool, augment: bool) -> bool:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.schema import Listing
 from eclip.encode.fusion import FUSION_WEIGHT, fuse, model_fusion_weight, unit_rows
-from eclip.encode.images import ImageFeatureCache, eval_transform, photo_batches
+from eclip.encode.images import ImageFeatureCache, eval_transform
+from eclip.encode.loader import photo_batches
 from eclip.encode.text import model_composer
 
 

@@ -1,4 +1,4 @@
-"""The standard retrieval tasks, scored by ranx, and the files other tools read.
+"""The standard retrieval tasks, scored as ranx scores them, and the files other tools read.
 
 Tasks on the test split (each a report modality of the task ``retrieval``, named by its direction):
 
@@ -14,8 +14,9 @@ Tasks on the test split (each a report modality of the task ``retrieval``, named
   (``eval.queries``; a benchmark preset writes one, see ``eclip.catalog.presets``).
 
 Every model's joint-space vectors are ranked by dot product (numpy, query blocks, so that 20k test
-listings fit in memory), the top ``depth`` of each query make the run, and
-`ranx <https://github.com/AmenRa/ranx>`_ computes mAP@depth, MRR@depth, nDCG@10, R@1, R@10 and
+listings fit in memory), the top ``depth`` of each query make the run, and ``scores_from_gains``
+computes `ranx <https://github.com/AmenRa/ranx>`_'s definitions in numpy (ranx itself compiles
+with numba on first use in each process, 13-17 s; tests/test_ir.py pins the two equal): mAP@depth, MRR@depth, nDCG@10, R@1, R@10 and
 P@10 (R@k is IR recall: the share of a query's relevant items in its top k; nDCG with the query's
 relevance grades, binary here). The TF-IDF reference joins ``text->text``.
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -66,29 +66,89 @@ def metric_names(depth: int = DEFAULT_DEPTH) -> dict[str, str]:
 # ------------------------------------------------------------------------------------ scoring
 
 
-def ranx_scores(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
-                metrics: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per-query values of ranx ``metrics`` (ranx names): ``{metric: {query id: value}}``.
-    Queries of ``qrels`` missing from ``run`` score 0; queries of ``run`` outside ``qrels`` are
-    dropped (ranx's ``make_comparable``)."""
-    from numba.core.errors import NumbaTypeSafetyWarning
-    from ranx import Qrels, Run, evaluate
+def _parse_metric(name: str) -> tuple[str, int]:
+    kind, _, k = name.partition("@")
+    if kind not in ("map", "mrr", "ndcg", "recall", "precision") or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"unknown retrieval metric {name!r} (map, mrr, ndcg, recall, precision "
+                          "@k with k >= 1)")
+    return kind, int(k)
 
-    run = {q: d for q, d in run.items() if d}
-    if not qrels or not run:
+
+def scores_from_gains(gains: np.ndarray, relevant: Sequence[np.ndarray],
+                      metrics: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-query metric values (``{metric: values [n]}``) from ``gains [n, L]``: the relevance of
+    each query's ranked documents, best first (0 for a non-relevant document or past the end of a
+    short ranking), and ``relevant[i]``: the grades (>= 1) of all of query ``i``'s relevant
+    documents, retrieved or not. ranx's definitions (relevant: grade >= 1): AP@k = the sum of the
+    precisions at the hits in the top k / the number of relevant documents; RR@k = 1 / the rank of
+    the first hit in the top k; nDCG@k = DCG@k / ideal DCG@k with gain = the grade and discount
+    log2(rank + 1) (Jarvelin); R@k = hits in the top k / relevant; P@k = hits in the top k / k;
+    a query with no relevant document scores 0. Pinned equal to ranx by tests/test_ir.py."""
+    gains = np.asarray(gains, dtype=np.float64)
+    n = gains.shape[0]
+    want = {m: _parse_metric(m) for m in metrics}
+    depth = max([k for _, k in want.values()], default=0)
+    if gains.shape[1] < depth:  # a short ranking: pad with non-relevant documents
+        gains = np.pad(gains, ((0, 0), (0, depth - gains.shape[1])))
+    n_rel = np.array([len(r) for r in relevant], dtype=np.float64)
+    has = n_rel > 0
+    safe = np.where(has, n_rel, 1.0)
+    hit = gains[:, :depth] > 0
+    cum = np.cumsum(hit, axis=1)
+    ranks = np.arange(1, depth + 1)
+    discount = 1.0 / np.log2(ranks + 1.0)
+    out: dict[str, np.ndarray] = {}
+    for name, (kind, k) in want.items():
+        h = hit[:, :k]
+        if kind == "map":
+            value = (h * cum[:, :k] / ranks[:k]).sum(axis=1) / safe
+        elif kind == "mrr":
+            first = h.argmax(axis=1)
+            value = np.where(h.any(axis=1), 1.0 / (first + 1.0), 0.0)
+        elif kind == "ndcg":
+            dcg = (gains[:, :k] * discount[:k]).sum(axis=1)
+            ideal = np.zeros((n, k))
+            for i, grades in enumerate(relevant):
+                best = np.sort(np.asarray(grades, dtype=np.float64))[::-1][:k]
+                ideal[i, :len(best)] = best
+            idcg = (ideal * discount[:k]).sum(axis=1)
+            value = dcg / np.where(idcg > 0, idcg, 1.0)
+        elif kind == "recall":
+            value = cum[:, k - 1] / safe if k else np.zeros(n)
+        else:
+            value = cum[:, k - 1] / k
+        out[name] = np.where(has, value, 0.0)
+    return out
+
+
+def ir_scores(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
+              metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per-query values of ``metrics`` (ranx's names: ``map@k``, ``mrr@k``, ``ndcg@k``,
+    ``recall@k``, ``precision@k``) of a run: ``{metric: {query id: value}}``, for the queries of
+    ``qrels`` (one missing from ``run`` scores 0; queries of ``run`` outside ``qrels`` are dropped,
+    as ranx's ``make_comparable``). Each query's documents are ranked by score, best first, ties in
+    the run's order (ranx leaves the order of ties to its sort). numpy, no numba compile: equal to
+    ``ranx.evaluate`` (pinned by tests/test_ir.py)."""
+    if not qrels:
         return {m: {} for m in metrics}
-    ranx_run = Run.from_dict(run)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
-        evaluate(Qrels.from_dict(qrels), ranx_run, list(metrics), make_comparable=True)
-    return {m: dict(ranx_run.scores[m]) for m in metrics}
+    depth = max(_parse_metric(m)[1] for m in metrics) if metrics else 0
+    queries = list(qrels)
+    gains = np.zeros((len(queries), depth))
+    relevant = []
+    for i, q in enumerate(queries):
+        grades = qrels[q]
+        relevant.append(np.array([r for r in grades.values() if r >= 1], dtype=np.float64))
+        ranked = sorted((run.get(q) or {}).items(), key=lambda kv: -kv[1])[:depth]
+        gains[i, :len(ranked)] = [g if (g := grades.get(d, 0)) >= 1 else 0 for d, _ in ranked]
+    values = scores_from_gains(gains, relevant, metrics)
+    return {m: dict(zip(queries, v.tolist())) for m, v in values.items()}
 
 
 def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
                  depth: int = DEFAULT_DEPTH) -> dict[str, float]:
-    """The report's metrics of a run (means over the queries of ``qrels``), computed by ranx."""
+    """The report's metrics of a run (means over the queries of ``qrels``), as ranx computes them."""
     names = metric_names(depth)
-    per_query = ranx_scores(qrels, run, list(names.values()))
+    per_query = ir_scores(qrels, run, list(names.values()))
     return {ours: float(np.mean([per_query[theirs].get(q, 0.0) for q in qrels])) if qrels else 0.0
             for ours, theirs in names.items()}
 
@@ -217,10 +277,11 @@ def rank_and_score(task: RetrievalTask, query: np.ndarray | sp.spmatrix,
                    depth: int = DEFAULT_DEPTH, run_path: str | Path | None = None,
                    block: int = QUERY_BLOCK) -> RetrievalResult:
     """Rank ``gallery`` for every query vector (rows of ``query``, in ``task.query_ids`` order),
-    keep the top ``depth``, score them with ranx; with ``run_path`` the run is written there as
-    JSON (streamed block by block)."""
+    keep the top ``depth``, score them (``scores_from_gains``: ranx's metrics in numpy); with
+    ``run_path`` the run is written there as JSON (streamed block by block)."""
     names = metric_names(depth)
     doc_ids = list(doc_ids)
+    row_of = {d: j for j, d in enumerate(doc_ids)}
     exclude = np.asarray(task.query_rows) if task.exclude_self else None
     per_query = {m: np.zeros(len(task.query_ids)) for m in names}
     with (atomic_open(run_path, "w") if run_path is not None else _nothing()) as handle:
@@ -229,21 +290,37 @@ def rank_and_score(task: RetrievalTask, query: np.ndarray | sp.spmatrix,
         first = True
         for b0 in range(0, len(task.query_ids), block):
             ids = task.query_ids[b0:b0 + block]
-            run: dict[str, dict[str, float]] = {}
             ex = exclude[b0:b0 + block] if exclude is not None else None
+            gains = np.zeros((len(ids), depth))
+            relevant = []
             for start, top, scores in top_k(query[b0:b0 + block], gallery, depth, exclude=ex):
+                # the run as written: scores rounded, ranked by them (ties by gallery row)
                 scores = np.round(scores, SCORE_DECIMALS)
+                order = np.lexsort((top, -scores), axis=1)
+                top = np.take_along_axis(top, order, axis=1)
+                scores = np.take_along_axis(scores, order, axis=1)
                 for r in range(len(top)):
-                    run[ids[start + r]] = dict(zip([doc_ids[j] for j in top[r]],
-                                                   scores[r].tolist()))
-            if handle is not None:
-                for q in ids:
-                    handle.write(("" if first else ",\n") + json.dumps(q, ensure_ascii=False)
-                                 + ": " + json.dumps(run[q], ensure_ascii=False))
-                    first = False
-            values = ranx_scores({q: task.qrels[q] for q in ids}, run, list(names.values()))
+                    q = ids[start + r]
+                    rel = {row_of[d]: g for d, g in task.qrels.get(q, {}).items()
+                           if g >= 1 and d in row_of}
+                    relevant.append(np.array([g for g in task.qrels.get(q, {}).values() if g >= 1],
+                                             dtype=np.float64))
+                    if rel:
+                        rows = np.fromiter(rel, np.int64, len(rel))
+                        grades = np.fromiter(rel.values(), np.float64, len(rel))
+                        sort = np.argsort(rows)
+                        rows, grades = rows[sort], grades[sort]
+                        at = np.minimum(np.searchsorted(rows, top[r]), len(rows) - 1)
+                        gains[start + r, :top.shape[1]] = np.where(rows[at] == top[r], grades[at], 0)
+                    if handle is not None:
+                        handle.write(("" if first else ",\n") + json.dumps(q, ensure_ascii=False)
+                                     + ": " + json.dumps(dict(zip([doc_ids[j] for j in top[r]],
+                                                                  scores[r].tolist())),
+                                                         ensure_ascii=False))
+                        first = False
+            values = scores_from_gains(gains, relevant, list(names.values()))
             for ours, theirs in names.items():
-                per_query[ours][b0:b0 + len(ids)] = [values[theirs].get(q, 0.0) for q in ids]
+                per_query[ours][b0:b0 + len(ids)] = values[theirs]
         if handle is not None:
             handle.write("}\n")
     return RetrievalResult({m: float(v.mean()) if len(v) else 0.0 for m, v in per_query.items()},

@@ -116,7 +116,7 @@ def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = Non
                           out_dir: str | Path | None = None) -> None:
     """The standard retrieval tasks on test (``eclip.tasks.ir``): text->image (titles),
     image->image and text->text (same catalog), category->image, and query->image where
-    ``eval.queries`` gives queries; mAP, MRR, nDCG@10, R@1, R@10, P@10 by ranx, as report rows of
+    ``eval.queries`` gives queries; mAP, MRR, nDCG@10, R@1, R@10, P@10 as ranx defines them, as report rows of
     task ``retrieval`` with the direction as modality; with ``out_dir``, qrels / run files."""
     ir.run_retrieval(ctx, query_encoders=query_encoders, out_dir=out_dir)
 
@@ -158,7 +158,7 @@ def _notes(ctx: TaskContext, models: list[str]) -> list[str]:
         "out; catalogs with one test listing ask nothing); category->image, the zero-shot prompts "
         "of each category, its listings relevant; query->image, the given search queries "
         f"(eval.queries). Top {cfg.retrieval_depth} by dot product in the joint space (TF-IDF in "
-        "text->text); metrics by ranx: R@k is IR recall (the share of the relevant items in the "
+        "text->text); metrics as ranx defines them: R@k is IR recall (the share of the relevant items in the "
         "top k), not the hit rate of the training logs; P@10 and nDCG@10 over binary relevance. "
         "The bootstrap resamples the query listings' catalogs (listing queries only).",
         "Matching pairs: one positive per listing of a multi-listing catalog, "

@@ -7,13 +7,12 @@ Pixels travel as uint8 (``uint8=True``: the datasets' ``pixel_values`` are
 ``ImageTransform.pixels``, and a data source names the transform in each batch as
 ``pixel_transform``); :func:`to_device` moves a batch to the training device and normalises it there,
 to exactly the values the per-image float path gives. :class:`DevicePrefetcher` copies the next
-batch to a CUDA device while the current step runs; :func:`default_num_workers` sizes the loader
-worker pool from the cores this process may use.
+batch to a CUDA device while the current step runs; :func:`default_num_workers` (``eclip.encode.loader``,
+the photo loader's) sizes the loader worker pool from the cores this process may use.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.images import ImageTransform, load_image
 from eclip.catalog.schema import Listing, catalog_group_id
+from eclip.encode.loader import default_num_workers  # noqa: F401  (its home: encode.loader)
 
 
 def group_index(listings: list[Listing]) -> torch.Tensor:
@@ -129,18 +129,6 @@ def with_pixel_transform(batch: dict[str, Any], transform: ImageTransform) -> di
     if isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8:
         batch[PIXEL_TRANSFORM] = transform
     return batch
-
-
-def default_num_workers(processes_per_machine: int = 1, *, reserve: int = 1) -> int:
-    """Loader worker processes for one training process: the cores this process may use
-    (``os.sched_getaffinity``), less ``reserve`` for the training process itself, shared among
-    ``processes_per_machine`` (torchrun's local world size); 0 (load in the training process) when
-    that leaves none."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, cores // max(1, processes_per_machine) - reserve)
 
 
 class DevicePrefetcher:
