@@ -149,6 +149,28 @@ def test_fingerprint_names_each_changed_part(listings):
     assert note and "no fingerprint" in note  # a checkpoint from before: resumed, and said so
 
 
+def test_a_resume_whose_only_change_is_in_the_validation_rows_is_refused(tiny_catalog):
+    from eclip.train.fingerprint import check_fingerprint, data_fingerprint
+
+    recipe = load_recipe(None)
+    split = split_listings(read_catalog(tiny_catalog).listings, recipe.data)
+    train_rows, val_rows = list(split.train), list(split.val)
+    assert val_rows, "the tiny catalog must have validation rows for this test"
+    base = data_fingerprint(recipe, train_rows, val_rows)
+    assert check_fingerprint(base, data_fingerprint(recipe, train_rows, list(val_rows)), Path("c"),
+                             Path("o")) is None
+    edited = [replace(val_rows[0], title="another title"), *val_rows[1:]]
+    with pytest.raises(ConfigError, match="validation listings") as err:
+        check_fingerprint(base, data_fingerprint(recipe, train_rows, edited), Path("c"), Path("o"))
+    assert "their texts" not in str(err.value) and "number of training" not in str(err.value)
+    with pytest.raises(ConfigError, match="validation listings"):  # one row fewer
+        check_fingerprint(base, data_fingerprint(recipe, train_rows, val_rows[:-1]), Path("c"),
+                          Path("o"))
+    older = {k: v for k, v in base.items() if k != "validation"}  # a checkpoint from before
+    assert check_fingerprint(older, data_fingerprint(recipe, train_rows, edited), Path("c"),
+                             Path("o")) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # b. a damaged checkpoint on --resume: one guarded loader
 

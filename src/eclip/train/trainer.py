@@ -450,7 +450,7 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     if env.is_main:
         clean_run_temps(out_dir, cfg)
     # what the run trains on; a resumed run checks it against its checkpoint before anything else
-    fingerprint = data_fingerprint(recipe, list(train_listings))
+    fingerprint = data_fingerprint(recipe, list(train_listings), list(val_listings))
     state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log, parallel)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
