@@ -460,6 +460,36 @@ def test_atomic_writes_name_their_writer(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_a_writer_killed_by_sigkill_leaves_a_temporary_the_next_start_sweeps(tmp_path,
+                                                                            killed_writer):
+    import eclip.atomic
+
+    target = tmp_path / "x.json"
+    left = killed_writer(target)  # a real SIGKILL halfway through the write
+    assert not target.exists()  # the kill never reaches the target: no half-written x.json
+    before = eclip.atomic.PROCESS_START
+    eclip.atomic.PROCESS_START = left.stat().st_mtime - 1  # a run that started before the kill
+    try:
+        assert clean_stale_temps(tmp_path) == [] and left.exists()  # might still be writing
+    finally:
+        eclip.atomic.PROCESS_START = before
+    assert clean_stale_temps(tmp_path) == [left] and not left.exists()
+
+
+def test_embed_sweeps_what_a_killed_embed_left(tmp_path, killed_writer):
+    import numpy as np
+
+    from eclip.encode import Embeddings, write_embeddings
+
+    out = tmp_path / "emb.parquet"
+    left = killed_writer(out)
+    other = killed_writer(tmp_path / "keep.parquet")  # another file's: not this command's to sweep
+    vectors = np.eye(2, dtype=np.float32)
+    write_embeddings(Embeddings(["a", "b"], vectors, vectors, np.hstack([vectors, vectors]), 0.5),
+                     out)
+    assert out.is_file() and not left.exists() and other.exists()
+
+
 def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_model_dir, listings):
     out = tmp_path / "run"
     shutil.copytree(checkpoint_run, out)

@@ -21,6 +21,7 @@ from typing import Callable
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from eclip.atomic import clean_stale_temps_below
 from eclip.catalog.config import DataConfig
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
@@ -213,6 +214,8 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     folded = any(len(seeds) > 1 for seeds in members.values())
     seconds: dict[str, float] = {}
     started = clock = time.perf_counter()
+    if out_dir is not None:  # the temporaries of an eval killed while writing its files
+        clean_stale_temps_below(out_dir)
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -311,6 +314,7 @@ def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_d
     from eclip.model import DualEncoder
 
     out = Path(out_dir)
+    clean_stale_temps_below(out)  # a killed eval's temporaries (the benchmark's files included)
     data, cfg, dataset = recipe.data, recipe.eval, Path(str(recipe.data.catalog)).stem
     if cfg.preset:  # a public benchmark's layout: converted under OUT/benchmark first
         from dataclasses import replace
