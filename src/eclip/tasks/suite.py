@@ -29,7 +29,7 @@ from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
 from eclip.encode import ImageFeatureCache
 from eclip.errors import ConfigError
 from eclip.tasks import adult, attribute, category, clustering, ir, matching
-from eclip.tasks.bootstrap import check_config, compare_models
+from eclip.tasks.bootstrap import check_config, choose_subject, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
@@ -210,6 +210,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     cfg = config or EvalConfig()
     check_config(cfg, list(models) + (REFERENCES if cfg.reference else []))
     names = list(models)
+    subject = choose_subject(names, cfg.subject) or "eclip"
     models, members = expand_seeds(models)  # {NAME#k: model} for the names with several seeds
     folded = any(len(seeds) > 1 for seeds in members.values())
     seconds: dict[str, float] = {}
@@ -227,7 +228,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     counts = splits.counts()
     log(f"eval splits ({splits.source}): {counts['train']} train, {counts['val']} val, "
         f"{counts['test']} test listings")
-    report = Report(title=title, headlines=dict(HEADLINES), subject=cfg.subject,
+    report = Report(title=title, headlines=dict(HEADLINES), subject=subject,
                     references=list(REFERENCES))
     availability = task_availability(splits)
     for task in cfg.tasks:
