@@ -45,7 +45,7 @@ from eclip.errors import ConfigError, EclipError
 from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, title_composer
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
-from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
+from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
 from eclip.train.checkpoint import clean_checkpoint_temps, damaged
 from eclip.train.fingerprint import check_fingerprint, data_fingerprint
 from eclip.train.data import Collator, ListingDataset, to_device
@@ -179,8 +179,8 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size,
                                   per_group=cfg.per_group, seed=cfg.seed, drop_last=True)
     if len(sampler) == 0:
-        raise EclipError(f"{len(listings)} training listings do not fill one batch of "
-                         f"{unit * env.world_size}: lower train.batch_size")
+        raise EclipError(too_few_rows(len(listings), unit, env.world_size, cfg.batch_size,
+                                      cfg.batch_schedule, cfg.micro_batch_size))
     source = ListingSource(dataset, sampler, Collator(model.tokenize), rank=env.rank,
                            world_size=env.world_size, num_workers=cfg.num_workers, seed=cfg.seed)
     return DataPlan(source, image_input, image_cache)
