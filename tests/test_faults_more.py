@@ -609,3 +609,40 @@ def test_the_body_limit_still_holds_for_json_endpoints(client):
     answer = client.post("/search/text", content=b'{"query": "' + b"x" * 70_000 + b'"}',
                          headers={"content-type": "application/json"})
     assert answer.status_code == 413
+
+
+def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_dir, listings,
+                                                          monkeypatch):
+    """data.max_pixels holds where photos are decoded later: training's images, index thumbnails."""
+    from eclip.catalog.compose import TextComposer
+    from eclip.search.thumbnails import ThumbnailStore
+    from eclip.train.data import ListingDataset
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), (200, 30, 30)).save(big)  # 10,000 pixels, decoded whole (PNG)
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    transform = model.config.image_transform(train=False)
+    one = [replace(listings[0], images=[str(big)])]
+    assert ListingDataset(one, TextComposer(), transform)[0]["pixel_values"].shape[0] == 3
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ListingDataset(one, TextComposer(), transform, max_pixels=1000)[0]  # over 4 x 1000
+    reduced = ListingDataset(one, TextComposer(), transform, max_pixels=5000)[0]  # halved first
+    assert reduced["pixel_values"].shape == ListingDataset(one, TextComposer(), transform)[0][
+        "pixel_values"].shape
+    assert ThumbnailStore(tmp_path / "thumbs", size=16).put(big)
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ThumbnailStore(tmp_path / "thumbs", size=16, max_pixels=1000).put(big)
+    # the trainer passes the recipe's data.max_pixels to the photos it decodes
+    import eclip.train.data as train_data
+
+    seen = []
+    real = train_data.load_image
+
+    def spy(path, **kwargs):
+        seen.append(kwargs.get("max_pixels"))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(train_data, "load_image", spy)
+    train(_recipe(tmp_path / "run", "data.max_pixels=5000", "train.max_steps=1"), model, listings,
+          log=lambda s: None)
+    assert seen and set(seen) == {5000}

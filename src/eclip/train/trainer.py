@@ -164,7 +164,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
                                              crop_resample=recipe.data.crop_resample)
     use_cache = caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment)
     dataset = ListingDataset(listings, composer, transform, seed=cfg.seed,
-                             images_as_refs=use_cache)
+                             max_pixels=recipe.data.max_pixels, images_as_refs=use_cache)
     image_input: ImageInput = pixel_input
     if use_cache:
         if image_cache is None:
