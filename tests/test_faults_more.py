@@ -646,3 +646,4 @@ def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_di
     train(_recipe(tmp_path / "run", "data.max_pixels=5000", "train.max_steps=1"), model, listings,
           log=lambda s: None)
     assert seen and set(seen) == {5000}
+

@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +55,7 @@ from eclip.train.fsdp import parallel_strategy
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.loss import ContrastiveLoss
 from eclip.model.merge import WiseFT
-from eclip.train.optim import param_groups, prepare_finetune
+from eclip.train.optim import param_groups, prepare_finetune, top_of_image_tower
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
 from eclip.train.sampler import CatalogBatchSampler
@@ -444,6 +444,8 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     cfg = recipe.train
     env = env if env is not None else init_distributed(cfg.device)
     log = rank_log(env, log)
+    if (resolved := top_of_image_tower(cfg, model, log)) is not cfg:  # one knob for every tower
+        recipe, cfg = replace(recipe, train=resolved), resolved
     parallel = parallel_strategy(cfg, env)  # DDP or FSDP
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
