@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +105,45 @@ def _write_csv(path, rows: list[dict]) -> None:
 def write_csv():
     """``write_csv(path, rows)``: a user's CSV catalog with the rows' keys as its header."""
     return _write_csv
+
+
+# A writer that opens ``sys.argv[1]`` through eclip.atomic, writes half of it, says so and waits
+_HALF_WRITER = """
+import sys, time
+from eclip.atomic import atomic_open
+with atomic_open(sys.argv[1], "wb") as handle:
+    handle.write(b"half")
+    handle.flush()
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def killed_writer(monkeypatch):
+    """``killed_writer(path) -> Path``: a process writing ``path`` through ``eclip.atomic`` is killed
+    with a real SIGKILL halfway; returns the temporary file it left. This process then counts as
+    started after the kill (``eclip.atomic.PROCESS_START`` moved on), as the next command would."""
+    import eclip.atomic
+
+    def kill(path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        writer = subprocess.Popen([sys.executable, "-c", _HALF_WRITER, str(path)], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline().strip() == "ready"
+            os.kill(writer.pid, signal.SIGKILL)
+        finally:
+            writer.kill()
+            writer.wait(timeout=30)
+        assert writer.returncode == -signal.SIGKILL
+        [left] = [p for p in path.parent.iterdir()
+                  if p.name.startswith(f".{path.name}.tmp-{writer.pid}-")]
+        assert not path.exists() and left.read_bytes() == b"half"
+        later = max(time.time(), left.stat().st_mtime) + 1
+        monkeypatch.setattr(eclip.atomic, "PROCESS_START", later)
+        return left
+
+    return kill

@@ -121,3 +121,33 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
     for step, row in reference.items():
         for key in ("loss", "lr", "batch_size", "grad_norm"):
             assert got[step][key] == pytest.approx(row[key], abs=1e-6), (step, key)
+
+
+@pytest.mark.parametrize("overrides, binding", [
+    (["train.micro_batch_size=256", "train.batch_size=1024"], "train.micro_batch_size=256"),
+    (["train.batch_schedule=[{step: 0, batch_size: 512}, {step: 9, batch_size: 1024}]"],
+     "train.batch_schedule (batch sizes 512, 1024"),
+    (["train.batch_size=512"], "train.batch_size=512"),
+])
+def test_a_catalog_too_small_for_one_batch_names_the_setting_that_binds(
+        overrides, binding, tmp_path, tiny_catalog, tiny_model_dir):
+    from eclip.errors import EclipError
+
+    listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
+    recipe = load_recipe(None, [f"train.output_dir={tmp_path}", "train.device=cpu",
+                                "train.progress=false", *overrides])
+    with pytest.raises(EclipError) as err:
+        train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+    message = str(err.value)
+    assert f"{len(listings)} training listings do not fill one batch" in message
+    assert binding in message
+    fit = int(message.rsplit("train.batch_size=", 1)[1])
+    assert fit & (fit - 1) == 0 and 2 * fit <= len(listings) < 4 * fit
+    if "micro" not in binding:
+        return
+    # the advice works: the same recipe with the suggested overrides trains
+    advice = message.rsplit(": ", 1)[1].split()
+    fixed = load_recipe(None, [f"train.output_dir={tmp_path / 'fixed'}", "train.device=cpu",
+                               "train.progress=false", *overrides, *advice, "train.max_steps=1"])
+    assert train(fixed, DualEncoder.from_pretrained(tiny_model_dir), listings,
+                 log=lambda s: None).steps == 1

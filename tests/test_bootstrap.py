@@ -11,9 +11,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eclip.errors import ConfigError
-from eclip.tasks.bootstrap import (CHUNK, bcubed_items, check_config, counts_of, default_pairs,
-                                   interval, mean_items, micro_f1_items, paired_bootstrap,
-                                   pr_auc_items, resampled_counts, roc_auc_items, statistics,
+from eclip.tasks.bootstrap import (CHUNK, bcubed_items, check_config, choose_subject, counts_of,
+                                   default_pairs, interval, mean_items, micro_f1_items,
+                                   paired_bootstrap, pr_auc_items, resampled_counts, roc_auc_items, statistics,
                                    verdict_of)
 from eclip.tasks.context import EvalConfig
 from eclip.tasks.metrics import micro_f1
@@ -193,9 +193,17 @@ def test_verdicts_and_intervals():
 def test_default_pairs_and_config_checks():
     assert default_pairs(["baseline", "clip", "eclip", "tfidf"], ["tfidf"]) == [
         ("eclip", "baseline"), ("eclip", "clip")]
+    # every model is compared with the subject, whatever its name (the README's init=... eclip=...)
     assert default_pairs(["baseline", "eclip", "mine"]) == [("eclip", "baseline"),
-                                                           ("mine", "baseline")]
+                                                           ("eclip", "mine")]
+    assert default_pairs(["init", "clip", "eclip"]) == [("eclip", "init"), ("eclip", "clip")]
+    assert default_pairs(["init", "tuned"]) == [("tuned", "init")]  # no eclip: the last one
+    assert default_pairs(["init", "clip", "tuned"], subject="init") == [("init", "clip"),
+                                                                       ("init", "tuned")]
     assert default_pairs(["eclip"]) == []
+    assert choose_subject(["a", "b"]) == "b" and choose_subject(["eclip", "b"]) == "eclip"
+    with pytest.raises(ConfigError, match="eval.subject: 'x' is not among"):
+        choose_subject(["a", "b"], "x")
     names = ["baseline", "eclip"]
     check_config(EvalConfig(compare=[["eclip", "baseline"]]), names)
     for bad in ([["eclip"]], [["eclip", "clip"]], [["eclip", "eclip"]]):
@@ -246,6 +254,10 @@ def test_report_counts_only_wins_and_shows_the_verdict_table(tmp_path):
         "task": "matching", "modality": "image", "model": "eclip", "reference": "baseline",
         "metric": "cosine_roc_auc", "delta": 0.1, "ci_low": 0.05, "ci_high": 0.15, "verdict": "win"}
     assert data["comparisons"][3]["ci_low"] is None  # NaN: valid JSON
+    roles = ("Subject: **eclip**, compared with baseline (each difference is eclip − other; "
+             "`eclip eval --subject NAME` picks another). References, shown but outside the "
+             "verdicts: tfidf.")
+    assert roles in md_path.read_text() and roles in report.summary_markdown()
     assert data["verdicts"]["matching"] | {"line": None, "margins": None, "not_won": None} == {
         "line": None, "margins": None, "not_won": None, "beats_all": False, "win": 1, "tie": 1,
         "loss": 1}

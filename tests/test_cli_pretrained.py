@@ -95,6 +95,10 @@ def test_eval_compares_the_checkpoint_with_the_model_trained_from_it(run, capsys
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert {row["model"] for row in report["rows"]} >= {"init", "eclip"}
+    # init is compared with the subject eclip, with an interval, though it is neither baseline nor clip
+    assert report["subject"] == "eclip" and report["comparisons"]
+    assert {(c["model"], c["reference"]) for c in report["comparisons"]} == {("eclip", "init")}
+    assert "Subject: **eclip**, compared with init" in (out / "report.md").read_text()
     for model in ("init", "eclip"):
         assert {row["task"] for row in report["rows"] if row["model"] == model} >= {
             "category", "retrieval"}

@@ -149,6 +149,28 @@ def test_fingerprint_names_each_changed_part(listings):
     assert note and "no fingerprint" in note  # a checkpoint from before: resumed, and said so
 
 
+def test_a_resume_whose_only_change_is_in_the_validation_rows_is_refused(tiny_catalog):
+    from eclip.train.fingerprint import check_fingerprint, data_fingerprint
+
+    recipe = load_recipe(None)
+    split = split_listings(read_catalog(tiny_catalog).listings, recipe.data)
+    train_rows, val_rows = list(split.train), list(split.val)
+    assert val_rows, "the tiny catalog must have validation rows for this test"
+    base = data_fingerprint(recipe, train_rows, val_rows)
+    assert check_fingerprint(base, data_fingerprint(recipe, train_rows, list(val_rows)), Path("c"),
+                             Path("o")) is None
+    edited = [replace(val_rows[0], title="another title"), *val_rows[1:]]
+    with pytest.raises(ConfigError, match="validation listings") as err:
+        check_fingerprint(base, data_fingerprint(recipe, train_rows, edited), Path("c"), Path("o"))
+    assert "their texts" not in str(err.value) and "number of training" not in str(err.value)
+    with pytest.raises(ConfigError, match="validation listings"):  # one row fewer
+        check_fingerprint(base, data_fingerprint(recipe, train_rows, val_rows[:-1]), Path("c"),
+                          Path("o"))
+    older = {k: v for k, v in base.items() if k != "validation"}  # a checkpoint from before
+    assert check_fingerprint(older, data_fingerprint(recipe, train_rows, edited), Path("c"),
+                             Path("o")) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # b. a damaged checkpoint on --resume: one guarded loader
 
@@ -438,6 +460,36 @@ def test_atomic_writes_name_their_writer(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_a_writer_killed_by_sigkill_leaves_a_temporary_the_next_start_sweeps(tmp_path,
+                                                                            killed_writer):
+    import eclip.atomic
+
+    target = tmp_path / "x.json"
+    left = killed_writer(target)  # a real SIGKILL halfway through the write
+    assert not target.exists()  # the kill never reaches the target: no half-written x.json
+    before = eclip.atomic.PROCESS_START
+    eclip.atomic.PROCESS_START = left.stat().st_mtime - 1  # a run that started before the kill
+    try:
+        assert clean_stale_temps(tmp_path) == [] and left.exists()  # might still be writing
+    finally:
+        eclip.atomic.PROCESS_START = before
+    assert clean_stale_temps(tmp_path) == [left] and not left.exists()
+
+
+def test_embed_sweeps_what_a_killed_embed_left(tmp_path, killed_writer):
+    import numpy as np
+
+    from eclip.encode import Embeddings, write_embeddings
+
+    out = tmp_path / "emb.parquet"
+    left = killed_writer(out)
+    other = killed_writer(tmp_path / "keep.parquet")  # another file's: not this command's to sweep
+    vectors = np.eye(2, dtype=np.float32)
+    write_embeddings(Embeddings(["a", "b"], vectors, vectors, np.hstack([vectors, vectors]), 0.5),
+                     out)
+    assert out.is_file() and not left.exists() and other.exists()
+
+
 def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_model_dir, listings):
     out = tmp_path / "run"
     shutil.copytree(checkpoint_run, out)
@@ -557,3 +609,41 @@ def test_the_body_limit_still_holds_for_json_endpoints(client):
     answer = client.post("/search/text", content=b'{"query": "' + b"x" * 70_000 + b'"}',
                          headers={"content-type": "application/json"})
     assert answer.status_code == 413
+
+
+def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_dir, listings,
+                                                          monkeypatch):
+    """data.max_pixels holds where photos are decoded later: training's images, index thumbnails."""
+    from eclip.catalog.compose import TextComposer
+    from eclip.search.thumbnails import ThumbnailStore
+    from eclip.train.data import ListingDataset
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), (200, 30, 30)).save(big)  # 10,000 pixels, decoded whole (PNG)
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    transform = model.config.image_transform(train=False)
+    one = [replace(listings[0], images=[str(big)])]
+    assert ListingDataset(one, TextComposer(), transform)[0]["pixel_values"].shape[0] == 3
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ListingDataset(one, TextComposer(), transform, max_pixels=1000)[0]  # over 4 x 1000
+    reduced = ListingDataset(one, TextComposer(), transform, max_pixels=5000)[0]  # halved first
+    assert reduced["pixel_values"].shape == ListingDataset(one, TextComposer(), transform)[0][
+        "pixel_values"].shape
+    assert ThumbnailStore(tmp_path / "thumbs", size=16).put(big)
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ThumbnailStore(tmp_path / "thumbs", size=16, max_pixels=1000).put(big)
+    # the trainer passes the recipe's data.max_pixels to the photos it decodes
+    import eclip.train.data as train_data
+
+    seen = []
+    real = train_data.load_image
+
+    def spy(path, **kwargs):
+        seen.append(kwargs.get("max_pixels"))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(train_data, "load_image", spy)
+    train(_recipe(tmp_path / "run", "data.max_pixels=5000", "train.max_steps=1"), model, listings,
+          log=lambda s: None)
+    assert seen and set(seen) == {5000}
+

@@ -323,3 +323,23 @@ def test_wise_alpha_saves_the_merge_of_the_start_and_the_trained_weights(tmp_pat
         moved |= not torch.equal(trained[name], start.state_dict()[name])
     assert moved  # the run trained: the merge is not the start
     assert any(not torch.equal(trained[name], saved[name]) for name in trained)
+
+
+def test_image_trainable_blocks_trains_the_top_of_any_image_tower(clip, data, tmp_path):
+    """One knob for "train only the top of the image tower": a CLIP checkpoint's tower cannot be
+    cut between blocks (the EfficientNet fast path), so image_trainable_blocks=1 with a locked
+    tower trains its top block and head as layer groups instead of stopping."""
+    assert not getattr(clip.image_tower, "num_blocks", 0)
+    groups = clip.image_tower.layer_groups()
+    before = {k: v.clone() for k, v in clip.state_dict().items() if k.startswith("image_tower.")}
+    messages = []
+    train(_recipe(tmp_path / "run", lock_image="true", image_trainable_blocks=1), clip, data.train,
+          log=messages.append)
+    assert any("image_trainable_layers=2" in m for m in messages)
+    after = clip.state_dict()
+    moved = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    top = {f"image_tower.{n}" for g in groups[-2:] for n in g.params}
+    assert moved and moved <= top  # the top block and the head, nothing below
+    with pytest.raises(ConfigError, match="set one"):
+        train(_recipe(tmp_path / "both", image_trainable_blocks=1, image_trainable_layers=2), clip,
+              data.train, log=lambda s: None)

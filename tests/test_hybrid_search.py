@@ -76,6 +76,18 @@ def test_korean_substring_and_two_syllable_words_are_found(tmp_path):
     assert _found(store, "zzzz") == []
 
 
+def test_english_words_are_stemmed_and_korean_bigrams_stay(tmp_path):
+    store = _store(tmp_path, [_listing("s1", "Leather shoe for running"),
+                              _listing("s2", "Cotton socks"), *KOREAN])
+    assert set(_found(store, "shoes")) == {"s1", "k1", "k2", "k4"}  # k1, k2: "Fashion > Shoes"
+    assert set(_found(store, "shoe")) == {"s1", "k1", "k2", "k4"}  # stemmed on both sides
+    assert set(_found(store, "runs")) == {"s1", "k4"}  # running, Running -> run; runs -> run
+    assert _found(store, "sock") == ["s2"]
+    assert set(_found(store, "에어맥스")) == {"k1", "k2"} and _found(store, "가방") == ["k3"]
+    unstemmed = _store(tmp_path, [_listing("s1", "Leather shoe")], "unicode61")
+    assert _found(unstemmed, "shoes") == []  # what stemming changes
+
+
 def test_stock_tokenizers_show_why_bigram_is_the_default(tmp_path):
     unicode61 = _store(tmp_path, KOREAN, "unicode61")
     trigram = _store(tmp_path, KOREAN, "trigram")

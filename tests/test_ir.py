@@ -13,7 +13,7 @@ from PIL import Image
 from eclip.catalog.presets import prepare_benchmark
 from eclip.catalog.schema import Listing
 from eclip.cli import main
-from eclip.errors import ConfigError
+from eclip.errors import CatalogError, ConfigError
 from eclip.tasks import ir
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import eval_splits
@@ -274,6 +274,26 @@ def test_preset_reads_image_paths_from_a_csv(tmp_path, write_csv):
 def test_unknown_preset_is_a_config_error(marqo_parquet, tmp_path):
     with pytest.raises(ConfigError, match="gs-marqo"):
         prepare_benchmark(marqo_parquet, "nope", tmp_path / "b")
+
+
+def test_preset_names_file_and_line_of_a_malformed_json_line(tmp_path):
+    """The preset reads through the catalog's hardened readers: a broken line is a CatalogError
+    naming the file and the line, not a traceback from json."""
+    path = tmp_path / "bench.jsonl"
+    good = {"item_ID": "a", "query": "q", "title": "t", "image": "a.png", "position": 1}
+    path.write_text(json.dumps(good) + "\n\n" + '{"item_ID": "b", "title": \n')
+    with pytest.raises(CatalogError, match="malformed JSON") as caught:
+        prepare_benchmark(path, "gs-marqo", tmp_path / "out", log=lambda m: None)
+    assert caught.value.file == str(path) and caught.value.line == 3
+
+
+def test_preset_rejects_a_title_that_is_not_text(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps({"item_ID": 7.0, "query": "q", "title": {"x": 1}, "image": "a.png"})
+                    + "\n")
+    with pytest.raises(CatalogError, match="not text") as caught:
+        prepare_benchmark(path, "gs-marqo", tmp_path / "out", log=lambda m: None)
+    assert (caught.value.row, caught.value.field) == (1, "title")
 
 
 @pytest.mark.e2e

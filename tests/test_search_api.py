@@ -394,3 +394,18 @@ def test_bad_filter_values_in_forms_and_queries_are_422_naming_the_field(client,
     response = client.get(f"/similar/{listings[0].product_id}", params={"adult": "maybe"})
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["errors"]] == ["adult"]
+
+
+def test_results_show_the_cleaned_title_and_keep_the_raw_one(client, listings):
+    from eclip.catalog.text import basic_normalize
+    from eclip.search.api import _listing_out
+    from eclip.search.store import StoredListing
+
+    raw = "Hanbit&nbsp;Orange &quot;tanabata tree&quot; ＮＩＫＥ"
+    stored = StoredListing(1, "p", raw, None, None, None, {}, None, None, None, ())
+    shown = _listing_out(stored)
+    assert shown["title"] == 'Hanbit Orange "tanabata tree" NIKE' and shown["raw_title"] == raw
+    by_id = {x.product_id: x.title for x in listings}
+    results = client.post("/search/text", json={"query": listings[0].title, "k": 10}).json()["results"]
+    assert results and all(r["raw_title"] == by_id[r["product_id"]]
+                           and r["title"] == basic_normalize(r["raw_title"]) for r in results)

@@ -284,9 +284,10 @@ def partial_catalog(tmp_path, write_csv):
 @pytest.mark.e2e
 def test_eval_cli_runs_what_the_labels_allow_and_explains_the_rest(partial_catalog,
                                                                    tiny_model_dir, tmp_path,
-                                                                   capsys):
+                                                                   capsys, killed_writer):
     path, root = partial_catalog
     out = tmp_path / "eval"
+    left = [killed_writer(out / "report.json"), killed_writer(out / "retrieval" / "run.jsonl")]
     code = main(["eval", "--models", f"eclip={tiny_model_dir}",
                  "data.column_map={title: name, images: picture, product_id: sku, "
                  "catalog_id: family, split: part}",
@@ -303,6 +304,7 @@ def test_eval_cli_runs_what_the_labels_allow_and_explains_the_rest(partial_catal
     assert data["meta"]["splits"] == {"train": 30, "val": 15, "test": 15}
     assert not (out / "report.html").exists()
     assert "clustering (bcubed_f1)" in printed
+    assert not any(p.exists() for p in left)  # a killed eval's temporaries, swept at the start
 
 
 def test_eval_cli_rejects_a_bad_model_spec(tmp_path, capsys):

@@ -98,6 +98,16 @@ def clean_stale_temps(folder: str | os.PathLike[str], names: tuple[str, ...] | N
     return removed
 
 
+def clean_stale_temps_below(folder: str | os.PathLike[str]) -> list[Path]:
+    """:func:`clean_stale_temps` in ``folder`` and every folder below it (an eval's output, whose
+    tasks write files in subfolders); symlinked folders are not followed. Returns what it removed."""
+    removed: list[Path] = []
+    for here, dirs, _ in os.walk(folder):
+        removed.extend(clean_stale_temps(here))
+        dirs[:] = [d for d in dirs if not _TEMP.match(d)]  # a temporary folder is not walked into
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; on a clean exit it replaces ``path``, on an

@@ -225,6 +225,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     models, overrides = parse_model_specs(args.models)  # overrides may follow the models
     args.overrides = overrides + args.overrides
+    if args.subject:
+        args.overrides.append(f"eval.subject={args.subject}")
     recipe = load_eval_recipe(_recipe_path(args.config or "eval"), _data_overrides(args))
     _threads(args)
     result = run_eval(models, recipe, args.out, progress=_progress(args))
@@ -570,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "baseline) are read as their towers' features. NAME=DIR1,DIR2,...: one "
                         "model per training seed, reported as mean ± std across the seeds. "
                         "Recipe overrides (data.* / eval.*) may follow them")
+    p.add_argument("--subject", metavar="NAME",
+                   help="the model compared with every other one, whatever their names "
+                        "(eval.subject; default: the model named eclip, else the last one given)")
     p.add_argument("--out", required=True, help="report folder")
 
     shards = "eclip.catalog.shards:prepare_shards"

@@ -23,9 +23,9 @@ def load_catalog(data: DataConfig, *, report_dir: str | Path | None = None,
     """Read ``data.catalog`` (validated, bad rows skipped and counted, or the first one raised with
     ``data.strict``); print its summary; with ``report_dir``, write ``report_dir/bad_rows.json``
     (every issue with file, row, line, product id, field and reason). Images of more than
-    ``data.max_pixels`` are used at reduced size (:mod:`eclip.catalog.images`); the later decoding
-    (training, embedding, thumbnails) uses the default limit, which takes every image this check
-    accepts up to Pillow's own ceiling. ``check_images=False`` leaves decoding checks
+    ``data.max_pixels`` are used at reduced size (:mod:`eclip.catalog.images`); training decodes
+    with the same bound (``ListingDataset(max_pixels=)``); embedding and the index's thumbnails
+    still use the default limit. ``check_images=False`` leaves decoding checks
     to a caller that decodes every image anyway (``eclip prepare``)."""
     if not data.catalog:
         raise ConfigError("no catalog given: pass --catalog FILE or set data.catalog in the recipe")

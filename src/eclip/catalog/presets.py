@@ -21,16 +21,15 @@ its ``query->image`` and ``text->image`` (title) retrieval tasks (``eclip.tasks.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from eclip.atomic import atomic_open, write_json_atomic
+from eclip.catalog.readers import cell_identifier, cell_text, iter_rows
 from eclip.catalog.schema import FIELDS
 from eclip.errors import CatalogError, ConfigError
 
@@ -104,13 +103,15 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
     seen: set[str] = set()
     mode: str | None = None  # "bytes" or "path": where every image of the file comes from
     with atomic_open(result.catalog, "w") as handle:
-        for row, record in enumerate(_records(source, name, set(columns.values())), start=1):
+        for row, record in iter_rows(source, set(columns.values())):
             result.rows += 1
-            item = _ident(record.get(columns["product_id"]))
+            item = cell_identifier(record.get(columns["product_id"]), file=name, row=row,
+                                   field=columns["product_id"])
             if item is None:
                 result.skipped += 1
                 continue
-            query = _text(record.get(columns.get("query", ""))) if "query" in columns else None
+            query = (cell_text(record.get(columns["query"]), file=name, row=row,
+                               field=columns["query"]) if "query" in columns else None)
             if query is not None:
                 queries.setdefault(query, {})[item] = 1
                 position = record.get(columns.get("position", ""))
@@ -119,7 +120,8 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
             if item in seen:
                 continue
             seen.add(item)
-            image, kind = _image(record.get(columns["images"]))
+            image, kind = _image(record.get(columns["images"]), file=name, row=row,
+                                 field=columns["images"])
             if kind is not None:
                 if mode is not None and kind != mode:
                     raise CatalogError("images are given both as files and as bytes; give one kind",
@@ -132,7 +134,9 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
                 with atomic_open(out / rel, "wb", fsync=False) as img:
                     img.write(image)
                 image = rel
-            listing = {"product_id": item, "title": _text(record.get(columns["title"])),
+            title = cell_text(record.get(columns["title"]), file=name, row=row,
+                              field=columns["title"])
+            listing = {"product_id": item, "title": title,
                        "images": [image] if image else [], "split": "test"}
             for key, column in columns.items():
                 if key in FIELDS and key not in listing and key != "split":
@@ -154,59 +158,16 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
     return result
 
 
-def _records(source: Path, name: str, wanted: set[str]) -> Iterator[dict[str, Any]]:
-    suffix = source.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            with pq.ParquetFile(source) as parquet:
-                names = parquet.schema_arrow.names
-                selected = [c for c in names if c in wanted]
-                for batch in parquet.iter_batches(batch_size=512, columns=selected):
-                    yield from batch.to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            raise CatalogError(f"not a readable Parquet file: {exc}", file=name) from None
-    elif suffix in (".csv", ".tsv"):
-        with open(source, encoding="utf-8-sig", newline="") as handle:
-            yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix in (".jsonl", ".ndjson"):
-        with open(source, encoding="utf-8-sig") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
-    elif suffix == ".json":
-        yield from json.loads(source.read_text(encoding="utf-8-sig"))
-    else:
-        raise CatalogError(f"unknown format '{source.suffix}' for a benchmark file; use Parquet, "
-                           "CSV, TSV, JSONL or JSON", file=name)
-
-
-def _missing(value: Any) -> bool:
-    return (value is None or (isinstance(value, float) and math.isnan(value))
-            or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none", "null")))
-
-
-def _text(value: Any) -> str | None:
-    return None if _missing(value) else str(value).strip()
-
-
-def _ident(value: Any) -> str | None:
-    if isinstance(value, float) and not math.isnan(value) and value.is_integer():
-        value = int(value)
-    return _text(value)
-
-
-def _image(value: Any) -> tuple[Any, str | None]:
-    """``(bytes or a path, "bytes" / "path")``, or ``(None, None)`` when there is no image."""
+def _image(value: Any, **where: Any) -> tuple[Any, str | None]:
+    """``(bytes or a path, "bytes" / "path")``, or ``(None, None)`` when there is no image;
+    ``where`` (file, row, field) names the cell in an error."""
     if isinstance(value, dict):  # a datasets Image column in Parquet: {"bytes", "path"}
         if value.get("bytes"):
             return bytes(value["bytes"]), "bytes"
         value = value.get("path")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return (bytes(value), "bytes") if len(value) else (None, None)
-    text = _text(value)
+    text = cell_text(value, **where)
     return (text, "path") if text else (None, None)
 
 

@@ -485,6 +485,41 @@ def _parquet_records(file: Path, name: str,
     return rows(), metadata.num_rows, set(names)
 
 
+def iter_rows(path: str | os.PathLike[str], wanted: Iterable[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row, record)`` for every row of a tabular file in any of :data:`FORMATS` (Parquet reads
+    only the ``wanted`` columns), with the hardened readers used for catalogs; a row that cannot be
+    read (malformed JSON, not UTF-8, a wrong number of CSV cells) is a :class:`CatalogError` naming
+    the file, row and line. For files that are not catalogs (``eclip.catalog.presets``)."""
+    file = Path(path)
+    name = os.fspath(path)
+    kind = FORMATS.get(file.suffix.lower())
+    if kind is None:
+        raise CatalogError(f"unknown format '{file.suffix}'; use one of {', '.join(FORMATS)}",
+                           file=name)
+    records, _, _ = _open_records(file, name, kind, {c: c for c in wanted})
+    for row, line, record in records:
+        if isinstance(record, _BadRow):
+            raise CatalogError(record.reason, file=name, row=row, line=line)
+        yield row, record
+
+
+def cell_text(value: Any, *, file: str, row: int, field: str) -> str | None:
+    """A cell as text by the catalog's rules (missing values are ``None``, numbers become text);
+    anything else is a :class:`CatalogError` naming the file, row and field."""
+    try:
+        return _text(value, field)
+    except _BadRow as bad:
+        raise CatalogError(bad.reason, file=file, row=row, field=field) from None
+
+
+def cell_identifier(value: Any, *, file: str, row: int, field: str) -> str | None:
+    """An id cell as text by the catalog's rules (``12``, ``12.0`` and ``"12.0"`` are ``"12"``)."""
+    try:
+        return _identifier(value, field)
+    except _BadRow as bad:
+        raise CatalogError(bad.reason, file=file, row=row, field=field) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Row parsing
 

@@ -135,9 +135,10 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from eclip.atomic import atomic_path
+    from eclip.atomic import atomic_path, clean_stale_temps
 
     path = Path(path)
+    clean_stale_temps(path.parent, (path.name,))  # what an embed killed while writing left behind
     columns = {"product_id": pa.array(emb.product_ids, pa.string())}
     if listings is not None:
         columns["catalog_id"] = pa.array([x.catalog_id for x in listings], pa.string())

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eclip import __version__
 from eclip.catalog.images import load_image
+from eclip.catalog.text import basic_normalize
 from eclip.errors import ImageError
 from eclip.search import hybrid
 from eclip.search.index import Hit, LiveIndex, SearchIndex
@@ -97,7 +98,9 @@ class TextSearch(BaseModel):
 
 class ListingOut(BaseModel):
     product_id: str
-    title: str
+    title: str = Field(description="the title as shown: HTML entities decoded, full-width letters "
+                                   "and invisible characters normalised (no word removed)")
+    raw_title: str = Field(description="the title as the catalog gives it")
     brand: str | None
     category: str | None
     catalog_id: str | None
@@ -284,7 +287,8 @@ async def _reply(send, status: int, detail: str, **extra) -> None:
 # ------------------------------------------------------------------------------- helpers
 def _listing_out(item: StoredListing) -> dict:
     url = f"/images/{quote(item.product_id, safe='')}?n=0" if item.images else None
-    return {"product_id": item.product_id, "title": item.title, "brand": item.brand,
+    return {"product_id": item.product_id, "title": basic_normalize(item.title) or item.title,
+            "raw_title": item.title, "brand": item.brand,
             "category": item.category, "catalog_id": item.catalog_id, "adult": item.adult,
             "images": len(item.images), "image_url": url}
 

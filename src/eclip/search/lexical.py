@@ -8,8 +8,11 @@ characters (``가방`` finds nothing). The tokeniser used by default, ``bigram``
 answer for CJK text: words of Latin letters and digits are kept whole (case-folded, accents
 removed), and every run of Hangul, Han or Kana becomes its overlapping two-character pieces
 (``에어맥스`` -> ``에어 어맥 맥스``; a single character stays as it is). Titles and queries are cut
-the same way in Python, and FTS5 (``unicode61``) indexes the space-separated pieces; a query is the
-OR of its pieces, ranked by ``bm25`` (listings sharing more and rarer pieces first).
+the same way in Python, and FTS5 (``porter`` over ``unicode61``) indexes the space-separated pieces;
+a query is the OR of its pieces, ranked by ``bm25`` (listings sharing more and rarer pieces first).
+FTS5's ``porter`` stems English words on both sides (``shoes`` finds ``shoe``, ``running`` finds
+``run``) and passes other pieces through unchanged, so Korean bigrams are indexed as they are. An
+index built before stemming keeps its own tokeniser (stored with its table) and stays unstemmed.
 ``unicode61`` and ``trigram`` remain selectable (``TOKENIZERS``) so that the choice can be
 measured (``benchmarks/hybrid_search.py``; the figures are in docs/SEARCH.md).
 
@@ -35,7 +38,7 @@ DEFAULT_TOKENIZER = "bigram"
 COLUMN_WEIGHTS = (1.0, 1.0, 1.0)
 MAX_QUERY_TERMS = 64  # a 500-character query cannot become an expression of thousands of terms
 
-_FTS_TOKENIZE = {"bigram": "unicode61 remove_diacritics 2",
+_FTS_TOKENIZE = {"bigram": "porter unicode61 remove_diacritics 2",
                  "unicode61": "unicode61 remove_diacritics 2",
                  "trigram": "trigram"}
 _WORD = re.compile(r"[^\W_]+")

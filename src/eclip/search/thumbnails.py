@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from eclip.atomic import atomic_open
+from eclip.catalog.config import DEFAULT_MAX_PIXELS
 from eclip.catalog.images import load_image
 from eclip.catalog.paths import PathOutsideRoot, contained
 from eclip.errors import ImageError
@@ -23,14 +24,16 @@ NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{40}\.jpg$")
 class ThumbnailStore:
     """``put(photo) -> name``; ``path(name)`` only for names of the form ``ab/<sha1>.jpg``."""
 
-    def __init__(self, root: str | Path, size: int = 256, quality: int = 85):
+    def __init__(self, root: str | Path, size: int = 256, quality: int = 85, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.root = Path(root)
+        self.max_pixels = max_pixels  # data.max_pixels: larger photos are decoded at reduced size
         self.size = size
         self.quality = quality
 
     def put(self, source: str | os.PathLike[str]) -> str:
         """Decode ``source`` safely, shrink it to fit ``size``, store it; ImageError if unusable."""
-        image = load_image(source)
+        image = load_image(source, max_pixels=self.max_pixels)
         image.thumbnail((self.size, self.size))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=self.quality)

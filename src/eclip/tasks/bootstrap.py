@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 KINDS = ("mean", "micro_f1", "bcubed_f1", "roc_auc", "pr_auc")
 CHUNK = 50  # resamples drawn (and evaluated) together; each chunk is seeded on its own
 CACHE_ELEMENTS = 1 << 18  # AUCs: resamples x items evaluated in one pass
-DEFAULT_REFERENCES = ("baseline", "clip")  # the models others are compared with by default
+SUBJECT = "eclip"  # the subject when eval.subject is not set and a model has this name
 
 
 # ----------------------------------------------------------------------------------- outcomes
@@ -314,12 +314,29 @@ def paired_bootstrap(a: Items, b: Items, catalogs: Sequence[str] | None = None, 
 # ------------------------------------------------------------------------------- in the suite
 
 
-def default_pairs(models: Sequence[str], references: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """Every model that is neither a reference of the report (TF-IDF, ...) nor one of
-    ``DEFAULT_REFERENCES`` against each of those present: ``[(eclip, baseline), (eclip, clip)]``
-    for models baseline, clip and eclip."""
-    against = [r for r in DEFAULT_REFERENCES if r in models]
-    return [(m, r) for m in models if m not in against and m not in references for r in against]
+def choose_subject(models: Sequence[str], subject: str | None = None) -> str | None:
+    """The model the report's verdicts speak about: ``subject`` (``eval.subject``, ``eclip eval
+    --subject NAME``) where given, else the model named ``eclip``, else the last one given."""
+    if subject is not None:
+        if subject not in models:
+            raise ConfigError(f"eval.subject: {subject!r} is not among the evaluated models "
+                              f"({', '.join(models)})")
+        return subject
+    if not models:
+        return None
+    return SUBJECT if SUBJECT in models else models[-1]
+
+
+def default_pairs(models: Sequence[str], references: Sequence[str] = (),
+                  subject: str | None = None) -> list[tuple[str, str]]:
+    """The subject (:func:`choose_subject`) against every other model, whatever its name, but the
+    references of the report (TF-IDF, ...): ``[(eclip, baseline), (eclip, clip)]`` for models
+    baseline, clip and eclip; ``[(eclip, init)]`` for init and eclip."""
+    if subject is None:
+        subject = choose_subject(models)
+    if subject not in models:
+        return []
+    return [(subject, m) for m in models if m != subject and m not in references]
 
 
 def check_config(cfg: EvalConfig, names: Sequence[str]) -> None:
@@ -352,7 +369,7 @@ def compare_models(ctx: TaskContext, order: Sequence[str] | None = None) -> list
     names = order if order is not None else [v.name for v in ctx.views]
     models = [name for name in names if name in kept]  # in the order the models were given
     pairs = ([tuple(p) for p in cfg.compare] if cfg.compare is not None
-             else default_pairs(models, report.references))
+             else default_pairs(models, report.references, report.subject))
     wanted = {m for pair in pairs for m in pair}
     items = {key: it for key, it in ctx.outcomes.items() if key[2] in wanted}
     if not pairs or not items:

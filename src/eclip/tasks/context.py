@@ -24,7 +24,9 @@ class EvalConfig:
     """The ``eval`` section of a recipe (``configs/eval.yaml``)."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    subject: str = "eclip"  # the model whose verdicts the report states
+    # the model whose verdicts the report states, compared with every other model (None: the one
+    # named eclip, else the last one given; eclip.tasks.bootstrap.choose_subject)
+    subject: str | None = None
     tower_features: list[str] = field(default_factory=lambda: ["baseline"])  # models read as towers
     reference: bool = True  # the TF-IDF title reference (and the title-span attribute extractor)
     seeds: int = 3  # probe seeds; each trains on a share of the training catalogs
@@ -46,8 +48,8 @@ class EvalConfig:
     queries: str | None = None
     preset: str | None = None
     # Paired bootstrap over test catalogs (eclip.tasks.bootstrap): resamples (0: no intervals),
-    # their seed, the interval's level, and the [model, reference] pairs compared (None: every
-    # model but the references against baseline and clip, where present).
+    # their seed, the interval's level, and the [model, reference] pairs compared (None: the
+    # subject against every other model but the references).
     bootstrap: int = 1000
     bootstrap_seed: int = 0
     confidence: float = 0.95

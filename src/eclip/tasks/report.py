@@ -135,6 +135,20 @@ class Report:
     def tasks(self) -> list[str]:
         return list(dict.fromkeys(r.task for r in self.rows))
 
+    def roles_line(self) -> str | None:
+        """Which model is the subject, which it is compared with, which are references."""
+        others = [m for m in self.models() if m != self.subject and m not in self.references]
+        if self.subject not in self.models() or not others:
+            return None
+        compared = list(dict.fromkeys(c.reference for c in self.comparisons
+                                      if c.model == self.subject)) or others
+        references = [m for m in self.references if m in self.models()]
+        line = (f"Subject: **{self.subject}**, compared with {', '.join(compared)} (each "
+                f"difference is {self.subject} − other; `eclip eval --subject NAME` picks another)")
+        if references:
+            line += f". References, shown but outside the verdicts: {', '.join(references)}"
+        return line + "."
+
     def modalities(self, task: str, metric: str | None = None) -> list[str]:
         found = dict.fromkeys(r.modality for r in self.rows
                               if r.task == task and (metric is None or r.metric == metric))
@@ -329,6 +343,8 @@ class Report:
     def summary_markdown(self) -> str:
         """The title, the verdicts, the skipped tasks and each task's headline table."""
         lines = [f"# {self.title}", ""]
+        roles = self.roles_line()
+        lines += [roles, ""] if roles else []
         lines += self._verdict_bullets(self.tasks()) + [""]
         table = self.verdict_table()
         if table:
@@ -342,6 +358,8 @@ class Report:
     def to_markdown(self) -> str:
         models = self.models()
         lines = [f"# {self.title}", ""]
+        roles = self.roles_line()
+        lines += [roles, ""] if roles else []
         verdicts = [self.verdict(t) for t in self.tasks() if t in self.headlines]
         if any(verdicts):
             lines += ["## Verdicts", ""] + self._verdict_bullets(

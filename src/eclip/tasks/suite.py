@@ -21,6 +21,7 @@ from typing import Callable
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from eclip.atomic import clean_stale_temps_below
 from eclip.catalog.config import DataConfig
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
@@ -28,7 +29,7 @@ from eclip.config import apply_overrides, from_dict, load_yaml, to_dict
 from eclip.encode import ImageFeatureCache
 from eclip.errors import ConfigError
 from eclip.tasks import adult, attribute, category, clustering, ir, matching
-from eclip.tasks.bootstrap import check_config, compare_models
+from eclip.tasks.bootstrap import check_config, choose_subject, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
 from eclip.tasks.report import Report
@@ -209,10 +210,13 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     cfg = config or EvalConfig()
     check_config(cfg, list(models) + (REFERENCES if cfg.reference else []))
     names = list(models)
+    subject = choose_subject(names, cfg.subject) or "eclip"
     models, members = expand_seeds(models)  # {NAME#k: model} for the names with several seeds
     folded = any(len(seeds) > 1 for seeds in members.values())
     seconds: dict[str, float] = {}
     started = clock = time.perf_counter()
+    if out_dir is not None:  # the temporaries of an eval killed while writing its files
+        clean_stale_temps_below(out_dir)
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -224,7 +228,7 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     counts = splits.counts()
     log(f"eval splits ({splits.source}): {counts['train']} train, {counts['val']} val, "
         f"{counts['test']} test listings")
-    report = Report(title=title, headlines=dict(HEADLINES), subject=cfg.subject,
+    report = Report(title=title, headlines=dict(HEADLINES), subject=subject,
                     references=list(REFERENCES))
     availability = task_availability(splits)
     for task in cfg.tasks:
@@ -311,6 +315,7 @@ def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_d
     from eclip.model import DualEncoder
 
     out = Path(out_dir)
+    clean_stale_temps_below(out)  # a killed eval's temporaries (the benchmark's files included)
     data, cfg, dataset = recipe.data, recipe.eval, Path(str(recipe.data.catalog)).stem
     if cfg.preset:  # a public benchmark's layout: converted under OUT/benchmark first
         from dataclasses import replace

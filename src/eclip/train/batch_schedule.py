@@ -147,3 +147,24 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: BatchSchedule
     """
     return LambdaLR(optimizer, partial(_lr_multiplier, schedule=schedule, total_steps=total_steps,
                                        warmup_steps=warmup_steps, min_ratio=min_ratio))
+
+
+def too_few_rows(rows: int, unit: int, world_size: int, batch_size: int,
+                 schedule: list[dict[str, Any]] | None, micro_batch_size: int | None) -> str:
+    """The message for ``rows`` training listings that do not fill one sampled batch of ``unit`` x
+    ``world_size`` rows: the setting that decides that size (``train.micro_batch_size``, else
+    ``train.batch_schedule``, else ``train.batch_size``) and the overrides that fit the catalog."""
+    size = unit * world_size
+    if micro_batch_size is not None:
+        binding = f"train.micro_batch_size={micro_batch_size} (x {world_size} ranks)"
+    elif schedule:
+        shown = ", ".join(str(e.get("batch_size")) for e in schedule if isinstance(e, dict))
+        binding = f"train.batch_schedule (batch sizes {shown}: the largest size dividing them all)"
+    else:
+        binding = f"train.batch_size={batch_size}"
+    fit = world_size  # a power of two times the ranks, at most half the rows: two batches an epoch
+    while fit * 2 <= rows // 2:
+        fit *= 2
+    return (f"{rows} training listings do not fill one batch of {size}, which {binding} sets. "
+            f"For a catalog this small, train one batch size of {fit} rows: "
+            f"train.batch_schedule=null train.micro_batch_size=null train.batch_size={fit}")

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from eclip.catalog.compose import TextComposer
+from eclip.catalog.config import DEFAULT_MAX_PIXELS
 from eclip.catalog.images import ImageTransform, load_image
 from eclip.catalog.schema import Listing, catalog_group_id
 from eclip.encode.loader import default_num_workers  # noqa: F401  (its home: encode.loader)
@@ -42,12 +43,15 @@ class ListingDataset(Dataset):
     With ``images_as_refs`` the dataset does not decode images: it returns the position of the chosen
     image in ``self.image_paths`` so that a feature cache can stand in for a locked image tower.
     With ``uint8`` ``pixel_values`` are the transform's uint8 pixels (normalised later, by
-    :func:`to_device`), else its float values.
+    :func:`to_device`), else its float values. ``max_pixels`` (``data.max_pixels``): an image
+    larger than that is decoded at reduced size, as the catalog check read it.
     """
 
     def __init__(self, listings: list[Listing], composer: TextComposer, transform: ImageTransform,
-                 *, seed: int = 0, images_as_refs: bool = False, uint8: bool = False):
+                 *, seed: int = 0, images_as_refs: bool = False, uint8: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.listings = listings
+        self.max_pixels = max_pixels
         self.uint8 = uint8
         self.composer = composer
         self.transform = transform
@@ -79,7 +83,7 @@ class ListingDataset(Dataset):
             generator = None
             if self.transform.train:
                 generator = torch.Generator().manual_seed(rng.getrandbits(63))
-            image = load_image(listing.images[which])
+            image = load_image(listing.images[which], max_pixels=self.max_pixels)
             pixels = self.transform.pixels(image, generator)
             item["pixel_values"] = pixels if self.uint8 else self.transform.normalize(pixels)
         return item

@@ -9,7 +9,10 @@ would silently mean other things; so the run refuses, naming what changed.
 The fingerprint is a few SHA-1 digests over the training listings in their order: product ids,
 texts as composed for training (title, brand, category, attributes, as ``data.text`` renders them,
 before field dropout), image paths, catalog ids; for a run streaming shards, over the records of the
-training split (the same fields, as ``eclip prepare`` wrote them).
+training split (the same fields, as ``eclip prepare`` wrote them). The validation listings have a
+digest of their own (ids, texts, images): the validation loss and the best checkpoint chosen by it
+would otherwise compare numbers computed on different rows. A checkpoint written before that digest
+existed resumes without the check.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ PARTS = {
     "images": "their image paths",
     "catalogs": "their catalog ids",
     "records": "the shards' records (ids, texts, images)",
+    "validation": "the validation listings (ids, texts, images)",
 }
 
 
@@ -72,11 +76,22 @@ def shards_fingerprint(shard_dir: str | Path, split: str | None) -> dict[str, An
     return {"version": VERSION, "kind": "shards", "listings": count, "records": digest}
 
 
-def data_fingerprint(recipe: Recipe, listings: list[Listing]) -> dict[str, Any]:
-    """What the run of ``recipe`` trains on: ``listings``, or the shards of ``data.shards``."""
+def validation_digest(listings: Iterable[Listing], composer: TextComposer) -> str:
+    """One digest over the validation listings: their ids, composed texts and image paths."""
+    return _digest([x.product_id, composer.compose(x), list(x.images)] for x in listings)
+
+
+def data_fingerprint(recipe: Recipe, listings: list[Listing],
+                     val_listings: Iterable[Listing] = ()) -> dict[str, Any]:
+    """What the run of ``recipe`` trains on (``listings``, or the shards of ``data.shards``) and
+    validates on (``val_listings``)."""
+    composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     if recipe.data.shards:
-        return shards_fingerprint(recipe.data.shards, recipe.data.train_split)
-    return listings_fingerprint(listings, TextComposer(ComposerConfig.from_dict(recipe.data.text)))
+        found = shards_fingerprint(recipe.data.shards, recipe.data.train_split)
+    else:
+        found = listings_fingerprint(listings, composer)
+    found["validation"] = validation_digest(val_listings, composer)
+    return found
 
 
 def check_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], checkpoint: Path,
@@ -91,9 +106,10 @@ def check_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], che
         changed = [f"the data source (it trained on {saved.get('kind')}, this run reads "
                    f"{current.get('kind')})"]
     else:
+        # a part the checkpoint lacks (written before that part was) is not compared
         changed = [PARTS[key] for key in PARTS
-                   if (key in saved or key in current) and saved.get(key) != current.get(key)]
-        if saved.get("listings") != current.get("listings"):
+                   if key in saved and saved.get(key) != current.get(key)]
+        if changed and saved.get("listings") != current.get("listings"):
             changed[0] = (f"the number of training listings ({saved.get('listings')} when the "
                           f"run started, {current.get('listings')} now)")
     if not changed:

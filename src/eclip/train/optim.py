@@ -77,3 +77,31 @@ def prepare_finetune(model, train_config: TrainConfig) -> WiseFT | None:
                         image_top_blocks=cfg.image_trainable_blocks,
                         image_layers=cfg.image_trainable_layers, text_layers=cfg.text_trainable_layers)
     return WiseFT(model, cfg.wise_alpha) if cfg.wise_alpha is not None else None
+
+
+def top_of_image_tower(train_config: TrainConfig, model, log=print) -> TrainConfig:
+    """``train.image_trainable_blocks`` (train only the top N blocks of the image tower and its
+    head) for every image tower. A tower that can be cut between blocks (EfficientNet) with
+    ``train.lock_image=true`` trains its top with the activations below computed once; any other
+    tower (a transformers ViT, a CLIP checkpoint's) is unlocked with only its top N blocks and its
+    head training, ``train.image_trainable_layers=N+1`` (layer groups: blocks and head). Returns the
+    config to train with (``train_config`` itself when nothing changes)."""
+    from dataclasses import replace
+
+    from eclip.errors import ConfigError
+
+    blocks = train_config.image_trainable_blocks
+    if not blocks:
+        return train_config
+    if train_config.image_trainable_layers is not None:
+        raise ConfigError("train.image_trainable_blocks and train.image_trainable_layers both say "
+                          "how much of the image tower trains: set one (image_trainable_blocks "
+                          "works on every tower)")
+    tower = model.image_tower
+    if train_config.lock_image and getattr(tower, "num_blocks", 0):
+        return train_config  # the cut: checked against the tower's blocks where it is made
+    log(f"train.image_trainable_blocks={blocks}: the {type(tower).__name__} trains its top "
+        f"{blocks} blocks and its head as layer groups (train.image_trainable_layers={blocks + 1}, "
+        "the tower unlocked below them frozen)")
+    return replace(train_config, lock_image=False, image_trainable_blocks=0,
+                   image_trainable_layers=blocks + 1)

@@ -98,8 +98,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     lock_image: bool = False
-    # with lock_image: the top N blocks of the image tower (and its head) still train; the tower's
-    # activations below them are computed once, like a locked tower's features
+    # the one knob for "train only the top of the image tower": its top N blocks and head train.
+    # With lock_image and a tower that can be cut (EfficientNet), the activations below them are
+    # computed once, like a locked tower's features; any other tower trains its top N blocks and
+    # head as layer groups (image_trainable_layers=N+1: eclip.train.optim.top_of_image_tower)
     image_trainable_blocks: int = 0
     lock_text: bool = False
     # fine-tuning controls (a tower's layer groups, bottom up: embeddings, block 0..N-1, head):

@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +45,7 @@ from eclip.errors import ConfigError, EclipError
 from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, title_composer
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
-from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler
+from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
 from eclip.train.checkpoint import clean_checkpoint_temps, damaged
 from eclip.train.fingerprint import check_fingerprint, data_fingerprint
 from eclip.train.data import Collator, ListingDataset, to_device
@@ -57,7 +57,7 @@ from eclip.train.loss import ContrastiveLoss
 from eclip.train.mined import train_on_mined_catalogs
 from eclip.train.neighbours import batch_order
 from eclip.model.merge import WiseFT
-from eclip.train.optim import param_groups, prepare_finetune
+from eclip.train.optim import param_groups, prepare_finetune, top_of_image_tower
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
 from eclip.train.sampler import CatalogBatchSampler
@@ -166,7 +166,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
                                              crop_resample=recipe.data.crop_resample)
     use_cache = caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment)
     dataset = ListingDataset(listings, composer, transform, seed=cfg.seed,
-                             images_as_refs=use_cache)
+                             max_pixels=recipe.data.max_pixels, images_as_refs=use_cache)
     image_input: ImageInput = pixel_input
     if use_cache:
         if image_cache is None:
@@ -184,8 +184,8 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
     sampler = CatalogBatchSampler(dataset.groups, unit * env.world_size, per_group=cfg.per_group,
                                   seed=cfg.seed, drop_last=True, order=order)
     if len(sampler) == 0:
-        raise EclipError(f"{len(listings)} training listings do not fill one batch of "
-                         f"{unit * env.world_size}: lower train.batch_size")
+        raise EclipError(too_few_rows(len(listings), unit, env.world_size, cfg.batch_size,
+                                      cfg.batch_schedule, cfg.micro_batch_size))
     source = ListingSource(dataset, sampler, Collator(model.tokenize), rank=env.rank,
                            world_size=env.world_size, num_workers=cfg.num_workers, seed=cfg.seed)
     return DataPlan(source, image_input, image_cache)
@@ -464,13 +464,15 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     cfg = recipe.train
     env = env if env is not None else init_distributed(cfg.device)
     log = rank_log(env, log)
+    if (resolved := top_of_image_tower(cfg, model, log)) is not cfg:  # one knob for every tower
+        recipe, cfg = replace(recipe, train=resolved), resolved
     parallel = parallel_strategy(cfg, env)  # DDP or FSDP
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:
         clean_run_temps(out_dir, cfg)
     # what the run trains on; a resumed run checks it against its checkpoint before anything else
-    fingerprint = data_fingerprint(recipe, list(train_listings))
+    fingerprint = data_fingerprint(recipe, list(train_listings), list(val_listings))
     state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log, parallel)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 

@@ -40,7 +40,11 @@ function card(result) {
   } else {
     img.remove();
   }
-  node.querySelector(".title").textContent = result.title;
+  node.querySelector(".title").textContent = result.title;  // cleaned by the API
+  if (result.raw_title && result.raw_title !== result.title) {
+    node.querySelector(".raw").hidden = false;  // the seller's title, as the catalog has it
+    node.querySelector(".raw-title").textContent = result.raw_title;
+  }
   node.querySelector(".category").textContent = result.category || "no category";
   node.querySelector(".score").textContent = `score ${result.score.toFixed(3)}`;
   node.querySelector(".badge").hidden = !result.same_catalog;
