@@ -180,6 +180,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
                      "ids as the reference of what mining could reach.")
         config.compare = [[m, r] for m in ("eclip", "eclip_mined") for r in ("baseline", "clip")]
         config.compare.append(["eclip_mined", "eclip"])
+        config.subject = "eclip_mined"
     if seeds > 1:
         meta["train_seeds"] = train_seeds
         notes.append(f"clip and eclip: {seeds} training runs each, train.seed = "
