@@ -41,16 +41,48 @@ def _vectors_match(model: DualEncoder, directory) -> None:
             assert np.abs(theirs - ours).max() <= 1e-4
 
 
-def test_scratch_bert_and_vit_towers(tiny_model_dir, tmp_path):
-    model = DualEncoder.from_pretrained(tiny_model_dir).eval()
-    out = export_onnx(model, tmp_path / "onnx")
-    assert has_onnx(out)
-    meta = json.loads((out / META_FILE).read_text())
+@pytest.mark.slow
+def test_serve_encodes_queries_with_onnx_and_finds_what_pytorch_finds(tiny_model_dir, tiny_catalog,
+                                                                      tmp_path):
+    """scratch BERT + vit: the graphs give eclip's vectors, and the API answers as under PyTorch."""
+    from fastapi.testclient import TestClient
+
+    from eclip.catalog.readers import read_catalog
+    from eclip.search import build_index
+    from eclip.search.api import create_app
+    from eclip.search.onnx_query import onnx_dir
+
+    listings = read_catalog(tiny_catalog).listings
+    index = build_index(tiny_model_dir, listings, tmp_path / "index", progress=False)
+    torch_client = TestClient(create_app(tmp_path / "index"))
+    assert torch_client.get("/health").json()["query_encoder"] == "pytorch"
+    onnx_client = TestClient(create_app(tmp_path / "index", onnx=True))  # exported on first start
+    assert onnx_client.get("/health").json()["query_encoder"] == "onnx"
+    graphs = onnx_dir(tmp_path / "index", index.model_sha1)
+    assert has_onnx(graphs) and not [p for p in graphs.parent.iterdir() if p.name.startswith(".")]
+    meta = json.loads((graphs / META_FILE).read_text())
     assert (meta["embed_dim"], meta["text_tower"], meta["image_tower"]) == (16, "scratch", "vit")
-    _vectors_match(model, out)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    _vectors_match(DualEncoder.from_pretrained(tiny_model_dir).eval(), graphs)
+
+    queries = [x.title for x in listings[:6]] + ["red cotton", "zzz unknown words"]
+    for query in queries:
+        for against in ("text", "image"):
+            body = {"query": query, "k": 10, "mode": "vector", "against": against}
+            ours, theirs = (c.post("/search/text", json=body).json()["results"]
+                            for c in (torch_client, onnx_client))
+            assert [r["product_id"] for r in ours] == [r["product_id"] for r in theirs]
+            assert np.allclose([r["score"] for r in ours], [r["score"] for r in theirs], atol=1e-4)
+    for listing in listings[:3]:
+        answers = []
+        for client in (torch_client, onnx_client):
+            with open(listing.images[0], "rb") as handle:
+                answers.append(client.post("/search/image", files={"file": ("p.jpg", handle)},
+                                           data={"k": "10", "against": "image"}).json()["results"])
+        assert [r["product_id"] for r in answers[0]] == [r["product_id"] for r in answers[1]]
+        assert np.allclose([r["score"] for r in answers[0]], [r["score"] for r in answers[1]], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_hf_text_and_image_towers_clip(tmp_path):
     from eclip.model.pretrained import from_checkpoint
 
@@ -58,6 +90,7 @@ def test_hf_text_and_image_towers_clip(tmp_path):
     _vectors_match(model, export_onnx(model, tmp_path / "onnx"))
 
 
+@pytest.mark.slow
 def test_hf_bert_text_and_efficientnet_image_towers(tmp_path):
     model = DualEncoder.build(DualEncoderConfig(
         text_model=str(tc.make_bert(tmp_path / "bert")), max_length=32,
@@ -65,6 +98,7 @@ def test_hf_bert_text_and_efficientnet_image_towers(tmp_path):
     _vectors_match(model, export_onnx(model, tmp_path / "onnx"))
 
 
+@pytest.mark.slow
 def test_refused_export_names_the_tower_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     model = DualEncoder.from_pretrained(tiny_model_dir).eval()
     original = OnnxTowers.image
