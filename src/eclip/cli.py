@@ -339,6 +339,10 @@ def cmd_index(args: argparse.Namespace) -> int:
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
                            progress=_progress(args), store=store)
     print(info.summary())
+    if args.onnx:
+        from eclip.search.onnx_query import write_index_onnx
+
+        print(f"ONNX query encoder: {write_index_onnx(out)}")
     if read.issues:  # beside the generations, after the index is written
         read.write_report(out / BAD_ROWS_FILE)
         print(f"bad-row report: {out / BAD_ROWS_FILE}")
@@ -370,7 +374,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from eclip.search.api import create_app
 
     app = create_app(args.index, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                     threads_per_request=args.threads_per_request)
+                     threads_per_request=args.threads_per_request, onnx=args.onnx)
+    print(f"query encoder: {app.state.query_encoder}")
     print(f"serving {args.index} on http://{args.host}:{args.port} (API schema: /docs)")
     # --quiet: no request log, unless a level was asked for
     log_level = args.log_level or ("warning" if args.quiet else "info")
@@ -651,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest side of the photos stored in the index (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=Library(build, "batch_size"),
                    help="listings per forward pass (default: %(default)s)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write the model's towers as ONNX graphs into the index: eclip serve "
+                        "then encodes queries with ONNX Runtime (needs pip install 'eclip[onnx]')")
 
     p = command("serve", cmd_serve, "serve a search index: JSON API and web page",
                 "Search by text or photo, similar listings, classification; the web page is at "
@@ -670,12 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-request", type=int, default=1,
                    help="torch and FAISS threads per query; requests run in parallel "
                         "(default: %(default)s)")
+    p.add_argument("--onnx", action="store_true",
+                   help="export the index's model to ONNX on start unless the index holds it; "
+                        "queries are encoded by ONNX Runtime whenever the index holds it, by "
+                        "PyTorch otherwise (needs pip install 'eclip[onnx]')")
     p.add_argument("--log-level", default=None,
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="(default: info; warning with --quiet)")
 
     p = command("export", cmd_export,
-                "write a model as a transformers or sentence-transformers directory",
+                "write a model as a transformers or sentence-transformers directory, or ONNX graphs",
                 "Hand a model back in a format other tools load without eclip: a model started "
                 "from a CLIP (SigLIP) checkpoint becomes a CLIPModel (SiglipModel) directory "
                 "with its processor, one with transformers towers a VisionTextDualEncoderModel. "
@@ -683,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "that cannot reproduce them is refused, with the reason.",
                 ["eclip export --model runs/shop/model --format transformers --out shop_clip",
                  "eclip export --model runs/shop/model --format sentence-transformers "
-                 "--out shop_st"],
+                 "--out shop_st",
+                 "eclip export --model runs/shop/model --format onnx --out shop_onnx"],
                 parents=(quiet,))
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", choices=Library("eclip.model.export:FORMATS"), metavar="FORMAT",

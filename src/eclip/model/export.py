@@ -17,6 +17,8 @@ inputs; an export that cannot reproduce eclip's vectors is refused with a ModelE
 (the EfficientNet or eclip ``vit`` towers, mean / CLS text pooling, identity projections outside
 SigLIP, ...).
 
+``format="onnx"`` writes each tower as an ONNX graph for ONNX Runtime (see ``eclip.model.onnx``).
+
 ``format="sentence-transformers"`` writes the same model as a sentence-transformers directory (its
 ``Transformer`` module, which calls ``get_text_features`` / ``get_image_features``, then
 ``Normalize``): ``SentenceTransformer(out_dir).encode(texts)`` and ``.encode([PIL images])`` give
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from eclip.catalog.filters import filter_code
 from eclip.errors import ModelError
 
-FORMATS = ("transformers", "sentence-transformers")
+FORMATS = ("transformers", "sentence-transformers", "onnx")
 _CHECK_TOL = 1e-4
 
 
@@ -55,6 +57,10 @@ def export_model(model, out_dir: str | Path, format: str = "transformers") -> Pa
     vectors, or when ``out_dir`` exists and is not empty."""
     if format not in FORMATS:
         raise ModelError(f"unknown export format '{format}'; choose one of: {', '.join(FORMATS)}")
+    if format == "onnx":  # each tower as an ONNX graph (eclip.model.onnx)
+        from eclip.model.onnx import export_onnx
+
+        return export_onnx(model, out_dir)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelError(f"cannot export to {out}: it exists and is not an empty directory")

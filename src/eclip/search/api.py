@@ -153,6 +153,7 @@ class Health(BaseModel):
     generation: str
     vectors: dict[str, str]
     model_sha1: str
+    query_encoder: Literal["onnx", "pytorch"]
     version: str
 
 
@@ -340,7 +341,8 @@ def _field_errors(exc: RequestValidationError, content_type: str | None = None) 
 # ----------------------------------------------------------------------------------- app
 def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_upload_pixels: int = MAX_UPLOAD_PIXELS, check_every: float = 1.0,
-               warm: bool = True, threads_per_request: int | None = None) -> FastAPI:
+               warm: bool = True, threads_per_request: int | None = None,
+               onnx: bool = False) -> FastAPI:
     """The service over ``index_dir`` (opened now, so a bad folder fails here, not per request).
 
     ``threads_per_request`` sets the thread pools of torch and FAISS for the whole process (None
@@ -348,16 +350,26 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
     spread over several threads is much slower than on one when the cores are busy: on a loaded
     2-core machine a title encodes in 4 ms of CPU on one torch thread and 54-71 ms on two, and a
     20k-vector exact scan takes 1.5 ms on one FAISS thread and 24 ms on two.
+
+    ``onnx`` exports the index's model to ONNX first unless the index holds it already; queries are
+    encoded by ONNX Runtime whenever it does (``/health`` says which encoder runs).
     """
     if threads_per_request is not None:
         torch.set_num_threads(threads_per_request)
         faiss.omp_set_num_threads(threads_per_request)
+    if onnx:
+        from eclip.search.onnx_query import write_index_onnx
+
+        write_index_onnx(index_dir)
     live = LiveIndex(index_dir, check_every=check_every)
     if warm:
         live.get().model  # noqa: B018 - load the model before the first query
+        getattr(live.get()._encoder, "towers", None)  # and the ONNX Runtime sessions
+    app_encoder = live.get().query_encoder
     app = FastAPI(title="eclip product search", version=__version__,
                   description="Search a catalog by text or photo, find the same product, "
                               "classify a listing.", docs_url=None, redoc_url=None)
+    app.state.query_encoder = app_encoder
     app.add_middleware(RequestGuard, upload_limit=max_upload_bytes + MAX_BODY_BYTES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
@@ -394,7 +406,8 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         current = index()
         return {"status": "ok", "listings": len(current), "generation": current.generation,
                 "vectors": {m: s.describe() for m, s in current.info.vectors.items()},
-                "model_sha1": current.info.model_sha1, "version": __version__}
+                "model_sha1": current.info.model_sha1, "query_encoder": current.query_encoder,
+                "version": __version__}
 
     @app.post("/search/text", response_model=SearchResponse, tags=["search"])
     def search_text(body: TextSearch) -> dict:

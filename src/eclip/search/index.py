@@ -584,19 +584,29 @@ class _Encoder:
                 self._model = model
             return self._model
 
-    def text(self, query: str) -> np.ndarray:
+    backend = "pytorch"
+
+    def tokens(self, query: str) -> dict[str, torch.Tensor]:
+        """A query as the model's text composer renders a listing with only this title, tokenized."""
         model = self.model
         text = self._composer.compose(query_listing(query))
         with self._tokenizer_lock:
-            tokens = model.tokenize([text])
+            return model.tokenize([text])
+
+    def pixels(self, image) -> torch.Tensor:
+        """A photo as the model's eval transform gives it, [1, 3, H, W]."""
+        self.model  # noqa: B018 - loads the transform
+        return self._transform(image)[None]
+
+    def text(self, query: str) -> np.ndarray:
+        tokens = self.tokens(query)
         with torch.inference_mode():
-            return model.encode_text(tokens["input_ids"], tokens["attention_mask"])[0].numpy()
+            return self.model.encode_text(tokens["input_ids"], tokens["attention_mask"])[0].numpy()
 
     def image(self, image) -> np.ndarray:
-        model = self.model
-        pixels = self._transform(image)[None]
+        pixels = self.pixels(image)
         with torch.inference_mode():
-            return model.encode_image(pixels)[0].numpy()
+            return self.model.encode_image(pixels)[0].numpy()
 
 
 class SearchIndex:
@@ -613,7 +623,10 @@ class SearchIndex:
                 self.store.close()
             raise
         self.thumbnails = ThumbnailStore(root / "images")
-        self._encoder = _Encoder(generation / "model")
+        from eclip.search.onnx_query import query_encoder
+
+        # ONNX Runtime when the index holds the model's ONNX graphs (eclip index --onnx), else PyTorch
+        self._encoder = query_encoder(root, self.info.model_sha1, _Encoder(generation / "model"))
         self._category_cache: dict[str, np.ndarray] = {}
         self._adult_vids: np.ndarray | None = None
 
@@ -690,6 +703,11 @@ class SearchIndex:
     @property
     def model(self):
         return self._encoder.model
+
+    @property
+    def query_encoder(self) -> str:
+        """``onnx`` or ``pytorch``: what encodes query texts and photos."""
+        return self._encoder.backend
 
     def encode_text(self, query: str) -> np.ndarray:
         """A query as the model's text composer would render a listing with only this title."""
