@@ -294,8 +294,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise EclipError(f"{args.out} keeps its vectors in {index_store(args.out).kind}, not "
                              f"{args.store}: rebuild it (without --update) to change the store")
     if args.delete:
-        if args.catalog or args.update:
-            raise EclipError("--delete removes listings by id: give it without --catalog/--update")
+        if args.catalog or args.update or args.embeddings:
+            raise EclipError("--delete removes listings by id: give it without "
+                             "--catalog/--update/--embeddings")
         info = delete_from_index(args.out, _product_ids(args.delete))
         print(info.summary())
         return 0
