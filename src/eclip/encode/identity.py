@@ -1,9 +1,10 @@
 """A model's identity: one SHA-256 over the files that decide its vectors.
 
-``eclip embed`` records it with the vectors (Parquet metadata, the Ray manifest) and the search index
-records it in ``info.json``, so that vectors of two models are never mixed in one index. The hash
-covers the weights (``*.safetensors``, ``*.bin``, ``*.pt``) and the configuration files
-(``*.json``, ``*.txt``: the model's config, its tokenizer), by name and content, in name order.
+``eclip embed`` records it with the vectors (Parquet metadata, the Ray manifest) and the search
+index records it in ``info.json``, so that vectors of two models are never mixed in one index. The
+hash covers the weights (``*.safetensors``, ``*.bin``, ``*.pt``) and the configuration files
+(``*.json``, ``*.txt``, ``*.model``: the model's config, its tokenizer) at its top level, by name
+and content, in name order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ MANIFEST_KEY = "model_sha256"  # the key in the Ray manifest and in the index's 
 def model_sha256(model_dir: str | Path) -> str:
     """The SHA-256 of the model directory's weights and configuration (see the module docstring)."""
     model_dir = Path(model_dir)
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+    files = sorted(p for p in model_dir.glob("*") if p.is_file() and p.suffix in _SUFFIXES)
     if not any(p.suffix in (".safetensors", ".bin", ".pt") for p in files):
         raise EclipError(f"{model_dir} holds no model weights (*.safetensors / *.bin)")
     digest = hashlib.sha256()
