@@ -104,7 +104,7 @@ class IndexInfo:
     fusion_weight: float = FUSION_WEIGHT  # "both" = eclip.encode.fuse(image, text, fusion_weight)
     store: dict | None = None  # the vector store (stores.py); None: FAISS files in the generation
     model_sha256: str | None = None  # encode.identity.model_sha256 of model/ (None: older index)
-    thumbnails: bool = True  # False: written without photos (search/build.py, --no-thumbnails)
+    thumbnails: bool = True  # False: some listings were written without photos (--no-thumbnails)
 
     def to_dict(self) -> dict:
         data = asdict(self)
