@@ -185,6 +185,7 @@ def _engine_options(p: argparse.ArgumentParser, engine: str, work: str, note: st
 def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.catalog.load import load_catalog
     from eclip.encode import embed_listings, write_embeddings
+    from eclip.encode.identity import model_sha256
     from eclip.model import DualEncoder
 
     on_ray = _on_ray(args)
@@ -204,7 +205,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     read = load_catalog(recipe.data, report_dir=out.parent, progress=_progress(args))
     emb = embed_listings(model, read.listings, batch_size=args.batch_size,
                          progress=_progress(args))
-    write_embeddings(emb, out, read.listings)
+    write_embeddings(emb, out, read.listings, model_sha256=model_sha256(args.model))
     print(f"wrote {len(emb.product_ids)} embeddings to {out}")
     return 0
 
@@ -306,8 +307,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise EclipError(f"{args.out} keeps its vectors in {index_store(args.out).kind}, not "
                              f"{args.store}: rebuild it (without --update) to change the store")
     if args.delete:
-        if args.catalog or args.update:
-            raise EclipError("--delete removes listings by id: give it without --catalog/--update")
+        if args.catalog or args.update or args.embeddings:
+            raise EclipError("--delete removes listings by id: give it without "
+                             "--catalog/--update/--embeddings")
         info = delete_from_index(args.out, _product_ids(args.delete))
         print(info.summary())
         return 0
@@ -315,7 +317,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise EclipError("--catalog FILE is required (or --delete IDS to remove listings)")
     if not args.update and not args.model:
         raise EclipError("--model DIR is required to build an index (--update uses the index's "
-                         "own model)")
+                         "own model); with --embeddings, the model that made the vectors")
     recipe = _recipe(args)
     _threads(args)
     out = Path(args.out)
@@ -328,7 +330,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     warning = held_out_warning(listings)
     if warning:
         print(warning)
-    if args.update:
+    if args.embeddings:  # stored vectors: no model runs
+        from eclip.search.build import index_from_embeddings
+
+        info = index_from_embeddings(
+            out, args.embeddings, listings, model_dir=args.model, update=args.update,
+            settings=VectorSettings(kind=args.kind, exact_max=args.exact_max,
+                                    target_recall=args.target_recall),
+            store=StoreSpec(args.store, args.uri, args.collection), thumbnails=args.thumbnails,
+            thumbnail_size=args.thumbnail_size, progress=_progress(args))
+    elif args.update:
+        if not args.thumbnails:
+            raise EclipError("--no-thumbnails applies to builds and to --embeddings writes")
         info = update_index(out, listings, model_dir=args.model, batch_size=args.batch_size,
                             progress=_progress(args))
     else:
@@ -337,7 +350,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         store = StoreSpec(args.store, args.uri, args.collection)
         info = build_index(args.model, listings, out, settings=settings,
                            thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
-                           progress=_progress(args), store=store)
+                           progress=_progress(args), store=store,
+                           thumbnails=args.thumbnails)
     print(info.summary())
     if args.onnx:
         from eclip.search.onnx_query import write_index_onnx
@@ -611,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
          "--out shop_index",
          "eclip index --update --catalog new_or_changed.jsonl --out shop_index",
          "eclip index --delete p000001,p000007 --out shop_index",
+         "eclip index --embeddings embeddings_parts --model runs/shop/model --catalog my.csv "
+         "--no-thumbnails --out shop_index",
          "eclip index --delete @sold_out.txt --out shop_index",
          "eclip index --model runs/shop/model --catalog my.csv --split train --out train_index",
          "eclip index --store milvus --model runs/shop/model --catalog my.csv --out shop_index",
@@ -626,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "product_id (only they are embedded)")
     p.add_argument("--delete", metavar="IDS",
                    help="remove listings: comma-separated product ids, or @FILE with one per line")
+    p.add_argument("--embeddings", metavar="PATH",
+                   help="index the vectors `eclip embed` wrote (a .parquet file, or the folder "
+                        "of parts of --engine ray) instead of embedding: no model runs; the "
+                        "catalog supplies the metadata; vectors of another model than --model "
+                        "(or, with --update, the index's) are refused")
+    p.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=True,
+                   help="copy the listings' photos into the index as thumbnails; without them "
+                        "the index serves results without pictures (default: %(default)s)")
     p.add_argument("--split", nargs="+", metavar="NAME",
                    help="index only the listings of these splits (the catalog's split column), "
                         "e.g. train: an index that holds the test listings answers for them")

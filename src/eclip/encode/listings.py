@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from eclip.catalog.compose import TextComposer
 from eclip.catalog.schema import Listing
+from eclip.encode.identity import MANIFEST_KEY, PARQUET_KEY
 from eclip.encode.fusion import FUSION_WEIGHT, fuse, model_fusion_weight, unit_rows
 from eclip.encode.images import ImageFeatureCache, eval_transform
 from eclip.encode.loader import photo_batches
@@ -40,6 +41,7 @@ class Embeddings:
     fusion_weight: float = FUSION_WEIGHT
     image_features: np.ndarray | None = None  # [N, F_image] pooled tower features (features=True)
     text_features: np.ndarray | None = None  # [N, F_text]
+    model_sha256: str | None = None  # the model's identity (encode.identity), where recorded
 
     def modality(self, name: str) -> np.ndarray:
         return {"image": self.image, "text": self.text, "both": self.product}[name]
@@ -129,9 +131,11 @@ def embed_listings(model, listings: list[Listing], composer: TextComposer | None
     return out
 
 
-def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] | None = None) -> Path:
+def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] | None = None,
+                     *, model_sha256: str | None = None) -> Path:
     """Parquet with product_id, catalog_id (when listings are given) and the three vectors
-    (``product_embedding``: the fused vector, twice the joint dimension)."""
+    (``product_embedding``: the fused vector, twice the joint dimension); ``model_sha256`` (the
+    model's identity, ``encode.identity.model_sha256``) goes into the file's metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -147,7 +151,11 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
         flat = pa.array(values.astype(np.float32).reshape(-1))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     table = pa.table(columns)
-    table = table.replace_schema_metadata({"eclip.fusion_weight": str(emb.fusion_weight)})
+    metadata = {"eclip.fusion_weight": str(emb.fusion_weight)}
+    identity = model_sha256 or emb.model_sha256
+    if identity:
+        metadata[PARQUET_KEY.decode()] = identity
+    table = table.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -219,8 +227,16 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
 
     meta = (tables[0].schema.metadata or {}) if tables else {}
     weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
+    identities = {(t.schema.metadata or {}).get(PARQUET_KEY) for t in tables}
+    if path.is_dir() and manifest.get(MANIFEST_KEY):
+        identities.add(str(manifest[MANIFEST_KEY]).encode())
+    identities.discard(None)
+    if len(identities) > 1:
+        raise EclipError(f"{path} holds vectors of {len(identities)} different models; run "
+                         "`eclip embed` again into an empty folder")
+    identity = identities.pop().decode() if identities else None
     ids = [x for t in tables for x in t.column("product_id").to_pylist()]
     catalog_ids = ([x for t in tables for x in t.column("catalog_id").to_pylist()]
                    if tables and "catalog_id" in tables[0].column_names else None)
     return Embeddings(ids, matrix("image_embedding"), matrix("text_embedding"),
-                      matrix("product_embedding"), weight), catalog_ids
+                      matrix("product_embedding"), weight, model_sha256=identity), catalog_ids

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from eclip.atomic import clean_stale_temps
 from eclip.catalog.schema import Listing
+from eclip.encode.identity import MANIFEST_KEY, model_sha256
 from eclip.encode.listings import (EMBEDDINGS_MANIFEST, write_embeddings,
                                    write_embeddings_manifest)
 from eclip.engines.ray_session import (actor_pool, crash_plan, gpus_per_worker, job_errors,
@@ -68,7 +69,7 @@ class EmbedBlocks:
     a call embeds and writes one block."""
 
     def __init__(self, model_dir: str, out_dir: str, batch_size: int, threads: int,
-                 crash: tuple[str, int] | None = None):
+                 crash: tuple[str, int] | None = None, model_sha256: str | None = None):
         import torch
 
         from eclip.config import use_threads
@@ -79,6 +80,7 @@ class EmbedBlocks:
         if torch.cuda.is_available():  # Ray shows an actor only the GPU it reserved for it
             self.model = OnDevice(self.model, "cuda")
         self.out, self.batch_size, self.crash = Path(out_dir), batch_size, crash
+        self.model_sha256 = model_sha256
 
     def __call__(self, batch: dict) -> dict:
         from eclip.encode.listings import embed_listings
@@ -92,7 +94,8 @@ class EmbedBlocks:
             try:
                 emb = embed_listings(self.model, listings, batch_size=self.batch_size,
                                      progress=False)
-                write_embeddings(emb, self.out / part_name(block), listings)
+                write_embeddings(emb, self.out / part_name(block), listings,
+                                 model_sha256=self.model_sha256)
                 weight = emb.fusion_weight
             except EclipError as exc:  # the driver says it, as one line
                 error = str(exc)
@@ -122,6 +125,7 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
     if out.exists() and not out.is_dir():
         raise EclipError(f"{out} is a file: the ray engine writes a folder of Parquet parts; "
                          "give --out a folder name")
+    identity = model_sha256(model_dir)  # recorded in every part and the manifest
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
     (out / EMBEDDINGS_MANIFEST).unlink(missing_ok=True)  # unfinished from now on
@@ -142,7 +146,7 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
                 num_cpus=threads_per_worker, num_gpus=gpus_per_worker(ray),
                 fn_constructor_kwargs={"model_dir": str(model_dir), "out_dir": str(out),
                                        "batch_size": batch_size, "threads": threads_per_worker,
-                                       "crash": crash_plan()})
+                                       "crash": crash_plan(), "model_sha256": identity})
             for row in results.iter_rows():
                 if row["error"]:
                     raise EclipError(row["error"])
@@ -163,5 +167,6 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
 
         fusion_weight = model_fusion_weight(DualEncoder.from_pretrained(model_dir))
     return write_embeddings_manifest(out, [(part_name(k), done[k]) for k in sorted(done)],
-                                     fusion_weight, model=str(model_dir), engine="ray")
+                                     fusion_weight, model=str(model_dir), engine="ray",
+                                     **{MANIFEST_KEY: identity})
 

@@ -62,6 +62,7 @@ from eclip.search.stores import (FaissStore, Scalars, StoreSpec, StoreWriter, Ve
 from eclip.search.vectors import IndexStats, VectorIndex, VectorSettings
 from eclip.encode import (FUSION_WEIGHT, Embeddings, embed_listings, eval_transform, fuse,
                           fuse_query, model_composer)
+from eclip.encode.identity import model_sha256
 from eclip.encode.text import query_listing
 
 FORMAT = "eclip-search-index"
@@ -98,6 +99,8 @@ class IndexInfo:
     image_problems: int = 0
     fusion_weight: float = FUSION_WEIGHT  # "both" = eclip.encode.fuse(image, text, fusion_weight)
     store: dict | None = None  # the vector store (stores.py); None: FAISS files in the generation
+    model_sha256: str | None = None  # encode.identity.model_sha256 of model/ (None: older index)
+    thumbnails: bool = True  # False: some listings were written without photos (--no-thumbnails)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -278,8 +281,10 @@ class _Writer:
 
     def commit(self, base: Path | None, model_dir: Path, listings: list[Listing],
                emb: Embeddings | None, delete: list[str], settings: VectorSettings,
-               thumbnail_size: int, store: StoreSpec | None = None) -> IndexInfo:
-        """``store``: where the vectors go (None: the base generation's store, else FAISS)."""
+               thumbnail_size: int, store: StoreSpec | None = None,
+               thumbnails: bool = True) -> IndexInfo:
+        """``store``: where the vectors go (None: the base generation's store, else FAISS);
+        ``thumbnails=False``: the listings are stored without photos."""
         _check_unique([x.product_id for x in listings])
         if store is None:
             store = store_spec_of(_read_info(base).store) if base is not None else StoreSpec()
@@ -290,7 +295,7 @@ class _Writer:
         info = None
         try:
             info = self._assemble(tmp, base, model_dir, listings, emb, delete, settings,
-                                  thumbnail_size, vector_store)
+                                  thumbnail_size, vector_store, thumbnails)
             _fsync_tree(tmp)
             target = self.root / info.generation
             tmp.rename(target)
@@ -316,12 +321,16 @@ class _Writer:
 
     def _assemble(self, tmp: Path, base: Path | None, model_dir: Path, listings: list[Listing],
                   emb: Embeddings | None, delete: list[str], settings: VectorSettings,
-                  thumbnail_size: int, vector_store: StoreWriter) -> IndexInfo:
+                  thumbnail_size: int, vector_store: StoreWriter,
+                  thumbnails: bool = True) -> IndexInfo:
         _link_tree(model_dir, tmp / "model")
         thumbs = ThumbnailStore(self.root / "images", thumbnail_size)
         names, problems = [], 0
         for listing in tqdm(listings, desc="storing photos", disable=not self.progress,
                             unit="listing"):
+            if not thumbnails:
+                names.append([])
+                continue
             stored, failed = thumbs.put_all(listing.images)
             names.append(stored)
             problems += len(failed)
@@ -388,7 +397,9 @@ class _Writer:
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          added=added, updated=len(existing), deleted=len(deleted),
                          not_found=not_found, image_problems=problems,
-                         fusion_weight=_fusion_weight(emb, base), store=store_entry)
+                         fusion_weight=_fusion_weight(emb, base), store=store_entry,
+                         model_sha256=model_sha256(tmp / "model"),
+                         thumbnails=thumbnails and (base is None or _read_info(base).thumbnails))
         (tmp / "info.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n",
                                        encoding="utf-8")
         return info
@@ -479,7 +490,7 @@ def _fusion_weight(emb: Embeddings | None, base: Path | None) -> float:
 def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str | Path, *,
                 settings: VectorSettings | None = None, thumbnail_size: int = 256,
                 batch_size: int = 64, progress: bool = True,
-                store: StoreSpec | None = None) -> IndexInfo:
+                store: StoreSpec | None = None, thumbnails: bool = True) -> IndexInfo:
     """Embed ``listings`` with the model in ``model_dir`` and write a new index to ``index_dir``.
 
     An existing index there is replaced by a new generation (atomically, like every write).
@@ -492,20 +503,22 @@ def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str |
     emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
                          desc="embedding listings")
     return write_index(index_dir, model_dir, listings, emb, settings=settings,
-                       thumbnail_size=thumbnail_size, progress=progress, store=store)
+                       thumbnail_size=thumbnail_size, progress=progress, store=store,
+                       thumbnails=thumbnails)
 
 
 def write_index(index_dir: str | Path, model_dir: str | Path, listings: list[Listing],
                 embeddings: Embeddings, *, settings: VectorSettings | None = None,
                 thumbnail_size: int = 256, progress: bool = True,
-                store: StoreSpec | None = None) -> IndexInfo:
+                store: StoreSpec | None = None, thumbnails: bool = True) -> IndexInfo:
     """A new index from listings and vectors already computed (``embed_listings``) with the model
     in ``model_dir``, which is copied into the index."""
     if embeddings.product_ids != [x.product_id for x in listings]:
         raise SearchIndexError("the embeddings do not belong to the listings (product ids differ)")
     with _Writer(index_dir, progress) as writer:
         return writer.commit(None, Path(model_dir), listings, embeddings, [],
-                             settings or VectorSettings(), thumbnail_size, store or StoreSpec())
+                             settings or VectorSettings(), thumbnail_size, store or StoreSpec(),
+                             thumbnails=thumbnails)
 
 
 def update_index(index_dir: str | Path, listings: list[Listing], *,
