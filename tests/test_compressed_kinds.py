@@ -21,10 +21,14 @@ def data():
     return x, np.arange(4000, dtype=np.int64) * 3 + 7
 
 
-@pytest.mark.parametrize("kind", COMPRESSED_KINDS)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "ivfpq" else k
+                                  for k in COMPRESSED_KINDS])
 def test_each_kind_builds_reports_recall_and_finds_exact_duplicates(kind, data):
     x, ids = data
-    settings = CompressedSettings(kind=kind, nlist=32, pq_m=8, rerank=4, recall_queries=200)
+    # 4-bit PQ codes: 16 centroids per sub-quantizer train in seconds (8 bits: a minute here)
+    # coarse codes lose order among near neighbours: PQ re-ranks more candidates
+    settings = CompressedSettings(kind=kind, nlist=32, pq_m=8, pq_bits=4,
+                                  rerank=16 if kind == "ivfpq" else 4, recall_queries=200)
     index = CompressedIndex.build(x, ids, settings)
     recall = index.tune(x, ids)
     assert recall == index.recall_at_10 and recall >= 0.95 and index.param is not None
