@@ -639,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "that cannot reproduce them is refused, with the reason.",
                 ["eclip export --model runs/shop/model --format transformers --out shop_clip",
                  "eclip export --model runs/shop/model --format sentence-transformers "
-                 "--out shop_st"],
+                 "--out shop_st",
+                 "eclip export --model runs/shop/model --format open_clip --out shop_open_clip"],
                 parents=(quiet,))
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", choices=Library("eclip.model.export:FORMATS"), metavar="FORMAT",
