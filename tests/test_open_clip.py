@@ -177,3 +177,32 @@ def test_load_model_opens_an_open_clip_folder():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_cli_train_from_open_clip_then_export_open_clip(tmp_path, capsys):
+    """eclip train --init-from an open_clip folder -> eclip export --format open_clip -> the
+    export rebuilds the trained model's vectors (and, live, open_clip's own)."""
+    from test_cli_pretrained import COLUMNS, _write_shop
+
+    from eclip.cli import main
+
+    catalog, images = _write_shop(tmp_path)
+    start = FIXTURES / "vit_clip"
+    out = tmp_path / "run"
+    assert main(["train", "--init-from", str(start), "--catalog", str(catalog), "--image-root",
+                 str(images), "--output-dir", str(out), COLUMNS, "train.epochs=1",
+                 "train.batch_size=12", "train.max_steps=2", "train.warmup_steps=1", "train.lr=1e-3",
+                 "train.device=cpu", "train.progress=false"]) == 0
+    trained = DualEncoder.from_pretrained(out / "model").eval()
+    data = load_file(str(start / "expected.safetensors"))
+    image, text = _vectors(trained, data)
+    assert not torch.allclose(image, data["image"], atol=1e-4)  # training moved the weights
+    assert main(["export", "--model", str(out / "model"), "--format", "open_clip",
+                 "--out", str(tmp_path / "oc")]) == 0
+    again = DualEncoder.from_checkpoint(tmp_path / "oc").eval()
+    image2, text2 = _vectors(again, data)
+    torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
+    assert again.tokenize(["red shoe"])["input_ids"].tolist() == trained.tokenize(["red shoe"])["input_ids"].tolist()

@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder (= train.output_dir)")
     p.add_argument("--init-from", metavar="DIR",
                    help="start from a transformers CLIPModel, SiglipModel or "
-                        "VisionTextDualEncoderModel directory (= model.init_from)")
+                        "VisionTextDualEncoderModel directory, or an open_clip ViT CLIP folder "
+                        "(= model.init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
     p = command("embed", cmd_embed, "embed a catalog with a trained model into Parquet",
