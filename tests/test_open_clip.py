@@ -206,3 +206,17 @@ def test_cli_train_from_open_clip_then_export_open_clip(tmp_path, capsys):
     torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
     torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
     assert again.tokenize(["red shoe"])["input_ids"].tolist() == trained.tokenize(["red shoe"])["input_ids"].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_preprocessing_matches_open_clips(family):
+    """eclip's image transform of a non-square photo equals open_clip's eval preprocessing (resize
+    mode, interpolation, mean / std of the folder's preprocess_cfg)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_open_clip", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    expected = load_file(str(FIXTURES / family / "expected.safetensors"))["photo_pixels"]
+    torch.testing.assert_close(model.image_transform()(script.photo()), expected, atol=1e-5, rtol=0)
