@@ -632,10 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(default: info; warning with --quiet)")
 
     p = command("export", cmd_export,
-                "write a model as a transformers or sentence-transformers directory",
+                "write a model as a transformers, sentence-transformers or open_clip directory",
                 "Hand a model back in a format other tools load without eclip: a model started "
                 "from a CLIP (SigLIP) checkpoint becomes a CLIPModel (SiglipModel) directory "
-                "with its processor, one with transformers towers a VisionTextDualEncoderModel. "
+                "with its processor, one with transformers towers a VisionTextDualEncoderModel; "
+                "a CLIP-architecture model also an open_clip folder (open_clip_config.json). "
                 "The export is checked against eclip's vectors before anything is written; one "
                 "that cannot reproduce them is refused, with the reason.",
                 ["eclip export --model runs/shop/model --format transformers --out shop_clip",
