@@ -220,3 +220,23 @@ def test_image_preprocessing_matches_open_clips(family):
     model = DualEncoder.from_checkpoint(FIXTURES / family)
     expected = load_file(str(FIXTURES / family / "expected.safetensors"))["photo_pixels"]
     torch.testing.assert_close(model.image_transform()(script.photo()), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_pytorch_bin_weights_and_tokenizer_json_folder(tmp_path):
+    """The older hub layout: open_clip_pytorch_model.bin (read with weights_only) and a
+    tokenizer.json without vocab.json / merges.txt."""
+    folder = _copy(FAMILIES[0], tmp_path)
+    reference = DualEncoder.from_checkpoint(FIXTURES / FAMILIES[0]).eval()
+    torch.save(load_state(folder), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_model.safetensors").unlink()
+    reference.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.json").unlink()
+    (folder / "merges.txt").unlink()
+    model = DualEncoder.from_checkpoint(folder).eval()
+    data = load_file(str(FIXTURES / FAMILIES[0] / "expected.safetensors"))
+    image, text = _vectors(model, data)
+    torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(text, data["text"], atol=1e-5, rtol=0)
+    texts = ["red shoe", "blue leather bag"]
+    assert model.tokenize(texts)["input_ids"].tolist() == reference.tokenize(texts)["input_ids"].tolist()
