@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder (= train.output_dir)")
     p.add_argument("--init-from", metavar="DIR",
                    help="start from a transformers CLIPModel, SiglipModel or "
-                        "VisionTextDualEncoderModel directory (= model.init_from)")
+                        "VisionTextDualEncoderModel directory, or an open_clip ViT CLIP folder "
+                        "(= model.init_from)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
     p = command("embed", cmd_embed, "embed a catalog with a trained model into Parquet",
@@ -711,16 +712,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(default: info; warning with --quiet)")
 
     p = command("export", cmd_export,
-                "write a model as a transformers or sentence-transformers directory, or ONNX graphs",
+                "write a model as a transformers, sentence-transformers or open_clip directory, or ONNX graphs",
                 "Hand a model back in a format other tools load without eclip: a model started "
                 "from a CLIP (SigLIP) checkpoint becomes a CLIPModel (SiglipModel) directory "
-                "with its processor, one with transformers towers a VisionTextDualEncoderModel. "
+                "with its processor, one with transformers towers a VisionTextDualEncoderModel; "
+                "a CLIP-architecture model also an open_clip folder (open_clip_config.json). "
                 "The export is checked against eclip's vectors before anything is written; one "
                 "that cannot reproduce them is refused, with the reason.",
                 ["eclip export --model runs/shop/model --format transformers --out shop_clip",
                  "eclip export --model runs/shop/model --format sentence-transformers "
                  "--out shop_st",
-                 "eclip export --model runs/shop/model --format onnx --out shop_onnx"],
+                 "eclip export --model runs/shop/model --format onnx --out shop_onnx",
+                 "eclip export --model runs/shop/model --format open_clip --out shop_open_clip"],
                 parents=(quiet,))
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", choices=Library("eclip.model.export:FORMATS"), metavar="FORMAT",

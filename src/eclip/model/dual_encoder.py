@@ -281,6 +281,12 @@ class DualEncoder(nn.Module):
         """
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
+        from eclip.model.open_clip import is_open_clip_dir
+
+        if not config_path.is_file() and is_open_clip_dir(directory):
+            from eclip.model.pretrained import from_checkpoint
+
+            return from_checkpoint(directory)
         if not config_path.is_file():
             raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory")
         guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)

@@ -18,6 +18,9 @@ inputs; an export that cannot reproduce eclip's vectors is refused with a ModelE
 SigLIP, ...).
 
 ``format="onnx"`` writes each tower as an ONNX graph for ONNX Runtime (see ``eclip.model.onnx``).
+``format="open_clip"`` writes an open_clip folder (``open_clip_config.json``,
+``open_clip_model.safetensors``, tokenizer files) for CLIP-architecture models; see
+:mod:`eclip.model.open_clip`.
 
 ``format="sentence-transformers"`` writes the same model as a sentence-transformers directory (its
 ``Transformer`` module, which calls ``get_text_features`` / ``get_image_features``, then
@@ -47,7 +50,7 @@ import torch.nn.functional as F
 from eclip.catalog.filters import filter_code
 from eclip.errors import ModelError
 
-FORMATS = ("transformers", "sentence-transformers", "onnx")
+FORMATS = ("transformers", "sentence-transformers", "onnx", "open_clip")
 _CHECK_TOL = 1e-4
 
 
@@ -64,6 +67,11 @@ def export_model(model, out_dir: str | Path, format: str = "transformers") -> Pa
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelError(f"cannot export to {out}: it exists and is not an empty directory")
+    if format == "open_clip":  # see eclip.model.open_clip
+        from eclip.model.open_clip import write_open_clip
+
+        write_open_clip(model, out)
+        return out
     hf_model, kind = to_transformers(model)
     if format == "transformers":
         _write_transformers(model, hf_model, kind, out)

@@ -167,18 +167,74 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
     ``tokenizer``: use this one instead of the directory's. ``config.init_from`` records
     ``directory``; ``save_pretrained`` writes an ordinary eclip directory that rebuilds without it.
     """
-    from transformers import AutoModel
-
     from eclip.model.dual_encoder import DualEncoder
     from eclip.model.tokenizer import load_tokenizer
-    from eclip.model.towers import quiet_transformers, text_positions
+    from eclip.model.towers import text_positions
 
     directory = Path(directory).expanduser()
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise ConfigError(f"model.{unknown[0]} cannot be set when starting from a checkpoint "
                           f"(model.init_from: {directory}); settable: {', '.join(OVERRIDABLE)}")
-    kind = checkpoint_kind(directory)
+    from eclip.model import open_clip
+
+    bias = None
+    if open_clip.is_open_clip_dir(directory):  # open_clip_config.json: mapped onto a CLIPModel
+        hf, image_fields, bias = open_clip.to_transformers(directory)
+        kind = "clip"
+    else:
+        kind = checkpoint_kind(directory)
+        hf = _load_transformers(directory)
+        image_fields = image_settings(directory, required=True)
+    hf.eval()
+    text_cfg, vision_cfg = hf.config.text_config, hf.config.vision_config
+    fields: dict[str, Any] = {
+        "text_tower": "hf", "text_model": str(directory), "text_pooling": "pooler",
+        "text_hf_config": _config_dict(text_cfg), "image_tower": "hf", "image_model": str(directory),
+        "image_pooling": "pooler", "image_hf_config": _config_dict(vision_cfg),
+        # the positions the text model can number (RoBERTa-style models: fewer than the table)
+        "max_length": text_positions(hf.text_model) or int(text_cfg.max_position_embeddings),
+        "pretrained": False,
+        "init_from": str(directory),
+        "text_padding": "max_length" if kind == "siglip" else "longest",
+        **image_fields,
+    }
+    if kind == "siglip":
+        fields.update(projection="identity", embed_dim=int(text_cfg.hidden_size))
+    else:
+        fields.update(projection="linear", embed_dim=int(hf.config.projection_dim))
+    scale = float(hf.logit_scale.detach().reshape(()))
+    fields["max_logit_scale"] = max(DualEncoderConfig.max_logit_scale, math.exp(scale))
+    fields.update(overrides)
+    try:
+        config = DualEncoderConfig(**fields)
+    except ConfigError as err:
+        raise ModelError(f"{directory}: {err}") from err
+    if tokenizer is None and open_clip.is_open_clip_dir(directory):
+        tokenizer = open_clip.load_tokenizer(directory, config.max_length)
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(config, directory)
+    model = DualEncoder._assemble(config, tokenizer, load_weights=False)
+    with torch.no_grad():
+        _load_module(model.text_tower.model, hf.text_model, directory, "text model")
+        _load_module(model.image_tower.model, hf.vision_model, directory, "vision model")
+        if kind != "siglip":
+            model.text_proj.weight.copy_(hf.text_projection.weight)
+            model.image_proj.weight.copy_(hf.visual_projection.weight)
+        model.log_scale.copy_(hf.logit_scale.detach().reshape(()))
+        if kind == "siglip":
+            model.logit_bias.copy_(hf.logit_bias.detach().reshape(()))
+        elif bias is not None:
+            model.logit_bias.fill_(bias)
+    return model
+
+
+def _load_transformers(directory: Path):
+    """The transformers model of a checkpoint directory (eval mode); ModelError saying why not."""
+    from transformers import AutoModel
+
+    from eclip.model.towers import quiet_transformers
+
     guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
     try:
         with quiet_transformers():
@@ -192,42 +248,7 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
     if bad:
         raise ModelError(f"the weights in {directory} do not match its config.json: {bad[:5]}")
     hf.eval()
-    text_cfg, vision_cfg = hf.config.text_config, hf.config.vision_config
-    fields: dict[str, Any] = {
-        "text_tower": "hf", "text_model": str(directory), "text_pooling": "pooler",
-        "text_hf_config": _config_dict(text_cfg), "image_tower": "hf", "image_model": str(directory),
-        "image_pooling": "pooler", "image_hf_config": _config_dict(vision_cfg),
-        # the positions the text model can number (RoBERTa-style models: fewer than the table)
-        "max_length": text_positions(hf.text_model) or int(text_cfg.max_position_embeddings),
-        "pretrained": False,
-        "init_from": str(directory),
-        "text_padding": "max_length" if kind == "siglip" else "longest",
-        **image_settings(directory, required=True),
-    }
-    if kind == "siglip":
-        fields.update(projection="identity", embed_dim=int(text_cfg.hidden_size))
-    else:
-        fields.update(projection="linear", embed_dim=int(hf.config.projection_dim))
-    scale = float(hf.logit_scale.detach().reshape(()))
-    fields["max_logit_scale"] = max(DualEncoderConfig.max_logit_scale, math.exp(scale))
-    fields.update(overrides)
-    try:
-        config = DualEncoderConfig(**fields)
-    except ConfigError as err:
-        raise ModelError(f"{directory}: {err}") from err
-    if tokenizer is None:
-        tokenizer = load_tokenizer(config, directory)
-    model = DualEncoder._assemble(config, tokenizer, load_weights=False)
-    with torch.no_grad():
-        _load_module(model.text_tower.model, hf.text_model, directory, "text model")
-        _load_module(model.image_tower.model, hf.vision_model, directory, "vision model")
-        if kind != "siglip":
-            model.text_proj.weight.copy_(hf.text_projection.weight)
-            model.image_proj.weight.copy_(hf.visual_projection.weight)
-        model.log_scale.copy_(hf.logit_scale.detach().reshape(()))
-        if kind == "siglip":
-            model.logit_bias.copy_(hf.logit_bias.detach().reshape(()))
-    return model
+    return hf
 
 
 def load_model(directory: str | Path):

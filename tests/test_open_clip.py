@@ -1,0 +1,242 @@
+"""open_clip checkpoint folders in (model.init_from) and out (export --format open_clip).
+
+The fixtures under tests/fixtures/open_clip/ were written by tests/fixtures/make_open_clip.py in an
+open_clip_torch environment: tiny random open_clip models and open_clip's own encode_image /
+encode_text vectors for fixed inputs. open_clip itself is not importable here (torchvision); the
+live check runs where ECLIP_OPEN_CLIP_PYTHON names an open_clip python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eclip.errors import ModelError
+from eclip.model import DualEncoder
+from eclip.model.export import export_model
+from eclip.model.open_clip import CONFIG_FILE, from_hf_state, load_state, read_config, to_hf_state
+
+FIXTURES = Path(__file__).parent / "fixtures" / "open_clip"
+FAMILIES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) if FIXTURES.is_dir() else []
+SCRIPT = Path(__file__).parent / "fixtures" / "make_open_clip.py"
+
+
+def _vectors(model, data):
+    ids = data["input_ids"]
+    # open_clip's causal text model attends over everything; the pooled (end-of-text) vector only
+    # sees the tokens before it, so masking the padding after it changes nothing
+    eot = ids.argmax(dim=-1, keepdim=True)
+    mask = (torch.arange(ids.shape[1])[None] <= eot).long()
+    with torch.no_grad():
+        return model.encode_image(data["pixel_values"]), model.encode_text(ids, mask)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eclip_gives_open_clips_vectors(family):
+    model = DualEncoder.from_checkpoint(FIXTURES / family).eval()
+    data = load_file(str(FIXTURES / family / "expected.safetensors"))
+    image, text = _vectors(model, data)
+    torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(text, data["text"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_settings_come_from_the_folder(family):
+    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    cfg = read_config(FIXTURES / family)
+    pre = cfg["preprocess_cfg"]
+    assert model.config.image_mean == pytest.approx(pre["mean"])
+    assert model.config.image_std == pytest.approx(pre["std"])
+    assert model.config.image_resample == pre["interpolation"]
+    assert model.config.image_resize == {"shortest": "shortest_edge", "squash": "squash"}[pre["resize_mode"]]
+    assert model.config.max_length == cfg["model_cfg"]["text_cfg"]["context_length"]
+    state = load_state(FIXTURES / family)
+    assert model.log_scale.item() == pytest.approx(float(state["logit_scale"]))
+    if "logit_bias" in state:
+        assert model.logit_bias.item() == pytest.approx(float(state["logit_bias"]))
+    # the tokenizer comes from the folder's CLIP BPE files: known words are single tokens
+    ids = model.tokenize(["red shoe"])["input_ids"][0].tolist()
+    assert len(ids) == 4 and ids[-1] == max(ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_dict_round_trip_is_exact(family):
+    state = load_state(FIXTURES / family)
+    model_cfg = read_config(FIXTURES / family)["model_cfg"]
+    back = from_hf_state(to_hf_state(state, model_cfg, "x"), model_cfg)
+    state.pop("logit_bias", None)
+    assert set(back) == set(state)
+    for key, value in state.items():
+        assert torch.equal(back[key].reshape(value.shape), value), key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_after_training_steps_round_trips(family, tmp_path):
+    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    data = load_file(str(FIXTURES / family / "expected.safetensors"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(2):  # a few steps, so that the export carries trained (not initial) weights
+        image, text = _vectors_grad(model, data)
+        loss = -(image @ text.T).diagonal().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    image, text = _vectors(model, data)
+    assert not torch.allclose(image, data["image"], atol=1e-3)
+    out = export_model(model, tmp_path / "oc", format="open_clip")
+    assert (out / CONFIG_FILE).is_file() and (out / "open_clip_model.safetensors").is_file()
+    again = DualEncoder.from_checkpoint(out).eval()
+    image2, text2 = _vectors(again, data)
+    torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
+    python = os.environ.get("ECLIP_OPEN_CLIP_PYTHON")
+    if python:  # open_clip itself loads the export and gives eclip's vectors
+        done = subprocess.run([python, str(SCRIPT), "--check-export", str(out),
+                               str(FIXTURES / family / "expected.safetensors")],
+                              capture_output=True, text=True, timeout=300, check=True)
+        live = json.loads(done.stdout.strip().splitlines()[-1])
+        torch.testing.assert_close(torch.tensor(live["image"]), image, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(live["text"]), text, atol=1e-5, rtol=0)
+
+
+def _vectors_grad(model, data):
+    ids = data["input_ids"]
+    mask = (torch.arange(ids.shape[1])[None] <= ids.argmax(dim=-1, keepdim=True)).long()
+    return model.encode_image(data["pixel_values"]), model.encode_text(ids, mask)
+
+
+@pytest.mark.skipif(not os.environ.get("ECLIP_OPEN_CLIP_PYTHON"),
+                    reason="set ECLIP_OPEN_CLIP_PYTHON to the python of an open_clip_torch environment")
+def test_fixtures_regenerate_live(tmp_path):
+    subprocess.run([os.environ["ECLIP_OPEN_CLIP_PYTHON"], str(SCRIPT), str(tmp_path)], check=True,
+                   capture_output=True, timeout=300)
+    for family in FAMILIES:
+        model = DualEncoder.from_checkpoint(tmp_path / family).eval()
+        data = load_file(str(tmp_path / family / "expected.safetensors"))
+        image, text = _vectors(model, data)
+        torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(text, data["text"], atol=1e-5, rtol=0)
+
+
+def _copy(family, tmp_path):
+    target = tmp_path / family
+    shutil.copytree(FIXTURES / family, target)
+    return target
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_unsupported_parts_are_refused_by_name(tmp_path):
+    folder = _copy(FAMILIES[0], tmp_path)
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    cfg["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224"
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="vision_cfg.timm_model_name"):
+        DualEncoder.from_checkpoint(folder)
+    cfg["model_cfg"]["vision_cfg"].pop("timm_model_name")
+    cfg["preprocess_cfg"]["resize_mode"] = "longest"
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="resize_mode 'longest'"):
+        DualEncoder.from_checkpoint(folder)
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_folder_without_tokenizer_names_the_files(tmp_path):
+    folder = _copy(FAMILIES[0], tmp_path)
+    (folder / "vocab.json").unlink()
+    with pytest.raises(ModelError, match="vocab.json \\+ merges.txt"):
+        DualEncoder.from_checkpoint(folder)
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_missing_weight_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = _copy(FAMILIES[0], tmp_path)
+    state = load_state(folder)
+    state.pop("visual.proj")
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    with pytest.raises(ModelError, match="'visual.proj' is missing"):
+        DualEncoder.from_checkpoint(folder)
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_load_model_opens_an_open_clip_folder():
+    model = DualEncoder.from_pretrained(FIXTURES / FAMILIES[0])
+    assert model.config.init_from == str(FIXTURES / FAMILIES[0])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_cli_train_from_open_clip_then_export_open_clip(tmp_path, capsys):
+    """eclip train --init-from an open_clip folder -> eclip export --format open_clip -> the
+    export rebuilds the trained model's vectors (and, live, open_clip's own)."""
+    from test_cli_pretrained import COLUMNS, _write_shop
+
+    from eclip.cli import main
+
+    catalog, images = _write_shop(tmp_path)
+    start = FIXTURES / "vit_clip"
+    out = tmp_path / "run"
+    assert main(["train", "--init-from", str(start), "--catalog", str(catalog), "--image-root",
+                 str(images), "--output-dir", str(out), COLUMNS, "train.epochs=1",
+                 "train.batch_size=12", "train.max_steps=2", "train.warmup_steps=1", "train.lr=1e-3",
+                 "train.device=cpu", "train.progress=false"]) == 0
+    trained = DualEncoder.from_pretrained(out / "model").eval()
+    data = load_file(str(start / "expected.safetensors"))
+    image, text = _vectors(trained, data)
+    assert not torch.allclose(image, data["image"], atol=1e-4)  # training moved the weights
+    assert main(["export", "--model", str(out / "model"), "--format", "open_clip",
+                 "--out", str(tmp_path / "oc")]) == 0
+    again = DualEncoder.from_checkpoint(tmp_path / "oc").eval()
+    image2, text2 = _vectors(again, data)
+    torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
+    assert again.tokenize(["red shoe"])["input_ids"].tolist() == trained.tokenize(["red shoe"])["input_ids"].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_preprocessing_matches_open_clips(family):
+    """eclip's image transform of a non-square photo equals open_clip's eval preprocessing (resize
+    mode, interpolation, mean / std of the folder's preprocess_cfg)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_open_clip", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    expected = load_file(str(FIXTURES / family / "expected.safetensors"))["photo_pixels"]
+    torch.testing.assert_close(model.image_transform()(script.photo()), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no fixtures")
+def test_pytorch_bin_weights_and_tokenizer_json_folder(tmp_path):
+    """The older hub layout: open_clip_pytorch_model.bin (read with weights_only) and a
+    tokenizer.json without vocab.json / merges.txt."""
+    folder = _copy(FAMILIES[0], tmp_path)
+    reference = DualEncoder.from_checkpoint(FIXTURES / FAMILIES[0]).eval()
+    torch.save(load_state(folder), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_model.safetensors").unlink()
+    reference.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.json").unlink()
+    (folder / "merges.txt").unlink()
+    model = DualEncoder.from_checkpoint(folder).eval()
+    data = load_file(str(FIXTURES / FAMILIES[0] / "expected.safetensors"))
+    image, text = _vectors(model, data)
+    torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(text, data["text"], atol=1e-5, rtol=0)
+    texts = ["red shoe", "blue leather bag"]
+    assert model.tokenize(texts)["input_ids"].tolist() == reference.tokenize(texts)["input_ids"].tolist()
