@@ -40,8 +40,14 @@ def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path):
     for name in ("baseline", "clip", "eclip"):
         config = json.loads((tmp_path / "a" / "models" / name / "config.json").read_text())
         assert config["embed_dim"] == 32
-    for name in ("report.json", "report.md", "report.html"):
-        assert (tmp_path / "a" / name).stat().st_size > 0
+    written = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert written["subject"] == "eclip" and len(written["rows"]) == len(a.report.rows)
+    assert {(c["model"], c["reference"]) for c in written["comparisons"]} == {
+        ("eclip", "baseline"), ("eclip", "clip")}  # the demo's verdict table: eclip vs both
+    assert (tmp_path / "a" / "report.md").read_text() == a.report.to_markdown()
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")  # whole
+    assert all(f"eclip − {m}" in page for m in ("baseline", "clip"))
     # the trained models differ from the towers before alignment and from each other, and the
     # image tower changed in its top block and head only
     models = {name: DualEncoder.from_pretrained(tmp_path / "a" / "models" / name).state_dict()
