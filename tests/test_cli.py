@@ -145,7 +145,7 @@ def test_defaults_are_the_library_s():
     args = parser.parse_args(["export", "--model", "m", "--out", "x"])
     assert args.format == "transformers"
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", "--model", "m", "--out", "x", "--format", "onnx"])
+        parser.parse_args(["export", "--model", "m", "--out", "x", "--format", "tflite"])
 
 
 def test_train_flags_are_recipe_overrides():

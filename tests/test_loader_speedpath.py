@@ -287,3 +287,24 @@ def test_photo_loader_with_workers_gives_the_per_photo_values_in_order(tmp_path)
     with pytest.raises(ImageError, match="bad.png"):
         photo_batches(paths + [str(tmp_path / "bad.png")], transform, lambda x: x, batch_size=2,
                       num_workers=1)
+
+
+def test_the_photo_loader_leaves_the_global_rng_alone(tmp_path):
+    """A loader with workers draws their seed from a generator of its own: the caller's next random
+    draws (a training run's dropout after computing its feature cache) are the same as without it."""
+    import torch
+    from PIL import Image
+
+    from eclip.catalog.images import ImageTransform
+    from eclip.encode.loader import photo_batches
+
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (20, 16), (40 * i, 10, 200)).save(paths[-1])
+    torch.manual_seed(1)
+    before = torch.rand(3)
+    torch.manual_seed(1)
+    photo_batches(paths, ImageTransform(size=8, mean=(0.5,) * 3, std=(0.5,) * 3, train=False),
+                  lambda x: x, batch_size=2, num_workers=1)
+    assert torch.equal(torch.rand(3), before)

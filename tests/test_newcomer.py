@@ -260,7 +260,8 @@ REQUIRED = {"demo": [], "make-demo-catalog": ["--out", "x"], "train": [],
             "embed": ["--model", "m", "--out", "x"], "eval": ["--models", "a=m", "--out", "x"],
             "prepare": ["--out", "x"], "index": ["--out", "x"], "serve": ["--index", "x"],
             "export": ["--model", "m", "--out", "x"],
-            "merge": ["--init", "a", "--model", "b", "--alpha", "0.5", "--out", "x"]}
+            "merge": ["--init", "a", "--model", "b", "--alpha", "0.5", "--out", "x"],
+            "mine-catalogs": ["--model", "m", "--out", "x"]}
 
 
 def test_every_command_takes_quiet():

@@ -52,8 +52,12 @@ def photo_pixel_batches(paths: list[str], transform: ImageTransform, *, batch_si
     batches = -(-len(paths) // batch_size)
     workers = default_num_workers() if num_workers is None else num_workers
     workers = min(workers, batches - 1) if batches > 1 else 0
+    # a generator of its own: a DataLoader with workers draws their base seed from it, and would
+    # otherwise take it from torch's global RNG, shifting every later draw of the caller (a
+    # training run's dropout after its feature cache, say)
     loader = DataLoader(PhotoPixels(paths, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, prefetch_factor=2 if workers else None)
+                        num_workers=workers, prefetch_factor=2 if workers else None,
+                        generator=torch.Generator().manual_seed(0))
     for pixels in loader:
         yield transform.normalize(pixels)
 
