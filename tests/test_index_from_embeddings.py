@@ -80,7 +80,7 @@ def test_the_model_identity_travels_with_the_vectors(embedded, tiny_model_dir, o
 
 def test_an_index_from_stored_vectors_answers_as_the_one_that_embeds(
         embedded, embedding_build, tiny_model_dir, listings, tmp_path, monkeypatch):
-    import eclip.search.index as index_module
+    import eclip.search.write as index_module
 
     def no_model(*_a, **_k):
         raise AssertionError("a build from stored vectors ran the model")

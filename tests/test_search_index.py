@@ -112,7 +112,7 @@ def test_similar_lists_the_same_catalog_first_and_never_the_item(built, listings
 
 
 def test_update_embeds_only_the_new_listings_and_keeps_ids(index_copy, listings, monkeypatch):
-    import eclip.search.index as module
+    import eclip.search.write as module
 
     before = SearchIndex.open(index_copy)
     changed = replace(listings[3], title="completely new title 12345")
@@ -157,7 +157,7 @@ def test_delete_removes_listings_everywhere_and_prunes_old_generations(index_cop
 
 
 def test_a_failed_write_leaves_the_index_as_it_was(index_copy, listings, monkeypatch):
-    import eclip.search.index as module
+    import eclip.search.transaction as module
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk on fire")

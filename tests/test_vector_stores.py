@@ -18,7 +18,7 @@ from eclip.encode import Embeddings, fuse
 from eclip.errors import ConfigError
 from eclip.search import (SearchIndex, SearchIndexError, VectorSettings, delete_from_index,
                           update_index, write_index)
-from eclip.search.stores import StoreSpec, Where
+from eclip.search.store_types import StoreSpec, Where
 
 milvus = pytest.importorskip("eclip.search.milvus")
 pytest.importorskip("milvus_lite")

@@ -297,7 +297,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from eclip.catalog.splits import held_out_warning, only_splits
     from eclip.search import VectorSettings, build_index, delete_from_index, update_index
     from eclip.search.index import index_store
-    from eclip.search.stores import StoreSpec
+    from eclip.search.store_types import StoreSpec
 
     if args.delete or args.update:  # a write to an index keeps its store
         if args.uri or args.collection:
@@ -664,8 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IVF: recall@10 against exact search that nprobe is tuned to reach "
                         "(default: %(default)s)")
     group = p.add_argument_group("vector store")
-    group.add_argument("--store", choices=Library("eclip.search.stores:STORE_KINDS"),
-                       metavar="STORE", default=Library("eclip.search.stores:StoreSpec", "kind"),
+    group.add_argument("--store", choices=Library("eclip.search.store_types:STORE_KINDS"),
+                       metavar="STORE", default=Library("eclip.search.store_types:StoreSpec", "kind"),
                        help="where the vectors are searched, one of %(choices)s: FAISS files in "
                             "the index folder, or a Milvus collection per generation behind an "
                             "alias; --update/--delete keep the index's store "

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from eclip.catalog.schema import CATEGORY_SEP, catalog_group_id
 from eclip.errors import ConfigError, SearchIndexError
-from eclip.search.stores import SPACES, StoreSpec, Where, WriteJob
+from eclip.search.spaces import SPACES
+from eclip.search.store_types import StoreSpec, Where, WriteJob
 from eclip.search.vectors import (RECALL_K, IndexStats, default_nlist, exact_top_scores,
                                   near_duplicate_queries, recall_against)
 
