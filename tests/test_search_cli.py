@@ -52,6 +52,8 @@ def test_index_build_update_delete(tiny_catalog, tiny_model_dir, listings, tmp_p
     (["index", "--delete", " , ", "--out", "x"], "names no product id"),
     (["index", "--delete", "a", "--out", "{tmp}"], "is not an index"),
     (["serve", "--index", "{tmp}"], "is not an eclip search index"),
+    (["index", "--model", "m", "--catalog", "c.jsonl", "--max-memory", "lots", "--out", "x"],
+     "'lots' is not a size"),
 ])
 def test_index_and_serve_errors_are_one_line(args, message, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -293,74 +293,30 @@ def _product_ids(value: str) -> list[str]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from eclip.catalog.load import BAD_ROWS_FILE, load_catalog
-    from eclip.catalog.splits import held_out_warning, only_splits
-    from eclip.search import VectorSettings, build_index, delete_from_index, update_index
-    from eclip.search.index import index_store
+    from eclip.search.catalog_index import index_catalog
+    from eclip.search.compressed import parse_bytes
     from eclip.search.store_types import StoreSpec
+    from eclip.search.vectors import VectorSettings
 
-    if args.delete or args.update:  # a write to an index keeps its store
-        if args.uri or args.collection:
-            raise EclipError("--uri and --collection choose the store of a new index; --update "
-                             "and --delete write to the index's own store")
-        if args.store != StoreSpec.kind and args.store != index_store(args.out).kind:
-            raise EclipError(f"{args.out} keeps its vectors in {index_store(args.out).kind}, not "
-                             f"{args.store}: rebuild it (without --update) to change the store")
-    if args.delete:
-        if args.catalog or args.update or args.embeddings:
-            raise EclipError("--delete removes listings by id: give it without "
-                             "--catalog/--update/--embeddings")
-        info = delete_from_index(args.out, _product_ids(args.delete))
-        print(info.summary())
-        return 0
-    if not args.catalog:
-        raise EclipError("--catalog FILE is required (or --delete IDS to remove listings)")
-    if not args.update and not args.model:
-        raise EclipError("--model DIR is required to build an index (--update uses the index's "
-                         "own model); with --embeddings, the model that made the vectors")
-    recipe = _recipe(args)
-    _threads(args)
-    out = Path(args.out)
-    read = load_catalog(recipe.data, progress=_progress(args))
-    listings = read.listings
-    if args.split:
-        listings = only_splits(listings, args.split)
-        print(f"indexing the {len(listings)} listings of split {', '.join(args.split)} "
-              f"(of {len(read.listings)})")
-    warning = held_out_warning(listings)
-    if warning:
-        print(warning)
-    if args.embeddings:  # stored vectors: no model runs
-        from eclip.search.build import index_from_embeddings
-
-        info = index_from_embeddings(
-            out, args.embeddings, listings, model_dir=args.model, update=args.update,
-            settings=VectorSettings(kind=args.kind, exact_max=args.exact_max,
-                                    target_recall=args.target_recall),
-            store=StoreSpec(args.store, args.uri, args.collection), thumbnails=args.thumbnails,
-            thumbnail_size=args.thumbnail_size, progress=_progress(args))
-    elif args.update:
-        if not args.thumbnails:
-            raise EclipError("--no-thumbnails applies to builds and to --embeddings writes")
-        info = update_index(out, listings, model_dir=args.model, batch_size=args.batch_size,
-                            progress=_progress(args))
-    else:
-        settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
-                                  target_recall=args.target_recall)
-        store = StoreSpec(args.store, args.uri, args.collection)
-        info = build_index(args.model, listings, out, settings=settings,
-                           thumbnail_size=args.thumbnail_size, batch_size=args.batch_size,
-                           progress=_progress(args), store=store,
-                           thumbnails=args.thumbnails)
-    print(info.summary())
-    if args.onnx:
-        from eclip.search.onnx_query import write_index_onnx
-
-        print(f"ONNX query encoder: {write_index_onnx(out)}")
-    if read.issues:  # beside the generations, after the index is written
-        read.write_report(out / BAD_ROWS_FILE)
-        print(f"bad-row report: {out / BAD_ROWS_FILE}")
-    print(f"serve it with: eclip serve --index {out}")
+    settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
+                              target_recall=args.target_recall,
+                              max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
+    data = _recipe(args).data if args.catalog else None
+    if data is not None:
+        _threads(args)
+    done = index_catalog(
+        args.out, data=data, model=args.model, embeddings=args.embeddings, update=args.update,
+        delete=_product_ids(args.delete) if args.delete else None, split=args.split,
+        settings=settings, store=StoreSpec(args.store, args.uri, args.collection),
+        thumbnails=args.thumbnails, thumbnail_size=args.thumbnail_size,
+        batch_size=args.batch_size, onnx=args.onnx, progress=_progress(args))
+    print(done.summary)
+    if done.onnx_dir is not None:
+        print(f"ONNX query encoder: {done.onnx_dir}")
+    if done.bad_rows is not None:
+        print(f"bad-row report: {done.bad_rows}")
+    if not args.delete:
+        print(f"serve it with: eclip serve --index {args.out}")
     return 0
 
 
@@ -656,12 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. train: an index that holds the test listings answers for them")
     p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
                    default=Library(settings, "kind"),
-                   help="vector index, one of %(choices)s: exact search, IVF, or auto (exact up "
-                        "to --exact-max listings, IVF above) (default: %(default)s)")
+                   help="vector index, one of %(choices)s: exact (flat) search, IVF, HNSW, IVF of "
+                        "fp16 / 8-bit vectors, OPQ+IVF-PQ (re-ranked exactly), DiskANN (Milvus "
+                        "servers only), or auto: exact up to --exact-max listings, IVF above, or "
+                        "with --max-memory the most exact kind that fits (default: %(default)s)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory for the three vector indexes (image, text, both), e.g. 12GiB: "
+                        "--kind auto picks a compressed kind that fits (default: no limit)")
     p.add_argument("--exact-max", type=int, default=Library(settings, "exact_max"),
                    help="largest index searched exactly with --kind auto (default: %(default)s)")
     p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
-                   help="IVF: recall@10 against exact search that nprobe is tuned to reach "
+                   help="approximate kinds: recall@10 against exact search that nprobe (efSearch) "
+                        "is tuned to reach "
                         "(default: %(default)s)")
     group = p.add_argument_group("vector store")
     group.add_argument("--store", choices=Library("eclip.search.store_types:STORE_KINDS"),

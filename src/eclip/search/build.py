@@ -83,7 +83,7 @@ def index_from_embeddings(index_dir: str | Path, embeddings: str | Path, listing
                           *, model_dir: str | Path | None = None, update: bool = False,
                           settings: VectorSettings | None = None, store: StoreSpec | None = None,
                           thumbnails: bool = True, thumbnail_size: int = 256,
-                          progress: bool = True) -> FromEmbeddings:
+                          progress: bool = True, max_pixels: int | None = None) -> FromEmbeddings:
     """Build (or with ``update=True`` add to) the index in ``index_dir`` from the vectors
     ``eclip embed`` wrote at ``embeddings`` and the catalog's ``listings`` (see the module
     docstring). A build needs ``model_dir``, the model that made the vectors (copied into the index
@@ -113,5 +113,5 @@ def index_from_embeddings(index_dir: str | Path, embeddings: str | Path, listing
         else:
             written = writer.commit(None, Change(Path(model_dir), kept, emb, [],
                                                  settings or VectorSettings(), thumbnail_size,
-                                                 store or StoreSpec(), thumbnails))
+                                                 store or StoreSpec(), thumbnails, max_pixels))
     return FromEmbeddings(written, without_vectors, without_listing)

@@ -30,24 +30,26 @@ class FaissWriter:
 
     def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
         stats = {}
+        kind = job.settings.resolve_kind(len(job.vids), [job.vectors(s).shape[1] for s in SPACES])
         for space in SPACES:
             vectors = job.vectors(space)
-            index = self._index(job, space, vectors)
+            index = self._index(job, space, vectors, kind)
             index.save(str(job.tmp / f"{space}.faiss"))
             stats[space] = index.stats
         return stats, None
 
     @staticmethod
-    def _index(job: WriteJob, space: str, vectors: np.ndarray) -> VectorIndex:
+    def _index(job: WriteJob, space: str, vectors: np.ndarray, kind: str) -> VectorIndex:
         if job.base is not None and (job.base / f"{space}.faiss").is_file():
             stats = IndexStats(**job.base_info["vectors"][space])
             index = VectorIndex.load(str(job.base / f"{space}.faiss"), stats)
-            if not index.needs_retraining(len(job.vids), job.settings):
+            if not index.needs_retraining(len(job.vids), job.settings, kind=kind,
+                                          removing=len(job.dropped) > 0):
                 index.remove(job.dropped)
                 index.add(job.fresh[space], job.new_vids)
                 index.tune(vectors, job.vids, job.settings)
                 return index
-        return VectorIndex.build(vectors, job.vids, job.settings)
+        return VectorIndex.build(vectors, job.vids, job.settings, kind=kind)
 
     def publish(self, entry: dict | None) -> None:
         pass  # the folder's CURRENT pointer is the switch
@@ -83,6 +85,7 @@ class FaissStore:
             path = generation / f"{space}.faiss"
             with reading(path):
                 indexes[space] = VectorIndex.load(str(path), info.vectors[space])
+            indexes[space].attach(vectors[space], vids)  # exact re-ranking reads them
             found = indexes[space].count, indexes[space].index.d
             consistent(path, found == (info.listings, vectors[space].shape[1]),
                        f"{found[0]} vectors of {found[1]} dimensions, the generation "
