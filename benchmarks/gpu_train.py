@@ -186,7 +186,7 @@ def peak_tflops(device_name: str) -> float | None:
 # ------------------------------------------------------------------------------------- the models
 def _build_eclip(name: str, spec: dict, workdir: Path):
     """eclip's DualEncoder for ``name``: ViT + BERT from configs, or CLIP through from_checkpoint."""
-    from eclip.model import DualEncoder, DualEncoderConfig, from_checkpoint, train_tokenizer
+    from eclip.model import DualEncoder, DualEncoderConfig, load_model, train_tokenizer
 
     vision, text = spec["vision"], spec["text"]
     tokenizer = train_tokenizer([f"word{i} item{i}" for i in range(50)], 100)
@@ -223,7 +223,7 @@ def _build_eclip(name: str, spec: dict, workdir: Path):
                     "image_mean": [0.48145466, 0.4578275, 0.40821073],
                     "image_std": [0.26862954, 0.26130258, 0.27577711]}
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor), encoding="utf-8")
-    return from_checkpoint(directory)
+    return load_model(directory)
 
 
 class EclipRunner:

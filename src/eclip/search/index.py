@@ -469,9 +469,9 @@ def _check_unique(product_ids: list[str]) -> None:
 
 
 def _load_model(model_dir: Path):
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
-    model = DualEncoder.from_pretrained(model_dir)
+    model = load_model(model_dir)
     model.eval()
     return model
 

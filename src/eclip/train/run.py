@@ -18,7 +18,7 @@ from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import Splits, split_listings
 from eclip.config import to_dict, use_threads
-from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
+from eclip.model import DualEncoder, DualEncoderConfig, load_model, model_from_config, train_tokenizer
 from eclip.train.distributed import DistEnv, barrier, init_distributed, rank_log, shutdown
 from eclip.train.recipe import Recipe
 from eclip.train.sources import shard_listings
@@ -33,7 +33,7 @@ def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
         composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
         tokenizer = train_tokenizer([composer.compose(x) for x in train_listings],
                                     config.scratch_vocab_size)
-    return DualEncoder.build(config, tokenizer=tokenizer)
+    return model_from_config(config, tokenizer)  # model.init_from: that checkpoint
 
 
 INIT_DIR = "init"  # OUTPUT_DIR/init: the model before training
@@ -49,7 +49,7 @@ def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, o
     already there: it is the model the run started from."""
     init_dir = out_dir / INIT_DIR
     if resume and (init_dir / "config.json").is_file():
-        return DualEncoder.from_pretrained(init_dir)
+        return load_model(init_dir)
     barrier()  # every rank has seen the old init/ before rank 0 may write a new one
     torch.manual_seed(recipe.train.seed)
     model = None
@@ -59,7 +59,7 @@ def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, o
     barrier()
     if not env.distributed:
         return model
-    return DualEncoder.from_pretrained(init_dir)  # every rank the same copy
+    return load_model(init_dir)  # every rank the same copy
 
 
 def run_training(recipe: Recipe, *, resume: bool = False,
