@@ -87,7 +87,7 @@ def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: 
                          progress: bool, log: Callable[[str], None]):
     """Generate, read and split the demo catalog; the recipe's ``data.catalog`` is set to it."""
     catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
-                                     image_size=recipe.model.get("image_size", 128),
+                                     image_size=recipe.model.image_size,
                                      progress=progress)
     read = load_catalog(DataConfig(catalog=str(catalog_file)), report_dir=out_dir,
                         progress=progress, log=log)

@@ -80,7 +80,6 @@ def _canonical_unigram(vocab: list[list], models):
 
 def load_tokenizer(config: DualEncoderConfig, model_dir: str | Path | None = None):
     """The tokenizer saved in ``model_dir``, else the one of ``config.text_model`` (``hf`` towers)."""
-
     if model_dir is not None:
         model_dir = Path(model_dir)
         if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):

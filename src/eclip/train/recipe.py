@@ -1,19 +1,22 @@
 """The sections of a training recipe (``configs/*.yaml``) as dataclasses.
 
 ``data`` is the catalog's own section (``eclip.catalog.config.DataConfig``), shared with ``eclip
-eval``, ``embed``, ``prepare`` and ``index``. ``model`` and ``data.text`` stay plain mappings here and are validated by the classes that own them
-(``DualEncoderConfig`` and ``ComposerConfig``), so that each idea has one definition.
+eval``, ``embed``, ``prepare`` and ``index``; ``model`` is the model's own config
+(``eclip.model.DualEncoderConfig``: typed, range-checked, unknown keys named when the recipe is
+loaded). ``data.text`` stays a plain mapping here, validated by ``ComposerConfig``, so that each
+idea has one definition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from eclip.catalog.config import DataConfig
 from eclip.config import Range, above, apply_overrides, at_least, check_ranges, from_dict, load_yaml
 from eclip.errors import ConfigError
+from eclip.model.config import DualEncoderConfig
 
 PARALLEL = ("ddp", "fsdp")  # train.parallel: DDP, or FSDP2 (eclip.train.fsdp)
 
@@ -147,9 +150,13 @@ class TrainConfig:
 
 @dataclass
 class Recipe:
-    model: dict[str, Any] = field(default_factory=dict)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):  # Recipe(model={...}) from Python: checked the same way
+            self.model = from_dict(DualEncoderConfig, dict(self.model), "model")
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
