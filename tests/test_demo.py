@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SMALL = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_heads=2",
          "model.scratch_vocab_size=400", "model.image_size=64", "model.embed_dim=32",
-         "train.epochs=2", "train.batch_size=16", "train.image_trainable_blocks=1",
+         "train.epochs=2", "train.batch_size=16", "train.image_trainable_layers=2",
          "train.text_text_weight=0.5", "train.checkpoint_every=1000"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -108,8 +110,10 @@ def test_top_layer_groups_train_the_rest_is_locked(clip):
 def test_layer_counts_out_of_range_or_on_a_locked_tower_are_refused(clip):
     with pytest.raises(ConfigError, match="between 1 and 4"):
         clip.set_trainable(text_layers=5)
-    with pytest.raises(ConfigError, match="unlocked image tower"):
-        clip.set_trainable(image=False, image_layers=1)
+    clip.set_trainable(image=False, image_layers=1).train()  # a locked tower's head alone trains
+    head = set(clip.image_tower.layer_groups()[-1].params)
+    assert {n for n, p in clip.image_tower.named_parameters() if p.requires_grad} == head
+    assert not clip.image_tower.training  # locked: eval mode all the same
     with pytest.raises(ConfigError, match="unlocked text tower"):
         clip.set_trainable(text=False, text_layers=1)
     with pytest.raises(ConfigError, match="at least 1"):
@@ -183,18 +187,18 @@ def _same_groups(new, old):
 
 @pytest.mark.parametrize("settings", [
     {}, {"tower_lr_scale": 0.1}, {"tower_lr_scale": 0.3, "image_lr_scale": 0.05},
-    {"lock_image": True, "image_trainable_blocks": 1}, {"lock_text": True, "lock_image": True},
+    {"lock_image": True, "image_trainable_layers": 2}, {"lock_text": True, "lock_image": True},
 ])
 def test_no_decay_gives_exactly_the_groups_of_before(clip_dir, tiny_model_dir, settings):
     models = [load_model(tiny_model_dir)]  # scratch BERT + vit
-    if not settings.get("image_trainable_blocks"):  # the hf image tower cannot be cut
+    if not settings.get("image_trainable_layers"):  # the hf image tower cannot be cut
         models.append(load_model(clip_dir))
     cfg = TrainConfig(lr=3e-4, weight_decay=0.05, **settings)
     recipe = load_recipe(None, [f"train.{k}={v}" for k, v in settings.items()]
                          + ["train.lr=3e-4", "train.weight_decay=0.05"])
     for model in models:
         model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
-                            image_top_blocks=cfg.image_trainable_blocks)
+                            image_layers=cfg.image_trainable_layers)
         model.logit_bias.requires_grad_(False)  # as under the softmax loss
         _same_groups(param_groups(model, cfg), _old_param_groups(model, cfg))
         _same_groups(param_groups(model, recipe), _old_param_groups(model, cfg))  # a Recipe too
@@ -325,21 +329,34 @@ def test_wise_alpha_saves_the_merge_of_the_start_and_the_trained_weights(tmp_pat
     assert any(not torch.equal(trained[name], saved[name]) for name in trained)
 
 
-def test_image_trainable_blocks_trains_the_top_of_any_image_tower(clip, data, tmp_path):
+def test_image_trainable_layers_trains_the_top_of_any_locked_image_tower(clip, data, tmp_path):
     """One knob for "train only the top of the image tower": a CLIP checkpoint's tower cannot be
-    cut between blocks (the EfficientNet fast path), so image_trainable_blocks=1 with a locked
-    tower trains its top block and head as layer groups instead of stopping."""
+    cut between blocks (the EfficientNet / vit fast path), so image_trainable_layers=2 with a
+    locked tower trains its top block and head unlocked instead of stopping."""
     assert not getattr(clip.image_tower, "num_blocks", 0)
     groups = clip.image_tower.layer_groups()
     before = {k: v.clone() for k, v in clip.state_dict().items() if k.startswith("image_tower.")}
     messages = []
-    train(_recipe(tmp_path / "run", lock_image="true", image_trainable_blocks=1), clip, data.train,
+    train(_recipe(tmp_path / "run", lock_image="true", image_trainable_layers=2), clip, data.train,
           log=messages.append)
-    assert any("image_trainable_layers=2" in m for m in messages)
+    assert any("image_trainable_layers=2" in m and "cannot be cut" in m for m in messages)
     after = clip.state_dict()
     moved = {k for k, v in before.items() if not torch.equal(v, after[k])}
     top = {f"image_tower.{n}" for g in groups[-2:] for n in g.params}
     assert moved and moved <= top  # the top block and the head, nothing below
-    with pytest.raises(ConfigError, match="set one"):
-        train(_recipe(tmp_path / "both", image_trainable_blocks=1, image_trainable_layers=2), clip,
-              data.train, log=lambda s: None)
+
+
+def test_image_trainable_blocks_is_the_old_name_of_image_trainable_layers():
+    """The EfficientNet-era knob still loads, with a warning that names the new one: N blocks are
+    N + 1 layer groups (the blocks and the head); 0 was "off" and stays so, silently."""
+    with pytest.warns(FutureWarning, match="image_trainable_layers=3"):
+        old = load_recipe(None, ["train.lock_image=true", "train.image_trainable_blocks=2"]).train
+    new = load_recipe(None, ["train.lock_image=true", "train.image_trainable_layers=3"]).train
+    assert old == new and old.image_trainable_blocks is None
+    assert (old.image_trainable_layers, old.image_cut_blocks) == (3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_recipe(None, ["train.image_trainable_blocks=0"]).train.image_trainable_layers is None
+    with pytest.raises(ConfigError, match="old name of train.image_trainable_layers.*set only"):
+        load_recipe(None, ["train.image_trainable_blocks=1", "train.image_trainable_layers=2"])
+    assert load_recipe(None, ["train.image_trainable_layers=3"]).train.image_cut_blocks == 0  # unlocked

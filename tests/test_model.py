@@ -365,14 +365,21 @@ def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokeni
         whole = tower(px)
         for blocks in (1, 2, tower.num_blocks):
             assert torch.allclose(tower.above(tower.below(px, blocks), blocks), whole, atol=1e-5)
-    with pytest.raises(ConfigError, match="between 1 and"):
+    with pytest.raises(ConfigError, match="image_trainable_layers with train.lock_image must be between 2 and"):
         tower.below(px, tower.num_blocks + 1)
-    with pytest.raises(ConfigError, match="between 1 and"):
+    with pytest.raises(ConfigError, match="between 2 and"):
         tower.top_prefixes(0)
+    # the one knob: the top N layer groups of the locked tower are the parameters above its cut
+    # below the top N - 1 blocks, which the cached path trains
+    for blocks in (1, 2, tower.num_blocks):
+        model.set_trainable(image=False, image_layers=blocks + 1)
+        top = tower.top_prefixes(blocks)
+        assert {n for n, p in tower.named_parameters() if p.requires_grad} == {
+            n for n, _ in tower.named_parameters() if n.startswith(top)}
 
 
 def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
-    tiny.set_trainable(image=False, text=True, image_top_blocks=1)
+    tiny.set_trainable(image=False, text=True, image_layers=2)  # the top block and the head
     tiny.train()
     top = tiny.image_tower.top_prefixes(1)
     assert top == ("model.layers.3.", "model.layernorm.")
@@ -386,8 +393,10 @@ def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
     (scale * image @ text.T).logsumexp(dim=1).mean().backward()
     for name, param in tiny.image_tower.named_parameters():
         assert (param.grad is not None) == name.startswith(top), name
-    with pytest.raises(ConfigError, match="locked image tower"):
-        tiny.set_trainable(image=True, image_top_blocks=1)
+    with pytest.raises(ConfigError, match="text_trainable_layers applies to an unlocked text tower"):
+        tiny.set_trainable(text=False, text_layers=1)
+    tiny.set_trainable(image=True)  # unlocked again: the whole tower trains
+    assert all(p.requires_grad for p in tiny.image_tower.parameters())
 
 
 def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):
@@ -400,5 +409,5 @@ def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):
         def forward(self, pixel_values):
             return self.lin(pixel_values.mean(dim=(2, 3)))
 
-    with pytest.raises(ConfigError, match="cannot train only its top blocks"):
+    with pytest.raises(ConfigError, match="cannot be cut between blocks"):
         Flat().top_prefixes(1)

@@ -94,9 +94,9 @@ def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_pa
 
     before = load_model(tiny_model_dir)
     out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
-    a = train(_recipe(out_a, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5),
+    a = train(_recipe(out_a, lock_image="true", image_trainable_layers=2, image_lr_scale=0.5),
               load_model(tiny_model_dir), data.train, data.val, log=lambda s: None)
-    b = train(_recipe(out_b, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5,
+    b = train(_recipe(out_b, lock_image="true", image_trainable_layers=2, image_lr_scale=0.5,
                       cache_locked_features="false"),
               load_model(tiny_model_dir), data.train, data.val, log=lambda s: None)
     la, lb = logged_losses(out_a), logged_losses(out_b)

@@ -105,7 +105,7 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
     if not caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment):
         return None
     return image_cache_for(model, [p for x in listings for p in x.images], [],
-                           top_blocks=cfg.image_trainable_blocks, progress=progress,
+                           top_blocks=cfg.image_cut_blocks, progress=progress,
                            desc="image features (locked part of the tower)")
 
 

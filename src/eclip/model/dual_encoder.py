@@ -174,32 +174,23 @@ class DualEncoder(nn.Module):
     def text_locked(self) -> bool:
         return self._text_locked
 
-    def set_trainable(self, image: bool = True, text: bool = True, image_top_blocks: int = 0,
-                      image_layers: int | None = None, text_layers: int | None = None) -> DualEncoder:
-        """Lock (``False``) or unlock a tower; a locked tower has no gradients and stays in eval mode.
+    def set_trainable(self, image: bool = True, text: bool = True, image_layers: int | None = None,
+                      text_layers: int | None = None) -> DualEncoder:
+        """Lock (``False``) or unlock a tower; a locked tower stays in eval mode.
 
-        ``image_top_blocks`` (with ``image=False``): the top blocks of the locked image tower and its
-        head train all the same (in eval mode: frozen normalisation statistics, no dropout).
-        ``image_layers`` / ``text_layers`` (with the tower unlocked; None: all of it): only the top
-        N layer groups of the tower (``tower.layer_groups()``: embeddings, blocks, head) train; the
-        groups below get no gradients and their batch-norm statistics stay as they are, while the
-        tower is otherwise in train mode (dropout). Projections and the logit scale stay trainable.
+        ``image_layers`` / ``text_layers`` (None: all of an unlocked tower, none of a locked one):
+        only the top N layer groups of the tower (``tower.layer_groups()``: embeddings, blocks,
+        head) train; the groups below get no gradients and their batch-norm statistics stay as
+        they are. An unlocked tower is otherwise in train mode (dropout); a locked image tower
+        with ``image_layers`` trains its top groups in eval mode (frozen normalisation statistics,
+        no dropout), which is what lets a tower that can be cut compute the activations below
+        its top ``image_layers - 1`` blocks once (``ImageTower.top_prefixes`` names the same
+        parameters). Projections and the logit scale stay trainable.
         """
-        if image_top_blocks and image:
-            raise ConfigError("image_trainable_blocks applies to a locked image tower: set "
-                              "train.lock_image=true, or image_trainable_blocks=0 to train all of it")
-        for layers, unlocked, what in ((image_layers, image, "image"), (text_layers, text, "text")):
-            if layers is not None and not unlocked:
-                raise ConfigError(f"train.{what}_trainable_layers applies to an unlocked {what} tower: "
-                                  f"set train.lock_{what}=false"
-                                  + (", or train.image_trainable_blocks with the locked tower"
-                                     if what == "image" else ""))
+        if text_layers is not None and not text:
+            raise ConfigError("train.text_trainable_layers applies to an unlocked text tower: set "
+                              "train.lock_text=false")
         self.image_tower.requires_grad_(image)
-        if image_top_blocks:
-            top = self.image_tower.top_prefixes(image_top_blocks)
-            for name, param in self.image_tower.named_parameters():
-                if name.startswith(top):
-                    param.requires_grad_(True)
         if image_layers is not None:
             train_top_groups(self.image_tower, image_layers, "image")
         self.text_tower.requires_grad_(text)

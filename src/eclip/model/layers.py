@@ -64,8 +64,8 @@ def find_layer_groups(module: nn.Module, blocks: nn.ModuleList | None = None) ->
 
 
 def train_top_groups(tower: nn.Module, groups: int, what: str) -> None:
-    """Lock every layer group of ``tower`` below its top ``groups`` (no gradients); ``what``
-    (``text`` / ``image``) names the tower in the ConfigError of a count out of range."""
+    """Only the top ``groups`` layer groups of ``tower`` get gradients, every group below none;
+    ``what`` (``text`` / ``image``) names the tower in the ConfigError of a count out of range."""
     layers = tower.layer_groups()
     if not 1 <= groups <= len(layers):
         raise ConfigError(f"train.{what}_trainable_layers must be between 1 and {len(layers)} for the "
@@ -74,6 +74,5 @@ def train_top_groups(tower: nn.Module, groups: int, what: str) -> None:
                           f"with train.lock_{what}=true")
     locked = {name for group in layers[:len(layers) - groups] for name in group.params}
     for name, param in tower.named_parameters():
-        if name in locked:
-            param.requires_grad_(False)
+        param.requires_grad_(name not in locked)
 

@@ -46,7 +46,8 @@ class ImageTower(nn.Module):
     """Base class of image towers: ``forward(pixel_values [B, 3, H, W]) -> [B, out_dim]``.
 
     A tower made of a stack of blocks can be cut below its top ``n`` blocks, so that a run trains
-    only the top (``train.image_trainable_blocks``) and computes the activations at the cut once:
+    only the top of the locked tower (``train.image_trainable_layers: n + 1``, the blocks and the
+    head) and computes the activations at the cut once:
     ``above(below(x, n), n) == forward(x)``; ``top_prefixes(n)`` names the parameters above the cut.
     """
 
@@ -68,11 +69,13 @@ class ImageTower(nn.Module):
     def check_cut(self, blocks: int) -> int:
         """``blocks`` if the top ``blocks`` blocks can be trained on their own, else ConfigError."""
         if not self.num_blocks:
-            raise ConfigError(f"the {type(self).__name__} cannot train only its top blocks: set "
-                              "train.image_trainable_blocks=0 (or unlock it: train.lock_image=false)")
+            raise ConfigError(f"the {type(self).__name__} cannot be cut between blocks: train its "
+                              f"top layer groups unlocked (train.lock_image=false with "
+                              f"train.image_trainable_layers)")
         if not 1 <= blocks <= self.num_blocks:
-            raise ConfigError(f"train.image_trainable_blocks must be between 1 and {self.num_blocks} "
-                              f"for the {type(self).__name__}, got {blocks}")
+            raise ConfigError(f"train.image_trainable_layers with train.lock_image must be between 2 "
+                              f"and {self.num_blocks + 1} for the {type(self).__name__} (its top "
+                              f"blocks and the head), got {blocks + 1}")
         return blocks
 
     def below(self, pixel_values: Tensor, blocks: int) -> Tensor:
