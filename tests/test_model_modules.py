@@ -14,6 +14,12 @@ from test_imports import SRC, cycles, imported_modules, module_name
 
 MODEL = SRC / "model"
 
+# the modules of eclip.model, lowest first: each imports only modules before it (the order the
+# package's docstring gives)
+ORDER = ["config", "files", "layers", "hf", "preprocessing", "towers", "tokenizer", "text_towers",
+         "image_towers", "dual_encoder", "from_transformers", "to_transformers", "open_clip", "load",
+         "onnx", "export", "merge"]
+
 
 def module_edges() -> dict[tuple[str, str], list[str]]:
     """(importer, imported) between modules of ``eclip.model`` (the package's ``__init__`` is
@@ -37,6 +43,12 @@ def test_model_modules_import_one_way():
                  if dst == "eclip.model"]
     assert not into_init, f"modules of eclip.model import the package itself: {into_init}"
     assert cycles(edges) == [], f"import circles inside eclip.model: {cycles(edges)}"
+    rank = {f"eclip.model.{name}": index for index, name in enumerate(ORDER)}
+    modules = {module_name(path) for path in MODEL.glob("*.py")} - {"eclip.model"}
+    assert modules == set(rank), f"add new modules to ORDER (and the package docstring): {modules ^ set(rank)}"
+    upward = [f"{src} -> {dst} ({', '.join(where)})" for (src, dst), where in sorted(edges.items())
+              if src in rank and rank[dst] >= rank[src]]
+    assert not upward, f"imports against the documented order: {upward}"
 
 
 def test_model_modules_and_functions_are_small():

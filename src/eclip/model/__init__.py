@@ -7,8 +7,12 @@ Modules, in import order (each imports only those above it):
   the tower interface and registry
 - ``tokenizer``, ``text_towers``, ``image_towers``: tokenizers and the built-in towers
 - ``dual_encoder``: the model, ``build`` from a config, eclip's own save / read
-- ``from_transformers``, ``open_clip``, ``load``: checkpoints in (``load_model`` dispatches)
-- ``to_transformers``, ``onnx``, ``export``, ``merge``: checkpoints out, WiSE-FT
+- ``from_transformers``, ``to_transformers``: transformers' dual encoders to and from a DualEncoder
+- ``open_clip``: open_clip folders in and out (through transformers' CLIPModel)
+- ``load``: ``load_model``, the one way in, dispatching on what a folder holds
+- ``onnx``, ``export``, ``merge``: the ways out, WiSE-FT
+
+(``tests/test_model_modules.py`` holds this order and checks it.)
 """
 
 from eclip.model.config import BUNDLED_MINILM, VIT_PRESETS, DualEncoderConfig

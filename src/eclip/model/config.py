@@ -101,9 +101,10 @@ class DualEncoderConfig:
     # the learnable scalar bias of the sigmoid loss (DualEncoder.logit_bias)
     init_logit_bias: float = -10.0
     pretrained: bool = True
-    # a vision-language checkpoint directory (transformers CLIPModel / SiglipModel /
-    # VisionTextDualEncoderModel) that DualEncoder.build starts from: towers, projections, logit
-    # scale (and bias), tokenizer and preprocessing all come from it (see eclip.model.pretrained)
+    # a checkpoint directory (transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel,
+    # or an open_clip folder) that the model starts from: towers, projections, logit scale (and
+    # bias), tokenizer and preprocessing all come from it (eclip.model.load.model_from_config,
+    # which opens it with load_model)
     init_from: str | None = None
     # the image's share of the fused ("both") vector, [sqrt(w) image; sqrt(1-w) text]
     # (eclip.encode.fusion): chosen on the validation catalogs at the end of training; None: not

@@ -41,7 +41,10 @@ def model_format(directory: str | Path) -> str:
     model_type = None
     if config_path.is_file():
         data = read_json(config_path)
-        model_type = data.get("model_type") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ModelError(f"{config_path} is not a JSON object: {directory} is not a model "
+                             f"directory eclip reads")
+        model_type = data.get("model_type")
         if model_type == MODEL_TYPE:
             return "eclip"
     if open_clip.is_open_clip_dir(directory):
