@@ -15,7 +15,7 @@ from eclip.catalog.readers import read_catalog
 from eclip.cli import main
 from eclip.encode import (FUSION_WEIGHT, choose_fusion_weight, embed_listings, fuse, fuse_query,
                           title_composer, unit_rows)
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.search import SearchIndex, build_index
 from eclip.tasks.views import listing_cache, model_views
 
@@ -23,7 +23,7 @@ from eclip.tasks.views import listing_cache, model_views
 @pytest.fixture(scope="module")
 def title_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model, saved with a composer that renders a listing as its title alone."""
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     model.config.text_composer = {"segments": ["{title}"]}
     model.config.fusion_weight = 0.7  # as training would have chosen it: every path must use it
     return model.save_pretrained(tmp_path_factory.mktemp("title_model") / "model")
@@ -53,7 +53,7 @@ def test_fuse_is_the_weighted_mean_of_the_two_similarities():
 
 def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, tiny_catalog,
                                                     tmp_path):
-    model = DualEncoder.from_pretrained(title_model_dir)
+    model = load_model(title_model_dir)
     views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
                         progress=False)
 
@@ -87,7 +87,7 @@ def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, t
 def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_dir, listings):
     """A model whose composer writes more than the title: eval's text view is embed_listings with
     the model's composer reduced to the title; the fused view is fuse of the two."""
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
                         progress=False)
     emb = embed_listings(model, listings, title_composer(model), progress=False)

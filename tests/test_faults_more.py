@@ -29,7 +29,7 @@ from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.cli import main
 from eclip.errors import ConfigError, EclipError, ImageError, ModelError
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.checkpoint import CheckpointError, load_checkpoint
 from eclip.train.recipe import load_recipe
 from eclip.train.trainer import train
@@ -178,7 +178,7 @@ def test_a_resume_whose_only_change_is_in_the_validation_rows_is_refused(tiny_ca
 @pytest.fixture(scope="module")
 def checkpoint_run(tmp_path_factory, tiny_model_dir, listings):
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    train(_recipe(out, "train.max_steps=2"), DualEncoder.from_pretrained(tiny_model_dir), listings,
+    train(_recipe(out, "train.max_steps=2"), load_model(tiny_model_dir), listings,
           log=lambda s: None)
     return out
 
@@ -223,7 +223,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(case, checkpoint_run, 
     path = out / "checkpoints" / "last.pt"
     _damage(path, case)
     with pytest.raises(CheckpointError) as err:
-        train(_recipe(out, "train.max_steps=3"), DualEncoder.from_pretrained(tiny_model_dir),
+        train(_recipe(out, "train.max_steps=3"), load_model(tiny_model_dir),
               listings, resume=True, log=lambda s: None)
     _one_line(err.value, str(path), "cannot be resumed from")
     assert isinstance(err.value, EclipError)
@@ -260,7 +260,7 @@ def test_tokenizer_json_that_is_not_json(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "tokenizer.json").write_text('{"version": "1.0", "model": ', encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy / "tokenizer.json"), "not valid JSON")
 
 
@@ -268,7 +268,7 @@ def test_tokenizer_json_that_tokenizers_refuse(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}', encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy), "tokenizer cannot be loaded")
 
 
@@ -280,20 +280,20 @@ def test_auto_map_asking_for_remote_code_is_refused(tiny_model_dir, tmp_path, na
     data["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoTokenizer": ["evil.EvilTokenizer", None]}
     (copy / name).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy / name), "auto_map", "trust_remote_code")
     assert not PWNED.exists()
 
 
 def test_auto_map_in_a_transformers_checkpoint_is_refused(tmp_path):
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
     directory = tmp_path / "clip"
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(
         {"model_type": "clip", "auto_map": {"AutoModel": "modeling.Evil"}}), encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        from_checkpoint(directory)
+        load_model(directory)
     _one_line(err.value, "config.json", "auto_map")
 
 
@@ -304,7 +304,7 @@ def test_truncated_safetensors(tiny_model_dir, tmp_path, cut):
     data = weights.read_bytes()
     weights.write_bytes(data[:cut])
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(weights), "damaged or truncated")
 
 
@@ -312,11 +312,11 @@ def test_config_json_nested_too_deeply_or_not_utf8(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "preprocessor_config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, "preprocessor_config.json", "nested too deeply")
     (copy / "preprocessor_config.json").write_bytes(b'{"image_size": "caf\xe9"}')
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, "preprocessor_config.json", "UTF-8")
 
 
@@ -500,7 +500,7 @@ def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_mode
     for path in leftovers:
         path.mkdir() if "model" in path.name or "init" in path.name else path.write_bytes(b"x")
         _age(path)
-    train(_recipe(out, "train.max_steps=3"), DualEncoder.from_pretrained(tiny_model_dir), listings,
+    train(_recipe(out, "train.max_steps=3"), load_model(tiny_model_dir), listings,
           resume=True, log=lambda s: None)
     assert not any(p.exists() for p in leftovers)
 
@@ -541,9 +541,9 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, listings, c
     out = tmp_path / "run"
     recipe = _recipe(out, "train.max_steps=5")
     with crash_in_loss(4):  # in step 4: steps 1-3 logged, the checkpoint of step 2 written
-        train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+        train(recipe, load_model(tiny_model_dir), listings, log=lambda s: None)
     assert sorted(logged_losses(out)) == [1, 2, 3]
-    train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
+    train(recipe, load_model(tiny_model_dir), listings, resume=True,
           log=lambda s: None)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
@@ -620,7 +620,7 @@ def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_di
 
     big = tmp_path / "big.png"
     Image.new("RGB", (100, 100), (200, 30, 30)).save(big)  # 10,000 pixels, decoded whole (PNG)
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     transform = model.config.image_transform(train=False)
     one = [replace(listings[0], images=[str(big)])]
     assert ListingDataset(one, TextComposer(), transform)[0]["pixel_values"].shape[0] == 3

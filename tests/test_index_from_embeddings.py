@@ -20,7 +20,7 @@ from eclip.cli import main
 from eclip.encode import embed_listings, write_embeddings
 from eclip.encode.identity import model_sha256
 from eclip.encode.listings import read_embeddings
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.search import SearchIndex, SearchIndexError, build_index
 from eclip.search.api import create_app
 from eclip.search.build import index_from_embeddings
@@ -35,7 +35,7 @@ def listings(tiny_catalog):
 def embedded(tiny_model_dir, listings, tmp_path_factory):
     """The catalog's vectors as the local engine of ``eclip embed`` writes them."""
     out = tmp_path_factory.mktemp("stored") / "emb.parquet"
-    emb = embed_listings(DualEncoder.from_pretrained(tiny_model_dir), listings, progress=False)
+    emb = embed_listings(load_model(tiny_model_dir), listings, progress=False)
     write_embeddings(emb, out, listings, model_sha256=model_sha256(tiny_model_dir))
     return out
 

@@ -186,7 +186,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from eclip.catalog.load import load_catalog
     from eclip.encode import embed_listings, write_embeddings
     from eclip.encode.identity import model_sha256
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
     on_ray = _on_ray(args)
     recipe = _recipe(args)
@@ -201,7 +201,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"wrote {len(read.listings)} embeddings to {out} (parts listed in {manifest.name})")
         return 0
     _threads(args)
-    model = DualEncoder.from_pretrained(args.model)
+    model = load_model(args.model)
     read = load_catalog(recipe.data, report_dir=out.parent, progress=_progress(args))
     emb = embed_listings(model, read.listings, batch_size=args.batch_size,
                          progress=_progress(args))
@@ -321,10 +321,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
     from eclip.model.export import export_model
 
-    out = export_model(DualEncoder.from_pretrained(args.model), args.out, format=args.format)
+    out = export_model(load_model(args.model), args.out, format=args.format)
     print(f"wrote {out} ({args.format})")
     return 0
 

@@ -87,7 +87,7 @@ def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: 
                          progress: bool, log: Callable[[str], None]):
     """Generate, read and split the demo catalog; the recipe's ``data.catalog`` is set to it."""
     catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
-                                     image_size=recipe.model.get("image_size", 128),
+                                     image_size=recipe.model.image_size,
                                      progress=progress)
     read = load_catalog(DataConfig(catalog=str(catalog_file)), report_dir=out_dir,
                         progress=progress, log=log)
@@ -105,7 +105,7 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
     if not caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment):
         return None
     return image_cache_for(model, [p for x in listings for p in x.images], [],
-                           top_blocks=cfg.image_trainable_blocks, progress=progress,
+                           top_blocks=cfg.image_cut_blocks, progress=progress,
                            desc="image features (locked part of the tower)")
 
 

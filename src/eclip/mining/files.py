@@ -23,7 +23,7 @@ from eclip.catalog.load import load_catalog
 from eclip.catalog.readers import write_listings
 from eclip.errors import ConfigError
 from eclip.mining.mine import MiningResult, mine_catalogs, summary
-from eclip.model.pretrained import load_model
+from eclip.model import load_model
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:

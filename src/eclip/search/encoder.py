@@ -15,9 +15,9 @@ from eclip.encode.text import query_listing
 
 def load_model(model_dir: Path):
     """The index's model (``model/`` of a generation), in eval mode."""
-    from eclip.model import DualEncoder
+    from eclip.model import load_model as open_model
 
-    model = DualEncoder.from_pretrained(model_dir)
+    model = open_model(model_dir)
     model.eval()
     return model
 

@@ -312,7 +312,7 @@ def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_d
              progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
     """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite.
     A name with a list of directories has one model per training seed (``eclip.tasks.seeds``)."""
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
     out = Path(out_dir)
     clean_stale_temps_below(out)  # a killed eval's temporaries (the benchmark's files included)
@@ -331,8 +331,8 @@ def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_d
         cfg = replace(cfg, queries=cfg.queries or (str(bench.queries) if bench.queries else None))
         dataset = bench.dataset
     read = load_catalog(data, report_dir=out, progress=progress, log=log)
-    models = {name: ([DualEncoder.from_pretrained(p) for p in path] if isinstance(path, list)
-                     else DualEncoder.from_pretrained(path)) for name, path in model_dirs.items()}
+    models = {name: ([load_model(p) for p in path] if isinstance(path, list)
+                     else load_model(path)) for name, path in model_dirs.items()}
     meta = {"catalog": str(recipe.data.catalog), "dataset": dataset,
             "models": {name: ",".join(map(str, path)) if isinstance(path, list) else str(path)
                        for name, path in model_dirs.items()}}

@@ -173,7 +173,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
             image_cache = ImageFeatureCache.compute(
                 model, dataset.image_paths + [p for x in val_listings for p in x.images],
                 eval_transform(model),
-                top_blocks=cfg.image_trainable_blocks,
+                top_blocks=cfg.image_cut_blocks,
                 batch_size=cfg.eval_batch_size, progress=cfg.progress and env.is_main)
         image_cache.check(model)
         image_input = CachedImageInput(image_cache, dataset.image_paths)
