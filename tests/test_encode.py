@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from eclip.catalog.config import DataConfig
 from eclip.catalog.readers import read_catalog
 from eclip.cli import main
 from eclip.encode import (FUSION_WEIGHT, choose_fusion_weight, embed_listings, fuse, fuse_query,
                           title_composer, unit_rows)
+from eclip.engines.jobs import embed_catalog
 from eclip.model import DualEncoder
 from eclip.search import SearchIndex, build_index
 from eclip.tasks.views import listing_cache, model_views
@@ -64,6 +66,12 @@ def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, t
                             if any(f'"{pid}"' in line for pid in ids)), encoding="utf-8")
     assert main(["embed", "--model", str(title_model_dir), "--catalog", str(keep),
                  "--image-root", str(tiny_catalog.parent), "--out", str(out)]) == 0
+    # the library function behind the command writes the same vectors
+    library = embed_catalog(title_model_dir, DataConfig(catalog=str(keep),
+                                                        image_root=str(tiny_catalog.parent)),
+                            tmp_path / "library.parquet", progress=False)
+    assert library.count == len(listings) and library.manifest is None
+    assert pq.read_table(library.out).equals(pq.read_table(out))
     table = pq.read_table(out).to_pydict()
     order = [table["product_id"].index(x.product_id) for x in listings]
     embedded = {m: np.asarray(table[f"{m}_embedding"], dtype=np.float32)[order]

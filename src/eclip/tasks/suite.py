@@ -112,6 +112,20 @@ class SuiteResult:
     out_dir: Path | None
     seconds: dict[str, float]
 
+    @property
+    def files(self) -> list[Path]:
+        """The report files written (none without an output folder)."""
+        if self.out_dir is None:
+            return []
+        names = ["report.md", "report.json"]
+        if self.report.meta.get("eval_config", {}).get("plots"):
+            names.append("report.html")
+        return [self.out_dir / name for name in names]
+
+    def summary(self) -> str:
+        return (f"eval finished in {self.seconds['total']:.0f} s: "
+                + ", ".join(map(str, self.files)))
+
 
 def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = None,
                           out_dir: str | Path | None = None) -> None:
