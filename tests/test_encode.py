@@ -116,3 +116,28 @@ def test_the_fusion_weight_follows_the_modality_that_finds_the_catalog():
     assert choose_fusion_weight(noise, signal, groups) <= 0.3
     assert choose_fusion_weight(signal, signal, groups) == 0.5  # all equal: the neutral weight
     assert choose_fusion_weight(signal, noise, [f"own{i}" for i in range(60)]) == FUSION_WEIGHT
+
+
+def test_one_rule_decides_a_model_s_fusion_weight(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from eclip.encode import model_fusion_weight, resolve_fusion_weight
+
+    rng = np.random.default_rng(2)
+    groups = [f"g{i // 3}" for i in range(30)]
+    truth = np.eye(10)[[i // 3 for i in range(30)]]
+    signal = unit_rows(truth + 0.3 * rng.normal(size=truth.shape))
+    noise = unit_rows(rng.normal(size=truth.shape))
+    chosen = choose_fusion_weight(signal, noise, groups)
+    # training: no model yet, the weight chosen on the validation vectors
+    assert resolve_fusion_weight(None, signal, noise, groups) == (chosen, "chosen on val")
+    # a trained model keeps its own, whatever the validation rows say
+    trained = SimpleNamespace(config=SimpleNamespace(fusion_weight=0.3))
+    assert resolve_fusion_weight(trained, signal, noise, groups) == (0.3, "the model's")
+    assert model_fusion_weight(trained) == 0.3
+    # towers before training: chosen where there are validation rows, else the default
+    untrained = DualEncoder.from_pretrained(tiny_model_dir)
+    untrained.config.fusion_weight = None
+    assert resolve_fusion_weight(untrained, signal, noise, groups)[0] == chosen
+    assert resolve_fusion_weight(untrained) == (FUSION_WEIGHT, "default")
+    assert model_fusion_weight(untrained) == FUSION_WEIGHT
