@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from eclip.catalog.config import DataConfig
-from eclip.catalog.readers import read_catalog
 from eclip.cli import main
 from eclip.encode import (FUSION_WEIGHT, choose_fusion_weight, embed_listings, fuse, fuse_query,
                           title_composer, unit_rows)
@@ -32,8 +31,8 @@ def title_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings[:40]
+def few_listings(listings):
+    return listings[:40]
 
 
 def test_fuse_is_the_weighted_mean_of_the_two_similarities():
@@ -53,15 +52,15 @@ def test_fuse_is_the_weighted_mean_of_the_two_similarities():
         fuse(image, text, 1.5)
 
 
-def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, tiny_catalog,
+def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, few_listings, tiny_catalog,
                                                     tmp_path):
     model = DualEncoder.from_pretrained(title_model_dir)
-    views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
+    views = model_views("m", model, few_listings, listing_cache(model, few_listings, [], progress=False),
                         progress=False)
 
     out = tmp_path / "emb.parquet"
     keep = tmp_path / "catalog.jsonl"
-    ids = {x.product_id for x in listings}
+    ids = {x.product_id for x in few_listings}
     keep.write_text("".join(line + "\n" for line in tiny_catalog.read_text().splitlines()
                             if any(f'"{pid}"' in line for pid in ids)), encoding="utf-8")
     assert main(["embed", "--model", str(title_model_dir), "--catalog", str(keep),
@@ -70,17 +69,17 @@ def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, t
     library = embed_catalog(title_model_dir, DataConfig(catalog=str(keep),
                                                         image_root=str(tiny_catalog.parent)),
                             tmp_path / "library.parquet", progress=False)
-    assert library.count == len(listings) and library.manifest is None
+    assert library.count == len(few_listings) and library.manifest is None
     assert pq.read_table(library.out).equals(pq.read_table(out))
     table = pq.read_table(out).to_pydict()
-    order = [table["product_id"].index(x.product_id) for x in listings]
+    order = [table["product_id"].index(x.product_id) for x in few_listings]
     embedded = {m: np.asarray(table[f"{m}_embedding"], dtype=np.float32)[order]
                 for m in ("image", "text", "product")}
 
     index_dir = tmp_path / "index"
-    build_index(title_model_dir, listings, index_dir, progress=False)
+    build_index(title_model_dir, few_listings, index_dir, progress=False)
     index = SearchIndex.open(index_dir)
-    rows = [int(np.searchsorted(index.vids, index.listing(x.product_id).vid)) for x in listings]
+    rows = [int(np.searchsorted(index.vids, index.listing(x.product_id).vid)) for x in few_listings]
     indexed = {m: np.asarray(index.vectors[m])[rows] for m in ("image", "text", "product")}
     index.close()
 
@@ -92,16 +91,16 @@ def test_eval_embed_and_index_give_the_same_vectors(title_model_dir, listings, t
     assert views.fusion_weight == 0.7 and index.info.fusion_weight == 0.7
 
 
-def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_dir, listings):
+def test_eval_text_is_the_title_through_the_one_embedding_function(tiny_model_dir, few_listings):
     """A model whose composer writes more than the title: eval's text view is embed_listings with
     the model's composer reduced to the title; the fused view is fuse of the two."""
     model = DualEncoder.from_pretrained(tiny_model_dir)
-    views = model_views("m", model, listings, listing_cache(model, listings, [], progress=False),
+    views = model_views("m", model, few_listings, listing_cache(model, few_listings, [], progress=False),
                         progress=False)
-    emb = embed_listings(model, listings, title_composer(model), progress=False)
+    emb = embed_listings(model, few_listings, title_composer(model), progress=False)
     for modality in ("image", "text", "both"):
         np.testing.assert_allclose(emb.modality(modality), views.task[modality], atol=1e-5)
-    full = embed_listings(model, listings, progress=False)  # the model's composer: more than titles
+    full = embed_listings(model, few_listings, progress=False)  # the model's composer: more than titles
     assert not np.allclose(full.text, emb.text, atol=1e-3)
     np.testing.assert_allclose(full.image, emb.image, atol=1e-6)
 
