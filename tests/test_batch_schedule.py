@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import math
 
@@ -18,6 +20,7 @@ from eclip.catalog.splits import split_listings
 from eclip.train.schedule import warmup_cosine
 from eclip.train.trainer import train
 from run_logs import logged_rows
+from recipes import tiny_recipe
 
 SCHEDULE = [{"step": 0, "batch_size": 8}, {"step": 3, "batch_size": 16}, {"step": 5, "batch_size": 32}]
 # for the trainer: with micro-batches of 8, one stream, then two, then three
@@ -85,13 +88,11 @@ def test_bundled_recipes_have_valid_schedules(name):
     assert schedule.unit_rows(world, cfg.micro_batch_size) == cfg.micro_batch_size
 
 
-def _recipe(out):
-    return load_recipe(None, [
-        f"train.output_dir={out}", "train.batch_size=8",
-        f"train.batch_schedule={json.dumps(TRAIN_SCHEDULE)}", "train.micro_batch_size=8",
-        "train.loss_chunk_size=8", "train.max_steps=5", "train.epochs=2", "train.log_every=1",
-        "train.checkpoint_every=3", "train.warmup_steps=1", "train.progress=false", "train.lr=0.01",
-        "data.text.field_dropout={brand: 0.5}"])
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=8", f"train.batch_schedule={json.dumps(TRAIN_SCHEDULE)}",
+    "train.micro_batch_size=8", "train.loss_chunk_size=8", "train.max_steps=5", "train.epochs=2",
+    "train.log_every=1", "train.checkpoint_every=3", "train.warmup_steps=1", "train.lr=0.01",
+    "data.text.field_dropout={brand: 0.5}"])
 
 
 def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path, tiny_catalog,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import os
 import signal
@@ -16,10 +18,9 @@ import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.errors import EclipError
 from eclip.model import load_model
-from eclip.train.recipe import load_recipe
-from eclip.catalog.splits import split_listings
 from eclip.train.trainer import MAX_BAD_STEPS, train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
+from recipes import tiny_recipe
 
 OVERRIDES = ["train.batch_size=16", "train.epochs=3", "train.max_steps=8", "train.log_every=1",
              "train.checkpoint_every=3", "train.warmup_steps=2", "train.progress=false",
@@ -53,8 +54,7 @@ trainer_mod.train(load_recipe(None, [f"train.output_dir={out}", *overrides]),
 """
 
 
-def _recipe(out, *extra):
-    return load_recipe(None, [f"train.output_dir={out}", *OVERRIDES, *extra])
+_recipe = partial(tiny_recipe, base=OVERRIDES)
 
 
 @pytest.fixture(autouse=True)
@@ -62,14 +62,9 @@ def _one_thread(one_thread):
     """Every test of this module on one thread (conftest's ``one_thread``)."""
 
 
-@pytest.fixture
-def listings(tiny_catalog):
-    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
-
-
 @pytest.mark.distributed
 def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
-                                                                listings):
+                                                                train_listings):
     killed = tmp_path / "killed"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -78,7 +73,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         full = tmp_path / "full"  # the uninterrupted run, while the child gets going
-        reference = train(_recipe(full), load_model(tiny_model_dir), listings,
+        reference = train(_recipe(full), load_model(tiny_model_dir), train_listings,
                           log=lambda s: None)
         assert reference.steps == 8
         deadline = time.monotonic() + 120
@@ -96,7 +91,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
     assert not (killed / "model").exists()  # the run did not finish
 
     messages = []
-    resumed = train(_recipe(killed), load_model(tiny_model_dir), listings, resume=True,
+    resumed = train(_recipe(killed), load_model(tiny_model_dir), train_listings, resume=True,
                     log=messages.append)
     assert resumed.steps == 8
     assert any(m.startswith("resumed from") and m.endswith("at step 3") for m in messages)
@@ -121,12 +116,12 @@ def _nan_loss(monkeypatch, bad_calls):
     return NanLoss
 
 
-def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listings, monkeypatch):
+def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, train_listings, monkeypatch):
     loss_cls = _nan_loss(monkeypatch, bad_calls={2})
     out = tmp_path / "run"
     messages = []
     model = load_model(tiny_model_dir)
-    result = train(_recipe(out, "train.max_steps=4"), model, listings, log=messages.append)
+    result = train(_recipe(out, "train.max_steps=4"), model, train_listings, log=messages.append)
     assert result.steps == 4 and loss_cls.calls == 5  # one batch more than steps: the skipped one
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r.get("skipped_nonfinite_loss")]
@@ -136,12 +131,12 @@ def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listi
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, listings, monkeypatch):
+def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, train_listings, monkeypatch):
     loss_cls = _nan_loss(monkeypatch, bad_calls=set(range(3, 100)))
     out = tmp_path / "run"
     model = load_model(tiny_model_dir)
     with pytest.raises(EclipError, match=f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss"):
-        train(_recipe(out), model, listings, log=lambda s: None)
+        train(_recipe(out), model, train_listings, log=lambda s: None)
     assert loss_cls.calls == 2 + MAX_BAD_STEPS
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r.get("skipped_nonfinite_loss")) == MAX_BAD_STEPS

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
 import tiny_checkpoints as tc
+from recipes import tiny_recipe
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError, ModelError
@@ -20,12 +22,9 @@ from eclip.train.recipe import TrainConfig, load_recipe
 from eclip.train.trainer import train
 
 
-def _recipe(out, **train_overrides):
-    overrides = [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=1",
-                 "train.log_every=1", "train.checkpoint_every=100", "train.warmup_steps=0",
-                 "train.progress=false", "train.lr=0.01", "train.max_steps=2"]
-    overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
-    return load_recipe(None, overrides)
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=1", "train.log_every=1", "train.checkpoint_every=100",
+    "train.warmup_steps=0", "train.lr=0.01", "train.max_steps=2"])
 
 
 @pytest.fixture(scope="module")

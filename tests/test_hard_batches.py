@@ -10,6 +10,8 @@ equals the uninterrupted run; shards with hard batches are a clear error.
 
 from __future__ import annotations
 
+from functools import partial
+
 import multiprocessing
 import os
 import socket
@@ -33,6 +35,7 @@ from eclip.train.sampler import (CatalogBatchSampler, HardNegativeOrder, Neighbo
 from eclip.train.sources import RankSlice
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, logged_losses
+from recipes import tiny_recipe
 
 FAMILIES, PER_FAMILY, ROWS_PER_CATALOG = 6, 4, 2
 
@@ -283,12 +286,10 @@ def test_two_ranks_plan_the_same_hard_batches_and_losses_as_one(tmp_path, tiny_c
 
 # ------------------------------------------------------------------ the trainer
 
-def _recipe(out, *extra):
-    return load_recipe(None, [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=2",
-                              "train.log_every=1", "train.checkpoint_every=3",
-                              "train.warmup_steps=2", "train.progress=false", "train.lr=0.01",
-                              "data.batching=hard", "data.hard_neighbours=3",
-                              "data.hard_refresh_epochs=1", *extra])
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=2", "train.log_every=1", "train.checkpoint_every=3",
+    "train.warmup_steps=2", "train.lr=0.01", "data.batching=hard", "data.hard_neighbours=3",
+    "data.hard_refresh_epochs=1"])
 
 
 @pytest.mark.slow

@@ -10,18 +10,18 @@ import eclip.train.run as run_mod
 from eclip.catalog.readers import read_catalog
 from eclip.encode import embed_listings
 from eclip.model import load_model
-from eclip.train.recipe import Recipe, load_recipe
+from eclip.train.recipe import Recipe
 from eclip.train.run import run_training
 
 from conftest import TINY_MODEL
+from recipes import tiny_recipe
+
+RUN = ["train.batch_size=16", "train.max_steps=2", "train.checkpoint_every=1", "train.lr=0.01",
+       "train.warmup_steps=0", "train.device=cpu"]
 
 
 def _recipe(catalog, out, *extra) -> Recipe:
-    model = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_MODEL.items()]
-    return load_recipe(None, [f"data.catalog={catalog}", f"train.output_dir={out}", *model,
-                              "train.batch_size=16", "train.max_steps=2", "train.checkpoint_every=1",
-                              "train.lr=0.01", "train.warmup_steps=0", "train.device=cpu",
-                              "train.progress=false", *extra])
+    return tiny_recipe(out, *RUN, *extra, catalog=catalog, model=TINY_MODEL)
 
 
 def _vectors(model, listings) -> dict[str, np.ndarray]:

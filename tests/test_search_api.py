@@ -11,15 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from eclip.catalog.readers import read_catalog
 from eclip.search import SearchIndex, build_index, delete_from_index
 from eclip.search.api import create_app
 from eclip.search.evaluate import recall_through_api
-
-
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
 
 
 @pytest.fixture(scope="module", params=["faiss", "milvus"])
@@ -31,6 +25,8 @@ def index_dir(request, tiny_model_dir, listings, tmp_path_factory):
         milvus = pytest.importorskip("eclip.search.milvus")
         pytest.importorskip("milvus_lite")
         request.addfinalizer(milvus.close_all)  # its Milvus Lite servers stop with the fixture
+    if request.param == "faiss":
+        return request.getfixturevalue("tiny_index")
     out = tmp_path_factory.mktemp(f"search_api_{request.param}") / "index"
     build_index(tiny_model_dir, listings, out, progress=False, store=StoreSpec(request.param))
     return out

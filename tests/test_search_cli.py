@@ -6,14 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from eclip.catalog.readers import read_catalog, write_listings
+from eclip.catalog.readers import write_listings
 from eclip.cli import main
 from eclip.search import SearchIndex
-
-
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
 
 
 @pytest.mark.e2e

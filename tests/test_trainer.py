@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 
@@ -7,14 +9,12 @@ from eclip.train.recipe import load_recipe
 from eclip.catalog.splits import split_listings
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
+from recipes import tiny_recipe
 
 
-def _recipe(out, **train_overrides):
-    overrides = [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=2",
-                 "train.log_every=1", "train.checkpoint_every=3", "train.warmup_steps=2",
-                 "train.progress=false", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"]
-    overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
-    return load_recipe(None, overrides)
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=2", "train.log_every=1", "train.checkpoint_every=3",
+    "train.warmup_steps=2", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"])
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +29,7 @@ from eclip.catalog.demo import make_demo_catalog
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import split_listings
-from eclip.config import to_dict
+from eclip.config import bundled_recipe, to_dict
 from eclip.encode import ImageFeatureCache, caches_locked_tower, image_cache_for
 from eclip.errors import ConfigError
 from eclip.mining import hide_catalog_ids as hidden_ids
@@ -47,11 +46,6 @@ MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
 # and eclip on the true ids, as the reference of what mining could reach. (name, targets, source)
 HIDDEN_ID_MODELS = (("clip", "clip", "hidden"), ("eclip", "catalog", "given"),
                     ("eclip_mined", "catalog", "mined"))
-
-
-def bundled_recipe(name: str) -> Path:
-    """Path of a recipe that ships with the package (``configs/NAME.yaml``)."""
-    return Path(str(resources.files("eclip") / "configs" / f"{name}.yaml"))
 
 
 class PhaseClock:

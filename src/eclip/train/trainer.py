@@ -42,7 +42,7 @@ from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
-from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, title_composer
+from eclip.encode import embed_listings, recall_at_k, resolve_fusion_weight, title_composer
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
@@ -427,7 +427,8 @@ class TrainingRun:
         emb = embed_listings(model, self.val_listings, title_composer(model),
                              progress=False, image_cache=self.data.image_cache,
                              batch_size=self.cfg.eval_batch_size)
-        weight = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in self.val_listings])
+        weight, _ = resolve_fusion_weight(None, emb.image, emb.text,
+                                          [x.group_id for x in self.val_listings])
         model.config.fusion_weight = weight
         self.log(f"fusion weight {weight:g} (image share of the fused vector, chosen on validation "
                  "catalogs)")
