@@ -12,12 +12,15 @@ inside it:
 - the embedding step: one pass over the batch, or multi-stream accumulation (``accumulate``);
 - the loss: targets, chunking, global negatives across ranks (``loss``);
 - the precision: fp32, or bf16 / fp16 autocast (``precision``);
-- the batch-size schedule and its learning-rate rule (``batch_schedule``).
+- the batch-size schedule and its learning-rate rule (``batch_schedule``);
+- what trains: the towers' layer groups (``optim``), or LoRA adapters only (``lora``: added after
+  the loss, merged back into a plain model when the model is saved).
 
 Setting a run up is separate from running it: :func:`setup` builds a :class:`TrainingRun` (the
 data plan, optimizer, scheduler, loss, embedding step, precision, metrics, and the checkpoint it
 resumes from) in an order that fixes the run's random draws; :meth:`TrainingRun.train` is the loop
 (steps, logging, checkpoints, validation, the saved model). :func:`train` is the two together.
+Where checkpoints live and how a run continues from one is ``resume``.
 
 Under torchrun every rank runs this loop on its slice of each global batch (DDP averages the
 gradients, or FSDP shards weights, gradients and optimizer: ``train.parallel``, a strategy from
