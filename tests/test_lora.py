@@ -25,6 +25,7 @@ from eclip.train.checkpoint import load_checkpoint
 from eclip.train.features import pixel_input
 from eclip.train.lora import add_adapters, is_adapter, linear_layers, merge_adapters
 from eclip.train.loss import ContrastiveLoss
+from eclip.train.optim import param_groups
 from eclip.train.precision import Precision
 from eclip.train.recipe import LoraConfig, load_recipe
 from eclip.train.trainer import train
@@ -134,6 +135,21 @@ def test_with_rank_r_only_the_adapters_receive_gradients(clip_dir, loss):
     # q and v of 2 layers and fc2 of 2 layers, in each of the two towers
     assert got == expected and expected > 0
     assert sum(hasattr(m, "lora_A") for m in model.modules()) == 12
+
+
+def test_adapters_take_the_lr_of_the_block_they_sit_in(clip_dir):
+    """Layer-wise decay (train.text_lr_decay) applies to adapters by their block: those of the
+    top block get the tower's lr, those one block below lr x decay."""
+    model = DualEncoder.from_pretrained(clip_dir)
+    cfg = load_recipe(None, ["train.lr=0.01", "train.text_lr_decay=0.5",
+                             "train.lora={targets: [q_proj], towers: [text]}"]).train
+    add_adapters(model, cfg.lora)
+    lrs = {id(p): g["lr"] for g in param_groups(model, cfg) for p in g["params"]}
+    named = {n: lrs[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+    assert len(named) == 4 and all(is_adapter(n) for n in named)  # A and B in 2 blocks
+    for name, lr in named.items():  # the head group (final norm) sits above the 2 blocks
+        block = int(name.split("layers.")[1].split(".")[0])
+        assert lr == pytest.approx(0.01 * 0.5 ** (2 - block)), name
 
 
 def test_train_lora_is_checked_and_names_what_is_wrong(clip_dir):

@@ -63,9 +63,6 @@ class LoraConfig:
             if getattr(train, key):
                 raise ConfigError(f"train.{key} and train.lora both say what trains: with LoRA "
                                   f"only the adapters train (unset train.{key})")
-        for key in ("text_lr_decay", "image_lr_decay"):
-            if getattr(train, key) != 1.0:
-                raise ConfigError(f"train.{key} does not apply to LoRA adapters: leave it at 1.0")
 
 
 # The allowed values of every numeric option of the train section, checked in one place
