@@ -51,6 +51,9 @@ RUNS = {  # name: overrides
     "ddp_streams": ["train.parallel=ddp", *STREAMS],
     "fsdp_streams": ["train.parallel=fsdp", *STREAMS],
     "fsdp_bf16": ["train.parallel=fsdp", "train.precision=bf16", "train.max_steps=2"],
+    "ddp_lora": ["train.parallel=ddp", "train.lora={rank: 4}", "train.lr=0.01", "train.max_steps=2"],
+    "fsdp_lora": ["train.parallel=fsdp", "train.lora={rank: 4}", "train.lr=0.01",
+                  "train.max_steps=2"],
 }
 
 # One rank of a job: trains the runs it is given one after the other in one process group; with
@@ -211,6 +214,20 @@ def test_bf16_gathers_in_bfloat16_and_keeps_float32_weights(trained):
     assert bf16[1] == pytest.approx(fp32[1], rel=2e-2) and bf16[1] != fp32[1]
     state = load_model(trained / "fsdp_bf16" / "model").state_dict()
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_lora_adapters_sharded_with_their_blocks_train_as_under_ddp(trained, tiny_model_dir):
+    """train.lora under FSDP: the adapters live in the sharded blocks; the losses and the saved
+    (merged, plain) model equal DDP's."""
+    ddp, fsdp = trained / "ddp_lora", trained / "fsdp_lora"
+    assert sorted(logged_losses(fsdp)) == [1, 2]
+    assert_same_losses(logged_losses(ddp), logged_losses(fsdp), atol=1e-5)
+    assert_same_models(ddp / "model", fsdp / "model", atol=1e-5)
+    start = DualEncoder.from_pretrained(tiny_model_dir).state_dict()
+    saved = DualEncoder.from_pretrained(fsdp / "model").state_dict()
+    assert sorted(saved) == sorted(start)  # merged: no adapter left
+    assert any(not torch.equal(saved[k], start[k]) for k in start)
+    assert torch.equal(saved["log_scale"], start["log_scale"])  # frozen with the rest
 
 
 def test_the_model_really_trained_and_was_sharded_per_block(trained, tiny_model_dir):

@@ -20,6 +20,53 @@ from eclip.errors import ConfigError
 from eclip.model.config import DualEncoderConfig
 
 PARALLEL = ("ddp", "fsdp")  # train.parallel: DDP, or FSDP2 (eclip.train.fsdp)
+LORA_TOWERS = ("text", "image")
+# train.lora.targets: names of peft's target modules (the last parts of a module's name, e.g.
+# q_proj), or these groups of them (eclip.train.lora resolves them per tower)
+LORA_GROUPS = ("attention", "mlp", "all-linear")
+LORA_RANGES: dict[str, Range] = {
+    "rank": at_least(1),
+    "alpha": above(0),
+    "dropout": Range(0, 1, high_open=True),
+}
+
+
+@dataclass
+class LoraConfig:
+    """``train.lora``: low-rank adapters (peft's LoRA) on the linear layers ``targets`` of the
+    ``towers``; only the adapters train, everything else is frozen (eclip.train.lora). The update
+    of a layer is ``alpha / rank x B A``; the saved model has the adapters merged in."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] | str = field(default_factory=lambda: ["attention"])
+    towers: list[str] | str = field(default_factory=lambda: list(LORA_TOWERS))
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "train.lora", LORA_RANGES)
+        for key in ("targets", "towers"):
+            value = getattr(self, key)
+            value = [value] if isinstance(value, str) else value
+            if not value or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"train.lora.{key} must be a name or a list of names, got "
+                                  f"{getattr(self, key)!r}")
+            setattr(self, key, list(dict.fromkeys(value)))
+        unknown = [t for t in self.towers if t not in LORA_TOWERS]
+        if unknown:
+            raise ConfigError(f"train.lora.towers: unknown tower {unknown[0]!r}; the towers are "
+                              f"{', '.join(LORA_TOWERS)}")
+
+    def check_against(self, train: TrainConfig) -> None:
+        """The train options that say otherwise what trains: a ConfigError naming the one set."""
+        for tower in self.towers:
+            if getattr(train, f"lock_{tower}"):
+                raise ConfigError(f"train.lock_{tower}=true and train.lora.towers has {tower}: a "
+                                  f"locked tower takes no adapters; drop one of the two")
+        for key in ("image_trainable_blocks", "text_trainable_layers", "image_trainable_layers"):
+            if getattr(train, key):
+                raise ConfigError(f"train.{key} and train.lora both say what trains: with LoRA "
+                                  f"only the adapters train (unset train.{key})")
 
 
 # The allowed values of every numeric option of the train section, checked in one place
@@ -132,6 +179,9 @@ class TrainConfig:
     # a torchrun job on this machine, at most 32); see eclip.config.use_threads
     threads: int | None = None
     progress: bool = True
+    # LoRA adapters on the towers, e.g. {rank: 8, alpha: 16, targets: [attention], towers: [text,
+    # image]} (None: off); the package's extra: pip install 'eclip[lora]'
+    lora: LoraConfig | None = None
 
     @property
     def image_cut_blocks(self) -> int:
@@ -156,6 +206,8 @@ class TrainConfig:
         if self.parallel == "fsdp" and self.precision == "fp16":
             raise ConfigError("train.parallel=fsdp does not run with train.precision=fp16 (the "
                               "loss scaler would see only this rank's shards): use bf16 or fp32")
+        if self.lora is not None:
+            self.lora.check_against(self)
 
     def _map_image_trainable_blocks(self) -> None:
         """``image_trainable_blocks: N`` (deprecated) is ``image_trainable_layers: N + 1``."""

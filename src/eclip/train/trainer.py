@@ -12,12 +12,15 @@ inside it:
 - the embedding step: one pass over the batch, or multi-stream accumulation (``accumulate``);
 - the loss: targets, chunking, global negatives across ranks (``loss``);
 - the precision: fp32, or bf16 / fp16 autocast (``precision``);
-- the batch-size schedule and its learning-rate rule (``batch_schedule``).
+- the batch-size schedule and its learning-rate rule (``batch_schedule``);
+- what trains: the towers' layer groups (``optim``), or LoRA adapters only (``lora``: added after
+  the loss, merged back into a plain model when the model is saved).
 
 Setting a run up is separate from running it: :func:`setup` builds a :class:`TrainingRun` (the
 data plan, optimizer, scheduler, loss, embedding step, precision, metrics, and the checkpoint it
 resumes from) in an order that fixes the run's random draws; :meth:`TrainingRun.train` is the loop
 (steps, logging, checkpoints, validation, the saved model). :func:`train` is the two together.
+Where checkpoints live and how a run continues from one is ``resume``.
 
 Under torchrun every rank runs this loop on its slice of each global batch (DDP averages the
 gradients, or FSDP shards weights, gradients and optimizer: ``train.parallel``, a strategy from
@@ -37,7 +40,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from eclip.atomic import clean_stale_temps, write_text_atomic
+from eclip.atomic import write_text_atomic
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
@@ -46,13 +49,13 @@ from eclip.encode import embed_listings, recall_at_k, resolve_fusion_weight, tit
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
-from eclip.train.checkpoint import clean_checkpoint_temps, damaged
-from eclip.train.fingerprint import check_fingerprint, data_fingerprint
+from eclip.train.fingerprint import data_fingerprint
 from eclip.train.data import Collator, ListingDataset, to_device
 from eclip.train.distributed import (DataParallel, DistEnv, barrier, gather_objects,
                                      init_distributed, rank_log)
 from eclip.train.fsdp import parallel_strategy
 from eclip.train.features import CachedImageInput, ImageInput, pixel_input
+from eclip.train.lora import add_adapters, merge_adapters
 from eclip.train.loss import ContrastiveLoss
 from eclip.train.mined import train_on_mined_catalogs
 from eclip.train.neighbours import batch_order
@@ -60,11 +63,11 @@ from eclip.model.merge import WiseFT
 from eclip.train.optim import param_groups, prepare_finetune, top_of_image_tower
 from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
+from eclip.train.resume import CHECKPOINTS, clean_run_temps, resume_state, resume_step
 from eclip.train.sampler import CatalogBatchSampler
 from eclip.train.sources import DataSource, ListingSource, ShardSource
 
 MAX_BAD_STEPS = 5  # consecutive skipped steps (non-finite loss or gradients) that stop the run
-CHECKPOINTS = "checkpoints"  # OUTPUT_DIR/checkpoints/last.pt
 
 
 @dataclass
@@ -438,6 +441,8 @@ class TrainingRun:
         cfg = self.cfg
         model_dir = Path(cfg.model_dir) if cfg.model_dir else self.out_dir / "model"
         with self.parallel.full_model(self.model) as model:  # FSDP: on rank 0, None elsewhere
+            if model is not None:  # train.lora: the adapters folded in, a plain model saved
+                merge_adapters(model)
             if self.wise is not None:  # WiSE-FT: the checkpoint keeps the trained weights
                 if model is not None:
                     self.wise.apply(model)
@@ -474,10 +479,12 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         clean_run_temps(out_dir, cfg)
     # what the run trains on; a resumed run checks it against its checkpoint before anything else
     fingerprint = data_fingerprint(recipe, list(train_listings), list(val_listings))
-    state = _resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log, parallel)
+    state = resume_state(out_dir / CHECKPOINTS, resume, fingerprint, out_dir, log, parallel)
     torch.manual_seed(cfg.seed + env.rank)  # every rank draws its own dropout masks, reproducibly
 
     wise = prepare_finetune(model, cfg)  # the towers' locked layers; the start for wise_alpha
+    loss_fn = build_loss(cfg, model)  # (under the sigmoid loss the logit bias trains)
+    add_adapters(model, cfg.lora, cfg.seed, log)  # train.lora: only the adapters train
     model.config.text_composer = dict(recipe.data.text)
     composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
     schedule = BatchSchedule.from_recipe(cfg.batch_size, cfg.batch_schedule, cfg.lr_scaling)
@@ -486,7 +493,6 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
     model.to(env.device)  # after the feature cache, which is computed on the CPU
     apply_memory_options(model, cfg, log)
     total_steps = count_steps(cfg, schedule, data.source.units_per_epoch, unit, env.world_size)
-    loss_fn = build_loss(cfg, model)
     # DDP broadcasts rank 0's weights, so every rank starts from the same model; FSDP shards it in
     # place (its parameters are new ones: the optimizer comes after)
     embedder = parallel.wrap(model, Embedder(model, data.image_input))
@@ -506,55 +512,6 @@ def setup(recipe: Recipe, model, train_listings: list[Listing], val_listings: li
         wise=wise, fingerprint=fingerprint, parallel=parallel)
     run.announce()
     return run
-
-
-def clean_run_temps(out_dir: Path, cfg: TrainConfig) -> None:
-    """Temporary files that a run killed in this folder left (a checkpoint, the model, init/,
-    reports half written): removed where their writer is gone (``eclip.atomic.clean_stale_temps``)."""
-    clean_stale_temps(out_dir)
-    clean_checkpoint_temps(out_dir / CHECKPOINTS)
-    if cfg.model_dir:
-        clean_stale_temps(Path(cfg.model_dir).parent, (Path(cfg.model_dir).name,))
-
-
-def _resume_state(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any], out_dir: Path,
-                  log: Callable[[str], None], parallel=None) -> dict[str, Any] | None:
-    """The checkpoint a resumed run continues from (None: none there, or not resuming), once its
-    data fingerprint matches the data of this run (else ConfigError naming what changed); a
-    damaged checkpoint is a CheckpointError naming the file. ``parallel``: the strategy whose
-    checkpoints are read (default DDP's ``last.pt``)."""
-    parallel = parallel if parallel is not None else DataParallel(DistEnv())
-    state = parallel.load_checkpoint(ckpt_dir) if resume else None
-    if state is None:
-        if resume:
-            log(f"no checkpoint in {ckpt_dir}: starting from scratch")
-        return None
-    note = check_fingerprint(state.get("data_fingerprint"), fingerprint,
-                             parallel.checkpoint_path(ckpt_dir), out_dir)
-    if note:
-        log(note)
-    return state
-
-
-def resume_step(ckpt_dir: Path, state: dict[str, Any] | None, model, optimizer, scheduler,
-                precision: Precision, source: DataSource, env: DistEnv,
-                log: Callable[[str], None], parallel=None) -> int:
-    """The step the run starts at: the checkpoint's (``state``, see :func:`_resume_state`),
-    restored into the run's objects; 0 without one. A checkpoint that does not fit the run's model,
-    optimizer or data is a CheckpointError naming the file."""
-    if state is None:
-        return 0
-    parallel = parallel if parallel is not None else DataParallel(env)
-    path = parallel.checkpoint_path(ckpt_dir)
-    try:
-        step = _restore(state, model, optimizer, scheduler, precision, source, env, parallel)
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        lines = str(exc).strip().splitlines()
-        detail = "; ".join(line.strip() for line in lines[:3]) or type(exc).__name__
-        raise damaged(path, f"it does not fit this run's model, optimizer or data "
-                            f"({detail})") from None
-    log(f"resumed from {path} at step {step}")
-    return step
 
 
 def data_plan(recipe: Recipe, model, train_listings: list[Listing], val_listings: list[Listing],
@@ -611,18 +568,3 @@ def embedding_step(cfg: TrainConfig, model) -> EmbeddingStep:
     """Multi-stream accumulation where ``micro_batch_size`` is set, else one pass over the batch."""
     pad_token_id = getattr(model.tokenizer, "pad_token_id", None) or 0
     return MultiStreamStep(pad_token_id) if cfg.micro_batch_size else WholeBatchStep(pad_token_id)
-
-
-def _restore(state: dict[str, Any], model, optimizer, scheduler, precision: Precision,
-             source: DataSource, env: DistEnv, parallel) -> int:
-    """Load a checkpoint into the run's objects; returns its step."""
-    ranks = len(state["data"])
-    if ranks != env.world_size:
-        raise ConfigError(f"the checkpoint was written by a job of {ranks} rank(s): resume it with "
-                          f"{ranks} (this job has {env.world_size})")
-    parallel.restore(state, model, optimizer)  # the model and optimizer: whole or sharded
-    scheduler.load_state_dict(state["scheduler"])
-    precision.load_state_dict(state["precision"])
-    source.load_state_dict(state["data"][env.rank])
-    torch.set_rng_state(state["torch_rng"][env.rank])
-    return int(state["step"])
