@@ -488,7 +488,7 @@ def test_recipe_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path):
 
 
 def test_absurd_image_size_is_a_config_error():
-    from eclip.model import DualEncoderConfig, load_model
+    from eclip.model import DualEncoderConfig
 
     for key in ("image_size", "image_resize_size"):
         with pytest.raises(ConfigError) as err:
