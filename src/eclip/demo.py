@@ -117,8 +117,8 @@ def _variant(recipe: Recipe, targets: str, source: str, train_listings: list[Lis
 
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
              seeds: int = 1, recipe: Recipe | None = None, overrides: list[str] | None = None,
-             hide_catalog_ids: bool = False, progress: bool = True,
-             log: Callable[[str], None] = print) -> DemoResult:
+             hide_catalog_ids: bool = False, eval_config: EvalConfig | None = None,
+             progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     meta = {"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)}
     notes = ["baseline: the towers before alignment; clip: trained with identity targets; "
              "eclip: trained with catalog-aware targets (same towers, recipe and data)."]
-    config = EvalConfig()
+    config = copy.deepcopy(eval_config) if eval_config is not None else EvalConfig()
     if hide_catalog_ids:
         meta["hide_catalog_ids"] = True
         notes.append("catalog ids hidden from training (kept for scoring): clip trained without "
