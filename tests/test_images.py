@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
+from eclip.catalog.config import DataConfig
 from eclip.catalog.images import DEFAULT_MAX_PIXELS, ImageTransform, check_image, load_image, to_rgb
+from eclip.catalog.load import load_catalog
+from eclip.cli import main
 from eclip.errors import ConfigError, ImageError
 
 
@@ -393,3 +397,43 @@ def test_transform_dict_round_trip():
 def test_transform_rejects_bad_settings(data, message):
     with pytest.raises(ConfigError, match=message):
         ImageTransform.from_dict(data)
+
+
+def test_a_large_png_is_decoded_at_reduced_size_and_the_limit_is_a_setting(tmp_path, capsys,
+                                                                           tiny_model_dir):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    big = Image.new("1", (9500, 9500), 1)  # 90 megapixels, above PIL's warning threshold
+    ImageDraw.Draw(big).rectangle((1000, 1000, 6000, 8000), fill=0)
+    big.save(images / "poster.png")  # a 1-bit PNG: tiny on disk, 90 MB decoded
+    del big
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(images / "small.png")
+    path = tmp_path / "shop.jsonl"
+    path.write_text('{"product_id": "big", "title": "poster", "images": "imgs/poster.png"}\n'
+                    '{"product_id": "small", "title": "red", "images": "imgs/small.png"}\n')
+
+    with warnings.catch_warnings(record=True) as caught:  # PIL's own warning is silenced
+        kept = load_catalog(DataConfig(catalog=str(path)), progress=False, log=lambda _: None)
+        lowered = load_catalog(DataConfig(catalog=str(path), max_pixels=20_000_000),
+                               progress=False, log=lambda _: None)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert [x.product_id for x in kept.listings] == ["big", "small"]  # 90M: decoded, reduced
+    # 90M > 4 x 20M: too large to decode; the listing has no other photo
+    assert [(i.product_id, i.line, i.action) for i in lowered.issues] == [
+        ("big", 1, "dropped_image"), ("big", 1, "skipped_row")]
+    assert "1 too large" in lowered.summary()
+
+    # the setting from the command line: data.max_pixels=... (a recipe's data section)
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "--threads", "1", "data.max_pixels=20000000"]) == 0
+    bad = json.loads((tmp_path / "bad_rows.json").read_text())
+    assert [(i["product_id"], i["field"]) for i in bad["issues"] if i["action"] == "dropped_image"] \
+        == [("big", "images")]
+    assert "over 4 x max_pixels=20000000 (data.max_pixels)" in bad["issues"][0]["reason"]
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "--threads", "1", "data.max_pixels=25000000"]) == 0
+    assert "wrote 2 embeddings" in capsys.readouterr().out
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "data.max_pixels=0"]) == 2
+    assert "data.max_pixels must be >= 1" in capsys.readouterr().err

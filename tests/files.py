@@ -1,0 +1,33 @@
+"""Small files for the hostile-input tests: photos, JSONL catalogs, and the checks every such test
+makes (a one-line error naming its parts; no file opened outside a folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+
+def png(path: Path, colour=(200, 30, 30), size=(24, 20)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def no_file_outside(opened: list[str], outside: Path) -> None:
+    bad = [p for p in opened if Path(p).is_relative_to(outside.resolve())]
+    assert not bad, f"opened outside the image root: {bad}"
+
+
+def assert_one_line(exc: BaseException, *parts: str) -> str:
+    text = str(exc)
+    assert "\n" not in text and "Traceback" not in text
+    for part in parts:
+        assert part in text, (part, text)
+    return text
