@@ -4,9 +4,23 @@ makes (a one-line error naming its parts; no file opened outside a folder)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
+
+from eclip.atomic import PROCESS_START
+
+PWNED = Path(os.environ.get("TMPDIR", "/tmp")) / f"eclip-pwned-{os.getpid()}"
+
+
+class Payload:
+    """A pickle with a global: unpickled by a full ``torch.load`` it would create ``PWNED``."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {PWNED}",))
 
 
 def png(path: Path, colour=(200, 30, 30), size=(24, 20)) -> Path:
@@ -31,3 +45,14 @@ def assert_one_line(exc: BaseException, *parts: str) -> str:
     for part in parts:
         assert part in text, (part, text)
     return text
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def age(path: Path, seconds: float = 3600) -> None:
+    old = PROCESS_START - seconds
+    os.utime(path, (old, old), follow_symlinks=False)

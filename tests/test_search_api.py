@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -424,3 +425,42 @@ def test_results_show_the_cleaned_title_and_keep_the_raw_one(client, listings):
     results = client.post("/search/text", json={"query": listings[0].title, "k": 10}).json()["results"]
     assert results and all(r["raw_title"] == by_id[r["product_id"]]
                            and r["title"] == basic_normalize(r["raw_title"]) for r in results)
+
+
+@pytest.fixture(scope="module")
+def faiss_client(tiny_index):
+    from fastapi.testclient import TestClient
+
+    from eclip.search.api import create_app
+
+    return TestClient(create_app(tiny_index))
+
+
+def test_a_deeply_nested_body_is_422(faiss_client):
+    for depth in (20_000, 2_000):
+        body = '{"query": "pen", "k": ' + "[" * depth + "]" * depth + "}"
+        answer = faiss_client.post("/search/text", content=body,
+                             headers={"content-type": "application/json"})
+        assert answer.status_code == 422, answer.text
+        assert "nested too deeply" in answer.json()["detail"]
+        assert answer.json()["errors"][0]["field"] == "body"
+
+
+def test_a_json_body_without_a_content_type_is_accepted(faiss_client):
+    body = json.dumps({"query": "a pen", "k": 2}).encode()
+    answer = faiss_client.post("/search/text", content=body)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 2
+    answer = faiss_client.post("/search/text", content=body, headers={"content-type": "text/plain"})
+    assert answer.status_code == 422
+    assert "sent as text/plain, not as JSON" in answer.json()["detail"]
+    assert "Content-Type: application/json" in answer.json()["detail"]
+    answer = faiss_client.post("/search/text", content=b"[1, 2]",
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "send a JSON object" in answer.json()["detail"]
+
+
+def test_the_body_limit_still_holds_for_json_endpoints(faiss_client):
+    answer = faiss_client.post("/search/text", content=b'{"query": "' + b"x" * 70_000 + b'"}',
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 413
