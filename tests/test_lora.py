@@ -185,6 +185,7 @@ def _recipe(out, *extra):
         "data.text.field_dropout={brand: 0.5}", "train.lora={rank: 4, dropout: 0.1}", *extra])
 
 
+@pytest.mark.slow
 def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model_dir, data,
                                                              crash_in_loss):
     full = tmp_path / "full"
@@ -212,6 +213,7 @@ def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model
     assert {n.rsplit(".", 1)[0] for n in moved if n.endswith(".weight")} == adapted
 
 
+@pytest.mark.slow
 def test_wise_alpha_merges_the_start_with_the_merged_adapters(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
     cfg = ["train.max_steps=2", "train.wise_alpha=0.5", "train.loss=sigmoid"]
