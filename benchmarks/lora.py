@@ -315,6 +315,9 @@ def quality(args) -> None:
             "towers: [text, image]}")
     for name, lr, extra in (("full_ft", 3e-4, []), ("lora", args.lora_lr, [lora])):
         run_dir = out / "runs" / name
+        if name == "full_ft" and args.full_from:  # the same run, made by an earlier invocation
+            models[name] = DualEncoder.from_pretrained(args.full_from)
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)
         recipe = fc.recipe_for(start_dir, run_dir, targets="catalog", epochs=10, lr=lr,
                                batch_size=64, per_group=2, seed=0,
@@ -360,6 +363,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--start-from", default=None,
                         help="the --out of benchmarks/from_checkpoint.py: reuse its catalog and start")
+    parser.add_argument("--full-from", default=None,
+                        help="(quality) the full_ft model folder of an earlier run: not trained again")
     args = parser.parse_args(argv)
     if args.phase == "step":
         print(json.dumps(step_worker(args)))
