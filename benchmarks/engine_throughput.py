@@ -95,9 +95,9 @@ def main() -> None:
     torch.manual_seed(0)
     model_dir = args.out / "tiny_model"
     build_model(Recipe(model=dict(TINY_MODEL)), read.listings[:2000]).save_pretrained(model_dir)
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
-    model = DualEncoder.from_pretrained(model_dir)
+    model = load_model(model_dir)
 
     ray = require_ray()
     started = time.perf_counter()

@@ -38,7 +38,7 @@ because on a 2-core machine shared with other jobs two torch threads were 3-4x s
    photo-photo term (``image_image_weight=0.5``).
 4. **Evaluation** with the suite (``run_suite``: category, attribute, matching, clustering, adult ×
    image / text / both) on the held-out test catalogs: ``start`` (the checkpoint directory itself,
-   ``DualEncoder.from_pretrained(OUT/start_clip)``), ``clip_ft`` and ``eclip``. The report goes to
+   ``load_model(OUT/start_clip)``), ``clip_ft`` and ``eclip``. The report goes to
    ``OUT/eval`` (report.md / .json / .html); the summary and each phase's wall time are printed
    and written to ``OUT/summary.md`` and ``OUT/timings.json``.
 """
@@ -59,7 +59,7 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.demo import make_demo_catalog
 from eclip.catalog.load import load_catalog
 from eclip.catalog.splits import catalog_bucket, split_listings
-from eclip.model import DualEncoder
+from eclip.model import DualEncoder, load_model
 from eclip.model.export import export_model
 from eclip.tasks.context import EvalConfig
 from eclip.tasks.suite import run_suite
@@ -225,7 +225,7 @@ def main() -> None:
     lap("start_clip")
 
     # 3. fine-tuning on B, twice -----------------------------------------------------------------
-    models = {"start": DualEncoder.from_pretrained(start_dir)}
+    models = {"start": load_model(start_dir)}
     steps_per_epoch = max(len(part_b) // args.batch_size, 1)
     for name, targets in (("clip_ft", "clip"), ("eclip", "catalog")):
         log(f"[{3 if name == 'clip_ft' else 4}/5] fine-tuning '{name}' ({targets} targets) on B: "

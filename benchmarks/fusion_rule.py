@@ -27,7 +27,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import eval_splits
 from eclip.encode import embed_listings, fuse, fuse_query, title_composer, unit_rows
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.tasks.matching import make_pairs
 from eclip.tasks.metrics import roc_auc
 from eclip.tasks.views import clean_titles
@@ -103,7 +103,7 @@ def main() -> None:
           "resamples\n")
     print("| model | metric | concat | sum | concat − sum [95 % CI] |\n|---|---|---|---|---|")
     for name in args.models:
-        model = DualEncoder.from_pretrained(args.demo / "models" / name)
+        model = load_model(args.demo / "models" / name)
         emb = embed_listings(model, test, title_composer(model), progress=False)
         both = {"concat": fuse(emb.image, emb.text), "sum": sum_rule(emb.image, emb.text)}
         queries = {"concat": fuse_query(emb.text), "sum": emb.text}

@@ -5,7 +5,7 @@ accelerator turns into vectors per second. The models are built from configs wit
 (the shapes are what matter for speed), the same way ``benchmarks/gpu_train.py`` builds them:
 
 - ``clip_vit_b16``: CLIP ViT-B/16 (224 px, 77 tokens), opened the way a user starts from a
-  transformers checkpoint (``eclip.model.from_checkpoint``);
+  transformers checkpoint (``eclip.model.load_model``);
 - ``clip_vit_l14``: CLIP ViT-L/14 (224 px; width 1024, 24 layers), the size of Marqo-Ecommerce-L's
   image tower.
 

@@ -8,7 +8,7 @@ shapes are what matter for speed; nothing is downloaded):
   (``BertConfig`` defaults), mean-pooled, projected to 512;
 - ``clip_vit_b16``: CLIP ViT-B/16 (vision as above; text width 512, 12 layers, 8 heads, 77 tokens),
   saved as a transformers ``CLIPModel`` directory and opened the way a user starts from a
-  checkpoint (``eclip.model.from_checkpoint``); and the same model in open_clip (``open_clip.CLIP``
+  checkpoint (``eclip.model.load_model``); and the same model in open_clip (``open_clip.CLIP``
   with the ``ViT-B-16`` config), run by the python of a side environment (``--open-clip-python``).
   open_clip's ViT + BERT would be a ``CustomTextCLIP`` whose text tower comes from the Hugging Face
   hub, so the side-by-side comparison is on CLIP ViT-B/16 only.
@@ -185,8 +185,8 @@ def peak_tflops(device_name: str) -> float | None:
 
 # ------------------------------------------------------------------------------------- the models
 def _build_eclip(name: str, spec: dict, workdir: Path):
-    """eclip's DualEncoder for ``name``: ViT + BERT from configs, or CLIP through from_checkpoint."""
-    from eclip.model import DualEncoder, DualEncoderConfig, from_checkpoint, train_tokenizer
+    """eclip's DualEncoder for ``name``: ViT + BERT from configs, or CLIP through load_model."""
+    from eclip.model import DualEncoder, DualEncoderConfig, load_model, train_tokenizer
 
     vision, text = spec["vision"], spec["text"]
     tokenizer = train_tokenizer([f"word{i} item{i}" for i in range(50)], 100)
@@ -223,7 +223,7 @@ def _build_eclip(name: str, spec: dict, workdir: Path):
                     "image_mean": [0.48145466, 0.4578275, 0.40821073],
                     "image_std": [0.26862954, 0.26130258, 0.27577711]}
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor), encoding="utf-8")
-    return from_checkpoint(directory)
+    return load_model(directory)
 
 
 class EclipRunner:

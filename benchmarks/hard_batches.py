@@ -40,7 +40,7 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.load import load_catalog
 from eclip.catalog.splits import split_listings
 from eclip.demo import bundled_recipe, locked_image_cache, prepare_demo_catalog
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.tasks.context import EvalConfig
 from eclip.tasks.suite import run_suite
 from eclip.train.recipe import load_recipe
@@ -146,7 +146,7 @@ def main() -> None:
                                             progress=False, log=print)
     base_dir = out / "models" / "baseline"
     if (base_dir / "config.json").is_file():
-        baseline = DualEncoder.from_pretrained(base_dir)
+        baseline = load_model(base_dir)
     else:
         baseline = build_model(recipe, splits.train)
         baseline.save_pretrained(base_dir)
@@ -163,7 +163,7 @@ def main() -> None:
         for seed in seeds:
             model_dir = out / "models" / name / f"seed{seed}"
             if (model_dir / "config.json").is_file():
-                runs.append(DualEncoder.from_pretrained(model_dir))
+                runs.append(load_model(model_dir))
                 continue
             run = load_recipe(bundled_recipe("demo"), variants[name])
             run.data.catalog = recipe.data.catalog

@@ -36,7 +36,7 @@ from eclip.catalog.readers import read_catalog
 from eclip.search import SearchIndex, build_index
 from eclip.search import hybrid, lexical
 from eclip.search.index import is_index
-from eclip.search.store import MetadataStore
+from eclip.search.metadata import MetadataStore
 from eclip.tasks.bootstrap import mean_items, paired_bootstrap
 from eclip.tasks.ir import ir_scores
 

@@ -299,7 +299,7 @@ def quality(args) -> None:
     sys.path.insert(0, str(HERE))
     import from_checkpoint as fc
 
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
     from eclip.tasks.context import EvalConfig
     from eclip.tasks.suite import run_suite
 
@@ -309,7 +309,7 @@ def quality(args) -> None:
     started = time.perf_counter()
     listings, splits, part_b, start_dir = make_start(args, out)
     timings = {"start": round(time.perf_counter() - started, 1)}
-    models = {"start": DualEncoder.from_pretrained(start_dir)}
+    models = {"start": load_model(start_dir)}
     steps_per_epoch = max(len(part_b) // 64, 1)
     lora = (f"train.lora={{rank: {args.rank}, alpha: {2 * args.rank}, targets: [attention, mlp], "
             "towers: [text, image]}")

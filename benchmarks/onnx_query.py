@@ -45,7 +45,7 @@ def _clip_b16(work: Path, listings):
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
     from eclip.model import train_tokenizer
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
     torch.manual_seed(0)
     config = CLIPConfig(vision_config={"patch_size": 16, "image_size": 224}, projection_dim=512)
@@ -54,7 +54,7 @@ def _clip_b16(work: Path, listings):
     CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
                           ).save_pretrained(directory)
     tokenizer = train_tokenizer([x.title for x in listings], 8000)
-    return from_checkpoint(directory, tokenizer=tokenizer).eval()
+    return load_model(directory, tokenizer=tokenizer).eval()
 
 
 def _percentiles(times: list[float]) -> tuple[float, float]:

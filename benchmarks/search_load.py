@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 
 from eclip.search.index import current_generation
-from eclip.search.store import MetadataStore
+from eclip.search.metadata import MetadataStore
 
 HOST = "127.0.0.1"
 MAX_CLIENTS, MAX_SECONDS = 200, 300

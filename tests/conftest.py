@@ -50,6 +50,35 @@ def tiny_model_dir(tiny_catalog, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def listings(tiny_catalog):
+    """The tiny catalog's listings (a module's own copy: a test may change them)."""
+    from eclip.catalog.readers import read_catalog
+
+    return read_catalog(tiny_catalog).listings
+
+
+@pytest.fixture(scope="module")
+def train_listings(listings):
+    """The training split of the tiny catalog's listings under the default recipe."""
+    from eclip.catalog.splits import split_listings
+    from eclip.train.recipe import load_recipe
+
+    return split_listings(listings, load_recipe(None).data).train
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_model_dir, tiny_catalog, tmp_path_factory):
+    """The tiny model's index (FAISS) of every listing of the tiny catalog, built once: read it
+    or serve it, never write to it (``shutil.copytree`` it first)."""
+    from eclip.catalog.readers import read_catalog
+    from eclip.search import build_index
+
+    out = tmp_path_factory.mktemp("tiny_index") / "index"
+    build_index(tiny_model_dir, read_catalog(tiny_catalog).listings, out, progress=False)
+    return out
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on a small shared machine train faster on one thread (restored afterwards)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eclip.model import DualEncoder
+from eclip.model import load_model
 
 
 def logged_rows(out: Path) -> dict[int, dict]:
@@ -35,7 +35,7 @@ def assert_same_losses(expected: dict[int, float], got: dict[int, float], atol: 
 
 
 def assert_same_models(a_dir: Path, b_dir: Path, atol: float) -> None:
-    a = DualEncoder.from_pretrained(a_dir).state_dict()
-    b = DualEncoder.from_pretrained(b_dir).state_dict()
+    a = load_model(a_dir).state_dict()
+    b = load_model(b_dir).state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import math
 
@@ -11,13 +13,14 @@ import torch
 from eclip.catalog.readers import read_catalog
 from eclip.demo import bundled_recipe
 from eclip.errors import ConfigError
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.batch_schedule import BatchSchedule, Phase, build_lr_scheduler
 from eclip.train.recipe import load_recipe
 from eclip.catalog.splits import split_listings
 from eclip.train.schedule import warmup_cosine
 from eclip.train.trainer import train
 from run_logs import logged_rows
+from recipes import tiny_recipe
 
 SCHEDULE = [{"step": 0, "batch_size": 8}, {"step": 3, "batch_size": 16}, {"step": 5, "batch_size": 32}]
 # for the trainer: with micro-batches of 8, one stream, then two, then three
@@ -85,13 +88,11 @@ def test_bundled_recipes_have_valid_schedules(name):
     assert schedule.unit_rows(world, cfg.micro_batch_size) == cfg.micro_batch_size
 
 
-def _recipe(out):
-    return load_recipe(None, [
-        f"train.output_dir={out}", "train.batch_size=8",
-        f"train.batch_schedule={json.dumps(TRAIN_SCHEDULE)}", "train.micro_batch_size=8",
-        "train.loss_chunk_size=8", "train.max_steps=5", "train.epochs=2", "train.log_every=1",
-        "train.checkpoint_every=3", "train.warmup_steps=1", "train.progress=false", "train.lr=0.01",
-        "data.text.field_dropout={brand: 0.5}"])
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=8", f"train.batch_schedule={json.dumps(TRAIN_SCHEDULE)}",
+    "train.micro_batch_size=8", "train.loss_chunk_size=8", "train.max_steps=5", "train.epochs=2",
+    "train.log_every=1", "train.checkpoint_every=3", "train.warmup_steps=1", "train.lr=0.01",
+    "data.text.field_dropout={brand: 0.5}"])
 
 
 def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path, tiny_catalog,
@@ -99,7 +100,7 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
                                                                         one_thread):
     listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
     full = tmp_path / "full"
-    train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+    train(_recipe(full), load_model(tiny_model_dir), listings, log=lambda s: None)
     reference = logged_rows(full)
     assert [reference[s]["batch_size"] for s in range(1, 6)] == [8, 8, 16, 16, 24]
     # the lr logged at step s is the rate of the next step: the sqrt rule times warm-up + cosine
@@ -110,10 +111,10 @@ def test_a_resume_in_the_middle_of_a_phase_continues_the_same_schedule(tmp_path,
 
     crashed = tmp_path / "crashed"
     with crash_in_loss(5):  # in step 5; the checkpoint of step 3 is inside phase 2
-        train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+        train(_recipe(crashed), load_model(tiny_model_dir), listings, log=lambda s: None)
     assert max(logged_rows(crashed)) == 4
     messages = []
-    train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
+    train(_recipe(crashed), load_model(tiny_model_dir), listings, resume=True,
           log=messages.append)
     assert any(m.endswith("at step 3") for m in messages)
     got = logged_rows(crashed)
@@ -137,7 +138,7 @@ def test_a_catalog_too_small_for_one_batch_names_the_setting_that_binds(
     recipe = load_recipe(None, [f"train.output_dir={tmp_path}", "train.device=cpu",
                                 "train.progress=false", *overrides])
     with pytest.raises(EclipError) as err:
-        train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+        train(recipe, load_model(tiny_model_dir), listings, log=lambda s: None)
     message = str(err.value)
     assert f"{len(listings)} training listings do not fill one batch" in message
     assert binding in message
@@ -149,5 +150,5 @@ def test_a_catalog_too_small_for_one_batch_names_the_setting_that_binds(
     advice = message.rsplit(": ", 1)[1].split()
     fixed = load_recipe(None, [f"train.output_dir={tmp_path / 'fixed'}", "train.device=cpu",
                                "train.progress=false", *overrides, *advice, "train.max_steps=1"])
-    assert train(fixed, DualEncoder.from_pretrained(tiny_model_dir), listings,
+    assert train(fixed, load_model(tiny_model_dir), listings,
                  log=lambda s: None).steps == 1

@@ -149,11 +149,12 @@ def test_defaults_are_the_library_s():
 
 
 def test_train_flags_are_recipe_overrides():
-    from eclip.cli import _data_overrides, build_parser
+    from eclip.cli import build_parser
+    from eclip.cli.options import data_overrides
 
     args = build_parser().parse_args(["train", "--init-from", "ckpt", "--catalog", "c.csv",
                                       "--output-dir", "run", "--strict", "train.epochs=1"])
-    assert _data_overrides(args) == ["train.epochs=1", "data.catalog=c.csv",
+    assert data_overrides(args) == ["train.epochs=1", "data.catalog=c.csv",
                                      "train.output_dir=run", "model.init_from=ckpt",
                                      "data.strict=true"]
 
@@ -167,3 +168,20 @@ def test_eval_models_may_be_followed_by_overrides():
     assert overrides == ["data.column_map.title=name", "eval.seeds=2"]
     with pytest.raises(EclipError, match="names no model"):
         parse_model_specs(["eval.seeds=2"])
+
+
+def test_the_command_line_only_parses_and_calls():
+    """Every command module stays small and every function short: what a command does is a
+    library function (``eclip index``'s own logic is the search package's to take over)."""
+    import ast
+
+    import eclip.cli
+
+    package = Path(eclip.cli.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        assert source.count("\n") < 600, path
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and node.name != "cmd_index":
+                length = node.end_lineno - node.lineno + 1
+                assert length < 80, f"{path.name}:{node.lineno} {node.name} has {length} lines"

@@ -19,7 +19,7 @@ from PIL import Image
 
 import tiny_checkpoints as tc
 from eclip.cli import main
-from eclip.model import DualEncoder
+from eclip.model import DualEncoder, load_model
 
 pytestmark = pytest.mark.e2e
 
@@ -77,8 +77,8 @@ def _vectors(model: DualEncoder):
 
 
 def test_train_from_a_clip_checkpoint_moves_its_weights(run):
-    model = DualEncoder.from_pretrained(run["out"] / "model")
-    start = DualEncoder.from_pretrained(run["ckpt"])  # a raw CLIPModel directory reads as it is
+    model = load_model(run["out"] / "model")
+    start = load_model(run["ckpt"])  # a raw CLIPModel directory reads as it is
     assert model.config.init_from == str(run["ckpt"])
     moved = [name for name, p in model.state_dict().items()
              if p.is_floating_point() and not torch.equal(p, start.state_dict()[name])]
@@ -112,7 +112,7 @@ def test_export_loads_in_transformers_with_eclip_vectors(run, capsys):
     assert main(["export", "--model", str(run["out"] / "model"), "--format", "transformers",
                  "--out", str(exported)]) == 0
     assert str(exported) in capsys.readouterr().out
-    model = DualEncoder.from_pretrained(run["out"] / "model").eval()
+    model = load_model(run["out"] / "model").eval()
     pixels, image, text = _vectors(model)
     hf = AutoModel.from_pretrained(exported).eval()  # transformers alone, with its own tokenizer
     assert type(hf).__name__ == "CLIPModel"
@@ -131,8 +131,8 @@ def test_merge_endpoints_are_the_two_models(run, capsys):
         merged = run["root"] / f"merged-{alpha}"
         assert main(["merge", "--init", str(run["ckpt"]), "--model", str(tuned_dir),
                      "--alpha", alpha, "--out", str(merged)]) == 0
-        _, image, text = _vectors(DualEncoder.from_pretrained(merged).eval())
-        _, want_image, want_text = _vectors(DualEncoder.from_pretrained(expected).eval())
+        _, image, text = _vectors(load_model(merged).eval())
+        _, want_image, want_text = _vectors(load_model(expected).eval())
         torch.testing.assert_close(image, want_image, atol=TOL, rtol=0)
         torch.testing.assert_close(text, want_text, atol=TOL, rtol=0)
     assert "merged-0" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Compressed FAISS kinds (issue 20, part 2): each builds, reaches its recall, finds duplicates."""
+"""Compressed FAISS kinds (issue 20, part 2): each builds, reaches its recall, finds duplicates,
+and `auto` picks one under a memory budget."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 
 from eclip.errors import ConfigError
-from eclip.search.compressed import (COMPRESSED_KINDS, CompressedIndex, CompressedSettings,
-                                     bytes_per_vector, choose_kind, recall_by_ids)
-from eclip.search.vectors import exact_top_scores
+from eclip.search.compressed import (COMPRESSED_KINDS, bytes_per_vector, choose_kind,
+                                     parse_bytes)
+from eclip.search.vectors import (VectorIndex, VectorSettings, exact_top_scores, recall_by_ids)
 
 
 @pytest.fixture(scope="module")
@@ -21,25 +22,33 @@ def data():
     return x, np.arange(4000, dtype=np.int64) * 3 + 7
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "ivfpq" else k
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "ivf_pq" else k
                                   for k in COMPRESSED_KINDS])
-def test_each_kind_builds_reports_recall_and_finds_exact_duplicates(kind, data):
+def test_each_kind_builds_reports_recall_and_finds_exact_duplicates(kind, data, tmp_path):
     x, ids = data
     # 4-bit PQ codes: 16 centroids per sub-quantizer train in seconds (8 bits: a minute here)
     # coarse codes lose order among near neighbours: PQ re-ranks more candidates
-    settings = CompressedSettings(kind=kind, nlist=32, pq_m=8, pq_bits=4,
-                                  rerank=16 if kind == "ivfpq" else 4, recall_queries=200)
-    index = CompressedIndex.build(x, ids, settings)
-    recall = index.tune(x, ids)
-    assert recall == index.recall_at_10 and recall >= 0.95 and index.param is not None
+    settings = VectorSettings(kind=kind, nlist=32, pq_m=8, pq_bits=4,
+                              rerank=16 if kind == "ivf_pq" else 4, recall_queries=200)
+    index = VectorIndex.build(x, ids, settings)
+    assert index.kind == kind and index.stats.recall_at_10 >= 0.95
+    assert index.stats.param is not None and index.stats.recall_queries == 200
+    # saved and loaded (as a generation is served), the re-ranking vectors attached again
+    index.save(str(tmp_path / "i.faiss"))
+    index = VectorIndex.load(str(tmp_path / "i.faiss"), index.stats)
+    index.attach(x, ids)
     rows = np.arange(0, 4000, 97)
-    scores, found = index.search(x[rows], 10, vectors=x, ids=ids)
+    scores, found = index.search(x[rows], 10)
     assert (found[:, 0] == ids[rows]).all()  # a listing's own vector comes first
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)  # re-ranked: exact scores
     # re-ranked scores are the exact inner products of the ids returned, best first
     exact = np.einsum("qkd,qd->qk", x[np.searchsorted(ids, found)], x[rows])
     np.testing.assert_allclose(scores, exact, atol=1e-5)
     assert (np.diff(scores, axis=1) <= 1e-7).all()
+    # an id filter keeps only the ids allowed
+    allowed = ids[::5]
+    _, kept = index.search(x[rows], 10, allowed=allowed)
+    assert np.isin(kept[kept >= 0], allowed).all() and (kept >= 0).sum() > 0
 
 
 def test_recall_by_ids_counts_ties_and_misses(data):
@@ -53,11 +62,23 @@ def test_recall_by_ids_counts_ties_and_misses(data):
     assert recall_by_ids(truth, half, q, x, ids) == pytest.approx(0.5)
 
 
-def test_auto_picks_a_compressed_kind_under_a_small_budget():
+def test_auto_picks_a_compressed_kind_under_a_small_budget(data):
     n, dim = 10_000_000, 256
     assert choose_kind(1000, dim, 2**30) == "exact"
-    assert choose_kind(n, dim, 12 * 2**30) == "sq8"  # float32 would need 29 GiB
-    assert choose_kind(n, dim, 2 * 2**30) == "ivfpq"
-    assert bytes_per_vector("ivfpq", dim) == 32 + 8
+    assert choose_kind(n, dim, 12 * 2**30) == "ivf_sq8"  # float32 would need 29 GiB
+    assert choose_kind(n, dim, 2 * 2**30) == "ivf_pq"
+    assert choose_kind(1000, dim, 2**30, exact_max=500) == "ivf"
+    assert bytes_per_vector("ivf_pq", dim) == 32 + 8
     with pytest.raises(ConfigError, match="max-memory"):
         choose_kind(n, dim, 2**20)
+    assert parse_bytes("12GiB") == 12 * 2**30 and parse_bytes("1.5g") == int(1.5 * 2**30)
+    assert parse_bytes("500MB") == 500 * 2**20 and parse_bytes("4096") == 4096
+    with pytest.raises(ConfigError, match="not a size"):
+        parse_bytes("lots")
+    # through VectorSettings: 4,000 x 32-d in three spaces is 1.6 MB as float32; 400 kB fits SQ8
+    x, ids = data
+    settings = VectorSettings(kind="auto", exact_max=1000, max_memory=500_000, nlist=32,
+                              recall_queries=100)
+    assert settings.resolve_kind(len(x), 32) == "ivf_sq8"
+    assert VectorIndex.build(x, ids, settings).kind == "ivf_sq8"
+    assert VectorSettings(kind="flat").resolve_kind(10**8, 32) == "exact"

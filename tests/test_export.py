@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import tiny_checkpoints as tc
 from eclip.errors import ModelError
-from eclip.model import DualEncoder, DualEncoderConfig
+from eclip.model import DualEncoder, DualEncoderConfig, load_model
 from eclip.model.export import export_model
-from eclip.model.pretrained import from_checkpoint
+from eclip.model import load_model
 
 TOL = 1e-5
 
@@ -48,8 +48,8 @@ def trained(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     make = tc.make_clip if request.param == "clip" else tc.make_siglip
     start = make(root / "ckpt")
-    model = _train_a_little(from_checkpoint(start))
-    before = from_checkpoint(start).eval()
+    model = _train_a_little(load_model(start))
+    before = load_model(start).eval()
     moved = [name for name, p in model.named_parameters()
              if not torch.equal(p, dict(before.named_parameters())[name])]
     assert any(n.startswith("image_tower.") for n in moved) and any(n.startswith("text_tower.") for n in moved)
@@ -77,7 +77,7 @@ def test_transformers_export_gives_eclip_vectors(trained):
     if kind == "siglip":
         assert hf.logit_bias.item() == pytest.approx(model.logit_bias.item(), rel=1e-6)
     # the exported directory is itself a checkpoint eclip starts from, with the same vectors
-    again_image, again_text = _eclip_vectors(from_checkpoint(out).eval())
+    again_image, again_text = _eclip_vectors(load_model(out).eval())
     torch.testing.assert_close(again_image, ours_image, atol=TOL, rtol=0)
     torch.testing.assert_close(again_text, ours_text, atol=TOL, rtol=0)
 

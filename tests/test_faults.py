@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import os
 import signal
@@ -15,11 +17,10 @@ import torch
 import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.errors import EclipError
-from eclip.model import DualEncoder
-from eclip.train.recipe import load_recipe
-from eclip.catalog.splits import split_listings
+from eclip.model import load_model
 from eclip.train.trainer import MAX_BAD_STEPS, train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
+from recipes import tiny_recipe
 
 OVERRIDES = ["train.batch_size=16", "train.epochs=3", "train.max_steps=8", "train.log_every=1",
              "train.checkpoint_every=3", "train.warmup_steps=2", "train.progress=false",
@@ -31,7 +32,7 @@ CHILD = """
 import sys, time
 import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
-from eclip.model import DualEncoder
+from eclip.model import DualEncoder, load_model
 from eclip.train.recipe import load_recipe
 from eclip.catalog.splits import split_listings
 
@@ -49,12 +50,11 @@ trainer_mod.ContrastiveLoss.forward = slow_forward
 catalog, model_dir, out, *overrides = sys.argv[1:]
 listings = split_listings(read_catalog(catalog).listings, load_recipe(None).data).train
 trainer_mod.train(load_recipe(None, [f"train.output_dir={out}", *overrides]),
-                  DualEncoder.from_pretrained(model_dir), listings, log=lambda s: None)
+                  load_model(model_dir), listings, log=lambda s: None)
 """
 
 
-def _recipe(out, *extra):
-    return load_recipe(None, [f"train.output_dir={out}", *OVERRIDES, *extra])
+_recipe = partial(tiny_recipe, base=OVERRIDES)
 
 
 @pytest.fixture(autouse=True)
@@ -62,14 +62,9 @@ def _one_thread(one_thread):
     """Every test of this module on one thread (conftest's ``one_thread``)."""
 
 
-@pytest.fixture
-def listings(tiny_catalog):
-    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
-
-
 @pytest.mark.distributed
 def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_catalog, tiny_model_dir,
-                                                                listings):
+                                                                train_listings):
     killed = tmp_path / "killed"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -78,7 +73,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         full = tmp_path / "full"  # the uninterrupted run, while the child gets going
-        reference = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), listings,
+        reference = train(_recipe(full), load_model(tiny_model_dir), train_listings,
                           log=lambda s: None)
         assert reference.steps == 8
         deadline = time.monotonic() + 120
@@ -96,7 +91,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path, tiny_c
     assert not (killed / "model").exists()  # the run did not finish
 
     messages = []
-    resumed = train(_recipe(killed), DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
+    resumed = train(_recipe(killed), load_model(tiny_model_dir), train_listings, resume=True,
                     log=messages.append)
     assert resumed.steps == 8
     assert any(m.startswith("resumed from") and m.endswith("at step 3") for m in messages)
@@ -121,12 +116,12 @@ def _nan_loss(monkeypatch, bad_calls):
     return NanLoss
 
 
-def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listings, monkeypatch):
+def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, train_listings, monkeypatch):
     loss_cls = _nan_loss(monkeypatch, bad_calls={2})
     out = tmp_path / "run"
     messages = []
-    model = DualEncoder.from_pretrained(tiny_model_dir)
-    result = train(_recipe(out, "train.max_steps=4"), model, listings, log=messages.append)
+    model = load_model(tiny_model_dir)
+    result = train(_recipe(out, "train.max_steps=4"), model, train_listings, log=messages.append)
     assert result.steps == 4 and loss_cls.calls == 5  # one batch more than steps: the skipped one
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r.get("skipped_nonfinite_loss")]
@@ -136,12 +131,12 @@ def test_a_non_finite_loss_is_skipped_and_logged(tmp_path, tiny_model_dir, listi
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, listings, monkeypatch):
+def test_repeated_non_finite_losses_stop_the_run(tmp_path, tiny_model_dir, train_listings, monkeypatch):
     loss_cls = _nan_loss(monkeypatch, bad_calls=set(range(3, 100)))
     out = tmp_path / "run"
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     with pytest.raises(EclipError, match=f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss"):
-        train(_recipe(out), model, listings, log=lambda s: None)
+        train(_recipe(out), model, train_listings, log=lambda s: None)
     assert loss_cls.calls == 2 + MAX_BAD_STEPS
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r.get("skipped_nonfinite_loss")) == MAX_BAD_STEPS
@@ -158,12 +153,12 @@ def test_a_run_streaming_shards_resumes_with_the_same_losses(tmp_path, tiny_cata
     extra = [f"data.shards={shards}", "data.shuffle_buffer=16", "train.max_steps=6", "train.batch_size=8",
              "train.checkpoint_every=2"]
     full = tmp_path / "full"
-    train(_recipe(full, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
+    train(_recipe(full, *extra), load_model(tiny_model_dir), [], log=lambda s: None)
 
     crashed = tmp_path / "crashed"
     with crash_in_loss(4):  # in step 4, after the checkpoint of step 2
-        train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
-    train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), [], resume=True,
+        train(_recipe(crashed, *extra), load_model(tiny_model_dir), [], log=lambda s: None)
+    train(_recipe(crashed, *extra), load_model(tiny_model_dir), [], resume=True,
           log=lambda s: None)
     expected = logged_losses(full)
     assert sorted(expected) == list(range(1, 7))

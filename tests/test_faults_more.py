@@ -9,6 +9,8 @@ run. Part one (image paths, option ranges, NUL bytes, deep JSON, long CSV cells)
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 import logging
 import os
@@ -29,13 +31,14 @@ from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.cli import main
 from eclip.errors import ConfigError, EclipError, ImageError, ModelError
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.checkpoint import CheckpointError, load_checkpoint
 from eclip.train.recipe import load_recipe
 from eclip.train.trainer import train
 
 from conftest import TINY_MODEL
 from run_logs import logged_losses
+from recipes import tiny_recipe
 
 PWNED = Path(os.environ.get("TMPDIR", "/tmp")) / f"eclip-pwned-{os.getpid()}"
 
@@ -75,13 +78,7 @@ OVERRIDES = ["train.batch_size=16", "train.log_every=1", "train.checkpoint_every
              "train.warmup_steps=0", "train.progress=false", "train.lr=0.01", "train.device=cpu"]
 
 
-def _recipe(out, *extra):
-    return load_recipe(None, [f"train.output_dir={out}", *OVERRIDES, *extra])
-
-
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
+_recipe = partial(tiny_recipe, base=OVERRIDES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,15 +130,15 @@ def test_resume_uses_the_saved_tokenizer_and_refuses_changed_data(tmp_path, tiny
                              log=lambda s: None)
 
 
-def test_fingerprint_names_each_changed_part(listings):
+def test_fingerprint_names_each_changed_part(train_listings):
     from eclip.catalog.compose import TextComposer
     from eclip.train.fingerprint import check_fingerprint, listings_fingerprint
 
     composer = TextComposer()
-    base = listings_fingerprint(listings, composer)
-    assert check_fingerprint(base, listings_fingerprint(list(listings), composer), Path("c"),
+    base = listings_fingerprint(train_listings, composer)
+    assert check_fingerprint(base, listings_fingerprint(list(train_listings), composer), Path("c"),
                              Path("o")) is None
-    moved = [replace(x, images=["/elsewhere/" + Path(p).name for p in x.images]) for x in listings]
+    moved = [replace(x, images=["/elsewhere/" + Path(p).name for p in x.images]) for x in train_listings]
     with pytest.raises(ConfigError, match="image paths") as err:
         check_fingerprint(base, listings_fingerprint(moved, composer), Path("c"), Path("o"))
     assert "texts" not in str(err.value)
@@ -176,9 +173,9 @@ def test_a_resume_whose_only_change_is_in_the_validation_rows_is_refused(tiny_ca
 
 
 @pytest.fixture(scope="module")
-def checkpoint_run(tmp_path_factory, tiny_model_dir, listings):
+def checkpoint_run(tmp_path_factory, tiny_model_dir, train_listings):
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    train(_recipe(out, "train.max_steps=2"), DualEncoder.from_pretrained(tiny_model_dir), listings,
+    train(_recipe(out, "train.max_steps=2"), load_model(tiny_model_dir), train_listings,
           log=lambda s: None)
     return out
 
@@ -217,14 +214,14 @@ CHECKPOINT_CASES = ["truncated", "empty", "garbage", "a list", "missing keys",
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(case, checkpoint_run, tmp_path,
-                                                          tiny_model_dir, listings):
+                                                          tiny_model_dir, train_listings):
     out = tmp_path / "run"
     shutil.copytree(checkpoint_run, out)
     path = out / "checkpoints" / "last.pt"
     _damage(path, case)
     with pytest.raises(CheckpointError) as err:
-        train(_recipe(out, "train.max_steps=3"), DualEncoder.from_pretrained(tiny_model_dir),
-              listings, resume=True, log=lambda s: None)
+        train(_recipe(out, "train.max_steps=3"), load_model(tiny_model_dir),
+              train_listings, resume=True, log=lambda s: None)
     _one_line(err.value, str(path), "cannot be resumed from")
     assert isinstance(err.value, EclipError)
     assert not PWNED.exists()  # no pickle payload ever runs
@@ -260,7 +257,7 @@ def test_tokenizer_json_that_is_not_json(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "tokenizer.json").write_text('{"version": "1.0", "model": ', encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy / "tokenizer.json"), "not valid JSON")
 
 
@@ -268,7 +265,7 @@ def test_tokenizer_json_that_tokenizers_refuse(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}', encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy), "tokenizer cannot be loaded")
 
 
@@ -280,20 +277,20 @@ def test_auto_map_asking_for_remote_code_is_refused(tiny_model_dir, tmp_path, na
     data["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoTokenizer": ["evil.EvilTokenizer", None]}
     (copy / name).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(copy / name), "auto_map", "trust_remote_code")
     assert not PWNED.exists()
 
 
 def test_auto_map_in_a_transformers_checkpoint_is_refused(tmp_path):
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
     directory = tmp_path / "clip"
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(
         {"model_type": "clip", "auto_map": {"AutoModel": "modeling.Evil"}}), encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        from_checkpoint(directory)
+        load_model(directory)
     _one_line(err.value, "config.json", "auto_map")
 
 
@@ -304,7 +301,7 @@ def test_truncated_safetensors(tiny_model_dir, tmp_path, cut):
     data = weights.read_bytes()
     weights.write_bytes(data[:cut])
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, str(weights), "damaged or truncated")
 
 
@@ -312,11 +309,11 @@ def test_config_json_nested_too_deeply_or_not_utf8(tiny_model_dir, tmp_path):
     copy = _model_copy(tiny_model_dir, tmp_path)
     (copy / "preprocessor_config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, "preprocessor_config.json", "nested too deeply")
     (copy / "preprocessor_config.json").write_bytes(b'{"image_size": "caf\xe9"}')
     with pytest.raises(ModelError) as err:
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _one_line(err.value, "preprocessor_config.json", "UTF-8")
 
 
@@ -324,18 +321,9 @@ def test_config_json_nested_too_deeply_or_not_utf8(tiny_model_dir, tmp_path):
 # d. a damaged index folder: serve refuses with a clear message; a live server keeps serving
 
 
-@pytest.fixture(scope="module")
-def built_index(tiny_model_dir, tiny_catalog, tmp_path_factory):
-    from eclip.search import build_index
-
-    out = tmp_path_factory.mktemp("index") / "index"
-    build_index(tiny_model_dir, read_catalog(tiny_catalog).listings[:40], out, progress=False)
-    return out
-
-
-def _index_copy(built_index, tmp_path) -> Path:
+def _index_copy(tiny_index, tmp_path) -> Path:
     out = tmp_path / "index"
-    shutil.copytree(built_index, out)
+    shutil.copytree(tiny_index, out)
     return out
 
 
@@ -353,10 +341,10 @@ INDEX_DAMAGE = {
 
 
 @pytest.mark.parametrize("case", list(INDEX_DAMAGE))
-def test_serve_refuses_a_damaged_index_with_one_line(case, built_index, tmp_path, capsys):
+def test_serve_refuses_a_damaged_index_with_one_line(case, tiny_index, tmp_path, capsys):
     from eclip.search.api import create_app
 
-    index = _index_copy(built_index, tmp_path)
+    index = _index_copy(tiny_index, tmp_path)
     name, content = INDEX_DAMAGE[case]
     if content is None:
         (index / name).unlink()
@@ -370,12 +358,12 @@ def test_serve_refuses_a_damaged_index_with_one_line(case, built_index, tmp_path
     assert "Traceback" not in captured and len(captured.strip().splitlines()) == 1
 
 
-def test_a_generation_that_disagrees_with_its_info_is_refused(built_index, tmp_path):
+def test_a_generation_that_disagrees_with_its_info_is_refused(tiny_index, tmp_path):
     import numpy as np
 
     from eclip.search import SearchIndex
 
-    index = _index_copy(built_index, tmp_path)
+    index = _index_copy(tiny_index, tmp_path)
     vectors = np.load(index / "g000001" / "text.npy")
     np.save(index / "g000001" / "text.npy", vectors[:-3])  # a silent wrong row mapping otherwise
     with pytest.raises(EclipError) as err:
@@ -392,12 +380,12 @@ def _new_generation(index: Path, name: str, damage: str | None) -> None:
 
 
 @pytest.mark.parametrize("damage", ["listings.sqlite", "product.faiss", "info.json"])
-def test_a_live_server_keeps_the_last_good_generation(damage, built_index, tmp_path, caplog):
+def test_a_live_server_keeps_the_last_good_generation(damage, tiny_index, tmp_path, caplog):
     from fastapi.testclient import TestClient
 
     from eclip.search.api import create_app
 
-    index = _index_copy(built_index, tmp_path)
+    index = _index_copy(tiny_index, tmp_path)
     client = TestClient(create_app(index, check_every=0))
     query = {"query": "a pen", "k": 3, "against": "both"}
     assert client.post("/search/text", json=query).json()["generation"] == "g000001"
@@ -490,7 +478,7 @@ def test_embed_sweeps_what_a_killed_embed_left(tmp_path, killed_writer):
     assert out.is_file() and not left.exists() and other.exists()
 
 
-def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_model_dir, listings):
+def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_model_dir, train_listings):
     out = tmp_path / "run"
     shutil.copytree(checkpoint_run, out)
     dead = _dead_pid()
@@ -500,13 +488,13 @@ def test_train_cleans_what_a_killed_run_left(checkpoint_run, tmp_path, tiny_mode
     for path in leftovers:
         path.mkdir() if "model" in path.name or "init" in path.name else path.write_bytes(b"x")
         _age(path)
-    train(_recipe(out, "train.max_steps=3"), DualEncoder.from_pretrained(tiny_model_dir), listings,
+    train(_recipe(out, "train.max_steps=3"), load_model(tiny_model_dir), train_listings,
           resume=True, log=lambda s: None)
     assert not any(p.exists() for p in leftovers)
 
 
 def test_prepare_and_index_clean_what_a_killed_run_left(tiny_catalog, tiny_model_dir, tmp_path,
-                                                        built_index):
+                                                        tiny_index):
     from eclip.catalog.shards import prepare_shards
     from eclip.search import update_index
 
@@ -521,7 +509,7 @@ def test_prepare_and_index_clean_what_a_killed_run_left(tiny_catalog, tiny_model
     prepare_shards(read_catalog(tiny_catalog).listings[:5], shards, image_size=16, progress=False)
     assert not any(p.exists() for p in left)
 
-    index = _index_copy(built_index, tmp_path)
+    index = _index_copy(tiny_index, tmp_path)
     photos = next(p for p in (index / "images").iterdir() if p.is_dir())
     left = [index / f".tmp-{dead}-0123456789ab", index / ".tmp-0123456789ab",
             index / f".CURRENT.tmp-{dead}-12345678", photos / f".{'0' * 40}.jpg.tmp-{dead}-1234abcd"]
@@ -537,13 +525,13 @@ def test_prepare_and_index_clean_what_a_killed_run_left(tiny_catalog, tiny_model
 # f. metrics.jsonl after a resume: each step once
 
 
-def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, listings, crash_in_loss):
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, train_listings, crash_in_loss):
     out = tmp_path / "run"
     recipe = _recipe(out, "train.max_steps=5")
     with crash_in_loss(4):  # in step 4: steps 1-3 logged, the checkpoint of step 2 written
-        train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+        train(recipe, load_model(tiny_model_dir), train_listings, log=lambda s: None)
     assert sorted(logged_losses(out)) == [1, 2, 3]
-    train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, resume=True,
+    train(recipe, load_model(tiny_model_dir), train_listings, resume=True,
           log=lambda s: None)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
@@ -573,12 +561,12 @@ def test_a_text_file_is_still_not_an_image(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def client(built_index):
+def client(tiny_index):
     from fastapi.testclient import TestClient
 
     from eclip.search.api import create_app
 
-    return TestClient(create_app(built_index))
+    return TestClient(create_app(tiny_index))
 
 
 def test_a_deeply_nested_body_is_422(client):
@@ -611,7 +599,7 @@ def test_the_body_limit_still_holds_for_json_endpoints(client):
     assert answer.status_code == 413
 
 
-def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_dir, listings,
+def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_dir, train_listings,
                                                           monkeypatch):
     """data.max_pixels holds where photos are decoded later: training's images, index thumbnails."""
     from eclip.catalog.compose import TextComposer
@@ -620,9 +608,9 @@ def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_di
 
     big = tmp_path / "big.png"
     Image.new("RGB", (100, 100), (200, 30, 30)).save(big)  # 10,000 pixels, decoded whole (PNG)
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     transform = model.config.image_transform(train=False)
-    one = [replace(listings[0], images=[str(big)])]
+    one = [replace(train_listings[0], images=[str(big)])]
     assert ListingDataset(one, TextComposer(), transform)[0]["pixel_values"].shape[0] == 3
     with pytest.raises(ImageError, match="data.max_pixels"):
         ListingDataset(one, TextComposer(), transform, max_pixels=1000)[0]  # over 4 x 1000
@@ -643,7 +631,7 @@ def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_di
         return real(path, **kwargs)
 
     monkeypatch.setattr(train_data, "load_image", spy)
-    train(_recipe(tmp_path / "run", "data.max_pixels=5000", "train.max_steps=1"), model, listings,
+    train(_recipe(tmp_path / "run", "data.max_pixels=5000", "train.max_steps=1"), model, train_listings,
           log=lambda s: None)
     assert seen and set(seen) == {5000}
 

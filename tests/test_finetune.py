@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
 
 import tiny_checkpoints as tc
+from recipes import tiny_recipe
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError, ModelError
-from eclip.model import DualEncoder, DualEncoderConfig
+from eclip.model import DualEncoder, DualEncoderConfig, load_model
 from eclip.model.merge import merge_models, merge_state_dicts
 from eclip.train.checkpoint import load_checkpoint
 from eclip.train.optim import param_groups
@@ -18,12 +22,9 @@ from eclip.train.recipe import TrainConfig, load_recipe
 from eclip.train.trainer import train
 
 
-def _recipe(out, **train_overrides):
-    overrides = [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=1",
-                 "train.log_every=1", "train.checkpoint_every=100", "train.warmup_steps=0",
-                 "train.progress=false", "train.lr=0.01", "train.max_steps=2"]
-    overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
-    return load_recipe(None, overrides)
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=1", "train.log_every=1", "train.checkpoint_every=100",
+    "train.warmup_steps=0", "train.lr=0.01", "train.max_steps=2"])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture
 def clip(clip_dir):
-    return DualEncoder.from_checkpoint(clip_dir)
+    return load_model(clip_dir)
 
 
 @pytest.fixture
@@ -59,21 +60,21 @@ def _check_groups(tower, blocks: int) -> None:
 
 
 def test_every_tower_lists_its_layer_groups_bottom_up(tmp_path, tiny_model_dir):
-    clip = DualEncoder.from_checkpoint(tc.make_clip(tmp_path / "clip"))
+    clip = load_model(tc.make_clip(tmp_path / "clip"))
     _check_groups(clip.text_tower, 2)
     _check_groups(clip.image_tower, 2)
     assert clip.text_tower.layer_groups()[-1].params == ("model.final_layer_norm.weight",
                                                          "model.final_layer_norm.bias")
     assert "model.pre_layrnorm.weight" in clip.image_tower.layer_groups()[0].params
-    siglip = DualEncoder.from_checkpoint(tc.make_siglip(tmp_path / "siglip"))
+    siglip = load_model(tc.make_siglip(tmp_path / "siglip"))
     _check_groups(siglip.text_tower, 2)
     _check_groups(siglip.image_tower, 2)
     assert "model.head.probe" in siglip.image_tower.layer_groups()[-1].params  # the pooling head
-    vtde = DualEncoder.from_checkpoint(tc.make_vtde(tmp_path / "vtde"))  # BERT + ViT with poolers
+    vtde = load_model(tc.make_vtde(tmp_path / "vtde"))  # BERT + ViT with poolers
     _check_groups(vtde.text_tower, 2)
     _check_groups(vtde.image_tower, 2)
     assert vtde.text_tower.layer_groups()[-1].params[0].startswith("model.pooler.")
-    scratch = DualEncoder.from_pretrained(tiny_model_dir)  # scratch BERT (1 layer) + vit tiny
+    scratch = load_model(tiny_model_dir)  # scratch BERT (1 layer) + vit tiny
     _check_groups(scratch.text_tower, 1)
     _check_groups(scratch.image_tower, scratch.image_tower.num_blocks)
     convnext = DualEncoder.build(DualEncoderConfig(
@@ -108,8 +109,10 @@ def test_top_layer_groups_train_the_rest_is_locked(clip):
 def test_layer_counts_out_of_range_or_on_a_locked_tower_are_refused(clip):
     with pytest.raises(ConfigError, match="between 1 and 4"):
         clip.set_trainable(text_layers=5)
-    with pytest.raises(ConfigError, match="unlocked image tower"):
-        clip.set_trainable(image=False, image_layers=1)
+    clip.set_trainable(image=False, image_layers=1).train()  # a locked tower's head alone trains
+    head = set(clip.image_tower.layer_groups()[-1].params)
+    assert {n for n, p in clip.image_tower.named_parameters() if p.requires_grad} == head
+    assert not clip.image_tower.training  # locked: eval mode all the same
     with pytest.raises(ConfigError, match="unlocked text tower"):
         clip.set_trainable(text=False, text_layers=1)
     with pytest.raises(ConfigError, match="at least 1"):
@@ -117,7 +120,7 @@ def test_layer_counts_out_of_range_or_on_a_locked_tower_are_refused(clip):
 
 
 def test_batch_norms_of_locked_groups_keep_their_statistics(tiny_model_dir):
-    scratch = DualEncoder.from_pretrained(tiny_model_dir)
+    scratch = load_model(tiny_model_dir)
     model = DualEncoder.build(DualEncoderConfig(text_tower="scratch", scratch_hidden=32,
                                                 scratch_layers=1, scratch_heads=2,
                                                 image_tower="efficientnet_lite0", image_size=32,
@@ -135,9 +138,9 @@ def test_batch_norms_of_locked_groups_keep_their_statistics(tiny_model_dir):
 
 
 def test_locked_groups_do_not_move_in_training_and_unlocked_ones_do(tmp_path, clip_dir, data):
-    before = DualEncoder.from_checkpoint(clip_dir)
+    before = load_model(clip_dir)
     result = train(_recipe(tmp_path / "run", text_trainable_layers=2, image_trainable_layers=1),
-                   DualEncoder.from_checkpoint(clip_dir), data.train, log=lambda s: None)
+                   load_model(clip_dir), data.train, log=lambda s: None)
     assert result.steps == 2
     for tower, top in (("text_tower", 2), ("image_tower", 1)):
         old, new = getattr(before, tower), getattr(result.model, tower)
@@ -183,18 +186,18 @@ def _same_groups(new, old):
 
 @pytest.mark.parametrize("settings", [
     {}, {"tower_lr_scale": 0.1}, {"tower_lr_scale": 0.3, "image_lr_scale": 0.05},
-    {"lock_image": True, "image_trainable_blocks": 1}, {"lock_text": True, "lock_image": True},
+    {"lock_image": True, "image_trainable_layers": 2}, {"lock_text": True, "lock_image": True},
 ])
 def test_no_decay_gives_exactly_the_groups_of_before(clip_dir, tiny_model_dir, settings):
-    models = [DualEncoder.from_pretrained(tiny_model_dir)]  # scratch BERT + vit
-    if not settings.get("image_trainable_blocks"):  # the hf image tower cannot be cut
-        models.append(DualEncoder.from_checkpoint(clip_dir))
+    models = [load_model(tiny_model_dir)]  # scratch BERT + vit
+    if not settings.get("image_trainable_layers"):  # the hf image tower cannot be cut
+        models.append(load_model(clip_dir))
     cfg = TrainConfig(lr=3e-4, weight_decay=0.05, **settings)
     recipe = load_recipe(None, [f"train.{k}={v}" for k, v in settings.items()]
                          + ["train.lr=3e-4", "train.weight_decay=0.05"])
     for model in models:
         model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
-                            image_top_blocks=cfg.image_trainable_blocks)
+                            image_layers=cfg.image_trainable_layers)
         model.logit_bias.requires_grad_(False)  # as under the softmax loss
         _same_groups(param_groups(model, cfg), _old_param_groups(model, cfg))
         _same_groups(param_groups(model, recipe), _old_param_groups(model, cfg))  # a Recipe too
@@ -292,7 +295,7 @@ def test_integer_buffers_come_from_the_finetuned_model():
 
 
 def test_merge_refuses_models_of_different_architectures(tmp_path, clip, clip_dir, tiny_model_dir):
-    siglip = DualEncoder.from_checkpoint(tc.make_siglip(tmp_path / "siglip"))
+    siglip = load_model(tc.make_siglip(tmp_path / "siglip"))
     with pytest.raises(ModelError, match="differ in architecture: '"):
         merge_models(clip, siglip, 0.5)
     with pytest.raises(ModelError, match="differ in architecture"):
@@ -309,13 +312,13 @@ def test_merge_refuses_models_of_different_architectures(tmp_path, clip, clip_di
 @pytest.mark.slow
 def test_wise_alpha_saves_the_merge_of_the_start_and_the_trained_weights(tmp_path, tiny_model_dir,
                                                                          data):
-    start = DualEncoder.from_pretrained(tiny_model_dir)
+    start = load_model(tiny_model_dir)
     out = tmp_path / "run"
-    result = train(_recipe(out, wise_alpha=0.3), DualEncoder.from_pretrained(tiny_model_dir),
+    result = train(_recipe(out, wise_alpha=0.3), load_model(tiny_model_dir),
                    data.train, log=lambda s: None)
     trained = load_checkpoint(out / "checkpoints")["model"]  # the un-merged final weights
     expected = merge_state_dicts(start.state_dict(), trained, 0.3)
-    saved = DualEncoder.from_pretrained(out / "model").state_dict()
+    saved = load_model(out / "model").state_dict()
     moved = False
     for name, value in expected.items():
         assert torch.equal(saved[name], value), name
@@ -325,21 +328,34 @@ def test_wise_alpha_saves_the_merge_of_the_start_and_the_trained_weights(tmp_pat
     assert any(not torch.equal(trained[name], saved[name]) for name in trained)
 
 
-def test_image_trainable_blocks_trains_the_top_of_any_image_tower(clip, data, tmp_path):
+def test_image_trainable_layers_trains_the_top_of_any_locked_image_tower(clip, data, tmp_path):
     """One knob for "train only the top of the image tower": a CLIP checkpoint's tower cannot be
-    cut between blocks (the EfficientNet fast path), so image_trainable_blocks=1 with a locked
-    tower trains its top block and head as layer groups instead of stopping."""
+    cut between blocks (the EfficientNet / vit fast path), so image_trainable_layers=2 with a
+    locked tower trains its top block and head unlocked instead of stopping."""
     assert not getattr(clip.image_tower, "num_blocks", 0)
     groups = clip.image_tower.layer_groups()
     before = {k: v.clone() for k, v in clip.state_dict().items() if k.startswith("image_tower.")}
     messages = []
-    train(_recipe(tmp_path / "run", lock_image="true", image_trainable_blocks=1), clip, data.train,
+    train(_recipe(tmp_path / "run", lock_image="true", image_trainable_layers=2), clip, data.train,
           log=messages.append)
-    assert any("image_trainable_layers=2" in m for m in messages)
+    assert any("image_trainable_layers=2" in m and "cannot be cut" in m for m in messages)
     after = clip.state_dict()
     moved = {k for k, v in before.items() if not torch.equal(v, after[k])}
     top = {f"image_tower.{n}" for g in groups[-2:] for n in g.params}
     assert moved and moved <= top  # the top block and the head, nothing below
-    with pytest.raises(ConfigError, match="set one"):
-        train(_recipe(tmp_path / "both", image_trainable_blocks=1, image_trainable_layers=2), clip,
-              data.train, log=lambda s: None)
+
+
+def test_image_trainable_blocks_is_the_old_name_of_image_trainable_layers():
+    """The EfficientNet-era knob still loads, with a warning that names the new one: N blocks are
+    N + 1 layer groups (the blocks and the head); 0 was "off" and stays so, silently."""
+    with pytest.warns(FutureWarning, match="image_trainable_layers=3"):
+        old = load_recipe(None, ["train.lock_image=true", "train.image_trainable_blocks=2"]).train
+    new = load_recipe(None, ["train.lock_image=true", "train.image_trainable_layers=3"]).train
+    assert old == new and old.image_trainable_blocks is None
+    assert (old.image_trainable_layers, old.image_cut_blocks) == (3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_recipe(None, ["train.image_trainable_blocks=0"]).train.image_trainable_layers is None
+    with pytest.raises(ConfigError, match="old name of train.image_trainable_layers.*set only"):
+        load_recipe(None, ["train.image_trainable_blocks=1", "train.image_trainable_layers=2"])
+    assert load_recipe(None, ["train.image_trainable_layers=3"]).train.image_cut_blocks == 0  # unlocked

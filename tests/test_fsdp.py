@@ -31,7 +31,7 @@ import pytest
 import torch
 from run_logs import assert_same_losses, assert_same_models, logged_losses, logged_rows
 
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.checkpoint import (LAST_SHARDED, CheckpointError, load_checkpoint,
                                     load_sharded_checkpoint, read_sharded_tensors)
 from eclip.train.fsdp import parallel_strategy, tower_blocks
@@ -70,7 +70,7 @@ import eclip.train.trainer as trainer_mod
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import EclipError
-from eclip.model import DualEncoder
+from eclip.model import DualEncoder, load_model
 from eclip.train.distributed import init_distributed, shutdown
 from eclip.train.recipe import load_recipe
 
@@ -89,7 +89,7 @@ splits = split_listings(read_catalog(job["catalog"]).listings, load_recipe(None)
 try:
     for run in job["runs"]:
         recipe = load_recipe(None, [f"train.output_dir={run['out']}", *run["overrides"]])
-        trainer_mod.train(recipe, DualEncoder.from_pretrained(job["model_dir"]), splits.train,
+        trainer_mod.train(recipe, load_model(job["model_dir"]), splits.train,
                           splits.val[:12], resume=run.get("resume", False), log=lambda s: None,
                           env=env)
 except EclipError as exc:
@@ -212,7 +212,7 @@ def test_bf16_gathers_in_bfloat16_and_keeps_float32_weights(trained):
     fp32, bf16 = logged_losses(trained / "fsdp"), logged_losses(trained / "fsdp_bf16")
     assert sorted(bf16) == [1, 2]
     assert bf16[1] == pytest.approx(fp32[1], rel=2e-2) and bf16[1] != fp32[1]
-    state = DualEncoder.from_pretrained(trained / "fsdp_bf16" / "model").state_dict()
+    state = load_model(trained / "fsdp_bf16" / "model").state_dict()
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
 
 
@@ -231,11 +231,11 @@ def test_lora_adapters_sharded_with_their_blocks_train_as_under_ddp(trained, tin
 
 
 def test_the_model_really_trained_and_was_sharded_per_block(trained, tiny_model_dir):
-    start = DualEncoder.from_pretrained(tiny_model_dir)
+    start = load_model(tiny_model_dir)
     # every BERT layer and every ViT layer is an FSDP unit of its own
     assert len(tower_blocks(start)) == (len(start.text_tower.model.encoder.layer)
                                         + len(start.image_tower.model.layers))
-    before, after = start.state_dict(), DualEncoder.from_pretrained(trained / "fsdp" / "model").state_dict()
+    before, after = start.state_dict(), load_model(trained / "fsdp" / "model").state_dict()
     assert sorted(before) == sorted(after)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -244,7 +244,7 @@ def test_the_sharded_checkpoint_reads_in_one_process(trained):
     """The last checkpoint (step 4, the end) holds the saved model's weights, whole once read."""
     state = load_sharded_checkpoint(trained / "fsdp" / "checkpoints")
     assert state["step"] == 4 and len(state["data"]) == WORLD and len(state["torch_rng"]) == WORLD
-    model = DualEncoder.from_pretrained(trained / "fsdp" / "model")
+    model = load_model(trained / "fsdp" / "model")
     tensors = {"model": {k: torch.zeros_like(v) for k, v in model.state_dict().items()}}
     read_sharded_tensors(trained / "fsdp" / "checkpoints" / LAST_SHARDED, tensors, state["index"])
     for key, value in model.state_dict().items():

@@ -33,7 +33,7 @@ import torch
 
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.recipe import load_recipe
 from eclip.train.trainer import train
 from run_logs import logged_losses
@@ -61,7 +61,7 @@ def test_first_losses_of_a_tiny_seeded_run_are_the_recorded_ones(tmp_path, tiny_
     listings = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data).train
     out = tmp_path / "run"
     recipe = load_recipe(None, [f"train.output_dir={out}", *OVERRIDES])
-    train(recipe, DualEncoder.from_pretrained(tiny_model_dir), listings, log=lambda s: None)
+    train(recipe, load_model(tiny_model_dir), listings, log=lambda s: None)
     losses = logged_losses(out)
     got = [losses[step] for step in sorted(losses)]
     if os.environ.get("GOLDEN_PRINT"):

@@ -10,6 +10,8 @@ equals the uninterrupted run; shards with hard batches are a clear error.
 
 from __future__ import annotations
 
+from functools import partial
+
 import multiprocessing
 import os
 import socket
@@ -23,7 +25,7 @@ from eclip.catalog.config import DataConfig
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.data import group_index
 from eclip.train.loss import ContrastiveLoss
 from eclip.train.neighbours import batch_order, catalog_centroids, nearest_catalogs
@@ -33,6 +35,7 @@ from eclip.train.sampler import (CatalogBatchSampler, HardNegativeOrder, Neighbo
 from eclip.train.sources import RankSlice
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, logged_losses
+from recipes import tiny_recipe
 
 FAMILIES, PER_FAMILY, ROWS_PER_CATALOG = 6, 4, 2
 
@@ -227,7 +230,7 @@ def _plan_losses(catalog: str, model_dir: str, rank: int, world: int) -> list[fl
     """Global losses of hard batches over 2 epochs (neighbourhoods refreshed each epoch) with
     embeddings fixed per listing: what the plan and the gathered loss give on this rank."""
     listings = read_catalog(catalog).listings
-    model = DualEncoder.from_pretrained(model_dir)
+    model = load_model(model_dir)
     data = DataConfig(batching="hard", hard_neighbours=3, hard_refresh_epochs=1)
     groups = group_index(listings)
     order = batch_order(data, model, listings, groups, batch_size=64)
@@ -283,12 +286,10 @@ def test_two_ranks_plan_the_same_hard_batches_and_losses_as_one(tmp_path, tiny_c
 
 # ------------------------------------------------------------------ the trainer
 
-def _recipe(out, *extra):
-    return load_recipe(None, [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=2",
-                              "train.log_every=1", "train.checkpoint_every=3",
-                              "train.warmup_steps=2", "train.progress=false", "train.lr=0.01",
-                              "data.batching=hard", "data.hard_neighbours=3",
-                              "data.hard_refresh_epochs=1", *extra])
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=2", "train.log_every=1", "train.checkpoint_every=3",
+    "train.warmup_steps=2", "train.lr=0.01", "data.batching=hard", "data.hard_neighbours=3",
+    "data.hard_refresh_epochs=1"])
 
 
 @pytest.mark.slow
@@ -301,14 +302,14 @@ def test_a_resumed_run_with_hard_batches_equals_the_uninterrupted_run(tmp_path, 
     extra = ("train.micro_batch_size=8",
              "train.batch_schedule=[{step: 0, batch_size: 8}, {step: 3, batch_size: 16}]")
     full = tmp_path / "full"
-    result = train(_recipe(full, *extra), DualEncoder.from_pretrained(tiny_model_dir), data.train,
+    result = train(_recipe(full, *extra), load_model(tiny_model_dir), data.train,
                    log=lambda s: None)
     assert result.steps >= 7
     crashed = tmp_path / "crashed"
     with crash_in_loss(result.steps - 1):  # in the second epoch, after a checkpoint in it
-        train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir), data.train,
+        train(_recipe(crashed, *extra), load_model(tiny_model_dir), data.train,
               log=lambda s: None)
-    resumed = train(_recipe(crashed, *extra), DualEncoder.from_pretrained(tiny_model_dir),
+    resumed = train(_recipe(crashed, *extra), load_model(tiny_model_dir),
                     data.train, resume=True, log=lambda s: None)
     assert resumed.steps == result.steps
     assert_same_losses(logged_losses(full), logged_losses(crashed), atol=1e-6)
@@ -319,7 +320,7 @@ def test_hard_batches_from_shards_or_refreshed_under_fsdp_are_a_clear_error(tmp_
     from eclip.train.trainer import shard_data
 
     recipe = _recipe(tmp_path, f"data.shards={tmp_path}")
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     with pytest.raises(ConfigError, match="data.batching=hard needs the listings in memory"):
         shard_data(recipe, model, None, 4, None)
     with pytest.raises(ConfigError, match="under train.parallel=fsdp"):

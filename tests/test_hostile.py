@@ -488,7 +488,7 @@ def test_recipe_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path):
 
 
 def test_absurd_image_size_is_a_config_error():
-    from eclip.model import DualEncoderConfig
+    from eclip.model import DualEncoderConfig, load_model
 
     for key in ("image_size", "image_resize_size"):
         with pytest.raises(ConfigError) as err:
@@ -500,7 +500,7 @@ def test_max_length_beyond_the_text_models_positions_fails_at_build(tiny_model_d
                                                                    tmp_path):
     from conftest import TINY_MODEL
 
-    from eclip.model import DualEncoder, DualEncoderConfig
+    from eclip.model import DualEncoder, DualEncoderConfig, load_model
     from eclip.train.recipe import Recipe
     from eclip.train.run import build_model
 
@@ -519,7 +519,7 @@ def test_max_length_beyond_the_text_models_positions_fails_at_build(tiny_model_d
     config["max_length"] = 600
     (copy / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelError) as err:  # a model directory's config.json
-        DualEncoder.from_pretrained(copy)
+        load_model(copy)
     _assert_one_line(err.value, "config.json", "model.max_length=600")
 
 

@@ -14,7 +14,7 @@ from eclip.catalog.schema import Listing
 from eclip.search import SearchIndex, build_index, delete_from_index, update_index
 from eclip.search import hybrid, lexical
 from eclip.search.api import create_app
-from eclip.search.store import MetadataStore
+from eclip.search.metadata import MetadataStore
 
 HOSTILE = ['"', '""', "*", "a*", "NEAR(", "NEAR(a b", "AND", "OR", "NOT", "a AND", "(", ")",
            "-", "^", ":", "title:", "{title}: x", "'", "\\", "\x00", "   ", "", "🙂", "&amp;",

@@ -14,6 +14,12 @@ Check it with:
     .venv/bin/python -m pytest tests/test_imports.py -q
 
 (``python tests/test_imports.py`` prints the package graph and any violation.)
+
+Inside each package the module graph must be free of circles too (issue 23): a module of
+``eclip.model`` may not import, directly or through others of its package, a module that imports it
+back, lazily or not. ``module_cycles`` finds them as strongly connected components of each
+package's module graph (a package's ``__init__`` is a module of it: a submodule that imports its
+own package closes a circle through the re-exports).
 """
 
 from __future__ import annotations
@@ -127,6 +133,81 @@ def cycles(edges) -> list[list[str]]:
     return found
 
 
+def resolve(module: str) -> str:
+    """``eclip.model.DualEncoder`` (a name imported from a package) -> ``eclip.model``: the module
+    the import loads, as a module name that has a file."""
+    parts = module.split(".")
+    while parts:
+        path = SRC.parent.joinpath(*parts)
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return ".".join(parts)
+        parts.pop()
+    return module
+
+
+def module_edges() -> dict[tuple[str, str], list[str]]:
+    """(importer, imported) -> places, for modules of the same package (the package whose folder
+    holds the importer: ``eclip.model.towers`` and ``eclip.model.pretrained`` or ``eclip.model``)."""
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for path in sorted(SRC.rglob("*.py")):
+        source = module_name(path)
+        package = source if path.name == "__init__.py" else source.rpartition(".")[0]
+        for module, line in imported_modules(path):
+            target = resolve(module)
+            inside = target == package or target.rpartition(".")[0] == package
+            if target != source and inside:
+                edges[(source, target)].append(f"{path.relative_to(SRC.parent)}:{line}")
+    return edges
+
+
+def module_cycles(edges) -> list[tuple[str, ...]]:
+    """The import circles: each strongly connected component of two or more modules, its modules
+    sorted, the components sorted (Tarjan's algorithm)."""
+    graph: dict[str, list[str]] = defaultdict(list)
+    for source, target in sorted(edges):
+        graph[source].append(target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[tuple[str, ...]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(tuple(sorted(component)))
+
+    for node in sorted(set(graph) | {t for _, t in edges}):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def describe(component: tuple[str, ...], edges) -> str:
+    """A circle with the imports that close it, one per line."""
+    inside = [f"    {s} -> {t} ({', '.join(w)})" for (s, t), w in sorted(edges.items())
+              if s in component and t in component]
+    return "  " + " <-> ".join(component) + "\n" + "\n".join(inside)
+
+
+# Circles that are known and accepted (none: every package's module graph is a DAG). The test fails
+# when a circle appears that is not here, and when one listed here is gone.
+EXPECTED_MODULE_CYCLES: list[tuple[str, ...]] = []
+
+
 def test_every_module_belongs_to_a_layer():
     units = {unit_of(module_name(path)) for path in SRC.rglob("*.py")}
     unknown = sorted(units - set(RANK))
@@ -162,6 +243,29 @@ def test_no_import_cycle_between_packages():
     assert not found, "import cycles between packages:\n  " + "\n  ".join(" -> ".join(c) for c in found)
 
 
+def test_the_module_cycle_check_finds_circles_through_lazy_imports_and_packages():
+    edges = {("p.a", "p.b"): [], ("p.b", "p.a"): [], ("p.c", "p"): [], ("p", "p.c"): [],
+             ("p.d", "p.a"): [], ("q.x", "q.y"): [], ("q.y", "q.z"): [], ("q.z", "q.x"): []}
+    assert module_cycles(edges) == [("p", "p.c"), ("p.a", "p.b"), ("q.x", "q.y", "q.z")]
+    assert module_cycles({("p.a", "p.b"): [], ("p.b", "p.c"): []}) == []
+    # the scanner resolves names imported from a package to the package, submodules to themselves
+    assert resolve("eclip.catalog.readers.read_catalog") == "eclip.catalog.readers"
+    assert resolve("eclip.encode.embed_listings") == "eclip.encode"
+    lazy = module_edges()
+    assert ("eclip.cli", "eclip.cli.options") in lazy  # a package's __init__ importing its modules
+
+
+def test_no_import_circle_inside_a_package():
+    edges = module_edges()
+    found = module_cycles(edges)
+    new = [c for c in found if c not in EXPECTED_MODULE_CYCLES]
+    gone = [c for c in EXPECTED_MODULE_CYCLES if c not in found]
+    assert not new, "import circles inside a package:\n" + "\n".join(describe(c, edges)
+                                                                      for c in new)
+    assert not gone, ("circles listed in EXPECTED_MODULE_CYCLES are gone: delete them from the "
+                      f"list: {gone}")
+
+
 def test_nothing_imports_the_command_line():
     importers = sorted({source for source, target in package_edges() if target == "cli"})
     assert importers == ["__main__"], f"the library imports eclip.cli: {importers}"
@@ -173,3 +277,6 @@ if __name__ == "__main__":
         print(f"{source} -> {', '.join(sorted(t for s, t in edges if s == source))}")
     print("\n".join(["violations:"] + violations(edges)) if violations(edges) else "no violations")
     print("cycles:", cycles(edges) or "none")
+    inner = module_edges()
+    print("circles inside packages:")
+    print("\n".join(describe(c, inner) for c in module_cycles(inner)) or "  none")

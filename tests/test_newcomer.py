@@ -273,14 +273,14 @@ def test_every_command_takes_quiet():
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
-    from eclip import cli
+    from eclip.cli import options
 
     args = argparse.Namespace(quiet=False)
-    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: False, raising=False)
-    assert cli._progress(args) is False
-    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
-    assert cli._progress(args) is True
-    assert cli._progress(argparse.Namespace(quiet=True)) is False
+    monkeypatch.setattr(options.sys.stderr, "isatty", lambda: False, raising=False)
+    assert options.progress(args) is False
+    monkeypatch.setattr(options.sys.stderr, "isatty", lambda: True, raising=False)
+    assert options.progress(args) is True
+    assert options.progress(argparse.Namespace(quiet=True)) is False
 
 
 # 7. threads: train.threads / --threads, a sane default, one helper ------------------------------

@@ -16,7 +16,7 @@ from eclip.errors import ModelError
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from eclip.model import DualEncoder, DualEncoderConfig  # noqa: E402
+from eclip.model import DualEncoder, DualEncoderConfig, load_model  # noqa: E402
 from eclip.model.onnx import META_FILE, OnnxTowers, export_onnx, has_onnx  # noqa: E402
 
 TITLES = tc.TEXTS + ["red", "ceramic coffee mug set of 2 with a very long title that runs on and on"]
@@ -62,7 +62,7 @@ def test_serve_encodes_queries_with_onnx_and_finds_what_pytorch_finds(tiny_model
     assert has_onnx(graphs) and not [p for p in graphs.parent.iterdir() if p.name.startswith(".")]
     meta = json.loads((graphs / META_FILE).read_text())
     assert (meta["embed_dim"], meta["text_tower"], meta["image_tower"]) == (16, "scratch", "vit")
-    _vectors_match(DualEncoder.from_pretrained(tiny_model_dir).eval(), graphs)
+    _vectors_match(load_model(tiny_model_dir).eval(), graphs)
 
     queries = [x.title for x in listings[:6]] + ["red cotton", "zzz unknown words"]
     for query in queries:
@@ -84,9 +84,9 @@ def test_serve_encodes_queries_with_onnx_and_finds_what_pytorch_finds(tiny_model
 
 @pytest.mark.slow
 def test_hf_text_and_image_towers_clip(tmp_path):
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
-    model = from_checkpoint(tc.make_clip(tmp_path / "clip")).eval()
+    model = load_model(tc.make_clip(tmp_path / "clip")).eval()
     _vectors_match(model, export_onnx(model, tmp_path / "onnx"))
 
 
@@ -100,7 +100,7 @@ def test_hf_bert_text_and_efficientnet_image_towers(tmp_path):
 
 @pytest.mark.slow
 def test_refused_export_names_the_tower_and_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    model = DualEncoder.from_pretrained(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir).eval()
     original = OnnxTowers.image
     monkeypatch.setattr(OnnxTowers, "image", lambda self, pixels: original(self, pixels) * 1.001)
     with pytest.raises(ModelError, match="'vit' image tower to ONNX: ONNX Runtime's vectors differ"):
@@ -129,6 +129,6 @@ def test_missing_onnxruntime_says_how_to_install(monkeypatch, tiny_model_dir, tm
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     with pytest.raises(ModelError, match=r"pip install 'eclip\[onnx\]'"):
         export_onnx(model, tmp_path / "onnx")

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from eclip.errors import ModelError
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.model.export import export_model
 from eclip.model.open_clip import CONFIG_FILE, from_hf_state, load_state, read_config, to_hf_state
 
@@ -41,7 +41,7 @@ def _vectors(model, data):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eclip_gives_open_clips_vectors(family):
-    model = DualEncoder.from_checkpoint(FIXTURES / family).eval()
+    model = load_model(FIXTURES / family).eval()
     data = load_file(str(FIXTURES / family / "expected.safetensors"))
     image, text = _vectors(model, data)
     torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
@@ -50,7 +50,7 @@ def test_eclip_gives_open_clips_vectors(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_settings_come_from_the_folder(family):
-    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    model = load_model(FIXTURES / family)
     cfg = read_config(FIXTURES / family)
     pre = cfg["preprocess_cfg"]
     assert model.config.image_mean == pytest.approx(pre["mean"])
@@ -80,7 +80,7 @@ def test_state_dict_round_trip_is_exact(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_after_training_steps_round_trips(family, tmp_path):
-    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    model = load_model(FIXTURES / family)
     data = load_file(str(FIXTURES / family / "expected.safetensors"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     model.train()
@@ -95,7 +95,7 @@ def test_export_after_training_steps_round_trips(family, tmp_path):
     assert not torch.allclose(image, data["image"], atol=1e-3)
     out = export_model(model, tmp_path / "oc", format="open_clip")
     assert (out / CONFIG_FILE).is_file() and (out / "open_clip_model.safetensors").is_file()
-    again = DualEncoder.from_checkpoint(out).eval()
+    again = load_model(out).eval()
     image2, text2 = _vectors(again, data)
     torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
     torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
@@ -121,7 +121,7 @@ def test_fixtures_regenerate_live(tmp_path):
     subprocess.run([os.environ["ECLIP_OPEN_CLIP_PYTHON"], str(SCRIPT), str(tmp_path)], check=True,
                    capture_output=True, timeout=300)
     for family in FAMILIES:
-        model = DualEncoder.from_checkpoint(tmp_path / family).eval()
+        model = load_model(tmp_path / family).eval()
         data = load_file(str(tmp_path / family / "expected.safetensors"))
         image, text = _vectors(model, data)
         torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
@@ -141,12 +141,12 @@ def test_unsupported_parts_are_refused_by_name(tmp_path):
     cfg["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_base_patch16_siglip_224"
     (folder / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="vision_cfg.timm_model_name"):
-        DualEncoder.from_checkpoint(folder)
+        load_model(folder)
     cfg["model_cfg"]["vision_cfg"].pop("timm_model_name")
     cfg["preprocess_cfg"]["resize_mode"] = "longest"
     (folder / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="resize_mode 'longest'"):
-        DualEncoder.from_checkpoint(folder)
+        load_model(folder)
 
 
 @pytest.mark.skipif(not FAMILIES, reason="no fixtures")
@@ -154,7 +154,7 @@ def test_folder_without_tokenizer_names_the_files(tmp_path):
     folder = _copy(FAMILIES[0], tmp_path)
     (folder / "vocab.json").unlink()
     with pytest.raises(ModelError, match="vocab.json \\+ merges.txt"):
-        DualEncoder.from_checkpoint(folder)
+        load_model(folder)
 
 
 @pytest.mark.skipif(not FAMILIES, reason="no fixtures")
@@ -166,12 +166,12 @@ def test_missing_weight_is_named(tmp_path):
     state.pop("visual.proj")
     save_file(state, str(folder / "open_clip_model.safetensors"))
     with pytest.raises(ModelError, match="'visual.proj' is missing"):
-        DualEncoder.from_checkpoint(folder)
+        load_model(folder)
 
 
 @pytest.mark.skipif(not FAMILIES, reason="no fixtures")
 def test_load_model_opens_an_open_clip_folder():
-    model = DualEncoder.from_pretrained(FIXTURES / FAMILIES[0])
+    model = load_model(FIXTURES / FAMILIES[0])
     assert model.config.init_from == str(FIXTURES / FAMILIES[0])
 
 
@@ -195,13 +195,13 @@ def test_cli_train_from_open_clip_then_export_open_clip(tmp_path, capsys):
                  str(images), "--output-dir", str(out), COLUMNS, "train.epochs=1",
                  "train.batch_size=12", "train.max_steps=2", "train.warmup_steps=1", "train.lr=1e-3",
                  "train.device=cpu", "train.progress=false"]) == 0
-    trained = DualEncoder.from_pretrained(out / "model").eval()
+    trained = load_model(out / "model").eval()
     data = load_file(str(start / "expected.safetensors"))
     image, text = _vectors(trained, data)
     assert not torch.allclose(image, data["image"], atol=1e-4)  # training moved the weights
     assert main(["export", "--model", str(out / "model"), "--format", "open_clip",
                  "--out", str(tmp_path / "oc")]) == 0
-    again = DualEncoder.from_checkpoint(tmp_path / "oc").eval()
+    again = load_model(tmp_path / "oc").eval()
     image2, text2 = _vectors(again, data)
     torch.testing.assert_close(image2, image, atol=1e-5, rtol=0)
     torch.testing.assert_close(text2, text, atol=1e-5, rtol=0)
@@ -217,7 +217,7 @@ def test_image_preprocessing_matches_open_clips(family):
     spec = importlib.util.spec_from_file_location("make_open_clip", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    model = DualEncoder.from_checkpoint(FIXTURES / family)
+    model = load_model(FIXTURES / family)
     expected = load_file(str(FIXTURES / family / "expected.safetensors"))["photo_pixels"]
     torch.testing.assert_close(model.image_transform()(script.photo()), expected, atol=1e-5, rtol=0)
 
@@ -227,13 +227,13 @@ def test_pytorch_bin_weights_and_tokenizer_json_folder(tmp_path):
     """The older hub layout: open_clip_pytorch_model.bin (read with weights_only) and a
     tokenizer.json without vocab.json / merges.txt."""
     folder = _copy(FAMILIES[0], tmp_path)
-    reference = DualEncoder.from_checkpoint(FIXTURES / FAMILIES[0]).eval()
+    reference = load_model(FIXTURES / FAMILIES[0]).eval()
     torch.save(load_state(folder), folder / "open_clip_pytorch_model.bin")
     (folder / "open_clip_model.safetensors").unlink()
     reference.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "vocab.json").unlink()
     (folder / "merges.txt").unlink()
-    model = DualEncoder.from_checkpoint(folder).eval()
+    model = load_model(folder).eval()
     data = load_file(str(FIXTURES / FAMILIES[0] / "expected.safetensors"))
     image, text = _vectors(model, data)
     torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)

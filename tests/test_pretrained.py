@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 import tiny_checkpoints as tc
 from eclip.errors import ConfigError, ModelError
-from eclip.model import DualEncoder, DualEncoderConfig
-from eclip.model.pretrained import checkpoint_kind, from_checkpoint, image_settings, load_model
+from eclip.model import DualEncoder, DualEncoderConfig, load_model, model_from_config
+from eclip.model.from_transformers import checkpoint_kind
+from eclip.model.load import model_format
+from eclip.model.preprocessing import image_settings
 
 TOL = 1e-5
 
@@ -52,7 +54,7 @@ def _eclip_vectors(model: DualEncoder):
 def test_checkpoint_vectors_equal_transformers(checkpoints, kind):
     directory = checkpoints[kind]
     assert checkpoint_kind(directory) == kind
-    model = from_checkpoint(directory).eval()
+    model = load_model(directory).eval()
     hf, ref_pixels, ref_image, ref_text = _reference(directory, kind)
     pixels, image, text = _eclip_vectors(model)
     assert pixels.shape == ref_pixels.shape
@@ -82,7 +84,7 @@ def test_clip_pixels_other_resample(tmp_path, resample):
     from transformers import AutoImageProcessor
 
     directory = tc.make_clip(tmp_path / "clip", shortest_edge=40, crop=32, resample=resample)
-    model = from_checkpoint(directory)
+    model = load_model(directory)
     ref = AutoImageProcessor.from_pretrained(directory)(images=tc.photos(), return_tensors="pt")
     pixels = torch.stack([model.image_transform()(im) for im in tc.photos()])
     torch.testing.assert_close(pixels, ref["pixel_values"], atol=TOL, rtol=0)
@@ -90,12 +92,12 @@ def test_clip_pixels_other_resample(tmp_path, resample):
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_save_and_reload_round_trip(checkpoints, tmp_path, kind):
-    model = from_checkpoint(checkpoints[kind]).eval()
+    model = load_model(checkpoints[kind]).eval()
     _, image, text = _eclip_vectors(model)
     saved = model.save_pretrained(tmp_path / "eclip")
     processor = json.loads((saved / "preprocessor_config.json").read_text())
     assert processor["image_resize"] == model.config.image_resize
-    again = DualEncoder.from_pretrained(saved).eval()
+    again = load_model(saved).eval()
     assert again.config == model.config
     _, image2, text2 = _eclip_vectors(again)
     torch.testing.assert_close(image2, image, atol=TOL, rtol=0)
@@ -103,30 +105,46 @@ def test_save_and_reload_round_trip(checkpoints, tmp_path, kind):
     assert again.logit_bias.item() == model.logit_bias.item()
 
 
-def test_from_pretrained_and_load_model_read_a_checkpoint_directly(checkpoints):
-    direct = DualEncoder.from_pretrained(checkpoints["clip"]).eval()
+def test_load_model_reads_a_checkpoint_and_the_class_only_its_own_format(checkpoints, tmp_path):
     loaded = load_model(checkpoints["clip"]).eval()
-    _, image, text = _eclip_vectors(direct)
-    _, image2, text2 = _eclip_vectors(loaded)
+    assert model_format(checkpoints["clip"]) == "transformers"
+    with pytest.raises(ModelError, match="eclip.model.load_model"):
+        DualEncoder.from_pretrained(checkpoints["clip"])  # conversion stays out of the model class
+    saved = loaded.save_pretrained(tmp_path / "saved")
+    assert model_format(saved) == "eclip"
+    _, image, text = _eclip_vectors(loaded)
+    _, image2, text2 = _eclip_vectors(DualEncoder.from_pretrained(saved).eval())
     torch.testing.assert_close(image, image2, atol=0, rtol=0)
     torch.testing.assert_close(text, text2, atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="keeps its own settings, max_length"):
+        load_model(saved, max_length=8)
+
+
+def test_from_checkpoint_is_a_deprecated_alias(checkpoints):
+    from eclip.model import from_checkpoint
+
+    with pytest.warns(DeprecationWarning, match="load_model"):
+        model = from_checkpoint(checkpoints["clip"], max_length=8)
+    assert model.config.max_length == 8
 
 
 def test_init_from_in_config_with_overrides(checkpoints):
     config = DualEncoderConfig(init_from=str(checkpoints["clip"]), max_length=8,
                                text_composer={"fields": ["title"]})
-    model = DualEncoder.build(config)
+    with pytest.raises(ConfigError, match="load_model"):
+        DualEncoder.build(config)  # a checkpoint is opened by load_model, not built
+    model = model_from_config(config)
     assert model.config.max_length == 8 and model.config.text_composer == {"fields": ["title"]}
     assert model.config.text_tower == "hf" and model.config.image_tower == "hf"
     assert model.tokenize(tc.TEXTS)["input_ids"].shape[1] == 8
     with pytest.raises(ConfigError, match="embed_dim cannot be set"):
-        from_checkpoint(checkpoints["clip"], embed_dim=7)
+        load_model(checkpoints["clip"], embed_dim=7)
 
 
 def test_unsupported_directories_are_refused(tmp_path, checkpoints):
     bert = tc.make_bert(tmp_path / "bert")
     with pytest.raises(ModelError, match=r"config.json: model_type 'bert' is not a checkpoint"):
-        from_checkpoint(bert)
+        load_model(bert)
     with pytest.raises(ModelError, match="model_type 'bert'"):
         DualEncoder.from_pretrained(bert)
     with pytest.raises(ModelError, match="config.json is missing"):
@@ -141,7 +159,7 @@ def test_unsupported_directories_are_refused(tmp_path, checkpoints):
     data = json.loads((odd / "preprocessor_config.json").read_text())
     (odd / "preprocessor_config.json").write_text(json.dumps({**data, "do_resize": False}))
     with pytest.raises(ModelError, match="preprocessor_config.json: do_resize is false"):
-        from_checkpoint(odd)
+        load_model(odd)
 
 
 def test_hf_vision_tower_next_to_hf_text_tower(tmp_path):
@@ -161,7 +179,7 @@ def test_hf_vision_tower_next_to_hf_text_tower(tmp_path):
         ours = model.text_features(**model.tokenize(tc.TEXTS))
         torch.testing.assert_close(ours, bert_ref(**tokens).pooler_output, atol=TOL, rtol=0)
         image, text = model.encode_image(pixels), model.encode_text(**model.tokenize(tc.TEXTS))
-    again = DualEncoder.from_pretrained(model.save_pretrained(tmp_path / "eclip")).eval()
+    again = load_model(model.save_pretrained(tmp_path / "eclip")).eval()
     assert again.config.image_pooling == "pooler"
     with torch.no_grad():
         torch.testing.assert_close(again.encode_image(pixels), image, atol=TOL, rtol=0)

@@ -188,10 +188,10 @@ def test_on_device_adapter_gives_embed_listings_the_same_vectors(tiny_catalog, t
     from eclip.catalog.readers import read_catalog
     from eclip.encode.listings import embed_listings
     from eclip.engines.embed import OnDevice
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
     listings = read_catalog(tiny_catalog).listings[:12]
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     want = embed_listings(model, listings, batch_size=5, progress=False)
     got = embed_listings(OnDevice(model, "cpu"), listings, batch_size=5, progress=False)
     assert got.product_ids == want.product_ids

@@ -9,19 +9,19 @@ import torch
 import eclip.train.run as run_mod
 from eclip.catalog.readers import read_catalog
 from eclip.encode import embed_listings
-from eclip.model import DualEncoder
-from eclip.train.recipe import Recipe, load_recipe
+from eclip.model import load_model
+from eclip.train.recipe import Recipe
 from eclip.train.run import run_training
 
 from conftest import TINY_MODEL
+from recipes import tiny_recipe
+
+RUN = ["train.batch_size=16", "train.max_steps=2", "train.checkpoint_every=1", "train.lr=0.01",
+       "train.warmup_steps=0", "train.device=cpu"]
 
 
 def _recipe(catalog, out, *extra) -> Recipe:
-    model = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_MODEL.items()]
-    return load_recipe(None, [f"data.catalog={catalog}", f"train.output_dir={out}", *model,
-                              "train.batch_size=16", "train.max_steps=2", "train.checkpoint_every=1",
-                              "train.lr=0.01", "train.warmup_steps=0", "train.device=cpu",
-                              "train.progress=false", *extra])
+    return tiny_recipe(out, *RUN, *extra, catalog=catalog, model=TINY_MODEL)
 
 
 def _vectors(model, listings) -> dict[str, np.ndarray]:
@@ -44,12 +44,12 @@ def test_a_run_writes_the_model_before_training_to_init(tmp_path, tiny_catalog, 
     result = run_training(_recipe(tiny_catalog, out), log=lambda s: None)
     assert result.steps == 2
 
-    init = DualEncoder.from_pretrained(out / "init")  # a model directory `eclip eval` loads
+    init = load_model(out / "init")  # a model directory `eclip eval` loads
     for key, value in seen["state"].items():
         assert torch.equal(init.state_dict()[key], value), key
     for modality, vectors in _vectors(init, listings).items():
         np.testing.assert_array_equal(vectors, seen["before"][modality])
-    trained = _vectors(DualEncoder.from_pretrained(out / "model"), listings)
+    trained = _vectors(load_model(out / "model"), listings)
     assert not np.allclose(trained["text"], seen["before"]["text"])
     assert not (out / "init_model").exists()  # one directory, in every kind of run
 

@@ -11,26 +11,22 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from eclip.catalog.readers import read_catalog
 from eclip.search import SearchIndex, build_index, delete_from_index
 from eclip.search.api import create_app
 from eclip.search.evaluate import recall_through_api
 
 
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
-
-
 @pytest.fixture(scope="module", params=["faiss", "milvus"])
 def index_dir(request, tiny_model_dir, listings, tmp_path_factory):
     """The same index with its vectors in each store: FAISS files, Milvus Lite (milvus.db)."""
-    from eclip.search.stores import StoreSpec
+    from eclip.search.store_types import StoreSpec
 
     if request.param == "milvus":
         milvus = pytest.importorskip("eclip.search.milvus")
         pytest.importorskip("milvus_lite")
         request.addfinalizer(milvus.close_all)  # its Milvus Lite servers stop with the fixture
+    if request.param == "faiss":
+        return request.getfixturevalue("tiny_index")
     out = tmp_path_factory.mktemp(f"search_api_{request.param}") / "index"
     build_index(tiny_model_dir, listings, out, progress=False, store=StoreSpec(request.param))
     return out
@@ -399,7 +395,7 @@ def test_bad_filter_values_in_forms_and_queries_are_422_naming_the_field(client,
 def test_results_show_the_cleaned_title_and_keep_the_raw_one(client, listings):
     from eclip.catalog.text import basic_normalize
     from eclip.search.api import _listing_out
-    from eclip.search.store import StoredListing
+    from eclip.search.metadata import StoredListing
 
     raw = "Hanbit&nbsp;Orange &quot;tanabata tree&quot; ＮＩＫＥ"
     stored = StoredListing(1, "p", raw, None, None, None, {}, None, None, None, ())
@@ -409,3 +405,28 @@ def test_results_show_the_cleaned_title_and_keep_the_raw_one(client, listings):
     results = client.post("/search/text", json={"query": listings[0].title, "k": 10}).json()["results"]
     assert results and all(r["raw_title"] == by_id[r["product_id"]]
                            and r["title"] == basic_normalize(r["raw_title"]) for r in results)
+
+
+def test_uploads_are_decoded_under_the_index_max_pixels(tiny_model_dir, listings, tmp_path):
+    """An index built with data.max_pixels=2000 decodes uploads under that limit: a photo above it
+    is reduced and answered, one too large to decode at all is a 422 naming the limit."""
+    from eclip.catalog.images import DECODE_FACTOR
+
+    out = tmp_path / "small"
+    info = build_index(tiny_model_dir, listings[:8], out, progress=False, thumbnails=False,
+                       max_pixels=2000)
+    assert info.max_pixels == 2000 and SearchIndex.open(out).info.max_pixels == 2000
+    small = TestClient(create_app(out, warm=False))
+    reduced = small.post("/search/image", files={"file": ("a.png", _png((60, 60)), "image/png")})
+    assert reduced.status_code == 200 and len(reduced.json()["results"]) == 8
+    side = int((DECODE_FACTOR * 2000) ** 0.5) + 10  # decoding it takes over 4 x max_pixels
+    for path, extra in (("/search/image", {}), ("/classify", {"data": {"title": "a pen"}})):
+        refused = small.post(path, files={"file": ("big.png", _png((side, side)), "image/png")},
+                             **extra)
+        assert refused.status_code == 422, path
+        assert "too large" in refused.json()["detail"] and "max_pixels=2000" in \
+            refused.json()["detail"]
+    # a larger service cap does not lift the index's own limit
+    loose = TestClient(create_app(out, warm=False, max_upload_pixels=10**8))
+    assert loose.post("/search/image", files={"file": ("big.png", _png((side, side)),
+                                                         "image/png")}).status_code == 422

@@ -6,14 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from eclip.catalog.readers import read_catalog, write_listings
+from eclip.catalog.readers import write_listings
 from eclip.cli import main
 from eclip.search import SearchIndex
-
-
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
 
 
 @pytest.mark.e2e
@@ -52,6 +47,8 @@ def test_index_build_update_delete(tiny_catalog, tiny_model_dir, listings, tmp_p
     (["index", "--delete", " , ", "--out", "x"], "names no product id"),
     (["index", "--delete", "a", "--out", "{tmp}"], "is not an index"),
     (["serve", "--index", "{tmp}"], "is not an eclip search index"),
+    (["index", "--model", "m", "--catalog", "c.jsonl", "--max-memory", "lots", "--out", "x"],
+     "'lots' is not a size"),
 ])
 def test_index_and_serve_errors_are_one_line(args, message, tmp_path, capsys):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from eclip.catalog.images import load_image
-from eclip.catalog.readers import read_catalog
 from eclip.search import (
     LiveIndex,
     SearchIndex,
@@ -24,23 +23,11 @@ from eclip.search import (
 from eclip.search.vectors import VectorIndex, exact_top_scores, recall_against
 
 
-@pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
-
-
-@pytest.fixture(scope="module")
-def built(tiny_model_dir, listings, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "index"
-    build_index(tiny_model_dir, listings, out, progress=False)
-    return out
-
-
 @pytest.fixture
-def index_copy(built, tmp_path):
+def index_copy(tiny_index, tmp_path):
     """A private copy of the built index, for tests that write to it."""
     out = tmp_path / "index"
-    shutil.copytree(built, out)
+    shutil.copytree(tiny_index, out)
     return out
 
 
@@ -48,14 +35,14 @@ def _generations(root):
     return sorted(p.name for p in root.iterdir() if p.name.startswith("g"))
 
 
-def test_build_is_self_contained_and_finds_a_listing_by_its_own_photo(built, listings):
-    index = SearchIndex.open(built)
+def test_build_is_self_contained_and_finds_a_listing_by_its_own_photo(tiny_index, listings):
+    index = SearchIndex.open(tiny_index)
     assert index.generation == "g000001" and len(index) == len(listings)
-    assert json.loads((built / "CURRENT").read_text())["generation"] == "g000001"
-    assert (built / "g000001" / "model" / "model.safetensors").is_file()
+    assert json.loads((tiny_index / "CURRENT").read_text())["generation"] == "g000001"
+    assert (tiny_index / "g000001" / "model" / "model.safetensors").is_file()
     single = next(x for x in listings if len(x.images) == 1)
     stored = index.image_file(single.product_id, 0)
-    assert stored is not None and stored.resolve().is_relative_to(built.resolve())
+    assert stored is not None and stored.resolve().is_relative_to(tiny_index.resolve())
     hits = index.search_image(load_image(single.images[0]), 5)
     hits_image = index.search(index.encode_image(load_image(single.images[0])), 5, against="image")
     assert hits_image[0].listing.product_id == single.product_id
@@ -63,8 +50,8 @@ def test_build_is_self_contained_and_finds_a_listing_by_its_own_photo(built, lis
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_text_search_equals_brute_force_over_the_stored_vectors(built, listings):
-    index = SearchIndex.open(built)
+def test_text_search_equals_brute_force_over_the_stored_vectors(tiny_index, listings):
+    index = SearchIndex.open(tiny_index)
     text = index.encode_text(listings[7].title)
     for against, modality in (("text", "text"), ("image", "image"), ("both", "product")):
         query = index.lift(text, against)  # against "both": w * <q, image> + (1 - w) * <q, text>
@@ -80,8 +67,8 @@ def test_text_search_equals_brute_force_over_the_stored_vectors(built, listings)
         assert len({h.listing.vid for h in hits}) == 10
 
 
-def test_category_filter_keeps_the_category_and_those_below_it(built, listings):
-    index = SearchIndex.open(built)
+def test_category_filter_keeps_the_category_and_those_below_it(tiny_index, listings):
+    index = SearchIndex.open(tiny_index)
     top = listings[0].top_category
     inside = {x.product_id for x in listings if x.top_category == top}
     hits = index.search_text(listings[0].title, 50, category=top)
@@ -93,8 +80,8 @@ def test_category_filter_keeps_the_category_and_those_below_it(built, listings):
     assert index.search_text("x", 5, category=top[:-1]) == []  # a prefix of a name is no parent
 
 
-def test_similar_lists_the_same_catalog_first_and_never_the_item(built, listings):
-    index = SearchIndex.open(built)
+def test_similar_lists_the_same_catalog_first_and_never_the_item(tiny_index, listings):
+    index = SearchIndex.open(tiny_index)
     sizes = {}
     for x in listings:
         if x.catalog_id:
@@ -112,7 +99,7 @@ def test_similar_lists_the_same_catalog_first_and_never_the_item(built, listings
 
 
 def test_update_embeds_only_the_new_listings_and_keeps_ids(index_copy, listings, monkeypatch):
-    import eclip.search.index as module
+    import eclip.search.write as module
 
     before = SearchIndex.open(index_copy)
     changed = replace(listings[3], title="completely new title 12345")
@@ -157,7 +144,7 @@ def test_delete_removes_listings_everywhere_and_prunes_old_generations(index_cop
 
 
 def test_a_failed_write_leaves_the_index_as_it_was(index_copy, listings, monkeypatch):
-    import eclip.search.index as module
+    import eclip.search.transaction as module
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -188,7 +175,7 @@ def test_live_index_follows_new_generations(index_copy, listings):
 
 
 def test_refuses_folders_and_models_that_are_not_its_own(tiny_model_dir, listings, tmp_path,
-                                                         built):
+                                                         tiny_index):
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"x")
@@ -200,11 +187,11 @@ def test_refuses_folders_and_models_that_are_not_its_own(tiny_model_dir, listing
     shutil.copytree(tiny_model_dir, fake_model)
     (fake_model / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(SearchIndexError, match="not the model the index was built with"):
-        update_index(built, listings[:1], model_dir=fake_model, progress=False)
+        update_index(tiny_index, listings[:1], model_dir=fake_model, progress=False)
 
 
-def test_adult_head_is_fitted_when_both_labels_exist(built, listings):
-    index = SearchIndex.open(built)
+def test_adult_head_is_fitted_when_both_labels_exist(tiny_index, listings):
+    index = SearchIndex.open(tiny_index)
     labels = {x.adult for x in listings if x.adult is not None}
     assert labels == {True, False}
     for modality in ("image", "text", "product"):

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from eclip.catalog.readers import read_catalog
-from eclip.search import build_index
 from eclip.search.api import create_app
 from eclip.search.server import background_server
 
@@ -43,15 +41,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def listings(tiny_catalog):
-    return read_catalog(tiny_catalog).listings
-
-
-@pytest.fixture(scope="module")
-def site(tiny_model_dir, listings, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search_web") / "index"
-    build_index(tiny_model_dir, listings, out, progress=False)
-    with background_server(create_app(out)) as url:
+def site(tiny_index):
+    with background_server(create_app(tiny_index)) as url:
         yield url
 
 

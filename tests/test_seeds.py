@@ -141,9 +141,9 @@ def test_seeds_on_different_items_are_not_stacked():
 @pytest.fixture(scope="module")
 def second_seed(tiny_model_dir, tmp_path_factory):
     """The tiny model with its projections perturbed: another 'training seed'."""
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -222,7 +222,7 @@ def test_demo_with_two_seeds_trains_each_model_twice_and_folds_the_report(tmp_pa
         seeds=1, probe_c=[1.0], bootstrap=200, map_points=20))
     small = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_heads=2",
              "model.scratch_vocab_size=300", "model.image_size=32", "model.embed_dim=16",
-             "train.epochs=1", "train.batch_size=16", "train.image_trainable_blocks=1",
+             "train.epochs=1", "train.batch_size=16", "train.image_trainable_layers=2",
              "train.checkpoint_every=1000"]
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--listings", "120", "--seed", "3", "--seeds", "2",

@@ -12,10 +12,12 @@ from PIL import Image
 import eclip.catalog.shards as shards_module
 import eclip.train.stream as stream_module
 from eclip.catalog.compose import ComposerConfig, TextComposer
+from eclip.catalog.config import DataConfig
 from eclip.catalog.images import ImageTransform
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.shards import INDEX_NAME, ShardIndex, decode_jpeg, prepare_shards, read_shard
 from eclip.cli import main
+from eclip.engines.jobs import prepare_catalog
 from eclip.errors import ConfigError, EclipError
 from eclip.catalog.schema import catalog_group_id
 from eclip.train.data import Collator, item_rng
@@ -321,6 +323,15 @@ def test_cli_prepare_with_renamed_column_and_no_split_column(catalog_read, tmp_p
     assert code == 0 and "wrote 40 samples" in printed
     index = ShardIndex.load(out)
     assert set(index.splits) == {"train", "val"} and sum(index.splits.values()) == 40
+    # the library function behind the command writes the same shards
+    data = DataConfig(catalog=str(catalog), image_root=str(Path(catalog_read.path).parent),
+                      column_map={"title": "name"}, val_fraction=0.3,
+                      text={"segments": ["{title}"]})
+    library = prepare_catalog(data, tmp_path / "library", shard_size=15, image_size=16,
+                              progress=False, log=lambda line: None)
+    assert library.summary() in printed.replace(str(out), str(tmp_path / "library"))
+    for shard in index.shards:
+        assert (tmp_path / "library" / shard.name).read_bytes() == (out / shard.name).read_bytes()
     assert index.composer["segments"] == ["{title}"]
     titles = {x.product_id: TextComposer(ComposerConfig(segments=["{title}"])).compose(x)
               for x in catalog_read.listings[:40]}

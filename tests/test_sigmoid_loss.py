@@ -267,12 +267,12 @@ def test_multi_stream_equals_whole_batch_step():
 def test_auto_loss_is_sigmoid_for_a_siglip_start_and_softmax_otherwise(tmp_path):
     from tiny_checkpoints import make_clip, make_siglip
 
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
     from eclip.train.recipe import TrainConfig
     from eclip.train.trainer import build_loss, loss_kind
 
-    siglip = DualEncoder.from_checkpoint(make_siglip(tmp_path / "siglip"))
-    clip = DualEncoder.from_checkpoint(make_clip(tmp_path / "clip"))
+    siglip = load_model(make_siglip(tmp_path / "siglip"))
+    clip = load_model(make_clip(tmp_path / "clip"))
     auto = TrainConfig()
     assert auto.loss == "auto"
     assert loss_kind(auto, siglip) == "sigmoid" and loss_kind(auto, clip) == "softmax"

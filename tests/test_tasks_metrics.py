@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from eclip.encode import retrieval as R
 from eclip.tasks import metrics as M
 
 # labels and scores of one binary example, in descending score order; its operating points are
@@ -74,15 +75,29 @@ def test_same_group_retrieval_recall_mrr_and_map():
     # query 1 ranks 0(A) 2(B) 3(A): AP (1 + 2/3)/2, first hit rank 1
     # query 3 ranks 0(A) 2(B) 1(A): AP (1 + 2/3)/2, first hit rank 1
     vectors = np.array([[1.0, 0], [0.5, 0], [0.8, 0], [0.2, 0]])
-    out = M.same_group_retrieval(vectors, ["A", "A", "B", "A"], ks=(1, 2))
+    out = R.same_group_retrieval(vectors, ["A", "A", "B", "A"], ks=(1, 2))
     assert out["R@1"] == pytest.approx(2 / 3)
     assert out["R@2"] == pytest.approx(1.0)
     assert out["MRR"] == pytest.approx((1 / 2 + 1 + 1) / 3)
     assert out["mAP"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 2 * (1 + 2 / 3) / 2) / 3)
     import scipy.sparse as sp
 
-    assert M.same_group_retrieval(sp.csr_matrix(vectors), ["A", "A", "B", "A"], ks=(1, 2)) == \
+    assert R.same_group_retrieval(sp.csr_matrix(vectors), ["A", "A", "B", "A"], ks=(1, 2)) == \
         pytest.approx(out)
+
+
+def test_the_fusion_weight_s_mrr_is_the_evaluation_s_with_one_tie_rule():
+    from eclip.encode.fusion import same_catalog_mrr
+
+    # every score ties: query 0 meets 1 (another catalog) before its mate 2, by index (rank 2);
+    # query 2 meets its mate 0 first (rank 1)
+    vectors = np.ones((3, 2)) / np.sqrt(2)
+    assert same_catalog_mrr(vectors, ["A", "B", "A"]) == pytest.approx((1 / 2 + 1) / 2)
+    assert R.same_group_retrieval(vectors, ["A", "B", "A"], ks=())["MRR"] == pytest.approx(0.75)
+    rng = np.random.default_rng(5)
+    vectors, groups = np.round(rng.standard_normal((80, 4))), list(rng.integers(0, 20, size=80))
+    assert same_catalog_mrr(vectors, groups) == R.same_group_retrieval(vectors, groups)["MRR"]
+    assert same_catalog_mrr(vectors, list(range(80))) == 0.0  # no catalog with two listings
 
 
 def test_pairwise_and_bcubed_by_hand():
@@ -142,12 +157,12 @@ def test_same_group_retrieval_equals_the_full_sort_with_ties_singletons_and_chun
     if ties:  # few distinct scores: many ties, broken by index
         vectors = np.round(vectors)
     expected = _retrieval_by_full_sort(vectors, groups, (1, 5, 10))
-    got = M.same_group_retrieval(vectors, groups, ks=(1, 5, 10))
+    got = R.same_group_retrieval(vectors, groups, ks=(1, 5, 10))
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
-    assert M.same_group_retrieval(sp.csr_matrix(vectors), groups, ks=(1, 5, 10)) == \
+    assert R.same_group_retrieval(sp.csr_matrix(vectors), groups, ks=(1, 5, 10)) == \
         pytest.approx(got, rel=1e-12)
     # chunked queries (as for a large split) give the same numbers
-    monkeypatch.setattr(M, "min", lambda a, b: 7, raising=False)
-    assert M.same_group_retrieval(vectors, groups, ks=(1, 5, 10)) == pytest.approx(got, rel=1e-12)
+    monkeypatch.setattr(R, "min", lambda a, b: 7, raising=False)
+    assert R.same_group_retrieval(vectors, groups, ks=(1, 5, 10)) == pytest.approx(got, rel=1e-12)

@@ -12,7 +12,7 @@ from PIL import Image
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.schema import Listing
 from eclip.cli import main
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.tasks import adult, attribute, category, clustering, matching
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import eval_splits
@@ -35,7 +35,7 @@ def _adult_by_category(listings):
 @pytest.fixture(scope="module")
 def tiny(tiny_catalog, tiny_model_dir):
     listings = _adult_by_category(read_catalog(tiny_catalog, progress=False).listings)
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     splits = eval_splits(listings)
     cache = listing_cache(model, listings, [], progress=False)
     views = [model_views("baseline", model, listings, cache, tower=True, progress=False),
@@ -223,7 +223,7 @@ def test_adult_end_to_end(tiny):
 def test_suite_writes_json_markdown_and_html_and_names_skipped_tasks(tiny_catalog, tiny_model_dir,
                                                                     tmp_path):
     listings = read_catalog(tiny_catalog, progress=False).listings  # 1 adult listing in train
-    model = DualEncoder.from_pretrained(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     logged = []
     result = run_suite({"baseline": model, "eclip": model}, listings, config=FAST,
                        out_dir=tmp_path, log=logged.append, progress=False)

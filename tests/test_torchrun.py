@@ -12,7 +12,7 @@ import torch
 
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.shards import prepare_shards
-from eclip.model import DualEncoder
+from eclip.model import load_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -46,6 +46,6 @@ def test_torchrun_two_processes_train_from_shards(tmp_path, tiny_catalog):
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and len(state["data"]) == 2 and len(state["torch_rng"]) == 2
     assert not torch.equal(state["torch_rng"][0], state["torch_rng"][1])  # ranks draw their own dropout
-    before = DualEncoder.from_pretrained(out / "init").state_dict()
-    after = DualEncoder.from_pretrained(out / "model").state_dict()
+    before = load_model(out / "init").state_dict()
+    after = load_model(out / "model").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -1,20 +1,20 @@
+from functools import partial
+
 import pytest
 import torch
 
 from eclip.catalog.readers import read_catalog
-from eclip.model import DualEncoder
+from eclip.model import load_model
 from eclip.train.recipe import load_recipe
 from eclip.catalog.splits import split_listings
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, assert_same_models, logged_losses
+from recipes import tiny_recipe
 
 
-def _recipe(out, **train_overrides):
-    overrides = [f"train.output_dir={out}", "train.batch_size=16", "train.epochs=2",
-                 "train.log_every=1", "train.checkpoint_every=3", "train.warmup_steps=2",
-                 "train.progress=false", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"]
-    overrides += [f"train.{k}={v}" for k, v in train_overrides.items()]
-    return load_recipe(None, overrides)
+_recipe = partial(tiny_recipe, base=[
+    "train.batch_size=16", "train.epochs=2", "train.log_every=1", "train.checkpoint_every=3",
+    "train.warmup_steps=2", "train.lr=0.01", "data.text.field_dropout={brand: 0.5}"])
 
 
 @pytest.fixture
@@ -26,16 +26,16 @@ def data(tiny_catalog):
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, data,
                                                                crash_in_loss):
     full = tmp_path / "full"
-    result = train(_recipe(full), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+    result = train(_recipe(full), load_model(tiny_model_dir), data.train, data.val,
                    log=lambda s: None)
     assert result.steps >= 6
     reference = logged_losses(full)
 
     crashed = tmp_path / "crashed"
     with crash_in_loss(5):  # after the checkpoint at step 3 and one more step
-        train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+        train(_recipe(crashed), load_model(tiny_model_dir), data.train, data.val,
               log=lambda s: None)
-    resumed = train(_recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), data.train,
+    resumed = train(_recipe(crashed), load_model(tiny_model_dir), data.train,
                     data.val, resume=True, log=lambda s: None)
     assert resumed.steps == result.steps
     assert_same_losses(reference, logged_losses(crashed), atol=1e-6)
@@ -45,12 +45,12 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, tiny_mo
 def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(tmp_path,
                                                                                 tiny_model_dir,
                                                                                 data):
-    before = DualEncoder.from_pretrained(tiny_model_dir)
+    before = load_model(tiny_model_dir)
     out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
-    a = train(_recipe(out_a, lock_image="true", max_steps=2), DualEncoder.from_pretrained(tiny_model_dir),
+    a = train(_recipe(out_a, lock_image="true", max_steps=2), load_model(tiny_model_dir),
               data.train, log=lambda s: None)
     b = train(_recipe(out_b, lock_image="true", max_steps=2, cache_locked_features="false"),
-              DualEncoder.from_pretrained(tiny_model_dir), data.train, log=lambda s: None)
+              load_model(tiny_model_dir), data.train, log=lambda s: None)
     for key, value in before.image_tower.state_dict().items():
         assert torch.equal(value, a.model.image_tower.state_dict()[key])
         assert torch.equal(value, b.model.image_tower.state_dict()[key])
@@ -67,7 +67,7 @@ def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(
 
 def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
-    result = train(_recipe(out), DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val,
+    result = train(_recipe(out), load_model(tiny_model_dir), data.train, data.val,
                    log=lambda s: None)
     assert [h["epoch"] for h in result.history] == [0, 1]
     for h in result.history:
@@ -80,7 +80,7 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
     # the fused vector's weight is the one that ranks validation catalogs best, saved with the model
     from eclip.encode import choose_fusion_weight, embed_listings, title_composer
 
-    saved = DualEncoder.from_pretrained(out / "model")
+    saved = load_model(out / "model")
     emb = embed_listings(saved, data.val, title_composer(saved), progress=False)
     expected = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in data.val])
     assert saved.config.fusion_weight == expected == result.model.config.fusion_weight
@@ -92,13 +92,13 @@ def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_pa
     from eclip.encode import ImageFeatureCache, eval_transform
     from eclip.tasks.views import listing_cache, model_views
 
-    before = DualEncoder.from_pretrained(tiny_model_dir)
+    before = load_model(tiny_model_dir)
     out_a, out_b = tmp_path / "cached", tmp_path / "pixels"
-    a = train(_recipe(out_a, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5),
-              DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val, log=lambda s: None)
-    b = train(_recipe(out_b, lock_image="true", image_trainable_blocks=1, image_lr_scale=0.5,
+    a = train(_recipe(out_a, lock_image="true", image_trainable_layers=2, image_lr_scale=0.5),
+              load_model(tiny_model_dir), data.train, data.val, log=lambda s: None)
+    b = train(_recipe(out_b, lock_image="true", image_trainable_layers=2, image_lr_scale=0.5,
                       cache_locked_features="false"),
-              DualEncoder.from_pretrained(tiny_model_dir), data.train, data.val, log=lambda s: None)
+              load_model(tiny_model_dir), data.train, data.val, log=lambda s: None)
     la, lb = logged_losses(out_a), logged_losses(out_b)
     assert la.keys() == lb.keys() and len(la) >= 4
     for step in la:

@@ -18,7 +18,7 @@ from eclip.encode import Embeddings, fuse
 from eclip.errors import ConfigError
 from eclip.search import (SearchIndex, SearchIndexError, VectorSettings, delete_from_index,
                           update_index, write_index)
-from eclip.search.stores import StoreSpec, Where
+from eclip.search.store_types import StoreSpec, Where
 
 milvus = pytest.importorskip("eclip.search.milvus")
 pytest.importorskip("milvus_lite")
@@ -235,14 +235,48 @@ def test_approximate_milvus_index_measures_recall_at_build(tiny_model_dir, listi
                        settings=settings, store=StoreSpec("milvus"))
     text = info.vectors["text"]
     assert text.kind == "ivf" and text.nlist == 4 and text.recall_queries == 40
-    assert 0.0 < text.recall_at_10 <= 1.0 and 1 <= text.nprobe <= 4
-    assert text.recall_at_10 >= 0.9 or text.nprobe == 4
+    # Milvus Lite clusters each segment into more lists than asked for: nprobe is tuned past
+    # nlist until the target is reached
+    assert 0.9 <= text.recall_at_10 <= 1.0 and text.nprobe >= 1
     assert "recall@10 vs exact" in info.summary()
     index = SearchIndex.open(root)
     assert index.info.vectors["text"].recall_at_10 == text.recall_at_10  # kept in info.json
     for row in (0, 9, 33):  # a stored vector is in the cell it searches first: found at the top
         hits = index.search(np.asarray(index.vectors["text"][row]), 3, against="text")
         assert hits[0].listing.vid == int(index.vids[row])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_sq8"])
+def test_milvus_compressed_kinds_match_the_exact_top_k(kind, pair, tiny_model_dir, listings,
+                                                       tmp_path):
+    """HNSW and IVF_SQ8 in Milvus Lite: recall measured at build, served through SearchIndex,
+    the top-5 of every query close to exact FAISS's."""
+    settings = VectorSettings(kind=kind, nlist=4, recall_queries=40, target_recall=0.9)
+    info = write_index(tmp_path / kind, tiny_model_dir, listings, _embeddings(listings),
+                       progress=False, settings=settings, store=StoreSpec("milvus"))
+    stats = info.vectors["product"]
+    assert stats.kind == kind and stats.recall_queries == 40 and stats.param is not None
+    index, exact = SearchIndex.open(tmp_path / kind), pair[0]
+    overlap = []
+    for q in _queries():
+        found = {h.listing.vid for h in index.search(q, 5, against="image")}
+        overlap.append(len(found & {h.listing.vid for h in exact.search(q, 5, against="image")}))
+    assert np.mean(overlap) >= 4.0
+
+
+@pytest.mark.parametrize("kind, message", [("ivf_pq", "Milvus Lite cannot build IVF_PQ"),
+                                           ("diskann", "Milvus Lite cannot build DISKANN"),
+                                           ("ivf_fp16", "no Milvus index type")])
+def test_kinds_milvus_lite_cannot_build_are_clear_errors(kind, message, tiny_model_dir, listings,
+                                                         tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        write_index(tmp_path / kind, tiny_model_dir, listings, _embeddings(listings),
+                    progress=False, settings=VectorSettings(kind=kind, nlist=4),
+                    store=StoreSpec("milvus"))
+    assert not (tmp_path / kind / "CURRENT").exists()  # nothing was put in service
+    with pytest.raises(ConfigError, match="diskann is a Milvus index"):  # and FAISS has no DiskANN
+        write_index(tmp_path / "faiss", tiny_model_dir, listings, _embeddings(listings),
+                    progress=False, settings=VectorSettings(kind="diskann"))
 
 
 def test_store_settings_and_damage_are_clear_errors(pair, tmp_path):

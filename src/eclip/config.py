@@ -22,6 +22,24 @@ from eclip.errors import ConfigError
 T = TypeVar("T")
 
 
+def bundled_recipe(name: str) -> Path:
+    """Path of a recipe that ships with the package (``configs/NAME.yaml``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("eclip") / "configs" / f"{name}.yaml"))
+
+
+def find_recipe(value: str | Path) -> Path:
+    """A recipe file, or the name of one that ships with eclip (``demo``, ``eval``, ...)."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    bundled = bundled_recipe(str(value))
+    if bundled.is_file():
+        return bundled
+    raise ConfigError(f"recipe {value} not found (neither a file nor a bundled recipe name)")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

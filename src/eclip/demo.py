@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +29,7 @@ from eclip.catalog.demo import make_demo_catalog
 from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import split_listings
-from eclip.config import to_dict
+from eclip.config import bundled_recipe, to_dict
 from eclip.encode import ImageFeatureCache, caches_locked_tower, image_cache_for
 from eclip.errors import ConfigError
 from eclip.mining import hide_catalog_ids as hidden_ids
@@ -47,11 +46,6 @@ MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
 # and eclip on the true ids, as the reference of what mining could reach. (name, targets, source)
 HIDDEN_ID_MODELS = (("clip", "clip", "hidden"), ("eclip", "catalog", "given"),
                     ("eclip_mined", "catalog", "mined"))
-
-
-def bundled_recipe(name: str) -> Path:
-    """Path of a recipe that ships with the package (``configs/NAME.yaml``)."""
-    return Path(str(resources.files("eclip") / "configs" / f"{name}.yaml"))
 
 
 class PhaseClock:
@@ -87,7 +81,7 @@ def prepare_demo_catalog(out_dir: Path, recipe: Recipe, *, listings: int, seed: 
                          progress: bool, log: Callable[[str], None]):
     """Generate, read and split the demo catalog; the recipe's ``data.catalog`` is set to it."""
     catalog_file = make_demo_catalog(out_dir / "catalog", n_listings=listings, seed=seed,
-                                     image_size=recipe.model.get("image_size", 128),
+                                     image_size=recipe.model.image_size,
                                      progress=progress)
     read = load_catalog(DataConfig(catalog=str(catalog_file)), report_dir=out_dir,
                         progress=progress, log=log)
@@ -105,7 +99,7 @@ def locked_image_cache(recipe: Recipe, model, listings: list[Listing], *,
     if not caches_locked_tower(cfg.lock_image, cfg.cache_locked_features, recipe.data.augment):
         return None
     return image_cache_for(model, [p for x in listings for p in x.images], [],
-                           top_blocks=cfg.image_trainable_blocks, progress=progress,
+                           top_blocks=cfg.image_cut_blocks, progress=progress,
                            desc="image features (locked part of the tower)")
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eclip.atomic import atomic_open, write_json_atomic
-from eclip.catalog.readers import cell_identifier, cell_text, iter_rows
+from eclip.catalog.cells import cell_identifier, cell_text
+from eclip.catalog.formats import iter_rows
 from eclip.catalog.schema import FIELDS
 from eclip.errors import CatalogError, ConfigError
 

@@ -34,13 +34,11 @@ path with a NUL byte (``bad path``); absolute paths inside the root are fine.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,24 +46,20 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from eclip.atomic import write_json_atomic, write_text_atomic
+from eclip.catalog import cells
+from eclip.catalog.cells import TOO_DEEP, BadValue
 from eclip.catalog.config import DEFAULT_MAX_PIXELS
+from eclip.catalog.formats import FORMATS, open_records
 from eclip.catalog.images import check_image
 from eclip.catalog.paths import PathOutsideRoot, path_problem, printable, resolved_root
-from eclip.catalog.schema import FIELDS, Listing, join_category
+from eclip.catalog.schema import FIELDS, Listing
 from eclip.errors import CatalogError
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-           ".parquet": "parquet"}
 REQUIRED = ("title", "images")
 SKIPPED_ROW = "skipped_row"
 DROPPED_IMAGE = "dropped_image"
 
-_NULL_TEXT = frozenset({"", "nan", "none", "null"})
-_TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "19+", "18+", "adult"})
-_FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
-_INTEGRAL_TEXT = re.compile(r"-?\d+\.0+")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
-_TOO_DEEP = "malformed JSON: nested too deeply to read"
 # Columns that usually hold a standard field (names compared in lower case with '-', '.' and spaces
 # as '_'): a whole name in LOOKALIKE_NAMES, or a name with a word of LOOKALIKE_WORDS (tried in order)
 LOOKALIKE_NAMES: dict[str, frozenset[str]] = {
@@ -95,9 +89,6 @@ LOOKALIKE_WORDS: tuple[tuple[str, frozenset[str]], ...] = (
     ("title", frozenset({"title"})),
     ("adult", frozenset({"adult", "nsfw"})),
 )
-# csv's default limit on one cell (131,072 characters) is raised while a file is read, so that a
-# long description is a row like any other; a cell beyond this is a broken file (an unclosed quote)
-CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass
@@ -180,14 +171,6 @@ class CatalogRead:
         write_json_atomic(path, report)
 
 
-class _BadRow(Exception):
-    """Internal: a row cannot become a listing."""
-
-    def __init__(self, field: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
 def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[str] | None = None,
                  column_map: dict[str, str] | None = None, strict: bool = False,
                  check_images: bool = True, progress: bool = False,
@@ -219,7 +202,7 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
     parser = _RowParser(name, file.stem, os.path.abspath(root), contained_in, columns, check_images,
                         max_pixels)
 
-    records, total, file_columns = _open_records(file, name, kind, columns)
+    records, total, file_columns = open_records(file, name, kind, columns)
     lookalikes: dict[str, str] = {}
     if file_columns:  # a JSON file whose every row is malformed has none; its rows are reported
         lookalikes = _check_columns(columns, set(column_map or {}), file_columns, name)
@@ -234,13 +217,13 @@ def read_catalog(path: str | os.PathLike[str], *, image_root: str | os.PathLike[
             found: list[Issue] = []
             try:
                 listing = parser.parse(row, line, record, found)
-            except _BadRow as bad:
+            except BadValue as bad:
                 listing = None
                 found.append(Issue(name, row, bad.field, bad.reason, SKIPPED_ROW, line,
                                    parser.product_id_of(record)))
             except RecursionError:  # a value nested deeper than Python follows
                 listing = None
-                found.append(Issue(name, row, None, _TOO_DEEP, SKIPPED_ROW, line))
+                found.append(Issue(name, row, None, TOO_DEEP, SKIPPED_ROW, line))
             if strict and found:
                 first = found[0]
                 raise CatalogError(first.reason, file=name, row=first.row, field=first.field,
@@ -348,184 +331,9 @@ def _check_columns(columns: dict[str, str], mapped: set[str], file_columns: set[
 
 
 # ---------------------------------------------------------------------------------------------
-# Records: (row number, line where the row starts or None, dict of column -> value, or a _BadRow
-# for a row that could not be read)
-
-Record = tuple[int, "int | None", "dict[str, Any] | _BadRow"]
-
-
-def _open_records(file: Path, name: str, kind: str,
-                  columns: dict[str, str]) -> tuple[Iterable[Record], int | None, set[str]]:
-    """The rows of the file, their number where known up front, and the file's column names."""
-    if kind in ("jsonl", "json"):
-        records = _jsonl_records(file) if kind == "jsonl" else _json_records(file, name)
-        seen: set[str] = set()
-        for _, _, record in records:
-            if isinstance(record, dict):
-                seen.update(record)
-        return records, len(records), seen
-    if kind == "parquet":
-        return _parquet_records(file, name, set(columns.values()))
-    return _csv_records(file, name, "\t" if kind == "tsv" else ",")
-
-
-def _jsonl_records(file: Path) -> list[Record]:
-    records: list[Record] = []
-    with open(file, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                records.append((line_no, line_no, _BadRow(None, f"not UTF-8 text: {exc.reason} "
-                                                                f"at byte {exc.start}")))
-                continue
-            except json.JSONDecodeError as exc:
-                records.append((line_no, line_no, _BadRow(None, f"malformed JSON: {exc.msg} at "
-                                                                f"column {exc.colno}")))
-                continue
-            except RecursionError:
-                records.append((line_no, line_no, _BadRow(None, _TOO_DEEP)))
-                continue
-            records.append((line_no, line_no, _as_object(value)))
-    return records
-
-
-def _json_records(file: Path, name: str) -> list[Record]:
-    try:
-        value = json.loads(file.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=name) from None
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-                           file=name) from None
-    except RecursionError:
-        raise CatalogError(_TOO_DEEP, file=name) from None
-    if not isinstance(value, list):
-        raise CatalogError(f"a .json catalog must be a list of objects, got "
-                           f"{type(value).__name__}; use .jsonl for one object per line", file=name)
-    return [(i, None, _as_object(item)) for i, item in enumerate(value, start=1)]
-
-
-def _as_object(value: Any) -> dict[str, Any] | _BadRow:
-    if isinstance(value, dict):
-        return value
-    return _BadRow(None, f"not a JSON object: got {type(value).__name__}")
-
-
-def _csv_records(file: Path, name: str, delimiter: str) -> tuple[Iterator[Record], None, set[str]]:
-    try:
-        with open(file, encoding="utf-8-sig", newline="") as handle:
-            header = [cell.strip() for cell in next(csv.reader(handle, delimiter=delimiter), [])]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CatalogError(f"cannot read the header: {exc}", file=name) from None
-    if not any(header):
-        raise CatalogError("no header line: the first line must name the columns", file=name)
-    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
-    if duplicates:
-        raise CatalogError(f"duplicate column name(s) {duplicates} in the header", file=name)
-    return _csv_rows(file, name, delimiter, header), None, set(header)
-
-
-def _csv_rows(file: Path, name: str, delimiter: str, header: list[str]) -> Iterator[Record]:
-    row = end = 0
-    limit = csv.field_size_limit()
-    with open(file, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        try:
-            csv.field_size_limit(max(limit, CSV_FIELD_LIMIT))
-            next(reader)  # the header
-            end = reader.line_num  # lines read so far: a row starts on the line after
-            for cells in reader:
-                line, end = end + 1, reader.line_num
-                if not any(c.strip() for c in cells):
-                    continue
-                row += 1
-                if len(cells) != len(header):
-                    yield row, line, _BadRow(None, f"wrong number of cells: {len(cells)} cells, "
-                                                   f"the header has {len(header)}")
-                else:
-                    yield row, line, dict(zip(header, cells))
-        except UnicodeDecodeError as exc:
-            raise CatalogError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
-                               file=name, row=row + 1) from None
-        except csv.Error as exc:
-            raise CatalogError(f"malformed CSV: {exc}", file=name, row=row + 1,
-                               line=end + 1) from None
-        finally:
-            csv.field_size_limit(limit)
-
-
-def _parquet_records(file: Path, name: str,
-                     wanted: set[str]) -> tuple[Iterator[Record], int, set[str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.read_metadata(file)
-    except (pa.ArrowException, OSError) as exc:
-        raise CatalogError(f"not a readable Parquet file: {exc}", file=name) from None
-    names = metadata.schema.to_arrow_schema().names
-    selected = [c for c in names if c in wanted]
-
-    def rows() -> Iterator[Record]:
-        row = 0
-        try:
-            with pq.ParquetFile(file) as parquet:
-                for batch in parquet.iter_batches(batch_size=8192, columns=selected):
-                    for record in batch.to_pylist(maps_as_pydicts="lossy"):
-                        row += 1
-                        yield row, None, record
-        except (pa.ArrowException, OSError) as exc:
-            raise CatalogError(f"cannot read Parquet data: {exc}", file=name, row=row + 1) from None
-
-    return rows(), metadata.num_rows, set(names)
-
-
-def iter_rows(path: str | os.PathLike[str], wanted: Iterable[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row, record)`` for every row of a tabular file in any of :data:`FORMATS` (Parquet reads
-    only the ``wanted`` columns), with the hardened readers used for catalogs; a row that cannot be
-    read (malformed JSON, not UTF-8, a wrong number of CSV cells) is a :class:`CatalogError` naming
-    the file, row and line. For files that are not catalogs (``eclip.catalog.presets``)."""
-    file = Path(path)
-    name = os.fspath(path)
-    kind = FORMATS.get(file.suffix.lower())
-    if kind is None:
-        raise CatalogError(f"unknown format '{file.suffix}'; use one of {', '.join(FORMATS)}",
-                           file=name)
-    records, _, _ = _open_records(file, name, kind, {c: c for c in wanted})
-    for row, line, record in records:
-        if isinstance(record, _BadRow):
-            raise CatalogError(record.reason, file=name, row=row, line=line)
-        yield row, record
-
-
-def cell_text(value: Any, *, file: str, row: int, field: str) -> str | None:
-    """A cell as text by the catalog's rules (missing values are ``None``, numbers become text);
-    anything else is a :class:`CatalogError` naming the file, row and field."""
-    try:
-        return _text(value, field)
-    except _BadRow as bad:
-        raise CatalogError(bad.reason, file=file, row=row, field=field) from None
-
-
-def cell_identifier(value: Any, *, file: str, row: int, field: str) -> str | None:
-    """An id cell as text by the catalog's rules (``12``, ``12.0`` and ``"12.0"`` are ``"12"``)."""
-    try:
-        return _identifier(value, field)
-    except _BadRow as bad:
-        raise CatalogError(bad.reason, file=file, row=row, field=field) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Row parsing
-
 
 class _RowParser:
-    """Turns one record into a Listing, recording dropped images; raises _BadRow for a bad row."""
+    """Turns one record into a Listing, recording dropped images; raises BadValue for a bad row."""
 
     def __init__(self, file: str, stem: str, root: str, contained_in: str, columns: dict[str, str],
                  check: bool, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -535,37 +343,37 @@ class _RowParser:
         self.first_row_of: dict[str, str] = {}  # product id -> "row 3" / "row 3 (line 4)"
         self.image_reasons: dict[str, str | None] = {}
 
-    def product_id_of(self, record: dict[str, Any] | _BadRow) -> str | None:
+    def product_id_of(self, record: dict[str, Any] | BadValue) -> str | None:
         """The id a record gives, for the report of a row that could not be used (None: none)."""
         if not isinstance(record, dict):
             return None
         try:
-            return _identifier(record.get(self.columns["product_id"]), "product_id")
-        except _BadRow:
+            return cells.identifier(record.get(self.columns["product_id"]), "product_id")
+        except BadValue:
             return None
 
-    def parse(self, row: int, line: int | None, record: dict[str, Any] | _BadRow,
+    def parse(self, row: int, line: int | None, record: dict[str, Any] | BadValue,
               found: list[Issue]) -> Listing:
-        if isinstance(record, _BadRow):
+        if isinstance(record, BadValue):
             raise record
 
         def get(standard: str) -> Any:
             return record.get(self.columns[standard])
 
-        title = _text(get("title"), "title")
+        title = cells.as_text(get("title"), "title")
         if title is None:
-            raise _BadRow("title", "missing title")
+            raise BadValue("title", "missing title")
         images = self._image_paths(get("images"))
-        product_id = _identifier(get("product_id"), "product_id") or f"{self.stem}:{row}"
+        product_id = cells.identifier(get("product_id"), "product_id") or f"{self.stem}:{row}"
         listing = Listing(
             product_id=product_id, title=title, images=images,
-            catalog_id=_identifier(get("catalog_id"), "catalog_id"),
-            brand=_text(get("brand"), "brand"), category=_category(get("category")),
-            attributes=_attributes(get("attributes")), adult=_adult(get("adult")),
-            lang=_text(get("lang"), "lang"), split=_text(get("split"), "split"),
+            catalog_id=cells.identifier(get("catalog_id"), "catalog_id"),
+            brand=cells.as_text(get("brand"), "brand"), category=cells.category(get("category")),
+            attributes=cells.attributes(get("attributes")), adult=cells.adult(get("adult")),
+            lang=cells.as_text(get("lang"), "lang"), split=cells.as_text(get("split"), "split"),
         )
         if product_id in self.first_row_of:
-            raise _BadRow("product_id", f"duplicate product_id: '{product_id}' was first used at "
+            raise BadValue("product_id", f"duplicate product_id: '{product_id}' was first used at "
                                         f"{self.first_row_of[product_id]}")
         listing.images = self._usable_images(row, line, product_id, images, found)
         self.first_row_of[product_id] = f"row {row}" + (f" (line {line})" if line != row and
@@ -573,9 +381,9 @@ class _RowParser:
         return listing
 
     def _image_paths(self, value: Any) -> list[str]:
-        parts = _image_list(value)
+        parts = cells.image_list(value)
         if not parts:
-            raise _BadRow("images", "no image: at least one image path is required")
+            raise BadValue("images", "no image: at least one image path is required")
         paths: list[str] = []
         for part in parts:
             path = part if _URL.match(part) else os.path.normpath(
@@ -602,7 +410,7 @@ class _RowParser:
                                f"{kind}: {printable(path)}" + (f" ({detail})" if detail else ""),
                                DROPPED_IMAGE, line, product_id))
         if not good:
-            raise _BadRow("images", "no usable image: every image of the row was dropped")
+            raise BadValue("images", "no usable image: every image of the row was dropped")
         return good
 
     def _image_reason(self, path: str) -> str | None:
@@ -613,137 +421,3 @@ class _RowParser:
         if problem is not None:
             return f"{problem.kind}: {problem.detail}"
         return check_image(path, max_pixels=self.max_pixels) if self.check else None
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() in _NULL_TEXT
-
-
-def _text(value: Any, name: str) -> str | None:
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _number_text(value)
-    raise _BadRow(name, f"not text: '{name}' must be a string, got {type(value).__name__}")
-
-
-def _number_text(value: int | float) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _identifier(value: Any, name: str) -> str | None:
-    """An id as text: ``12``, ``12.0`` and ``"12.0"`` all become ``"12"`` (float columns of ids)."""
-    text = _text(value, name)
-    if text is not None and _INTEGRAL_TEXT.fullmatch(text):
-        return text.split(".", 1)[0]
-    return text
-
-
-def _image_list(value: Any) -> list[str]:
-    if _missing(value):
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise _BadRow("images", f"malformed image list: {exc.msg} in {text[:200]!r}") from None
-            except RecursionError:
-                raise _BadRow("images", f"malformed image list: {_TOO_DEEP}") from None
-        else:
-            return [p.strip() for p in re.split(r"[|;]", text) if p.strip()]
-    if isinstance(value, (list, tuple)):
-        if not all(isinstance(p, str) for p in value):
-            raise _BadRow("images", "malformed image list: every image must be a path string")
-        return [p.strip() for p in value if p.strip()]
-    raise _BadRow("images", f"malformed image list: expected a list or a string, got "
-                            f"{type(value).__name__}")
-
-
-def _category(value: Any) -> str | None:
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        parts = value.split(">")
-    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
-        parts = list(value)
-    else:
-        raise _BadRow("category", f"bad category: expected 'A > B > C' or a list of names, got "
-                                  f"{type(value).__name__}")
-    return join_category(parts) or None
-
-
-def _attributes(value: Any) -> dict[str, str]:
-    if _missing(value):
-        return {}
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith(("{", "[")):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise _BadRow("attributes", f"bad attributes: malformed JSON ({exc.msg})") from None
-            except RecursionError:
-                raise _BadRow("attributes", f"bad attributes: {_TOO_DEEP}") from None
-        else:
-            value = _key_value_pairs(text)
-    if not isinstance(value, dict):
-        raise _BadRow("attributes", f"bad attributes: expected an object or 'key:value;key:value', "
-                                    f"got {type(value).__name__}")
-    attributes: dict[str, str] = {}
-    for key, item in value.items():
-        key = str(key).strip()
-        if not key:
-            raise _BadRow("attributes", "bad attributes: an attribute has an empty name")
-        if not _missing(item):
-            attributes[key] = _attribute_value(item)
-    return attributes
-
-
-def _key_value_pairs(text: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        key, sep, item = part.partition(":")
-        if not sep:
-            raise _BadRow("attributes", f"bad attributes: '{part.strip()}' is not 'key:value' (write "
-                                        f"'key:value;key2:value2' or a JSON object)")
-        pairs[key.strip()] = item.strip()
-    return pairs
-
-
-def _attribute_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return _number_text(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value).strip()
-
-
-def _adult(value: Any) -> bool | None:
-    if _missing(value):
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE_TEXT:
-            return True
-        if text in _FALSE_TEXT:
-            return False
-    raise _BadRow("adult", f"bad adult value: {value!r} (use true/false, yes/no, 1/0 or 19+)")
-

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from eclip.atomic import atomic_open, clean_stale_temps
 from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.images import load_image, to_rgb
-from eclip.catalog.paths import PathOutsideRoot, contained
+from eclip.catalog.manifest import read_manifest
 from eclip.catalog.readers import CatalogRead
 from eclip.catalog.schema import Listing
 from eclip.errors import ConfigError, EclipError, ImageError
@@ -84,6 +84,11 @@ class ShardSample:
     images: list[bytes]
 
 
+def _shard_info(entry: dict[str, Any]) -> ShardInfo:
+    return ShardInfo(entry["name"], int(entry["samples"]), entry["split"],
+                     int(entry["first_index"]))
+
+
 @dataclass
 class ShardIndex:
     """``index.json`` of a shard directory."""
@@ -96,30 +101,15 @@ class ShardIndex:
 
     @classmethod
     def load(cls, shard_dir: str | os.PathLike[str]) -> "ShardIndex":
-        root = Path(shard_dir)
-        path = root / INDEX_NAME
-        if not path.is_file():
-            raise EclipError(f"{root} has no {INDEX_NAME}: it is not a shard directory, or "
-                             "`eclip prepare` did not finish there; run it again")
+        manifest = read_manifest(shard_dir, INDEX_NAME, format=FORMAT, version=VERSION,
+                                 what="shard index", command="eclip prepare", parts_key="shards",
+                                 outside="outside the shard folder", part=_shard_info)
+        data = manifest.data
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')!r}; this eclip reads {VERSION}")
-            shards = [ShardInfo(s["name"], int(s["samples"]), s["split"], int(s["first_index"]))
-                      for s in data["shards"]]
-            for shard in shards:  # the index names files: each must be a shard of this folder
-                if (not isinstance(shard.name, str) or shard.name in ("", ".", "..")
-                        or "/" in shard.name or "\\" in shard.name):
-                    raise ValueError(f"shard name {shard.name!r} is not a file name")
-                contained(root / shard.name, root, outside="outside the shard folder")
-            return cls(root, shards, int(data["image_size"]), dict(data["composer"]), data)
-        except PathOutsideRoot as exc:
-            raise EclipError(f"{path} is not a valid shard index ({exc}); "
-                             "run `eclip prepare` again") from None
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise EclipError(f"{path} is not a valid shard index ({exc}); "
+            return cls(Path(shard_dir), manifest.parts, int(data["image_size"]),
+                       dict(data["composer"]), data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EclipError(f"{manifest.path} is not a valid shard index ({exc}); "
                              "run `eclip prepare` again") from None
 
     @property

@@ -8,14 +8,14 @@
 """
 
 from eclip.encode.fusion import (FUSION_WEIGHT, choose_fusion_weight, fuse, fuse_query,
-                                 model_fusion_weight, unit_rows)
+                                 model_fusion_weight, resolve_fusion_weight, unit_rows)
 from eclip.encode.images import (ImageFeatureCache, caches_locked_tower, eval_transform,
                                  image_cache_for)
 from eclip.encode.listings import Embeddings, embed_listings, embed_texts, write_embeddings
-from eclip.encode.retrieval import recall_at_k
+from eclip.encode.retrieval import recall_at_k, same_group_retrieval
 from eclip.encode.text import model_composer, title_composer
 
-__all__ = ["FUSION_WEIGHT", "Embeddings", "choose_fusion_weight", "model_fusion_weight", "ImageFeatureCache", "caches_locked_tower",
+__all__ = ["FUSION_WEIGHT", "Embeddings", "choose_fusion_weight", "model_fusion_weight", "resolve_fusion_weight", "ImageFeatureCache", "caches_locked_tower",
            "embed_listings", "embed_texts", "eval_transform", "fuse", "fuse_query",
-           "image_cache_for", "model_composer", "recall_at_k", "title_composer", "unit_rows",
+           "image_cache_for", "model_composer", "recall_at_k", "same_group_retrieval", "title_composer", "unit_rows",
            "write_embeddings"]

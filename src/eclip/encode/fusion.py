@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from eclip.encode.retrieval import same_group_retrieval
+
 FUSION_WEIGHT = 0.5  # the image's share of a fused similarity, where a model has none of its own
 FUSION_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)  # the weights :func:`choose_fusion_weight` tries
 
@@ -44,30 +46,32 @@ def fuse_query(vector, weight: float = FUSION_WEIGHT) -> np.ndarray:
     return fuse(vector, vector, weight)
 
 
+def resolve_fusion_weight(model=None, image=None, text=None, groups=None) -> tuple[float, str]:
+    """The weight a model fuses with, and where it comes from; the one place that decides it.
+
+    The model's own (``model.config.fusion_weight``, set when it was trained): ``"the model's"``;
+    else, given validation vectors (``image``, ``text`` of listings in ``groups``), the one
+    :func:`choose_fusion_weight` picks on them: ``"chosen on val"``; else :data:`FUSION_WEIGHT`:
+    ``"default"``. Training passes no model (it chooses the weight it then stores in the model),
+    the evaluation a model and its validation rows, ``embed_listings`` and search a model only."""
+    own = getattr(getattr(model, "config", None), "fusion_weight", None)
+    if own is not None:
+        return float(own), "the model's"
+    if image is not None and groups is not None and len(groups):
+        return choose_fusion_weight(image, text, groups), "chosen on val"
+    return FUSION_WEIGHT, "default"
+
+
 def model_fusion_weight(model) -> float:
-    """The weight ``model`` fuses with: its own (``model.fusion_weight``, chosen on validation
-    catalogs when it was trained), else :data:`FUSION_WEIGHT`."""
-    weight = getattr(getattr(model, "config", None), "fusion_weight", None)
-    return FUSION_WEIGHT if weight is None else float(weight)
+    """The weight ``model`` fuses with: its own, else :data:`FUSION_WEIGHT`."""
+    return resolve_fusion_weight(model)[0]
 
 
 def same_catalog_mrr(vectors: np.ndarray, groups) -> float:
     """Mean reciprocal rank of the first other listing of the same catalog, over listings that
-    have one (the listing itself left out of its ranking); 0.0 when none has."""
-    codes = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
-    queries = np.flatnonzero(np.bincount(codes)[codes] > 1)
-    if not len(queries):
-        return 0.0
-    total = 0.0
-    for start in range(0, len(queries), 512):
-        rows = queries[start:start + 512]
-        scores = vectors[rows] @ vectors.T
-        scores[np.arange(len(rows)), rows] = -np.inf
-        mate = codes[None, :] == codes[rows][:, None]
-        mate[np.arange(len(rows)), rows] = False
-        best_mate = np.where(mate, scores, -np.inf).max(axis=1)
-        total += float((1.0 / (1 + (scores > best_mate[:, None]).sum(axis=1))).sum())
-    return total / len(queries)
+    have one (the listing itself left out of its ranking; ties by item index, as the evaluation's
+    :func:`~eclip.encode.retrieval.same_group_retrieval`); 0.0 when none has."""
+    return same_group_retrieval(vectors, groups, ks=())["MRR"]
 
 
 def choose_fusion_weight(image: np.ndarray, text: np.ndarray, groups,

@@ -3,8 +3,8 @@
 A locked tower computes the same features for the same image every time, so they are computed once
 (LiT-style) and shared: by the steps of a training run, by the runs that start from the same tower
 (the demo's CLIP and e-CLIP), and by the evaluation of every model built on it. When only the top
-blocks of the tower train (``train.image_trainable_blocks``), the cache holds the activations at the
-cut below them and a model runs its own top blocks on them. The cache remembers a fingerprint of the
+blocks of the tower train (``train.image_trainable_layers`` with ``lock_image``), the cache holds
+the activations at the cut below them and a model runs its own top blocks on them. The cache remembers a fingerprint of the
 tower's weights below the cut and refuses to serve a different tower.
 """
 

@@ -182,31 +182,17 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
     """What ``eclip embed`` wrote, as :class:`Embeddings` and the catalog ids (None where the file
     has none): one Parquet file (the local engine), or a folder of parts with its manifest (the ray
     engine), read in the manifest's order."""
-    import json
-
     import pyarrow.parquet as pq
 
+    from eclip.catalog.manifest import read_manifest
     from eclip.errors import EclipError
 
     path = Path(path)
     if path.is_dir():
-        manifest_path = path / EMBEDDINGS_MANIFEST
-        if not manifest_path.is_file():
-            raise EclipError(f"{path} has no {EMBEDDINGS_MANIFEST}: `eclip embed` did not finish "
-                             "there; run it again")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("format") != EMBEDDINGS_FORMAT:
-                raise ValueError(f"format is {manifest.get('format')!r}")
-            parts = [(str(p["name"]), int(p["rows"])) for p in manifest["parts"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise EclipError(f"{manifest_path} is not a valid embeddings manifest "
-                             f"({exc})") from None
-        files = []
-        for name, rows in parts:
-            if Path(name).name != name or name in ("", ".", ".."):
-                raise EclipError(f"{manifest_path} names {name!r}, not a file of {path}")
-            files.append((path / name, rows))
+        parts = read_manifest(path, EMBEDDINGS_MANIFEST, format=EMBEDDINGS_FORMAT,
+                              what="embeddings manifest", command="eclip embed",
+                              part=lambda entry: int(entry["rows"]))
+        files, manifest = list(zip(parts.files, parts.parts)), parts.data
     else:
         files = [(path, None)]
     tables = []

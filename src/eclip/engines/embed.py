@@ -73,10 +73,10 @@ class EmbedBlocks:
         import torch
 
         from eclip.config import use_threads
-        from eclip.model import DualEncoder
+        from eclip.model import load_model
 
         use_threads(threads)
-        self.model = DualEncoder.from_pretrained(model_dir)
+        self.model = load_model(model_dir)
         if torch.cuda.is_available():  # Ray shows an actor only the GPU it reserved for it
             self.model = OnDevice(self.model, "cuda")
         self.out, self.batch_size, self.crash = Path(out_dir), batch_size, crash
@@ -163,9 +163,9 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
                          f"(missing: {missing[:10]}); nothing was committed in {out}")
     if fusion_weight is None:  # no listing: the weight the model would fuse with
         from eclip.encode.fusion import model_fusion_weight
-        from eclip.model import DualEncoder
+        from eclip.model import load_model
 
-        fusion_weight = model_fusion_weight(DualEncoder.from_pretrained(model_dir))
+        fusion_weight = model_fusion_weight(load_model(model_dir))
     return write_embeddings_manifest(out, [(part_name(k), done[k]) for k in sorted(done)],
                                      fusion_weight, model=str(model_dir), engine="ray",
                                      **{MANIFEST_KEY: identity})

@@ -23,7 +23,7 @@ from eclip.catalog.load import load_catalog
 from eclip.catalog.readers import write_listings
 from eclip.errors import ConfigError
 from eclip.mining.mine import MiningResult, mine_catalogs, summary
-from eclip.model.pretrained import load_model
+from eclip.model import load_model
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:
@@ -32,11 +32,14 @@ def report_paths(out: str | Path) -> tuple[Path, Path]:
 
 
 def mine_catalog_file(model_dir: str | Path, data: DataConfig, out: str | Path, *,
-                      source: str = "mined", progress: bool = True,
+                      source: str | None = None, progress: bool = True,
                       log: Callable[[str], None] = print) -> MiningResult:
     """Read ``data.catalog``, mine its catalogs with the model in ``model_dir`` (``source``:
     ``mined`` ignores the file's catalog ids and scores against them; ``given+mined`` keeps them
-    and mines the rest), and write the catalog to ``out`` with the report beside it."""
+    and mines the rest; default: ``data.catalog_source`` where it is ``given+mined``, else
+    ``mined``), and write the catalog to ``out`` with the report beside it."""
+    if source is None:
+        source = "given+mined" if data.catalog_source == "given+mined" else "mined"
     out = Path(out)
     if data.catalog and Path(data.catalog).resolve() == out.resolve():
         raise ConfigError(f"--out {out} is the catalog being read: write the mined catalog to "

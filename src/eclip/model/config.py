@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from eclip.catalog.filters import RESAMPLE_FILTERS, RESIZE_MODES
-from eclip.config import coerce
+from eclip.config import Range, above, at_least, check_ranges, coerce
 from eclip.errors import ConfigError
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -29,6 +29,24 @@ _FALLBACK_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # The largest image side (model.image_size, model.image_resize_size) accepted: far beyond any tower
 # eclip builds (224-512 in practice), well below sizes whose activations cannot be allocated.
 MAX_IMAGE_SIZE = 4096
+
+# The allowed values of every numeric field, checked in one place (``__post_init__``: recipes,
+# overrides, saved configs and direct construction alike); a value outside is a ConfigError naming
+# ``model.<key>`` and the range. ``None`` stays allowed where the field is optional.
+MODEL_RANGES: dict[str, Range] = {
+    "max_length": at_least(1),
+    "scratch_hidden": at_least(1),
+    "scratch_layers": at_least(1),
+    "scratch_heads": at_least(1),
+    "scratch_vocab_size": at_least(1),
+    "image_size": Range(1, MAX_IMAGE_SIZE),
+    "image_resize_size": Range(1, MAX_IMAGE_SIZE, note="or null: image_size"),
+    "embed_dim": at_least(1),
+    "init_temperature": above(0),
+    "max_logit_scale": above(0),
+    "init_logit_bias": Range(note="any finite number"),
+    "fusion_weight": Range(0, 1, note="or null: chosen on the validation catalogs"),
+}
 
 TEXT_POOLINGS = ("mean", "cls", "pooler")
 IMAGE_POOLINGS = ("pooler", "cls", "mean")
@@ -83,9 +101,10 @@ class DualEncoderConfig:
     # the learnable scalar bias of the sigmoid loss (DualEncoder.logit_bias)
     init_logit_bias: float = -10.0
     pretrained: bool = True
-    # a vision-language checkpoint directory (transformers CLIPModel / SiglipModel /
-    # VisionTextDualEncoderModel) that DualEncoder.build starts from: towers, projections, logit
-    # scale (and bias), tokenizer and preprocessing all come from it (see eclip.model.pretrained)
+    # a checkpoint directory (transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel,
+    # or an open_clip folder) that the model starts from: towers, projections, logit scale (and
+    # bias), tokenizer and preprocessing all come from it (eclip.model.load.model_from_config,
+    # which opens it with load_model)
     init_from: str | None = None
     # the image's share of the fused ("both") vector, [sqrt(w) image; sqrt(1-w) text]
     # (eclip.encode.fusion): chosen on the validation catalogs at the end of training; None: not
@@ -105,44 +124,27 @@ class DualEncoderConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.fusion_weight is not None and not 0.0 <= self.fusion_weight <= 1.0:
-            raise ConfigError(f"model.fusion_weight must be in [0, 1] (or null), got "
-                              f"{self.fusion_weight}")
-        if self.text_pooling not in TEXT_POOLINGS:
-            raise ConfigError(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
-                              f"got '{self.text_pooling}'")
-        for name, allowed in (("image_pooling", IMAGE_POOLINGS), ("text_padding", TEXT_PADDINGS),
-                              ("projection", PROJECTIONS), ("image_resize", RESIZE_MODES),
-                              ("image_resample", tuple(RESAMPLE_FILTERS))):
+        check_ranges(self, "model", MODEL_RANGES)
+        for name, allowed in (("text_pooling", TEXT_POOLINGS), ("image_pooling", IMAGE_POOLINGS),
+                              ("text_padding", TEXT_PADDINGS), ("projection", PROJECTIONS),
+                              ("image_resize", RESIZE_MODES),
+                              ("image_resample", tuple(RESAMPLE_FILTERS)),
+                              ("vit_preset", tuple(VIT_PRESETS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
                                   f"got '{getattr(self, name)}'")
         if self.image_resize_size is not None and self.image_resize_size < self.image_size:
             raise ConfigError(f"model.image_resize_size ({self.image_resize_size}) must be >= "
                               f"model.image_size ({self.image_size}): the crop comes from the resized image")
-        if self.vit_preset not in VIT_PRESETS:
-            raise ConfigError(f"vit_preset must be one of {', '.join(VIT_PRESETS)}, got '{self.vit_preset}'")
-        for name in ("max_length", "scratch_hidden", "scratch_layers", "scratch_heads",
-                     "scratch_vocab_size", "image_size", "embed_dim"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("image_size", "image_resize_size"):
-            value = getattr(self, name)
-            if value is not None and value > MAX_IMAGE_SIZE:
-                raise ConfigError(f"model.{name} must be at most {MAX_IMAGE_SIZE} pixels, got {value}")
         if self.scratch_hidden % self.scratch_heads:
-            raise ConfigError(f"scratch_hidden ({self.scratch_hidden}) must be divisible by "
-                              f"scratch_heads ({self.scratch_heads})")
-        if not self.init_temperature > 0:
-            raise ConfigError(f"init_temperature must be > 0, got {self.init_temperature}")
-        if not self.max_logit_scale > 0:
-            raise ConfigError(f"max_logit_scale must be > 0, got {self.max_logit_scale}")
+            raise ConfigError(f"model.scratch_hidden ({self.scratch_hidden}) must be divisible by "
+                              f"model.scratch_heads ({self.scratch_heads})")
         for name in ("image_mean", "image_std"):
             values = getattr(self, name)
             if len(values) != 3:
-                raise ConfigError(f"{name} needs 3 values (R, G, B), got {values}")
-        if any(s <= 0 for s in self.image_std):
-            raise ConfigError(f"image_std values must be > 0, got {self.image_std}")
+                raise ConfigError(f"model.{name} needs 3 values (R, G, B), got {values}")
+        if any(not s > 0 for s in self.image_std):
+            raise ConfigError(f"model.image_std values must be > 0, got {self.image_std}")
 
     def image_transform(self, train: bool = False, **options: Any):
         """The ``ImageTransform`` this model's images go through (``options``: scale, ratio)."""

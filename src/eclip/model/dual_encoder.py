@@ -8,8 +8,8 @@ Saved as a Hugging Face-style directory::
     preprocessor_config.json  image_size, image_mean, image_std (+ image_resize, image_resample,
                               image_resize_size where not the defaults)
 
-``from_pretrained`` also reads a transformers vision-language checkpoint directory (CLIPModel,
-SiglipModel, VisionTextDualEncoderModel): see :mod:`eclip.model.pretrained`.
+``save_pretrained`` writes it and ``from_pretrained`` reads it back; :func:`eclip.model.load_model`
+is the one entry point that opens this and every other format eclip reads (:mod:`eclip.model.load`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
 from torch import Tensor, nn
 
+import eclip.model.image_towers  # noqa: F401 - the built-in towers register themselves
+import eclip.model.text_towers  # noqa: F401
 from eclip import __version__
 from eclip.atomic import temp_sibling
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
 from eclip.model.files import guard_model_dir, read_json
+from eclip.model.layers import train_top_groups
+from eclip.model.preprocessing import preprocessor_settings
 from eclip.model.tokenizer import load_tokenizer
-from eclip.model.towers import (ImageTower, TextTower, build_image_tower, build_text_tower,
-                                 train_top_groups)
+from eclip.model.towers import ImageTower, TextTower, build_image_tower, build_text_tower
 
 MODEL_TYPE = "eclip-dual-encoder"
 CONFIG_FILE = "config.json"
@@ -43,7 +47,8 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 class DualEncoder(nn.Module):
-    """CLIP-style dual encoder; build with ``DualEncoder.build`` or ``DualEncoder.from_pretrained``."""
+    """CLIP-style dual encoder; build one with ``DualEncoder.build(config)``, open a saved one with
+    :func:`eclip.model.load_model`."""
 
     def __init__(self, config: DualEncoderConfig, tokenizer: Any, text_tower: TextTower,
                  image_tower: ImageTower):
@@ -72,32 +77,23 @@ class DualEncoder(nn.Module):
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def build(cls, config: DualEncoderConfig, tokenizer: Any = None) -> DualEncoder:
-        """Build the towers named in ``config``; bundled/pretrained weights load when ``config.pretrained``.
+    def build(cls, config: DualEncoderConfig, tokenizer: Any = None, *,
+              load_weights: bool | None = None) -> DualEncoder:
+        """Build the towers named in ``config`` from the tower registry.
 
-        A ``scratch`` text tower needs ``tokenizer`` (see ``train_tokenizer``); ``hf`` towers default to
-        the tokenizer of ``config.text_model``. With ``config.init_from`` the model is the one of that
-        checkpoint directory (see :func:`eclip.model.pretrained.from_checkpoint`).
+        ``load_weights`` (default ``config.pretrained``): the towers' bundled or pretrained weights,
+        else a random initialisation of the same architecture (what a loader fills in). A
+        ``scratch`` text tower needs ``tokenizer`` (see ``train_tokenizer``); ``hf`` towers default
+        to the tokenizer of ``config.text_model``. A checkpoint to start from
+        (``config.init_from``) is read by :func:`eclip.model.load_model`, not here: with it set
+        (and ``load_weights`` not given) this raises ConfigError; loaders pass ``load_weights=False``
+        and fill the weights in (``init_from`` is then only the record of the start).
         """
-        if config.init_from:
-            from eclip.model.pretrained import from_checkpoint
-
-            return from_checkpoint(config.init_from, tokenizer=tokenizer, **_overrides(config))
-        return cls._assemble(config, tokenizer, load_weights=config.pretrained)
-
-    @classmethod
-    def from_checkpoint(cls, directory: str | Path, **overrides: Any) -> DualEncoder:
-        """The model of a transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel directory.
-
-        See :func:`eclip.model.pretrained.from_checkpoint` (``overrides``: DualEncoderConfig fields
-        such as ``max_length`` or ``text_composer``).
-        """
-        from eclip.model.pretrained import from_checkpoint
-
-        return from_checkpoint(directory, **overrides)
-
-    @classmethod
-    def _assemble(cls, config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> DualEncoder:
+        if load_weights is None:
+            if config.init_from:  # a start from a checkpoint, not a model built from a config
+                raise ConfigError(f"model.init_from={config.init_from}: the checkpoint is opened by "
+                                  f"eclip.model.load_model (model_from_config), not DualEncoder.build")
+            load_weights = config.pretrained
         if tokenizer is None:
             tokenizer = load_tokenizer(config)
         text_tower = build_text_tower(config, tokenizer, load_weights)
@@ -178,32 +174,23 @@ class DualEncoder(nn.Module):
     def text_locked(self) -> bool:
         return self._text_locked
 
-    def set_trainable(self, image: bool = True, text: bool = True, image_top_blocks: int = 0,
-                      image_layers: int | None = None, text_layers: int | None = None) -> DualEncoder:
-        """Lock (``False``) or unlock a tower; a locked tower has no gradients and stays in eval mode.
+    def set_trainable(self, image: bool = True, text: bool = True, image_layers: int | None = None,
+                      text_layers: int | None = None) -> DualEncoder:
+        """Lock (``False``) or unlock a tower; a locked tower stays in eval mode.
 
-        ``image_top_blocks`` (with ``image=False``): the top blocks of the locked image tower and its
-        head train all the same (in eval mode: frozen normalisation statistics, no dropout).
-        ``image_layers`` / ``text_layers`` (with the tower unlocked; None: all of it): only the top
-        N layer groups of the tower (``tower.layer_groups()``: embeddings, blocks, head) train; the
-        groups below get no gradients and their batch-norm statistics stay as they are, while the
-        tower is otherwise in train mode (dropout). Projections and the logit scale stay trainable.
+        ``image_layers`` / ``text_layers`` (None: all of an unlocked tower, none of a locked one):
+        only the top N layer groups of the tower (``tower.layer_groups()``: embeddings, blocks,
+        head) train; the groups below get no gradients and their batch-norm statistics stay as
+        they are. An unlocked tower is otherwise in train mode (dropout); a locked image tower
+        with ``image_layers`` trains its top groups in eval mode (frozen normalisation statistics,
+        no dropout), which is what lets a tower that can be cut compute the activations below
+        its top ``image_layers - 1`` blocks once (``ImageTower.top_prefixes`` names the same
+        parameters). Projections and the logit scale stay trainable.
         """
-        if image_top_blocks and image:
-            raise ConfigError("image_trainable_blocks applies to a locked image tower: set "
-                              "train.lock_image=true, or image_trainable_blocks=0 to train all of it")
-        for layers, unlocked, what in ((image_layers, image, "image"), (text_layers, text, "text")):
-            if layers is not None and not unlocked:
-                raise ConfigError(f"train.{what}_trainable_layers applies to an unlocked {what} tower: "
-                                  f"set train.lock_{what}=false"
-                                  + (", or train.image_trainable_blocks with the locked tower"
-                                     if what == "image" else ""))
+        if text_layers is not None and not text:
+            raise ConfigError("train.text_trainable_layers applies to an unlocked text tower: set "
+                              "train.lock_text=false")
         self.image_tower.requires_grad_(image)
-        if image_top_blocks:
-            top = self.image_tower.top_prefixes(image_top_blocks)
-            for name, param in self.image_tower.named_parameters():
-                if name.startswith(top):
-                    param.requires_grad_(True)
         if image_layers is not None:
             train_top_groups(self.image_tower, image_layers, "image")
         self.text_tower.requires_grad_(text)
@@ -256,9 +243,9 @@ class DualEncoder(nn.Module):
         try:
             config = {"model_type": MODEL_TYPE, "eclip_version": __version__, **self.config.to_dict()}
             _write_json(tmp / CONFIG_FILE, config)
-            _write_json(tmp / PREPROCESSOR_FILE, _preprocessor_settings(self.config))
+            _write_json(tmp / PREPROCESSOR_FILE, preprocessor_settings(self.config))
             self.tokenizer.save_pretrained(str(tmp))
-            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "eclip_version": __version__})
+            save_safetensors(self, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "eclip_version": __version__})
             if target.exists():
                 old = temp_sibling(target, "old")
                 target.rename(old)
@@ -275,28 +262,22 @@ class DualEncoder(nn.Module):
     def from_pretrained(cls, directory: str | Path) -> DualEncoder:
         """Rebuild from a directory written by ``save_pretrained`` (no bundled weights, no pickle).
 
-        A transformers vision-language checkpoint directory (CLIPModel, SiglipModel,
-        VisionTextDualEncoderModel) is read too, as ``from_checkpoint`` does, so that such a
-        directory can be evaluated as it is; any other directory raises ModelError.
+        Only eclip's own format: :func:`eclip.model.load_model` is the one entry point, which
+        calls this for an eclip directory and converts the other formats (transformers CLIP /
+        SigLIP / VisionTextDualEncoder, open_clip). Any other directory raises ModelError.
         """
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
-        from eclip.model.open_clip import is_open_clip_dir
-
-        if not config_path.is_file() and is_open_clip_dir(directory):
-            from eclip.model.pretrained import from_checkpoint
-
-            return from_checkpoint(directory)
         if not config_path.is_file():
-            raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory")
+            raise ModelError(f"{config_path} is missing: {directory} is not an eclip model directory "
+                             f"(eclip.model.load_model also reads transformers and open_clip folders)")
         guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
         data = read_json(config_path)
         if not isinstance(data, dict):
             raise ModelError(f"{config_path} is not an eclip model config (not a JSON object)")
         if data.get("model_type") != MODEL_TYPE:
-            from eclip.model.pretrained import from_checkpoint
-
-            return from_checkpoint(directory)
+            raise ModelError(f"{config_path}: model_type '{data.get('model_type')}' is not an eclip "
+                             f"model; eclip.model.load_model reads the checkpoint formats it supports")
         data.pop("model_type")
         data.pop("eclip_version", None)
         try:
@@ -307,33 +288,26 @@ class DualEncoder(nn.Module):
         if not weights.is_file():
             raise ModelError(f"{weights} is missing: the model directory has no weights")
         try:  # e.g. a max_length beyond the text model's positions: name the file that says so
-            model = cls._assemble(config, load_tokenizer(config, directory), load_weights=False)
+            model = cls.build(config, load_tokenizer(config, directory), load_weights=False)
         except ConfigError as err:
             raise ModelError(f"{config_path}: {err}") from err
-        try:
-            missing, unexpected = load_model(model, str(weights), strict=False)
-        except SafetensorError as err:
-            raise ModelError(f"{weights} cannot be read (damaged or truncated?): "
-                             f"{' '.join(str(err).split())[:300]}") from None
-        except (RuntimeError, OSError) as err:
-            raise ModelError(f"{weights} does not fit the model in {config_path}: {err}") from err
-        missing = [k for k in missing if k != "logit_bias"]  # saved before models had a logit bias
-        if missing or unexpected:
-            raise ModelError(f"{weights} does not match {config_path}: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        _read_weights(model, weights, config_path)
         return model
 
 
-def _preprocessor_settings(config: DualEncoderConfig) -> dict[str, Any]:
-    """What preprocessor_config.json holds: size, mean, std, and the resize mode, filter and
-    pre-crop size where they differ from the defaults (centred square, bicubic)."""
-    settings: dict[str, Any] = {"image_size": config.image_size, "image_mean": config.image_mean,
-                                "image_std": config.image_std}
-    default = DualEncoderConfig()
-    for name in ("image_resize", "image_resample", "image_resize_size"):
-        if getattr(config, name) != getattr(default, name):
-            settings[name] = getattr(config, name)
-    return settings
+def _read_weights(model: DualEncoder, weights: Path, config_path: Path) -> None:
+    """``weights`` (safetensors) into ``model``; ModelError naming the file when they do not fit."""
+    try:
+        missing, unexpected = load_safetensors(model, str(weights), strict=False)
+    except SafetensorError as err:
+        raise ModelError(f"{weights} cannot be read (damaged or truncated?): "
+                         f"{' '.join(str(err).split())[:300]}") from None
+    except (RuntimeError, OSError) as err:
+        raise ModelError(f"{weights} does not fit the model in {config_path}: {err}") from err
+    missing = [k for k in missing if k != "logit_bias"]  # saved before models had a logit bias
+    if missing or unexpected:
+        raise ModelError(f"{weights} does not match {config_path}: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
 
 
 def trim_padding(input_ids: Tensor, attention_mask: Tensor, multiple: int = 8) -> tuple[Tensor, Tensor]:
@@ -348,15 +322,6 @@ def trim_padding(input_ids: Tensor, attention_mask: Tensor, multiple: int = 8) -
     if keep == width:
         return input_ids, attention_mask
     return input_ids[:, :keep], attention_mask[:, :keep]
-
-
-def _overrides(config: DualEncoderConfig) -> dict[str, Any]:
-    """The fields of ``config`` that differ from the defaults and that a checkpoint start honours."""
-    from eclip.model.pretrained import OVERRIDABLE
-
-    default = DualEncoderConfig()
-    return {name: getattr(config, name) for name in OVERRIDABLE
-            if getattr(config, name) != getattr(default, name)}
 
 
 def _check_replaceable(target: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from eclip.errors import ConfigError, ModelError
+from eclip.model.load import load_model
 
 if TYPE_CHECKING:
     from eclip.model.dual_encoder import DualEncoder
@@ -89,9 +90,7 @@ def _as_model(model: Any, what: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, (str, Path)):
-        from eclip.model.dual_encoder import DualEncoder
-
-        return DualEncoder.from_pretrained(model)
+        return load_model(model)
     raise ConfigError(f"the {what} model must be a DualEncoder or a model directory, got "
                       f"{type(model).__name__}")
 
@@ -102,7 +101,7 @@ def merge_models(init: DualEncoder | str | Path, finetuned: DualEncoder | str | 
 
     ``init`` / ``finetuned``: DualEncoders or model directories (an eclip model directory or a
     transformers CLIPModel / SiglipModel / VisionTextDualEncoderModel directory, read by
-    ``DualEncoder.from_pretrained``). Both must have the same architecture (ModelError naming the
+    ``eclip.model.load_model``). Both must have the same architecture (ModelError naming the
     first tensor that differs). The result keeps the fine-tuned model's config and tokenizer; the
     models given are not changed.
     """

@@ -6,8 +6,8 @@ A hub-style open_clip folder holds ``open_clip_config.json`` (``model_cfg`` + ``
 ViT CLIP of open_clip (its ``VisionTransformer`` image tower and causal text transformer pooled at
 the highest token id, i.e. the end-of-text token) onto a transformers ``CLIPModel`` of the same
 architecture, whose normalised ``get_image_features`` / ``get_text_features`` equal open_clip's
-``encode_image`` / ``encode_text``; :func:`eclip.model.pretrained.from_checkpoint` builds eclip's
-model from it as from any CLIP checkpoint. :func:`to_open_clip` is the exact inverse, used by
+``encode_image`` / ``encode_text``; :func:`eclip.model.load_model` builds eclip's
+model from it as from any CLIP checkpoint (:func:`eclip.model.from_transformers.from_hf_model`). :func:`to_open_clip` is the exact inverse, used by
 ``export_model(..., format="open_clip")``.
 
 Layout mapping (open_clip -> transformers), per residual block ``i`` of ``transformer.resblocks``
@@ -284,7 +284,7 @@ def to_transformers(directory: str | Path):
     check_supported(model_cfg, where)
     from transformers import CLIPModel
 
-    from eclip.model.towers import quiet_transformers
+    from eclip.model.hf import quiet_transformers
 
     state = load_state(directory)
     hf_state = to_hf_state(state, model_cfg, str(directory))
@@ -304,7 +304,7 @@ def to_transformers(directory: str | Path):
 def load_tokenizer(directory: str | Path, max_length: int):
     """The tokenizer of an open_clip folder from its tokenizer files; ModelError naming the files
     to add when there are none."""
-    from eclip.model.towers import quiet_transformers
+    from eclip.model.hf import quiet_transformers
 
     directory = Path(directory)
     try:
@@ -333,7 +333,7 @@ def load_tokenizer(directory: str | Path, max_length: int):
 def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """(``open_clip_config.json`` content, open_clip state dict) of an eclip model whose towers are
     transformers CLIP text / vision models with linear projections; ModelError otherwise."""
-    from eclip.model.export import to_transformers as eclip_to_transformers
+    from eclip.model.to_transformers import to_transformers as eclip_to_transformers
 
     hf, kind = eclip_to_transformers(model)
     if kind != "clip":

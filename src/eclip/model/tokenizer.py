@@ -9,7 +9,7 @@ from pathlib import Path
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
 from eclip.model.files import guard_model_dir
-from eclip.model.towers import quiet_transformers, resolve_text_model
+from eclip.model.hf import quiet_transformers, resolve_text_model
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MODEL_MAX_LENGTH = 512
@@ -80,8 +80,6 @@ def _canonical_unigram(vocab: list[list], models):
 
 def load_tokenizer(config: DualEncoderConfig, model_dir: str | Path | None = None):
     """The tokenizer saved in ``model_dir``, else the one of ``config.text_model`` (``hf`` towers)."""
-    from transformers import AutoTokenizer
-
     if model_dir is not None:
         model_dir = Path(model_dir)
         if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):

@@ -1,6 +1,6 @@
 """Product search: an index of listing embeddings (FAISS + SQLite), a FastAPI service, a page."""
 
-from eclip.search.index import (
+from eclip.search.index import (  # noqa: I001 - the public names, gathered
     Classification,
     Hit,
     IndexInfo,

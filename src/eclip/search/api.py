@@ -50,9 +50,9 @@ from eclip import __version__
 from eclip.catalog.images import load_image
 from eclip.catalog.text import basic_normalize
 from eclip.errors import ImageError
-from eclip.search import hybrid
-from eclip.search.index import Hit, LiveIndex, SearchIndex
-from eclip.search.store import StoredListing
+import eclip.search.hybrid as hybrid
+from eclip.search.metadata import StoredListing
+from eclip.search.reader import Hit, LiveIndex, SearchIndex
 
 STATIC_DIR = Path(__file__).with_name("static")
 # Swagger UI 5's files as fastapi-offline ships them (swagger-ui-bundle 1.1 holds Swagger UI 4,
@@ -353,6 +353,10 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
 
     ``onnx`` exports the index's model to ONNX first unless the index holds it already; queries are
     encoded by ONNX Runtime whenever it does (``/health`` says which encoder runs).
+
+    An uploaded photo is decoded under the smaller of ``max_upload_pixels`` and the index's own
+    ``max_pixels`` (``data.max_pixels`` when it was built): a larger one is decoded at reduced
+    size, and one too large even so is answered 422 with the reason.
     """
     if threads_per_request is not None:
         torch.set_num_threads(threads_per_request)
@@ -365,11 +369,10 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
     if warm:
         live.get().model  # noqa: B018 - load the model before the first query
         getattr(live.get()._encoder, "towers", None)  # and the ONNX Runtime sessions
-    app_encoder = live.get().query_encoder
     app = FastAPI(title="eclip product search", version=__version__,
                   description="Search a catalog by text or photo, find the same product, "
                               "classify a listing.", docs_url=None, redoc_url=None)
-    app.state.query_encoder = app_encoder
+    app.state.query_encoder = live.get().query_encoder
     app.add_middleware(RequestGuard, upload_limit=max_upload_bytes + MAX_BODY_BYTES)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
@@ -381,9 +384,19 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         return JSONResponse({"detail": f"invalid request: {detail}", "errors": errors},
                             status_code=422)
 
-    def index() -> SearchIndex:
-        return live.get()
+    def photo(upload: UploadFile):
+        """An upload decoded under the limits (the index in service's own max_pixels)."""
+        return _read_photo(upload, max_upload_bytes,
+                           min(max_upload_pixels, live.get().info.max_pixels))
 
+    _page_routes(app)
+    _service_routes(app, live.get)
+    _search_routes(app, live.get, photo)
+    _classify_routes(app, live.get, photo)
+    return app
+
+
+def _page_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
@@ -401,6 +414,9 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
     def docs_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
+
+def _service_routes(app: FastAPI, index) -> None:
+    """``/health``, ``/categories``, ``/images``; ``index()``: the generation in service."""
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> dict:
         current = index()
@@ -409,6 +425,23 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
                 "model_sha1": current.info.model_sha1, "query_encoder": current.query_encoder,
                 "version": __version__}
 
+    @app.get("/categories", response_model=list[CategoryCount], tags=["service"])
+    def categories() -> list[dict]:
+        return [{"category": c, "count": n} for c, n in index().categories()]
+
+    @app.get("/images/{product_id:path}", tags=["service"],
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
+    def image(product_id: str, n: int = Query(0, ge=0, le=1000)) -> FileResponse:
+        """The stored thumbnail of a listing's n-th photo."""
+        path = index().image_file(product_id, n)
+        if path is None:
+            raise HTTPException(404, f"no photo {n} for product_id {product_id!r}")
+        return FileResponse(path, media_type="image/jpeg",
+                            headers={"cache-control": "public, max-age=3600"})
+
+
+def _search_routes(app: FastAPI, index, photo) -> None:
+    """``/search/text``, ``/search/image``, ``/similar``; ``photo(upload)``: a decoded upload."""
     @app.post("/search/text", response_model=SearchResponse, tags=["search"])
     def search_text(body: TextSearch) -> dict:
         """Listings for a query text, best first, found by its vector, its words or both."""
@@ -436,7 +469,7 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
                      against: Against = Form("image")) -> dict:
         """Listings that look like an uploaded photo, best first."""
         start = time.perf_counter()
-        image = _read_photo(file, max_upload_bytes, max_upload_pixels)
+        image = photo(file)
         current = index()
         hits = hybrid.search_image(current, image, k, against=against,
                                    category=(category or "").strip() or None,
@@ -458,6 +491,8 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         return {"product": _listing_out(item), "results": _results(hits),
                 "took_ms": (time.perf_counter() - start) * 1000, "generation": current.generation}
 
+
+def _classify_routes(app: FastAPI, index, photo) -> None:
     @app.post("/classify", response_model=ClassifyResponse, tags=["classify"])
     def classify(title: str | None = Form(None, max_length=MAX_TEXT),
                  file: UploadFile | None = File(None, description="a photo of the listing"),
@@ -469,27 +504,10 @@ def create_app(index_dir: str | Path, *, max_upload_bytes: int = MAX_UPLOAD_BYTE
         """Top categories and the adult probability of a listing's title and/or photo."""
         start = time.perf_counter()
         title = (title or "").strip() or None
-        image = _read_photo(file, max_upload_bytes, max_upload_pixels) if file is not None else None
+        image = photo(file) if file is not None else None
         if title is None and image is None:
             raise HTTPException(422, "give a title, a photo (file) or both")
         result = index().classify(title, image, top=top, exclude=(exclude or "").strip() or None)
         return {"categories": [{"category": c, "score": s} for c, s in result.categories],
                 "adult_probability": result.adult_probability, "input": result.modality,
                 "took_ms": (time.perf_counter() - start) * 1000}
-
-    @app.get("/categories", response_model=list[CategoryCount], tags=["service"])
-    def categories() -> list[dict]:
-        return [{"category": c, "count": n} for c, n in index().categories()]
-
-    @app.get("/images/{product_id:path}", tags=["service"],
-             responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
-    def image(product_id: str, n: int = Query(0, ge=0, le=1000)) -> FileResponse:
-        """The stored thumbnail of a listing's n-th photo."""
-        path = index().image_file(product_id, n)
-        if path is None:
-            raise HTTPException(404, f"no photo {n} for product_id {product_id!r}")
-        return FileResponse(path, media_type="image/jpeg",
-                            headers={"cache-control": "public, max-age=3600"})
-
-    return app
-

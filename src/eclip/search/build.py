@@ -4,7 +4,7 @@
 ``manifest.json``) records the model's identity (``encode.identity.model_sha256``) with the
 vectors. :func:`index_from_embeddings` reads them (``encode.listings.read_embeddings``), takes the
 listings' metadata from the catalog, and writes a generation through the index's one writer
-(``index._Writer``), as a build or as an update of an existing index:
+(``transaction.IndexWriter``), as a build or as an update of an existing index:
 
 - vectors of another model are refused: the identity recorded with them must be that of ``--model``
   (a build, or an update given a model) and that of the index's own model (an update);
@@ -16,7 +16,6 @@ listings' metadata from the catalog, and writes a generation through the index's
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,10 @@ import numpy as np
 from eclip.catalog.schema import Listing
 from eclip.encode.identity import model_sha256
 from eclip.encode.listings import Embeddings, read_embeddings
-from eclip.search.index import IndexInfo, SearchIndexError, _Writer
-from eclip.search.stores import StoreSpec
+from eclip.errors import SearchIndexError
+from eclip.search.generation import IndexInfo, read_info
+from eclip.search.store_types import StoreSpec
+from eclip.search.transaction import Change, IndexWriter
 from eclip.search.vectors import VectorSettings
 
 
@@ -82,7 +83,7 @@ def index_from_embeddings(index_dir: str | Path, embeddings: str | Path, listing
                           *, model_dir: str | Path | None = None, update: bool = False,
                           settings: VectorSettings | None = None, store: StoreSpec | None = None,
                           thumbnails: bool = True, thumbnail_size: int = 256,
-                          progress: bool = True) -> FromEmbeddings:
+                          progress: bool = True, max_pixels: int | None = None) -> FromEmbeddings:
     """Build (or with ``update=True`` add to) the index in ``index_dir`` from the vectors
     ``eclip embed`` wrote at ``embeddings`` and the catalog's ``listings`` (see the module
     docstring). A build needs ``model_dir``, the model that made the vectors (copied into the index
@@ -97,19 +98,20 @@ def index_from_embeddings(index_dir: str | Path, embeddings: str | Path, listing
     kept, emb, without_vectors, without_listing = align(emb, listings)
     if not kept and not update:
         raise SearchIndexError(f"none of the catalog's listings has a vector in {source}")
-    with _Writer(index_dir, progress) as writer:
+    with IndexWriter(index_dir, progress) as writer:
         base = writer.base()
         if update:
             if base is None:
                 raise SearchIndexError(f"{index_dir} is not an index yet; build it first "
                                        f"without --update")
-            info = IndexInfo.from_dict(json.loads((base / "info.json").read_text("utf-8")))
+            info = read_info(base)
             own = info.model_sha256 or model_sha256(base / "model")
             _refuse_other_model(emb, source, own, f"the index's model ({index_dir})")
-            written = writer.commit(base, base / "model", kept, emb if kept else None, [],
-                                    info.settings, info.thumbnail_size, thumbnails=thumbnails)
+            written = writer.commit(base, Change(base / "model", kept, emb if kept else None,
+                                                 [], info.settings, info.thumbnail_size,
+                                                 thumbnails=thumbnails))
         else:
-            written = writer.commit(None, Path(model_dir), kept, emb, [],
-                                    settings or VectorSettings(), thumbnail_size,
-                                    store or StoreSpec(), thumbnails=thumbnails)
+            written = writer.commit(None, Change(Path(model_dir), kept, emb, [],
+                                                 settings or VectorSettings(), thumbnail_size,
+                                                 store or StoreSpec(), thumbnails, max_pixels))
     return FromEmbeddings(written, without_vectors, without_listing)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eclip.search.index import Hit, SearchIndex
+from eclip.search.reader import Hit, SearchIndex
 
 MODES = ("vector", "lexical", "hybrid")
 DEFAULT_MODE = "hybrid"

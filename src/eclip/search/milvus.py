@@ -33,15 +33,22 @@ from tqdm.auto import tqdm
 
 from eclip.catalog.schema import CATEGORY_SEP, catalog_group_id
 from eclip.errors import ConfigError, SearchIndexError
-from eclip.search.stores import SPACES, StoreSpec, Where, WriteJob
-from eclip.search.vectors import (RECALL_K, IndexStats, default_nlist, exact_top_scores,
-                                  near_duplicate_queries, recall_against)
+from eclip.search.spaces import SPACES
+from eclip.search.store_types import StoreSpec, Where, WriteJob
+from eclip.search.compressed import bytes_per_vector, default_pq_m
+from eclip.search.vectors import (RECALL_K, IndexStats, VectorSettings, default_nlist,
+                                  exact_top_scores, near_duplicate_queries, recall_by_ids)
 
 LITE_FILE = "milvus.db"  # Milvus Lite's file in the index folder when no URI is given
 TOKEN_ENV = "ECLIP_MILVUS_TOKEN"
 INSERT_BATCH = 1000
 MAX_LIMIT = 16_384  # Milvus' largest top-k
+MAX_NPROBE = 65_536  # Milvus' largest nprobe
 MAX_STRING = 65_535  # bytes of a VARCHAR
+# eclip's index kinds as Milvus index types; Milvus Lite builds only some of them
+INDEX_TYPES = {"exact": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW", "ivf_sq8": "IVF_SQ8",
+               "ivf_pq": "IVF_PQ", "diskann": "DISKANN"}
+LITE_TYPES = ("FLAT", "IVF_FLAT", "HNSW", "IVF_SQ8")
 _REMOTE = re.compile(r"^(https?|tcp|grpc)://", re.IGNORECASE)
 
 _clients: dict[str, object] = {}
@@ -200,10 +207,45 @@ def category_path(category: str | None) -> list[str]:
     return found + [category]
 
 
-def _search_params(stats: IndexStats, nprobe: int | None = None) -> dict:
-    if stats.kind == "ivf":
-        return {"metric_type": "IP", "params": {"nprobe": int(nprobe or stats.nprobe or 1)}}
-    return {"metric_type": "IP"}
+def milvus_kind(settings: VectorSettings, n: int, dims: list[int], lite: bool) -> str:
+    """The index kind a collection of ``n`` vectors gets, one Milvus can build: ``auto`` under a
+    memory budget takes ``ivf_sq8`` where FAISS would take ``ivf_fp16`` (Milvus has no IVF of fp16
+    vectors); a kind Milvus (or Milvus Lite) cannot build is a ConfigError saying which can."""
+    kind = settings.resolve_kind(n, dims)
+    if kind == "ivf_fp16" and settings.kind == "auto":
+        kind = "ivf_sq8"
+    if kind not in INDEX_TYPES:
+        raise ConfigError(f"--kind {kind} has no Milvus index type; with --store milvus choose "
+                          f"one of {', '.join(INDEX_TYPES)}")
+    if lite and INDEX_TYPES[kind] not in LITE_TYPES:
+        usable = [k for k, t in INDEX_TYPES.items() if t in LITE_TYPES]
+        raise ConfigError(f"Milvus Lite cannot build {INDEX_TYPES[kind]} (--kind {kind}); it "
+                          f"builds {', '.join(usable)}: use one of those, or a Milvus server "
+                          f"(--uri http://HOST:19530) that offers {INDEX_TYPES[kind]}")
+    if kind in ("ivf", "ivf_sq8", "ivf_pq") and n == 0:
+        raise ConfigError(f"a {kind} index needs vectors to train on; use kind 'exact' or 'auto'")
+    return kind
+
+
+def _index_params(kind: str, settings: VectorSettings, nlist: int, dim: int) -> dict:
+    if kind in ("ivf", "ivf_sq8"):
+        return {"nlist": int(nlist)}
+    if kind == "ivf_pq":
+        return {"nlist": int(nlist), "m": int(settings.pq_m or default_pq_m(dim)),
+                "nbits": int(settings.pq_bits)}
+    if kind == "hnsw":
+        return {"M": int(settings.hnsw_m), "efConstruction": 200}
+    return {}
+
+
+def _search_params(stats: IndexStats, param: int | None = None) -> dict:
+    """Milvus search parameters of a kind: nprobe (IVF kinds), ef (HNSW), search_list (DiskANN)."""
+    name = {"ivf": "nprobe", "ivf_sq8": "nprobe", "ivf_pq": "nprobe", "hnsw": "ef",
+            "diskann": "search_list"}.get(stats.kind)
+    if name is None:
+        return {"metric_type": "IP"}
+    value = param or stats.param or (1 if name == "nprobe" else 2 * RECALL_K)
+    return {"metric_type": "IP", "params": {name: int(value)}}
 
 
 def _results(answer, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,9 +309,8 @@ class MilvusWriter:
         if longest > MAX_STRING:
             raise SearchIndexError(f"a category is {longest} bytes long; Milvus holds at most "
                                    f"{MAX_STRING}")
-        kind = job.settings.resolve_kind(n)
-        if kind == "ivf" and n == 0:
-            raise ConfigError("an IVF index needs vectors to train on; use kind 'exact' or 'auto'")
+        kind = milvus_kind(job.settings, n, [int(vectors[s].shape[1]) for s in SPACES],
+                           is_lite(resolve_uri(self.uri, self.root)))
         nlist = min(job.settings.nlist or default_nlist(n), max(n, 1))
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -283,11 +324,9 @@ class MilvusWriter:
         schema.add_field("adult", DataType.INT8)
         params = client.prepare_index_params()
         for space in SPACES:
-            if kind == "exact":
-                params.add_index(field_name=space, index_type="FLAT", metric_type="IP")
-            else:
-                params.add_index(field_name=space, index_type="IVF_FLAT", metric_type="IP",
-                                 params={"nlist": int(nlist)})
+            params.add_index(field_name=space, index_type=INDEX_TYPES[kind], metric_type="IP",
+                             params=_index_params(kind, job.settings, nlist,
+                                                int(vectors[space].shape[1])))
         self._call(f"create the collection {name}", client.create_collection, name,
                    schema=schema)
         entry = {"kind": "milvus", "uri": self.uri, "alias": self.alias, "collection": name}
@@ -320,34 +359,48 @@ class MilvusWriter:
             raise SearchIndexError(f"Milvus collection {name} holds {stored} rows after the "
                                    f"write, the generation {n}")
         stats = {}
+        ivf = kind.startswith("ivf")
         for space in SPACES:
-            stats[space] = IndexStats("exact", n) if kind == "exact" else IndexStats(
-                "ivf", n, nlist=int(nlist), quantizer="flat", trained_on=n)
-            self._tune(name, space, stats[space], np.asarray(vectors[space]), job)
+            stats[space] = IndexStats(kind, n) if kind == "exact" else IndexStats(
+                kind, n, nlist=int(nlist) if ivf else None, quantizer="flat" if ivf else None,
+                trained_on=n, bytes_per_vector=None if kind == "diskann" else bytes_per_vector(
+                    kind, int(vectors[space].shape[1]), pq_m=job.settings.pq_m,
+                    hnsw_m=job.settings.hnsw_m))
+            self._tune(name, space, stats[space], vectors[space], job)
         return stats, entry
 
     def _tune(self, name: str, space: str, stats: IndexStats, vectors: np.ndarray,
               job: WriteJob) -> None:
-        """IVF: the smallest power-of-two ``nprobe`` whose recall@10 against exact search reaches
-        the target on sampled near-duplicate queries (as ``vectors.VectorIndex.tune``)."""
-        if stats.kind != "ivf" or stats.count == 0:
+        """The smallest power-of-two search parameter (nprobe from 1; HNSW's ef and DiskANN's
+        search_list from 16) whose recall@10 against exact search, counted by the exact scores of
+        the ids found, reaches the target on sampled near-duplicate queries (as
+        ``vectors.VectorIndex.tune``)."""
+        if stats.kind == "exact" or stats.count == 0:
             return
         settings = job.settings
         queries = near_duplicate_queries(vectors, settings.recall_queries, settings.seed)
         truth = exact_top_scores(vectors, queries, RECALL_K)
         k = truth.shape[1]
-        nprobe, recall = 1, 0.0
+        # the server may hold more lists than asked for (Milvus Lite clusters each segment
+        # itself): past ``nlist``, nprobe keeps doubling while the recall still improves
+        param, top = (1, MAX_NPROBE) if stats.nlist else (16, 4096)
+        previous = -1.0
         while True:
             answer = self._call(f"search {name}", self.client.search, name,
                                 data=[q for q in queries], anns_field=space, limit=k,
                                 output_fields=["vid"],
-                                search_params=_search_params(stats, nprobe))
-            scores, found = _results(answer, k)
-            recall = recall_against(truth, scores, found)
-            if recall >= settings.target_recall or nprobe >= (stats.nlist or 1):
+                                search_params=_search_params(stats, param))
+            _, found = _results(answer, k)
+            recall = recall_by_ids(truth, found, queries, vectors, job.vids)
+            stalled = stats.nlist and param >= stats.nlist and recall <= previous
+            if recall >= settings.target_recall or param >= top or stalled:
                 break
-            nprobe = min(nprobe * 2, stats.nlist or 1)
-        stats.nprobe, stats.recall_at_10, stats.recall_queries = nprobe, recall, len(queries)
+            param, previous = min(param * 2, top), recall
+        if stats.nlist:
+            stats.nprobe = param
+        else:
+            stats.ef_search = param
+        stats.recall_at_10, stats.recall_queries = recall, len(queries)
 
     def _alias_target(self) -> str | None:
         aliases = self._call("list aliases", self.client.list_aliases).get("aliases", [])

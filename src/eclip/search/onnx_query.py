@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from eclip.model.onnx import OnnxTowers, export_onnx, has_onnx
+from eclip.search.encoder import load_model
+from eclip.search.generation import current_generation, read_info
 
 log = logging.getLogger("eclip.search")
 
@@ -43,18 +45,13 @@ def write_index_onnx(index_dir: str | Path) -> Path:
     """The ONNX graphs of the model of ``index_dir``'s generation in service, exported now unless the
     index already holds them; returns their folder. ModelError when onnxruntime is missing or a
     tower cannot be exported."""
-    from eclip.search.index import SearchIndex
-
-    index = SearchIndex.open(index_dir)
-    try:
-        target = onnx_dir(index_dir, index.info.model_sha1)
-        if has_onnx(target):
-            return target
-        export_onnx(index.model, target)
-        log.info("wrote the ONNX query encoder to %s", target)
+    generation = current_generation(index_dir)
+    target = onnx_dir(index_dir, read_info(generation).model_sha1)
+    if has_onnx(target):
         return target
-    finally:
-        index.close()
+    export_onnx(load_model(generation / "model"), target)
+    log.info("wrote the ONNX query encoder to %s", target)
+    return target
 
 
 class OnnxEncoder:

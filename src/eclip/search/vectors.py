@@ -1,34 +1,43 @@
-"""Vector search over unit vectors by inner product: FAISS, exact or IVF, with ids of our choosing.
+"""Vector search over unit vectors by inner product: one FAISS index of any kind, ids of our choosing.
 
 A :class:`VectorIndex` wraps one FAISS index whose ids are the listings' stable integer ids
-(``vid``). Two kinds:
+(``vid``). Its kind (``VectorSettings.kind``, ``eclip index --kind``):
 
-* ``exact``: ``IndexIDMap2(IndexFlatIP)``, a full scan; the default up to ``exact_max`` vectors.
-* ``ivf``: ``IndexIVFFlat`` (inner product, spherical k-means). Its coarse quantizer is flat, or
-  an HNSW graph from ``hnsw_quantizer_from`` lists on, where scanning the centroids would cost
-  more than scanning the lists. ``nprobe`` is tuned at build time until recall@10 against exact
-  search reaches ``target_recall`` on sampled queries; that recall is reported.
+* ``exact`` (also ``flat``): ``IndexIDMap2(IndexFlatIP)``, a full scan;
+* ``ivf``: ``IndexIVFFlat`` (spherical k-means lists of float32 vectors);
+* ``hnsw``, ``ivf_fp16``, ``ivf_sq8``, ``ivf_pq`` (OPQ + IVF-PQ): the compressed kinds of
+  ``compressed.py``, with optional exact re-ranking (``rerank``: ``rerank * k`` candidates re-scored
+  from the generation's float vectors, memory-mapped);
+* ``auto``: without ``max_memory``, exact up to ``exact_max`` vectors and IVF above; with it, the
+  most exact kind whose three indexes fit (``compressed.choose_kind``).
 
-Both kinds add and remove vectors by id, so an index is updated without retraining; an IVF index is
-retrained only when the collection has grown or shrunk far from the size it was trained at.
+Every approximate kind tunes its search parameter at build time (``nprobe``, or ``efSearch`` for
+HNSW) until recall@10 against exact search reaches ``target_recall`` on sampled queries; that
+recall is reported. Indexes add and remove vectors by id (HNSW adds only), so an index is updated
+without retraining; it is retrained when the collection has grown or shrunk far from the size it
+was trained at, or when ``auto`` would now choose another kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import faiss
 import numpy as np
 
 from eclip.errors import ConfigError
+from eclip.search.compressed import (APPROXIMATE_KINDS, DEFAULT_RERANK, LABELS, bytes_per_vector,
+                                     choose_kind, new_index, search_params, training_size)
 
-KINDS = ("auto", "exact", "ivf")
+KINDS = ("auto", "flat", "exact") + APPROXIMATE_KINDS + ("diskann",)  # "flat" is "exact";
+# diskann: the Milvus store on a server only (milvus.py)
 RECALL_K = 10
 
 
 @dataclass
 class VectorSettings:
-    """How vectors are indexed. ``auto`` is exact up to ``exact_max`` vectors and IVF above."""
+    """How vectors are indexed (see the module docstring for the kinds)."""
 
     kind: str = "auto"
     exact_max: int = 200_000
@@ -38,6 +47,11 @@ class VectorSettings:
     hnsw_quantizer_from: int = 8192  # an HNSW coarse quantizer from this many lists on
     retrain_factor: float = 4.0  # retrain IVF when the size moves this far from the trained size
     seed: int = 0
+    max_memory: int | None = None  # bytes for the three indexes (auto picks a kind that fits)
+    rerank: int | None = None  # exact re-ranking of rerank * k candidates; None: the kind's default
+    pq_m: int | None = None  # ivf_pq sub-quantizers; None: dim // 8
+    pq_bits: int = 8
+    hnsw_m: int = 32
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -48,11 +62,25 @@ class VectorSettings:
             raise ConfigError("exact_max must be >= 0 and recall_queries >= 1")
         if self.nlist is not None and self.nlist < 1:
             raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"max_memory must be a positive number of bytes, got "
+                              f"{self.max_memory}")
+        if self.rerank is not None and self.rerank < 0:
+            raise ConfigError(f"rerank must be >= 0, got {self.rerank}")
 
-    def resolve_kind(self, n: int) -> str:
-        if self.kind != "auto":
+    def resolve_kind(self, n: int, dims: int | Sequence[int] = 0) -> str:
+        """The kind the indexes of ``n`` vectors get, one per space of ``dims`` dimensions (an
+        int: three spaces of that size); every space of a generation gets the same kind."""
+        if self.kind not in ("auto", "flat"):
             return self.kind
-        return "exact" if n <= self.exact_max else "ivf"
+        if self.kind == "flat":
+            return "exact"
+        if self.max_memory is None:
+            return "exact" if n <= self.exact_max else "ivf"
+        return choose_kind(n, dims, self.max_memory, exact_max=self.exact_max, pq_m=self.pq_m)
+
+    def rerank_for(self, kind: str) -> int:
+        return self.rerank if self.rerank is not None else DEFAULT_RERANK.get(kind, 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +88,7 @@ class VectorSettings:
 
 @dataclass
 class IndexStats:
-    """What a built index is: kind, size, IVF parameters and the measured recall (IVF only)."""
+    """What a built index is: kind, size, its parameters and the measured recall."""
 
     kind: str
     count: int
@@ -70,13 +98,29 @@ class IndexStats:
     trained_on: int | None = None
     recall_at_10: float | None = None
     recall_queries: int | None = None
+    ef_search: int | None = None  # hnsw
+    rerank: int | None = None  # candidates re-scored exactly: rerank * k (0 / None: none)
+    bytes_per_vector: int | None = None  # the index's memory per vector (compressed.py)
+
+    @property
+    def param(self) -> int | None:
+        """The tuned search parameter: efSearch (hnsw) or nprobe."""
+        return self.ef_search if self.kind in ("hnsw", "diskann") else self.nprobe
 
     def describe(self) -> str:
         if self.kind == "exact":
             return f"exact search over {self.count} vectors"
-        return (f"IVF over {self.count} vectors (nlist={self.nlist}, {self.quantizer} quantizer, "
-                f"nprobe={self.nprobe}): recall@{RECALL_K} vs exact = {self.recall_at_10:.3f} "
-                f"on {self.recall_queries} queries")
+        if self.kind in ("hnsw", "diskann"):
+            params = f"{'efSearch' if self.kind == 'hnsw' else 'search_list'}={self.ef_search}"
+        else:
+            params = f"nlist={self.nlist}, {self.quantizer} quantizer, nprobe={self.nprobe}"
+        if self.rerank:
+            params += f", {self.rerank} x k re-ranked exactly"
+        if self.bytes_per_vector and self.kind != "ivf":
+            params += f", {self.bytes_per_vector} bytes a vector"
+        return (f"{LABELS.get(self.kind, self.kind)} over {self.count} vectors ({params}): "
+                f"recall@{RECALL_K} vs exact = {self.recall_at_10:.3f} on {self.recall_queries} "
+                f"queries")
 
 
 def default_nlist(n: int) -> int:
@@ -97,11 +141,16 @@ def _as_ids(ids: np.ndarray) -> np.ndarray:
 
 
 class VectorIndex:
-    """One FAISS index over unit vectors with int64 ids; thread-safe for concurrent searches."""
+    """One FAISS index over unit vectors with int64 ids; thread-safe for concurrent searches.
 
-    def __init__(self, index: faiss.Index, stats: IndexStats):
+    A kind that re-ranks needs the float vectors: ``attach(vectors, ids)`` (rows in ascending id
+    order, memory-mapped is fine); without them it answers with its approximate scores."""
+
+    def __init__(self, index: faiss.Index, stats: IndexStats, keep: list | None = None):
         self.index = index
         self.stats = stats
+        self._keep = keep or []  # Python objects the FAISS index points to
+        self._exact: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def kind(self) -> str:
@@ -111,42 +160,56 @@ class VectorIndex:
     def count(self) -> int:
         return int(self.index.ntotal)
 
+    def attach(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """The float vectors (and their sorted ids) that exact re-ranking reads."""
+        self._exact = (vectors, np.asarray(ids, dtype=np.int64))
+
     # ------------------------------------------------------------------------------ building
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: np.ndarray, settings: VectorSettings) -> VectorIndex:
-        """Index ``vectors`` (unit rows) under ``ids``; an IVF index is trained and tuned here."""
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, settings: VectorSettings, *,
+              kind: str | None = None) -> VectorIndex:
+        """Index ``vectors`` (unit rows) under ``ids``; an approximate kind is trained and tuned.
+        ``kind``: as resolved for the whole generation (None: ``settings`` for this space)."""
         vectors, ids = _as_matrix(vectors), _as_ids(ids)
-        kind = settings.resolve_kind(len(vectors))
-        dim = vectors.shape[1]
+        n, dim = vectors.shape
+        kind = kind or settings.resolve_kind(n, dim)
         if kind == "exact":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             index.add_with_ids(vectors, ids)
-            return cls(index, IndexStats("exact", len(vectors)))
-        if len(vectors) == 0:
-            raise ConfigError("an IVF index needs vectors to train on; use kind 'exact' or 'auto'")
-        nlist = min(settings.nlist or default_nlist(len(vectors)), len(vectors))
-        if nlist >= settings.hnsw_quantizer_from:
-            quantizer, name = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT), "hnsw"
-        else:
-            quantizer, name = faiss.IndexFlatIP(dim), "flat"
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10
-        index.cp.seed = settings.seed
-        index.cp.max_points_per_centroid = 64
-        rng = np.random.default_rng(settings.seed)
-        sample = min(len(vectors), 64 * nlist)
-        rows = np.sort(rng.choice(len(vectors), sample, replace=False))
-        index.train(vectors[rows])  # (faiss's wrapper keeps ``quantizer`` alive with ``index``)
+            return cls(index, IndexStats("exact", n))
+        if kind == "diskann":
+            raise ConfigError("--kind diskann is a Milvus index: use it with --store milvus and a "
+                              "Milvus server that offers it (--uri http://HOST:19530)")
+        if n == 0:
+            raise ConfigError(f"a {kind} index needs vectors to train on; use kind 'exact' or "
+                              f"'auto'")
+        nlist = None if kind == "hnsw" else min(settings.nlist or default_nlist(n), n)
+        index, quantizer, keep = new_index(
+            kind, dim, nlist or 0, hnsw_quantizer_from=settings.hnsw_quantizer_from,
+            pq_m=settings.pq_m, pq_bits=settings.pq_bits, hnsw_m=settings.hnsw_m,
+            seed=settings.seed)
+        if nlist is not None:
+            rng = np.random.default_rng(settings.seed)
+            sample = training_size(kind, n, nlist, settings.pq_bits)
+            index.train(vectors[np.sort(rng.choice(n, sample, replace=False))])
         index.add_with_ids(vectors, ids)
-        result = cls(index, IndexStats("ivf", len(vectors), nlist=nlist, quantizer=name,
-                                       trained_on=len(vectors)))
+        stats = IndexStats(kind, n, nlist=nlist, quantizer=quantizer, trained_on=n,
+                           rerank=settings.rerank_for(kind),
+                           bytes_per_vector=bytes_per_vector(kind, dim, pq_m=settings.pq_m,
+                                                             hnsw_m=settings.hnsw_m))
+        result = cls(index, stats, keep)
         result.tune(vectors, ids, settings)
         return result
 
-    def needs_retraining(self, n: int, settings: VectorSettings) -> bool:
-        """An IVF index trained far from ``n`` vectors (or a change of kind) calls for a rebuild."""
-        if self.kind != settings.resolve_kind(n):
+    def needs_retraining(self, n: int, settings: VectorSettings, *, removing: bool = False,
+                         kind: str | None = None) -> bool:
+        """A change of kind (``kind``: the generation's; None: ``settings`` for this space), an
+        index trained far from ``n`` vectors, or a removal from HNSW (which cannot remove) calls
+        for a rebuild."""
+        if self.kind != (kind or settings.resolve_kind(n, int(self.index.d))):
             return True
+        if self.kind == "hnsw":
+            return removing
         if self.kind == "exact" or not self.stats.trained_on:
             return False
         ratio = n / self.stats.trained_on
@@ -165,37 +228,43 @@ class VectorIndex:
         return removed
 
     def tune(self, vectors: np.ndarray, ids: np.ndarray, settings: VectorSettings) -> None:
-        """IVF: the smallest power-of-two ``nprobe`` whose recall@10 reaches the target."""
-        if self.kind != "ivf" or self.count == 0:
+        """The smallest power-of-two ``nprobe`` (from 1) or ``efSearch`` (from 16) whose
+        recall@10, counted by the exact scores of the ids found, reaches the target."""
+        if self.kind == "exact" or self.count == 0:
             return
+        self.attach(vectors, ids)
         queries = near_duplicate_queries(vectors, settings.recall_queries, settings.seed)
         truth = exact_top_scores(vectors, queries, RECALL_K)
-        nlist = self.stats.nlist or 1
-        nprobe, recall = 1, 0.0
+        param, top = (16, 4096) if self.kind == "hnsw" else (1, self.stats.nlist or 1)
         while True:
-            scores, found = self.search(queries, RECALL_K, nprobe=nprobe)
-            recall = recall_against(truth, scores, found)
-            if recall >= settings.target_recall or nprobe >= nlist:
+            _, found = self.search(queries, RECALL_K, nprobe=param)
+            recall = recall_by_ids(truth, found, queries, vectors, ids)
+            if recall >= settings.target_recall or param >= top:
                 break
-            nprobe = min(nprobe * 2, nlist)
-        self.stats.nprobe, self.stats.recall_at_10 = nprobe, recall
-        self.stats.recall_queries = len(queries)
+            param = min(param * 2, top)
+        if self.kind == "hnsw":
+            self.stats.ef_search = param
+        else:
+            self.stats.nprobe = param
+        self.stats.recall_at_10, self.stats.recall_queries = recall, len(queries)
 
     # ------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)``, each [n, k]; missing results have id -1. ``allowed`` restricts ids."""
+        """``(scores, ids)``, each [n, k]; missing results have id -1. ``allowed`` restricts ids;
+        ``nprobe``: the search parameter (efSearch for hnsw) instead of the tuned one."""
         queries = _as_matrix(queries)
         k = max(1, min(k, max(self.count, 1)))
+        exact = self._exact if self.stats.rerank else None
+        fetch = max(k, min(k * self.stats.rerank, self.count)) if exact is not None else k
         selector = faiss.IDSelectorBatch(_as_ids(allowed)) if allowed is not None else None
-        if self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=nprobe or self.stats.nprobe or 1)
-            if selector is not None:
-                params.sel = selector
-        else:
-            params = faiss.SearchParameters(sel=selector) if selector is not None else None
-        scores, found = self.index.search(queries, k, params=params)
-        return scores, found
+        params, _alive = search_params(self.kind, nprobe or self.stats.param or 1, selector)
+        scores, found = self.index.search(queries, fetch, params=params)
+        if exact is None:
+            return scores, found
+        rescored = exact_scores_of(found, queries, *exact)
+        order = np.argsort(-rescored, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(rescored, order, 1), np.take_along_axis(found, order, 1)
 
     # ------------------------------------------------------------------------------ storage
     def save(self, path: str) -> None:
@@ -244,3 +313,29 @@ def recall_against(truth: np.ndarray, scores: np.ndarray, found: np.ndarray,
     kth = truth[:, -1:] - tolerance
     hits = ((scores[:, :truth.shape[1]] >= kth) & (found[:, :truth.shape[1]] >= 0)).sum()
     return float(hits) / truth.size
+
+
+def exact_scores_of(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray,
+                    ids: np.ndarray) -> np.ndarray:
+    """Exact inner products of each query with its found ids (``-inf`` for missing ones, -1);
+    ``vectors`` rows in ascending ``ids`` order (only the rows found are read)."""
+    if len(ids) == 0:
+        return np.full(found.shape, -np.inf, dtype=np.float32)
+    rows = np.minimum(np.searchsorted(ids, np.maximum(found, 0)), len(ids) - 1)
+    valid = (found >= 0) & (ids[rows] == found)
+    unique = np.unique(rows)
+    picked = np.asarray(vectors[unique], dtype=np.float32)
+    local = np.searchsorted(unique, rows)
+    scores = np.einsum("qkd,qd->qk", picked[local], _as_matrix(queries))
+    return np.where(valid, scores, -np.inf).astype(np.float32)
+
+
+def recall_by_ids(truth: np.ndarray, found: np.ndarray, queries: np.ndarray,
+                  vectors: np.ndarray, ids: np.ndarray, tolerance: float = 1e-5) -> float:
+    """recall@k of ``found`` ids: a result counts when its exact score reaches the k-th exact
+    score (``truth``, best first), so ties count and approximate scores do not."""
+    if truth.size == 0:
+        return 1.0
+    k = truth.shape[1]
+    exact = exact_scores_of(found[:, :k], queries, vectors, ids)
+    return float((exact >= truth[:, -1:] - tolerance).sum()) / truth.size

@@ -23,10 +23,11 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from eclip.encode.retrieval import same_group_retrieval
 from eclip.tasks.bootstrap import roc_auc_items
 from eclip.tasks.context import Job, Outcome, TaskContext
 from eclip.tasks.metrics import (best_f1_threshold, confusion_at, f1_from_confusion,
-                                 precision_at_recall, roc_auc, same_group_retrieval)
+                                 precision_at_recall, roc_auc)
 from eclip.tasks.probes import fit_logreg
 from eclip.tasks.views import clean_titles
 

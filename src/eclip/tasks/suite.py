@@ -112,6 +112,20 @@ class SuiteResult:
     out_dir: Path | None
     seconds: dict[str, float]
 
+    @property
+    def files(self) -> list[Path]:
+        """The report files written (none without an output folder)."""
+        if self.out_dir is None:
+            return []
+        names = ["report.md", "report.json"]
+        if self.report.meta.get("eval_config", {}).get("plots"):
+            names.append("report.html")
+        return [self.out_dir / name for name in names]
+
+    def summary(self) -> str:
+        return (f"eval finished in {self.seconds['total']:.0f} s: "
+                + ", ".join(map(str, self.files)))
+
 
 def cross_modal_retrieval(ctx: TaskContext, *, query_encoders: dict | None = None,
                           out_dir: str | Path | None = None) -> None:
@@ -210,32 +224,60 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
     cfg = config or EvalConfig()
     check_config(cfg, list(models) + (REFERENCES if cfg.reference else []))
     names = list(models)
-    subject = choose_subject(names, cfg.subject) or "eclip"
     models, members = expand_seeds(models)  # {NAME#k: model} for the names with several seeds
-    folded = any(len(seeds) > 1 for seeds in members.values())
-    seconds: dict[str, float] = {}
-    started = clock = time.perf_counter()
     if out_dir is not None:  # the temporaries of an eval killed while writing its files
         clean_stale_temps_below(out_dir)
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 2)
-        clock = now
-
+    laps = _Laps()
     splits = eval_splits(listings, tuple(cfg.split_fractions))
     counts = splits.counts()
     log(f"eval splits ({splits.source}): {counts['train']} train, {counts['val']} val, "
         f"{counts['test']} test listings")
-    report = Report(title=title, headlines=dict(HEADLINES), subject=subject,
+    report = Report(title=title, headlines=dict(HEADLINES),
+                    subject=choose_subject(names, cfg.subject) or "eclip",
                     references=list(REFERENCES))
     availability = task_availability(splits)
     for task in cfg.tasks:
         if availability[task]:
             report.skipped[task] = availability[task]
             log(f"skipping {task}: {availability[task]}")
+    views = _views(models, listings, splits, cfg, image_caches, progress)
+    laps.lap("embed")
+    ctx = TaskContext(splits, views, cfg, report, log=log)
+    _run_tasks(ctx, models, names, members, availability, laps, out_dir)
+    _describe(ctx, names, members, list(notes or []), meta or {}, laps)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and cfg.plots:
+        from eclip.tasks.html import write_html
 
+        out.mkdir(parents=True, exist_ok=True)
+        write_html(report, ctx, out / "report.html")
+        laps.lap("html")
+    laps.seconds["total"] = round(time.perf_counter() - laps.started, 2)
+    if out is not None:
+        if cfg.retrieval_files:  # one CLIP_benchmark-style record per model (eclip.tasks.ir)
+            ir.write_clip_benchmark(report.rows, out / "clip_benchmark.jsonl",
+                                    dataset=str(report.meta.get("dataset") or title),
+                                    pretrained=report.meta.get("models"))
+        report.write(out)
+    return SuiteResult(report, out, laps.seconds)
+
+
+class _Laps:
+    """Seconds per phase of the suite, in order (``meta.eval_seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._clock, 2)
+        self._clock = now
+
+
+def _views(models: dict, listings: list[Listing], splits, cfg: EvalConfig,
+           image_caches: list[ImageFeatureCache] | None, progress: bool) -> list:
+    """Each model's views (``eclip.tasks.views``), and the TF-IDF reference's."""
     caches = list(image_caches or [])
     views = []
     for name, model in models.items():
@@ -244,34 +286,46 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
                                  tower=base_name(name) in cfg.tower_features,
                                  val_rows=splits.index("val"), batch_size=cfg.batch_size,
                                  progress=progress))
-    if cfg.reference and counts["train"]:
+    if cfg.reference and splits.counts()["train"]:
         views.append(tfidf_views(listings, splits.index("train"), name=TFIDF))
-    lap("embed")
-    ctx = TaskContext(splits, views, cfg, report, log=log)
+    return views
+
+
+def _run_tasks(ctx: TaskContext, models: dict, names: list[str], members: dict,
+               availability: dict, laps: _Laps, out_dir: str | Path | None) -> None:
+    """Retrieval, the tasks the labels allow, the seeds folded, the bootstrap comparisons."""
+    cfg, report, log = ctx.config, ctx.report, ctx.log
+    folded = any(len(seeds) > 1 for seeds in members.values())
     # Small problems: BLAS threads only contend. A probe that stops at max_iter is counted in
     # meta.probe_fits_at_max_iter instead of printing a warning per fit.
     with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if counts["test"]:
+        if ctx.splits.counts()["test"]:
             encoders = {name: ir.title_query_encoder(model, batch_size=cfg.batch_size)
                         for name, model in models.items()}
             cross_modal_retrieval(ctx, query_encoders=encoders, out_dir=out_dir)
-        lap("retrieval")
+        laps.lap("retrieval")
         for task in TASKS:
             if task in cfg.tasks and not availability[task]:
                 log(f"task: {task}")
                 RUNNERS[task](ctx)
-                lap(task)
+                laps.lap(task)
         if folded:  # one row per name (mean, seed std); the seeds' outcomes stacked
             report.rows, report.seed_rows = fold_rows(report.rows, members)
             ctx.outcomes = pool_outcomes(ctx.outcomes, members, log)
         if compare_models(ctx, order=names + [TFIDF] if folded else None):
             log(f"bootstrap: {cfg.bootstrap} resamples of {report.meta['bootstrap']['catalogs']} "
                 f"test catalogs, {len(report.comparisons)} comparisons")
-        lap("bootstrap")
+        laps.lap("bootstrap")
+
+
+def _describe(ctx: TaskContext, names: list[str], members: dict, notes: list[str], meta: dict,
+              laps: _Laps) -> None:
+    """The report's notes and meta: splits, fusion weights, probes, seeds, the caller's."""
+    report, cfg, views = ctx.report, ctx.config, ctx.views
     report.meta["duplicate_title_share"] = round(duplicate_title_share(ctx), 4)
-    report.notes += _notes(ctx, names) + list(notes or [])
-    if folded:
+    report.notes += _notes(ctx, names) + notes
+    if any(len(seeds) > 1 for seeds in members.values()):
         report.meta["training_seeds"] = {name: len(seeds) for name, seeds in members.items()
                                          if len(seeds) > 1}
         report.notes.append(
@@ -286,33 +340,18 @@ def run_suite(models: dict, listings: list[Listing], *, config: EvalConfig | Non
             "spread across training runs.")
     report.meta["fusion_weights"] = {v.name: {"weight": v.fusion_weight, "source": v.fusion_source}
                                      for v in views if v.fusion_weight is not None}
-    report.meta.update({"splits": counts, "split_source": splits.source,
-                        "eval_config": to_dict(cfg), "eval_seconds": seconds,
+    report.meta.update({"splits": ctx.splits.counts(), "split_source": ctx.splits.source,
+                        "eval_config": to_dict(cfg), "eval_seconds": laps.seconds,
                         "probe_C": dict(sorted(ctx.shared.get("probe_C", {}).items())),
                         "probe_fits_at_max_iter": sum(ctx.shared.get("probe_capped", {}).values()),
-                        **(meta or {})})
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and cfg.plots:
-        from eclip.tasks.html import write_html
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_html(report, ctx, out / "report.html")
-        lap("html")
-    seconds["total"] = round(time.perf_counter() - started, 2)
-    if out is not None:
-        if cfg.retrieval_files:  # one CLIP_benchmark-style record per model (eclip.tasks.ir)
-            ir.write_clip_benchmark(report.rows, out / "clip_benchmark.jsonl",
-                                    dataset=str(report.meta.get("dataset") or title),
-                                    pretrained=report.meta.get("models"))
-        report.write(out)
-    return SuiteResult(report, out, seconds)
+                        **meta})
 
 
 def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_dir: str | Path, *,
              progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
     """``eclip eval``: read the catalog through ``recipe.data``, load the models, run the suite.
     A name with a list of directories has one model per training seed (``eclip.tasks.seeds``)."""
-    from eclip.model import DualEncoder
+    from eclip.model import load_model
 
     out = Path(out_dir)
     clean_stale_temps_below(out)  # a killed eval's temporaries (the benchmark's files included)
@@ -331,8 +370,8 @@ def run_eval(model_dirs: dict[str, Path | list[Path]], recipe: EvalRecipe, out_d
         cfg = replace(cfg, queries=cfg.queries or (str(bench.queries) if bench.queries else None))
         dataset = bench.dataset
     read = load_catalog(data, report_dir=out, progress=progress, log=log)
-    models = {name: ([DualEncoder.from_pretrained(p) for p in path] if isinstance(path, list)
-                     else DualEncoder.from_pretrained(path)) for name, path in model_dirs.items()}
+    models = {name: ([load_model(p) for p in path] if isinstance(path, list)
+                     else load_model(path)) for name, path in model_dirs.items()}
     meta = {"catalog": str(recipe.data.catalog), "dataset": dataset,
             "models": {name: ",".join(map(str, path)) if isinstance(path, list) else str(path)
                        for name, path in model_dirs.items()}}

@@ -28,7 +28,7 @@ import torch
 
 from eclip.catalog.schema import Listing
 from eclip.catalog.text import normalize_title
-from eclip.encode import (FUSION_WEIGHT, ImageFeatureCache, choose_fusion_weight, embed_listings,
+from eclip.encode import (FUSION_WEIGHT, ImageFeatureCache, embed_listings, resolve_fusion_weight,
                           embed_texts, fuse, image_cache_for, model_composer, title_composer,
                           unit_rows)
 
@@ -84,15 +84,10 @@ def model_views(name: str, model, listings: list[Listing], cache: ImageFeatureCa
                          image_cache=cache, features=True, progress=progress, desc=name)
     image, text = unit_rows(emb.image_features), unit_rows(emb.text_features)
     kind = "tower" if tower else "joint"
-    weight, source = model.config.fusion_weight, "the model's"
-    if weight is None:
-        weight, source = FUSION_WEIGHT, "default"
-        if val_rows is not None and len(val_rows):
-            rows = np.asarray(val_rows)
-            pick = (image, text) if tower else (emb.image, emb.text)
-            weight = choose_fusion_weight(pick[0][rows], pick[1][rows],
-                                          [listings[i].group_id for i in rows])
-            source = "chosen on val"
+    rows = np.asarray(val_rows if val_rows is not None else [], dtype=np.int64)
+    pick = (image, text) if tower else (emb.image, emb.text)
+    weight, source = resolve_fusion_weight(model, pick[0][rows], pick[1][rows],
+                                           [listings[i].group_id for i in rows])
     joint = {"image": emb.image, "text": emb.text, "both": fuse(emb.image, emb.text, weight)}
     # probes learn their own weighting of the halves: they read the tower features fused evenly
     features = {"image": image, "text": text, "both": fuse(image, text, FUSION_WEIGHT)}

@@ -2,7 +2,7 @@
 
 A locked tower computes the same features for the same image every epoch, so they are computed once
 (``eclip.encode.images.ImageFeatureCache``) and the step only runs the projection (and the top blocks
-of the tower when ``train.image_trainable_blocks`` is set).
+of the tower when ``train.image_trainable_layers`` is set on the locked tower).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Under DDP every rank holds the whole model, its gradients and the optimizer's tw
 Under FSDP each rank holds 1/N of each (N: the ranks); a block's weights are gathered just before
 it runs and freed after, its gradients are reduce-scattered back to the shards. What is sharded:
 
-- every transformer block of both towers (the block stack that ``eclip.model.towers.block_list``
+- every transformer block of both towers (the block stack that ``eclip.model.layers.block_list``
   finds: BERT's ``encoder.layer``, ViT's ``layers``, CLIP / SigLIP ``encoder.layers``,
   EfficientNet's blocks), each its own FSDP unit, gathered one at a time;
 - the rest (embeddings, final norms, poolers, projections) as one unit at the root, the
@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from eclip.errors import ConfigError
-from eclip.model.towers import block_list
+from eclip.model.layers import block_list
 from eclip.train.checkpoint import (LAST_SHARDED, load_sharded_checkpoint, read_sharded_tensors,
                                     save_sharded_checkpoint)
 from eclip.train.distributed import DataParallel, DistEnv

@@ -69,39 +69,31 @@ def param_groups(model, train_config: TrainConfig) -> list[dict[str, Any]]:
 
 def prepare_finetune(model, train_config: TrainConfig) -> WiseFT | None:
     """Lock and unlock the towers as the recipe says (``lock_image``, ``lock_text``,
-    ``image_trainable_blocks``, ``image_trainable_layers``, ``text_trainable_layers``); with
-    ``train.wise_alpha``, return the weights before training (a copy on the CPU) as a ``WiseFT``
-    whose ``apply(model)`` merges the trained model with them before it is saved."""
+    ``image_trainable_layers``, ``text_trainable_layers``); with ``train.wise_alpha``, return the
+    weights before training (a copy on the CPU) as a ``WiseFT`` whose ``apply(model)`` merges the
+    trained model with them before it is saved."""
     cfg = _train_config(train_config)
     model.set_trainable(image=not cfg.lock_image, text=not cfg.lock_text,
-                        image_top_blocks=cfg.image_trainable_blocks,
                         image_layers=cfg.image_trainable_layers, text_layers=cfg.text_trainable_layers)
     return WiseFT(model, cfg.wise_alpha) if cfg.wise_alpha is not None else None
 
 
 def top_of_image_tower(train_config: TrainConfig, model, log=print) -> TrainConfig:
-    """``train.image_trainable_blocks`` (train only the top N blocks of the image tower and its
-    head) for every image tower. A tower that can be cut between blocks (EfficientNet) with
-    ``train.lock_image=true`` trains its top with the activations below computed once; any other
-    tower (a transformers ViT, a CLIP checkpoint's) is unlocked with only its top N blocks and its
-    head training, ``train.image_trainable_layers=N+1`` (layer groups: blocks and head). Returns the
+    """``train.image_trainable_layers: N`` with ``train.lock_image`` (train only the top of a
+    locked image tower) for every image tower. A tower that can be cut between blocks
+    (EfficientNet, vit) keeps its lower part locked and trains its top N - 1 blocks and head, with
+    the activations below them computed once (``TrainConfig.image_cut_blocks``); any other tower,
+    or N = 1 (the head alone), is unlocked with only its top N layer groups training. Returns the
     config to train with (``train_config`` itself when nothing changes)."""
     from dataclasses import replace
 
-    from eclip.errors import ConfigError
-
-    blocks = train_config.image_trainable_blocks
-    if not blocks:
+    layers = train_config.image_trainable_layers
+    if not (train_config.lock_image and layers):
         return train_config
-    if train_config.image_trainable_layers is not None:
-        raise ConfigError("train.image_trainable_blocks and train.image_trainable_layers both say "
-                          "how much of the image tower trains: set one (image_trainable_blocks "
-                          "works on every tower)")
     tower = model.image_tower
-    if train_config.lock_image and getattr(tower, "num_blocks", 0):
+    if layers > 1 and getattr(tower, "num_blocks", 0):
         return train_config  # the cut: checked against the tower's blocks where it is made
-    log(f"train.image_trainable_blocks={blocks}: the {type(tower).__name__} trains its top "
-        f"{blocks} blocks and its head as layer groups (train.image_trainable_layers={blocks + 1}, "
-        "the tower unlocked below them frozen)")
-    return replace(train_config, lock_image=False, image_trainable_blocks=0,
-                   image_trainable_layers=blocks + 1)
+    log(f"train.image_trainable_layers={layers} with train.lock_image: the {type(tower).__name__} "
+        f"{'cannot be cut between blocks' if layers > 1 else 'trains its head alone'}, so it is "
+        f"unlocked with its top {layers} layer groups training (the groups below frozen)")
+    return replace(train_config, lock_image=False)

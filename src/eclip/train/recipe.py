@@ -1,19 +1,23 @@
 """The sections of a training recipe (``configs/*.yaml``) as dataclasses.
 
 ``data`` is the catalog's own section (``eclip.catalog.config.DataConfig``), shared with ``eclip
-eval``, ``embed``, ``prepare`` and ``index``. ``model`` and ``data.text`` stay plain mappings here and are validated by the classes that own them
-(``DualEncoderConfig`` and ``ComposerConfig``), so that each idea has one definition.
+eval``, ``embed``, ``prepare`` and ``index``; ``model`` is the model's own config
+(``eclip.model.DualEncoderConfig``: typed, range-checked, unknown keys named when the recipe is
+loaded). ``data.text`` stays a plain mapping here, validated by ``ComposerConfig``, so that each
+idea has one definition.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from eclip.catalog.config import DataConfig
 from eclip.config import Range, above, apply_overrides, at_least, check_ranges, from_dict, load_yaml
 from eclip.errors import ConfigError
+from eclip.model.config import DualEncoderConfig
 
 PARALLEL = ("ddp", "fsdp")  # train.parallel: DDP, or FSDP2 (eclip.train.fsdp)
 LORA_TOWERS = ("text", "image")
@@ -90,7 +94,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "min_lr_ratio": Range(0, 1),
     # the largest gradient norm kept; .inf: no clipping (a norm <= 0 would flip or zero the update)
     "grad_clip": above(0, ".inf: no clipping", allow_inf=True),
-    "image_trainable_blocks": at_least(0),
+    "image_trainable_blocks": at_least(0, "deprecated: train.image_trainable_layers=N+1"),
     "text_trainable_layers": at_least(1, _LAYERS_NOTE),
     "image_trainable_layers": at_least(1, _LAYERS_NOTE),
     "text_lr_decay": Range(0, 1, low_open=True, note="1.0: no decay"),
@@ -145,15 +149,16 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     lock_image: bool = False
-    # the one knob for "train only the top of the image tower": its top N blocks and head train.
-    # With lock_image and a tower that can be cut (EfficientNet), the activations below them are
-    # computed once, like a locked tower's features; any other tower trains its top N blocks and
-    # head as layer groups (image_trainable_layers=N+1: eclip.train.optim.top_of_image_tower)
-    image_trainable_blocks: int = 0
+    # deprecated, the old name of image_trainable_layers: N blocks = N + 1 layer groups (the top
+    # N blocks and the head); mapped onto image_trainable_layers when the recipe loads
+    image_trainable_blocks: int | None = None
     lock_text: bool = False
-    # fine-tuning controls (a tower's layer groups, bottom up: embeddings, block 0..N-1, head):
-    # only the top N layer groups of the unlocked tower train, the groups below are locked
-    # (None: the whole tower, as lock_text / lock_image say)
+    # the one knob for "train only the top of a tower" (its layer groups, bottom up: embeddings,
+    # block 0..N-1, head): only the top N layer groups train, the groups below are frozen (None:
+    # the whole tower, as lock_text / lock_image say). With lock_image, the image tower stays in
+    # eval mode and, where it can be cut between blocks (EfficientNet, vit), the activations below
+    # its top N - 1 blocks are computed once, like a locked tower's features; any other image
+    # tower is unlocked with its top N groups training (eclip.train.optim.top_of_image_tower)
     text_trainable_layers: int | None = None
     image_trainable_layers: int | None = None
     # layer-wise learning-rate decay, in (0, 1]: the top layer group of the tower gets the tower's
@@ -179,12 +184,20 @@ class TrainConfig:
     lora: LoraConfig | None = None
 
     @property
+    def image_cut_blocks(self) -> int:
+        """The blocks above the cut of a locked image tower whose top layer groups train
+        (``image_trainable_layers - 1`` with ``lock_image``: the top group is the head), else 0."""
+        layers = self.image_trainable_layers
+        return layers - 1 if self.lock_image and layers and layers > 1 else 0
+
+    @property
     def no_steps(self) -> bool:
         """``epochs=0`` or ``max_steps=0``: the run saves the initial model as its model."""
         return self.epochs == 0 or self.max_steps == 0
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", TRAIN_RANGES)
+        self._map_image_trainable_blocks()
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, "
                               f"got {self.parallel!r}")
@@ -196,12 +209,33 @@ class TrainConfig:
         if self.lora is not None:
             self.lora.check_against(self)
 
+    def _map_image_trainable_blocks(self) -> None:
+        """``image_trainable_blocks: N`` (deprecated) is ``image_trainable_layers: N + 1``."""
+        blocks = self.image_trainable_blocks
+        self.image_trainable_blocks = None
+        if not blocks:  # None, or 0: the old "off"
+            return
+        if self.image_trainable_layers is not None:
+            raise ConfigError(f"train.image_trainable_blocks is the old name of "
+                              f"train.image_trainable_layers (N blocks = N + 1 layer groups): set "
+                              f"only train.image_trainable_layers (got both, {blocks} and "
+                              f"{self.image_trainable_layers})")
+        warnings.warn(f"train.image_trainable_blocks is deprecated: it is now "
+                      f"train.image_trainable_layers={blocks + 1} (the top {blocks} blocks and the "
+                      f"head, as layer groups), which works on every tower", FutureWarning,
+                      stacklevel=2)
+        self.image_trainable_layers = blocks + 1
+
 
 @dataclass
 class Recipe:
-    model: dict[str, Any] = field(default_factory=dict)
+    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):  # Recipe(model={...}) from Python: checked the same way
+            self.model = from_dict(DualEncoderConfig, dict(self.model), "model")
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:

@@ -6,6 +6,7 @@ reports and writes). With ``data.shards`` the listings are streamed from prepare
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from eclip.catalog.load import load_catalog
 from eclip.catalog.schema import Listing
 from eclip.catalog.splits import Splits, split_listings
 from eclip.config import to_dict, use_threads
-from eclip.model import DualEncoder, DualEncoderConfig, train_tokenizer
+from eclip.model import DualEncoder, load_model, model_from_config, train_tokenizer
 from eclip.train.distributed import DistEnv, barrier, init_distributed, rank_log, shutdown
 from eclip.train.recipe import Recipe
 from eclip.train.sources import shard_listings
@@ -27,13 +28,13 @@ from eclip.train.trainer import TrainResult, train
 
 def build_model(recipe: Recipe, train_listings: list[Listing]) -> DualEncoder:
     """The towers before alignment; a from-scratch text tower gets a tokenizer trained on the catalog."""
-    config = DualEncoderConfig.from_dict({**recipe.model, "text_composer": dict(recipe.data.text)})
+    config = dataclasses.replace(recipe.model, text_composer=dict(recipe.data.text))
     tokenizer = None
     if config.text_tower == "scratch":
         composer = TextComposer(ComposerConfig.from_dict(recipe.data.text))
         tokenizer = train_tokenizer([composer.compose(x) for x in train_listings],
                                     config.scratch_vocab_size)
-    return DualEncoder.build(config, tokenizer=tokenizer)
+    return model_from_config(config, tokenizer)  # model.init_from: that checkpoint
 
 
 INIT_DIR = "init"  # OUTPUT_DIR/init: the model before training
@@ -49,7 +50,7 @@ def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, o
     already there: it is the model the run started from."""
     init_dir = out_dir / INIT_DIR
     if resume and (init_dir / "config.json").is_file():
-        return DualEncoder.from_pretrained(init_dir)
+        return load_model(init_dir)
     barrier()  # every rank has seen the old init/ before rank 0 may write a new one
     torch.manual_seed(recipe.train.seed)
     model = None
@@ -59,7 +60,7 @@ def initial_model(recipe: Recipe, train_listings: list[Listing], env: DistEnv, o
     barrier()
     if not env.distributed:
         return model
-    return DualEncoder.from_pretrained(init_dir)  # every rank the same copy
+    return load_model(init_dir)  # every rank the same copy
 
 
 def run_training(recipe: Recipe, *, resume: bool = False,
@@ -118,7 +119,7 @@ def _catalog_splits(recipe: Recipe, out_dir: Path, env: DistEnv, log: Callable[[
 def _shard_splits(recipe: Recipe, log: Callable[[str], None]) -> Splits:
     """Training data stream from the shards; the listings are read here only where a scratch text
     tower needs them for its tokenizer. Validation is not run (evaluate the saved model instead)."""
-    needs_text = DualEncoderConfig.from_dict(dict(recipe.model)).text_tower == "scratch"
+    needs_text = recipe.model.text_tower == "scratch"
     listings = shard_listings(recipe.data.shards, recipe.data.train_split) if needs_text else []
     log(f"streaming {recipe.data.shards} (split {recipe.data.train_split!r}); no validation during "
         "training from shards")

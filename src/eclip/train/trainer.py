@@ -45,7 +45,7 @@ from eclip.catalog.compose import ComposerConfig, TextComposer
 from eclip.catalog.schema import Listing
 from eclip.config import to_dict
 from eclip.errors import ConfigError, EclipError
-from eclip.encode import choose_fusion_weight, embed_listings, recall_at_k, title_composer
+from eclip.encode import embed_listings, recall_at_k, resolve_fusion_weight, title_composer
 from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_transform
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
@@ -176,7 +176,7 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
             image_cache = ImageFeatureCache.compute(
                 model, dataset.image_paths + [p for x in val_listings for p in x.images],
                 eval_transform(model),
-                top_blocks=cfg.image_trainable_blocks,
+                top_blocks=cfg.image_cut_blocks,
                 batch_size=cfg.eval_batch_size, progress=cfg.progress and env.is_main)
         image_cache.check(model)
         image_input = CachedImageInput(image_cache, dataset.image_paths)
@@ -430,7 +430,8 @@ class TrainingRun:
         emb = embed_listings(model, self.val_listings, title_composer(model),
                              progress=False, image_cache=self.data.image_cache,
                              batch_size=self.cfg.eval_batch_size)
-        weight = choose_fusion_weight(emb.image, emb.text, [x.group_id for x in self.val_listings])
+        weight, _ = resolve_fusion_weight(None, emb.image, emb.text,
+                                          [x.group_id for x in self.val_listings])
         model.config.fusion_weight = weight
         self.log(f"fusion weight {weight:g} (image share of the fused vector, chosen on validation "
                  "catalogs)")

@@ -1,6 +1,6 @@
-"""Start from a vision-language checkpoint a team already has: CLIP, SigLIP, VisionTextDualEncoder.
+"""Convert a transformers vision-language checkpoint into a DualEncoder: CLIP, SigLIP, VisionTextDualEncoder.
 
-``from_checkpoint(directory)`` reads a transformers checkpoint directory and returns a
+``from_transformers(directory)`` reads a transformers checkpoint directory and returns a
 :class:`~eclip.model.DualEncoder` that gives, before any training, the same normalised image and
 text vectors as the checkpoint does in transformers (``get_image_features`` /
 ``get_text_features``, normalised):
@@ -28,9 +28,11 @@ padding after it); and the image preprocessing of ``preprocessor_config.json`` (
 :func:`image_settings`), which eclip's ``ImageTransform`` reproduces exactly for the transformers
 PIL image processors.
 
-``load_model(directory)`` opens either an eclip model directory or such a checkpoint directory.
+The conversion lives here, out of the model class (as transformers keeps its conversion scripts
+out of its modeling code); :func:`eclip.model.load_model` dispatches to it. :func:`from_hf_model`
+is the shared second half, also used for open_clip folders once :mod:`eclip.model.open_clip` has
+mapped them onto a transformers model.
 """
-
 from __future__ import annotations
 
 import math
@@ -40,26 +42,21 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from eclip.catalog.filters import FILTER_BY_CODE
 from eclip.errors import ConfigError, ModelError
 from eclip.model.config import DualEncoderConfig
+from eclip.model.dual_encoder import DualEncoder
 from eclip.model.files import guard_model_dir, read_json, weights_error
+from eclip.model.hf import hf_config_to_dict, quiet_transformers, text_positions
+from eclip.model.preprocessing import image_settings
+from eclip.model.tokenizer import load_tokenizer
 
-# model_type in config.json -> the kind of checkpoint from_checkpoint builds
+# model_type in config.json -> the kind of checkpoint from_transformers builds
 KINDS = {"clip": "clip", "siglip": "siglip", "vision-text-dual-encoder": "vtde"}
 
 # DualEncoderConfig fields a checkpoint start takes from the user (everything else comes from the
-# checkpoint): DualEncoder.build(config with init_from) passes those that differ from the defaults
+# checkpoint): eclip.model.load.model_from_config passes those that differ from the defaults
 OVERRIDABLE = ("max_length", "text_padding", "text_composer", "max_logit_scale", "init_logit_bias",
                "init_temperature")
-
-# preprocessor_config.json keys that do not change the pixels or that image_settings reads
-_HARMLESS_KEYS = {
-    "image_processor_type", "processor_class", "feature_extractor_type", "do_convert_rgb",
-    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-    "do_normalize", "image_mean", "image_std", "default_to_square", "input_data_format",
-    "data_format", "return_tensors", "device", "disable_grouping", "image_seq_length",
-}
 
 
 def read_config(directory: str | Path) -> dict:
@@ -85,79 +82,15 @@ def checkpoint_kind(directory: str | Path) -> str:
     return KINDS[model_type]
 
 
-def image_settings(directory: str | Path, required: bool = True) -> dict[str, Any]:
-    """The DualEncoderConfig image fields that reproduce ``directory/preprocessor_config.json``.
-
-    ``size.shortest_edge`` + centre ``crop_size`` (CLIP) -> ``image_resize="shortest_edge"``;
-    ``size.height == size.width`` without a crop (SigLIP, ViT) -> ``"squash"``; with a crop ->
-    ``"squash"`` to ``image_resize_size`` then the crop; ``resample``, ``image_mean`` /
-    ``image_std`` (``do_normalize: false`` -> 0 / 1). Settings eclip cannot reproduce raise
-    ModelError when ``required`` (the checkpoint's vectors are promised), else are skipped and the
-    nearest settings returned. No file: ``{}`` unless ``required``.
-    """
-    path = Path(directory) / "preprocessor_config.json"
-    if not path.is_file():
-        if required:
-            raise ModelError(f"{path} is missing: the checkpoint's image preprocessing is unknown")
-        return {}
-    data = read_json(path)
-
-    def refuse(reason: str) -> None:
-        if required:
-            raise ModelError(f"{path}: {reason}; eclip cannot reproduce this image preprocessing")
-
-    extra = sorted(k for k, v in data.items() if k not in _HARMLESS_KEYS and v not in (None, False))
-    if extra:
-        refuse(f"unsupported setting(s) {extra}")
-    if not data.get("do_resize", True):
-        refuse("do_resize is false (eclip always resizes to a square)")
-    if data.get("do_rescale", True) and not math.isclose(data.get("rescale_factor", 1 / 255), 1 / 255):
-        refuse(f"rescale_factor {data['rescale_factor']} is not 1/255")
-    size, crop = data.get("size", 224), data.get("crop_size")
-    center_crop = bool(data.get("do_center_crop", False)) and crop is not None
-    if isinstance(crop, int):
-        crop = {"height": crop, "width": crop}
-    out: dict[str, Any] = {}
-    if isinstance(size, int):
-        size = {"shortest_edge": size} if center_crop else {"height": size, "width": size}
-    if "shortest_edge" in size and not size.get("longest_edge"):
-        if not center_crop or crop["height"] != crop["width"]:
-            refuse("a shortest-edge resize needs a square centre crop")
-            out.update(image_resize="squash", image_size=int(size["shortest_edge"]))
-        else:
-            out.update(image_resize="shortest_edge", image_size=int(crop["height"]),
-                       image_resize_size=int(size["shortest_edge"]))
-    elif "height" in size and size["height"] == size["width"]:
-        side = int(size["height"])
-        if center_crop and crop["height"] == crop["width"] and crop["height"] < side:
-            out.update(image_resize="squash", image_size=int(crop["height"]), image_resize_size=side)
-        else:
-            if center_crop and (crop["height"], crop["width"]) != (side, side):
-                refuse(f"crop_size {crop} does not fit size {size}")
-            out.update(image_resize="squash", image_size=side)
-    else:
-        refuse(f"size {size} is not a square or a shortest edge")
-    resample = data.get("resample", 2)
-    if resample in FILTER_BY_CODE:
-        out["image_resample"] = FILTER_BY_CODE[resample]
-    else:
-        refuse(f"resample {resample!r} is not a PIL filter")
-    if data.get("do_normalize", True):
-        mean, std = data.get("image_mean"), data.get("image_std")
-        if isinstance(mean, (int, float)):
-            mean = [mean] * 3
-        if isinstance(std, (int, float)):
-            std = [std] * 3
-        if mean is not None and std is not None:
-            out.update(image_mean=[float(v) for v in mean], image_std=[float(v) for v in std])
-        else:
-            refuse("image_mean / image_std are missing")
-    else:
-        out.update(image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
-    return out
+def check_overrides(overrides: dict[str, Any], directory: Path) -> None:
+    """ConfigError naming the first override a checkpoint start does not take."""
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]} cannot be set when starting from a checkpoint "
+                          f"(model.init_from: {directory}); settable: {', '.join(OVERRIDABLE)}")
 
 
-def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: Any):
+def from_transformers(directory: str | Path, tokenizer: Any = None, **overrides: Any) -> DualEncoder:
     """A DualEncoder with the weights of a CLIPModel / SiglipModel / VisionTextDualEncoderModel dir.
 
     The towers keep the checkpoint's pooling and projections, so the model's normalised vectors
@@ -167,31 +100,37 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
     ``tokenizer``: use this one instead of the directory's. ``config.init_from`` records
     ``directory``; ``save_pretrained`` writes an ordinary eclip directory that rebuilds without it.
     """
-    from eclip.model.dual_encoder import DualEncoder
-    from eclip.model.tokenizer import load_tokenizer
-    from eclip.model.towers import text_positions
-
     directory = Path(directory).expanduser()
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]} cannot be set when starting from a checkpoint "
-                          f"(model.init_from: {directory}); settable: {', '.join(OVERRIDABLE)}")
-    from eclip.model import open_clip
+    check_overrides(overrides, directory)
+    checkpoint_kind(directory)
+    hf = _load_transformers(directory)
+    config = start_config(hf, directory, image_settings(directory, required=True), overrides)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config, directory)
+    return from_hf_model(hf, config, tokenizer, directory)
 
-    bias = None
-    if open_clip.is_open_clip_dir(directory):  # open_clip_config.json: mapped onto a CLIPModel
-        hf, image_fields, bias = open_clip.to_transformers(directory)
-        kind = "clip"
-    else:
-        kind = checkpoint_kind(directory)
-        hf = _load_transformers(directory)
-        image_fields = image_settings(directory, required=True)
-    hf.eval()
+
+def hf_kind(hf: Any) -> str:
+    """``clip``, ``siglip`` or ``vtde``: the kind of a loaded transformers dual encoder."""
+    model_type = getattr(hf.config, "model_type", None)
+    if model_type not in KINDS:
+        raise ModelError(f"a transformers '{model_type}' model is not a dual encoder eclip reads; "
+                         f"supported: {', '.join(KINDS)}")
+    return KINDS[model_type]
+
+
+def start_config(hf: Any, directory: Path, image_fields: dict[str, Any],
+                 overrides: dict[str, Any]) -> DualEncoderConfig:
+    """The DualEncoderConfig of a model started from ``hf`` (a transformers dual encoder read from
+    ``directory``): ``hf`` towers pooled as the checkpoint pools, its projections (or identity for
+    SigLIP), its preprocessing (``image_fields``), then the user's ``overrides``."""
+    kind = hf_kind(hf)
     text_cfg, vision_cfg = hf.config.text_config, hf.config.vision_config
     fields: dict[str, Any] = {
         "text_tower": "hf", "text_model": str(directory), "text_pooling": "pooler",
-        "text_hf_config": _config_dict(text_cfg), "image_tower": "hf", "image_model": str(directory),
-        "image_pooling": "pooler", "image_hf_config": _config_dict(vision_cfg),
+        "text_hf_config": hf_config_to_dict(text_cfg), "image_tower": "hf",
+        "image_model": str(directory), "image_pooling": "pooler",
+        "image_hf_config": hf_config_to_dict(vision_cfg),
         # the positions the text model can number (RoBERTa-style models: fewer than the table)
         "max_length": text_positions(hf.text_model) or int(text_cfg.max_position_embeddings),
         "pretrained": False,
@@ -207,14 +146,18 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
     fields["max_logit_scale"] = max(DualEncoderConfig.max_logit_scale, math.exp(scale))
     fields.update(overrides)
     try:
-        config = DualEncoderConfig(**fields)
+        return DualEncoderConfig(**fields)
     except ConfigError as err:
         raise ModelError(f"{directory}: {err}") from err
-    if tokenizer is None and open_clip.is_open_clip_dir(directory):
-        tokenizer = open_clip.load_tokenizer(directory, config.max_length)
-    elif tokenizer is None:
-        tokenizer = load_tokenizer(config, directory)
-    model = DualEncoder._assemble(config, tokenizer, load_weights=False)
+
+
+def from_hf_model(hf: Any, config: DualEncoderConfig, tokenizer: Any, directory: Path,
+                  logit_bias: float | None = None) -> DualEncoder:
+    """The DualEncoder of ``config`` (from :func:`start_config`) holding ``hf``'s weights: towers,
+    projections, logit scale and (SigLIP's, or ``logit_bias`` when given) logit bias."""
+    kind = hf_kind(hf)
+    hf.eval()
+    model = DualEncoder.build(config, tokenizer, load_weights=False)
     with torch.no_grad():
         _load_module(model.text_tower.model, hf.text_model, directory, "text model")
         _load_module(model.image_tower.model, hf.vision_model, directory, "vision model")
@@ -224,16 +167,14 @@ def from_checkpoint(directory: str | Path, tokenizer: Any = None, **overrides: A
         model.log_scale.copy_(hf.logit_scale.detach().reshape(()))
         if kind == "siglip":
             model.logit_bias.copy_(hf.logit_bias.detach().reshape(()))
-        elif bias is not None:
-            model.logit_bias.fill_(bias)
+        elif logit_bias is not None:
+            model.logit_bias.fill_(logit_bias)
     return model
 
 
 def _load_transformers(directory: Path):
     """The transformers model of a checkpoint directory (eval mode); ModelError saying why not."""
     from transformers import AutoModel
-
-    from eclip.model.towers import quiet_transformers
 
     guard_model_dir(directory)  # every JSON file readable, no remote code (auto_map)
     try:
@@ -251,24 +192,9 @@ def _load_transformers(directory: Path):
     return hf
 
 
-def load_model(directory: str | Path):
-    """An eclip model directory, or a checkpoint directory ``from_checkpoint`` reads; ModelError
-    for any other directory (what ``eclip eval --models name=DIR`` opens)."""
-    from eclip.model.dual_encoder import DualEncoder
-
-    return DualEncoder.from_pretrained(directory)
-
-
-def _config_dict(hf_config: Any) -> dict:
-    data = hf_config.to_dict()
-    data.pop("_name_or_path", None)
-    return data
-
-
 def _load_module(target: torch.nn.Module, source: torch.nn.Module, directory: Path, what: str) -> None:
     try:
         target.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError as err:
         raise ModelError(f"the {what} of {directory} does not fit the tower eclip built from its "
                          f"config: {str(err).splitlines()[0]}") from err
-

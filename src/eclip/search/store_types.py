@@ -1,11 +1,12 @@
-"""Where a generation's vectors are searched: the ``VectorStore`` interface and its FAISS store.
+"""Where a generation's vectors are searched: the vector store interface, shared by every store.
 
-An index generation (``index.py``) holds the listings' metadata (SQLite), their vectors as ``.npy``
+An index generation (``generation.py``) holds the listings' metadata (SQLite), their vectors as ``.npy``
 files (the source of every rebuild) and, per vector space (``image``, ``text``, ``product``), an
 index that answers nearest-neighbour queries with filters. That last part is a store:
 
-* ``faiss`` (the default, embedded): ``image.faiss text.faiss product.faiss`` in the generation
-  folder (``vectors.py``); filters become an id selector computed from the metadata.
+* ``faiss`` (the default, embedded, ``faiss_store.py``): ``image.faiss text.faiss product.faiss``
+  in the generation folder (``vectors.py``); filters become an id selector computed from the
+  metadata.
 * ``milvus`` (``milvus.py``): one Milvus collection per generation, behind an alias; category,
   catalog and the adult flag are scalar fields, so filters run in the database. A local ``*.db``
   URI is Milvus Lite (a laptop, the tests), ``http://host:19530`` a cluster: the same client code.
@@ -14,6 +15,8 @@ A store has a write side (``StoreWriter``: fill the new generation's index from 
 publish it when the generation is in service, or discard it) and a read side (``VectorStore``:
 search one space with a ``Where`` filter). ``StoreSpec`` says which store, and is recorded in the
 generation's ``info.json`` (nothing is recorded for FAISS, whose on-disk layout is unchanged).
+``vector_stores.py`` opens the store a spec names, for writing (``writer_for``) or reading
+(``open_store``).
 """
 
 from __future__ import annotations
@@ -24,17 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import faiss
 import numpy as np
 
 from eclip.errors import ConfigError
-from eclip.search.vectors import IndexStats, VectorIndex, VectorSettings
+from eclip.search.vectors import IndexStats, VectorSettings
 
 STORE_KINDS = ("faiss", "milvus")
-SPACES = ("image", "text", "product")
-# A filter that keeps at most this many listings (and under a quarter of the index) is answered
-# by scanning just their vectors; a larger one by the FAISS index with an id selector.
-SUBSET_SCAN_MAX = 20_000
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 
 
@@ -150,90 +148,8 @@ class StoreWriter(Protocol):
         ...
 
 
-# ------------------------------------------------------------------------------------- FAISS
-class FaissWriter:
-    """Today's layout: a ``{space}.faiss`` file per space in the generation folder; an update loads
-    the base generation's index and applies the changes unless it must be retrained."""
-
-    def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
-        stats = {}
-        for space in SPACES:
-            vectors = job.vectors(space)
-            index = self._index(job, space, vectors)
-            index.save(str(job.tmp / f"{space}.faiss"))
-            stats[space] = index.stats
-        return stats, None
-
-    @staticmethod
-    def _index(job: WriteJob, space: str, vectors: np.ndarray) -> VectorIndex:
-        if job.base is not None and (job.base / f"{space}.faiss").is_file():
-            stats = IndexStats(**job.base_info["vectors"][space])
-            index = VectorIndex.load(str(job.base / f"{space}.faiss"), stats)
-            if not index.needs_retraining(len(job.vids), job.settings):
-                index.remove(job.dropped)
-                index.add(job.fresh[space], job.new_vids)
-                index.tune(vectors, job.vids, job.settings)
-                return index
-        return VectorIndex.build(vectors, job.vids, job.settings)
-
-    def publish(self, entry: dict | None) -> None:
-        pass  # the folder's CURRENT pointer is the switch
-
-    def discard(self, entry: dict | None) -> None:
-        pass  # the files were in the generation's temporary folder
-
-    def collect(self, keep: list[dict | None]) -> None:
-        pass  # removed with the generation folders
-
-
-class FaissStore:
-    """The read side of the FAISS store. ``allowed(where)`` gives the vids a filter keeps (from the
-    metadata); a small set is scanned directly over the memory-mapped vectors."""
-
-    kind = "faiss"
-
-    def __init__(self, indexes: dict[str, VectorIndex], vids: np.ndarray,
-                 vectors: dict[str, np.ndarray],
-                 allowed: Callable[[Where], np.ndarray | None]):
-        self.indexes = indexes
-        self.vids = vids
-        self.vectors = vectors
-        self._allowed = allowed
-
-    def search(self, space: str, query: np.ndarray, k: int, where: Where
-               ) -> tuple[np.ndarray, np.ndarray]:
-        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        allowed = self._allowed(where) if where.narrows else None
-        want = k + len(where.exclude)
-        if allowed is not None and len(allowed) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
-            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed), axis=0)
-            values, top = faiss.knn(query, subset, min(want, len(allowed)),
-                                    metric=faiss.METRIC_INNER_PRODUCT)
-            values, found = values[0], allowed[top[0]]
-        else:
-            values, found = self.indexes[space].search(query, want, allowed=allowed)
-            values, found = values[0], found[0]
-        keep = found >= 0
-        if where.exclude:
-            keep &= ~np.isin(found, np.fromiter(where.exclude, np.int64))
-        return found[keep][:k].astype(np.int64), values[keep][:k]
-
-    def close(self) -> None:
-        pass
-
-
 def store_spec_of(entry: dict | None) -> StoreSpec:
     """The spec recorded in a generation's ``info.json`` (None: the FAISS store)."""
     if not entry:
         return StoreSpec()
     return StoreSpec(entry.get("kind", "faiss"), entry.get("uri"), entry.get("alias"))
-
-
-def writer_for(spec: StoreSpec, root: Path) -> StoreWriter:
-    if spec.kind == "milvus":
-        from eclip.search.milvus import MilvusWriter
-
-        return MilvusWriter(spec, root)
-    return FaissWriter()

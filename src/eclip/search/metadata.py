@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from eclip.catalog.schema import CATEGORY_SEP, Listing
-from eclip.search import lexical
+import eclip.search.lexical as lexical
 
 SCHEMA = """
 CREATE TABLE listings (

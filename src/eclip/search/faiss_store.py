@@ -1,0 +1,116 @@
+"""The FAISS vector store (the default): a ``{space}.faiss`` file per space in the generation.
+
+The write side builds each space's index from the generation's ``.npy`` vectors (an update loads
+the base generation's index and applies the changes unless it must be retrained); the read side
+answers a filtered search with an id selector computed from the metadata, or, for a filter that
+keeps few listings, by scanning just their memory-mapped vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from eclip.search.generation import IndexInfo, consistent, reading
+from eclip.search.spaces import SPACES
+from eclip.search.store_types import Where, WriteJob
+from eclip.search.vectors import IndexStats, VectorIndex
+
+# A filter that keeps at most this many listings (and under a quarter of the index) is answered
+# by scanning just their vectors; a larger one by the FAISS index with an id selector.
+SUBSET_SCAN_MAX = 20_000
+
+
+class FaissWriter:
+    """A ``{space}.faiss`` file per space in the generation folder; an update loads the base
+    generation's index and applies the changes unless it must be retrained."""
+
+    def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
+        stats = {}
+        kind = job.settings.resolve_kind(len(job.vids), [job.vectors(s).shape[1] for s in SPACES])
+        for space in SPACES:
+            vectors = job.vectors(space)
+            index = self._index(job, space, vectors, kind)
+            index.save(str(job.tmp / f"{space}.faiss"))
+            stats[space] = index.stats
+        return stats, None
+
+    @staticmethod
+    def _index(job: WriteJob, space: str, vectors: np.ndarray, kind: str) -> VectorIndex:
+        if job.base is not None and (job.base / f"{space}.faiss").is_file():
+            stats = IndexStats(**job.base_info["vectors"][space])
+            index = VectorIndex.load(str(job.base / f"{space}.faiss"), stats)
+            if not index.needs_retraining(len(job.vids), job.settings, kind=kind,
+                                          removing=len(job.dropped) > 0):
+                index.remove(job.dropped)
+                index.add(job.fresh[space], job.new_vids)
+                index.tune(vectors, job.vids, job.settings)
+                return index
+        return VectorIndex.build(vectors, job.vids, job.settings, kind=kind)
+
+    def publish(self, entry: dict | None) -> None:
+        pass  # the folder's CURRENT pointer is the switch
+
+    def discard(self, entry: dict | None) -> None:
+        pass  # the files were in the generation's temporary folder
+
+    def collect(self, keep: list[dict | None]) -> None:
+        pass  # removed with the generation folders
+
+
+class FaissStore:
+    """The read side of the FAISS store. ``allowed(where)`` gives the vids a filter keeps (from the
+    metadata); a small set is scanned directly over the memory-mapped vectors."""
+
+    kind = "faiss"
+
+    def __init__(self, indexes: dict[str, VectorIndex], vids: np.ndarray,
+                 vectors: dict[str, np.ndarray],
+                 allowed: Callable[[Where], np.ndarray | None]):
+        self.indexes = indexes
+        self.vids = vids
+        self.vectors = vectors
+        self._allowed = allowed
+
+    @classmethod
+    def open(cls, generation: Path, info: IndexInfo, vids: np.ndarray,
+             vectors: dict[str, np.ndarray],
+             allowed: Callable[[Where], np.ndarray | None]) -> FaissStore:
+        """The generation's ``{space}.faiss`` files, each checked against its ``.npy`` vectors."""
+        indexes = {}
+        for space in SPACES:
+            path = generation / f"{space}.faiss"
+            with reading(path):
+                indexes[space] = VectorIndex.load(str(path), info.vectors[space])
+            indexes[space].attach(vectors[space], vids)  # exact re-ranking reads them
+            found = indexes[space].count, indexes[space].index.d
+            consistent(path, found == (info.listings, vectors[space].shape[1]),
+                       f"{found[0]} vectors of {found[1]} dimensions, the generation "
+                       f"{info.listings} of {vectors[space].shape[1]}")
+        return cls(indexes, vids, vectors, allowed)
+
+    def search(self, space: str, query: np.ndarray, k: int, where: Where
+               ) -> tuple[np.ndarray, np.ndarray]:
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        allowed = self._allowed(where) if where.narrows else None
+        want = k + len(where.exclude)
+        if allowed is not None and len(allowed) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
+            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed), axis=0)
+            values, top = faiss.knn(query, subset, min(want, len(allowed)),
+                                    metric=faiss.METRIC_INNER_PRODUCT)
+            values, found = values[0], allowed[top[0]]
+        else:
+            values, found = self.indexes[space].search(query, want, allowed=allowed)
+            values, found = values[0], found[0]
+        keep = found >= 0
+        if where.exclude:
+            keep &= ~np.isin(found, np.fromiter(where.exclude, np.int64))
+        return found[keep][:k].astype(np.int64), values[keep][:k]
+
+    def close(self) -> None:
+        pass
