@@ -116,7 +116,7 @@ def train_config(name: str, mode: str, rank: int, lr: float = 1e-4):
     overrides = [f"train.lr={lr}", "train.device=cpu"]
     if name == "demo":
         overrides += ["train.lock_image=true", "train.tower_lr_scale=0.3"]
-        overrides += (["train.image_trainable_blocks=2"] if mode == "full" else [])
+        overrides += (["train.image_trainable_layers=3"] if mode == "full" else [])  # 2 blocks + head
     if mode == "lora":
         towers = "[text]" if name == "demo" else "[text, image]"
         overrides.append(f"train.lora={{rank: {rank}, alpha: {2 * rank}, targets: [attention, mlp], "
@@ -150,7 +150,7 @@ def step_worker(args) -> dict:
     image_input = pixel_input
     pixels = torch.randn(rows, 3, size, size, generator=gen)
     if cfg.lock_image:  # the demo's cached path: activations below the cut (or features), once
-        blocks = cfg.image_trainable_blocks
+        blocks = cfg.image_cut_blocks
         with torch.no_grad():
             cached = model.image_tower.below(pixels, blocks) if blocks else model.image_tower(pixels)
 
@@ -315,6 +315,9 @@ def quality(args) -> None:
             "towers: [text, image]}")
     for name, lr, extra in (("full_ft", 3e-4, []), ("lora", args.lora_lr, [lora])):
         run_dir = out / "runs" / name
+        if name == "full_ft" and args.full_from:  # the same run, made by an earlier invocation
+            models[name] = load_model(args.full_from)
+            continue
         shutil.rmtree(run_dir, ignore_errors=True)
         recipe = fc.recipe_for(start_dir, run_dir, targets="catalog", epochs=10, lr=lr,
                                batch_size=64, per_group=2, seed=0,
@@ -360,6 +363,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--start-from", default=None,
                         help="the --out of benchmarks/from_checkpoint.py: reuse its catalog and start")
+    parser.add_argument("--full-from", default=None,
+                        help="(quality) the full_ft model folder of an earlier run: not trained again")
     args = parser.parse_args(argv)
     if args.phase == "step":
         print(json.dumps(step_worker(args)))

@@ -101,6 +101,24 @@ def test_the_merged_model_gives_the_adapted_models_vectors(kind, clip_dir, sigli
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("fmt", ["transformers", "open_clip"])
+def test_a_merged_model_exports_like_any_other(clip_dir, tmp_path, fmt):
+    """Every export sees a plain model: the merged adapters come back from the exported folder."""
+    from eclip.model.export import export_model
+
+    # a transformers CLIP for transformers, the open_clip fixture (an open_clip start) for open_clip
+    start = clip_dir if fmt == "transformers" else Path(__file__).parent / "fixtures/open_clip/vit_clip"
+    model = load_model(start)
+    add_adapters(model, LoraConfig(rank=4, targets=["attention", "mlp"]))
+    _nudge_adapters(model)
+    batch = _batch(model)
+    adapted = _vectors(model, batch)
+    merge_adapters(model)
+    reloaded = _vectors(load_model(export_model(model, tmp_path / fmt, format=fmt)), batch)
+    for got, expected in zip(reloaded, adapted):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_the_attention_pooling_head_of_siglip_takes_no_adapter(siglip_dir):
     """nn.MultiheadAttention reads its out_proj's weight itself: an adapter there would be
     silently ignored, so the layers inside it are not offered."""
@@ -185,6 +203,7 @@ def _recipe(out, *extra):
         "data.text.field_dropout={brand: 0.5}", "train.lora={rank: 4, dropout: 0.1}", *extra])
 
 
+@pytest.mark.slow
 def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model_dir, data,
                                                              crash_in_loss):
     full = tmp_path / "full"
@@ -212,6 +231,7 @@ def test_a_lora_run_resumes_exactly_and_saves_a_plain_model(tmp_path, tiny_model
     assert {n.rsplit(".", 1)[0] for n in moved if n.endswith(".weight")} == adapted
 
 
+@pytest.mark.slow
 def test_wise_alpha_merges_the_start_with_the_merged_adapters(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
     cfg = ["train.max_steps=2", "train.wise_alpha=0.5", "train.loss=sigmoid"]

@@ -63,7 +63,7 @@ class LoraConfig:
             if getattr(train, f"lock_{tower}"):
                 raise ConfigError(f"train.lock_{tower}=true and train.lora.towers has {tower}: a "
                                   f"locked tower takes no adapters; drop one of the two")
-        for key in ("image_trainable_blocks", "text_trainable_layers", "image_trainable_layers"):
+        for key in ("text_trainable_layers", "image_trainable_layers"):
             if getattr(train, key):
                 raise ConfigError(f"train.{key} and train.lora both say what trains: with LoRA "
                                   f"only the adapters train (unset train.{key})")
