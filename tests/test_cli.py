@@ -172,7 +172,7 @@ def test_eval_models_may_be_followed_by_overrides():
 
 def test_the_command_line_only_parses_and_calls():
     """Every command module stays small and every function short: what a command does is a
-    library function (``eclip index``'s own logic is the search package's to take over)."""
+    library function (``eclip index``'s is ``search.catalog_index.index_catalog``)."""
     import ast
 
     import eclip.cli
@@ -182,7 +182,7 @@ def test_the_command_line_only_parses_and_calls():
         source = path.read_text(encoding="utf-8")
         assert source.count("\n") < 600, path
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.FunctionDef) and node.name != "cmd_index":
+            if isinstance(node, ast.FunctionDef):
                 length = node.end_lineno - node.lineno + 1
                 assert length < 80, f"{path.name}:{node.lineno} {node.name} has {length} lines"
 
