@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -10,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from recipes import SHOP_COLUMNS, model_overrides
 
 
 @pytest.fixture(scope="session")
@@ -176,3 +182,87 @@ def killed_writer(monkeypatch):
         return left
 
     return kill
+
+
+@pytest.fixture
+def world(tmp_path):
+    """``root``: the catalog's folder (the image root) with ``good.png``; ``outside``: a folder next
+    to it with ``secret.png``, a perfectly decodable image that must never be opened."""
+    from files import png
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    png(root / "good.png")
+    png(outside / "secret.png", colour=(1, 2, 3))
+    return root, outside
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every path the image decoder opens (``open`` as the images module sees it)."""
+    import eclip.catalog.images as images_module
+
+    seen: list[str] = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        seen.append(os.path.realpath(os.fspath(file)))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(images_module, "open", spy, raising=False)
+    return seen
+
+
+@pytest.fixture(scope="session")
+def shop(tmp_path_factory):
+    """60 listings of 20 products in a CSV with its own column names (item_no, group, item_name,
+    img, cat_path, maker, split: train and test only); row 5 has no title, row 9 a broken image."""
+    root = tmp_path_factory.mktemp("newcomer")
+    images = root / "pics"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        product = i // 3
+        rgba = np.zeros((32, 32, 4), np.uint8)
+        rgba[..., :3] = rng.integers(0, 255, 3)
+        rgba[4:28, 4 + product % 8:28, 3] = 255
+        Image.fromarray(rgba, "RGBA").save(images / f"{i}.png")
+        rows.append({"item_no": f"N{i:03d}", "group": f"G{product}",
+                     "item_name": f"clip art {product} shape {product % 4}", "img": f"{i}.png",
+                     "cat_path": "Art > Shapes" if product % 2 else "Art > Animals",
+                     "maker": "OpenArt", "split": "test" if product % 5 == 0 else "train"})
+    rows[4]["item_name"] = ""
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rows[8]["img"] = "broken.png"
+    path = root / "shop.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, images
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def baseline_run(shop, tmp_path_factory):
+    """``eclip train train.epochs=0 --threads 1`` on the shop: exit status, printed lines, the run
+    folder and torch's threads after it."""
+    from eclip.cli import main
+
+    path, images = shop
+    run = tmp_path_factory.mktemp("baseline") / "run"
+    before = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["train", "--catalog", str(path), "--image-root", str(images),
+                     "--output-dir", str(run), "--threads", "1", SHOP_COLUMNS, "train.epochs=0",
+                     *model_overrides(TINY_MODEL)])
+    threads_after = torch.get_num_threads()
+    torch.set_num_threads(before)
+    return code, out.getvalue(), err.getvalue(), run, threads_after

@@ -6,7 +6,13 @@
 
 from __future__ import annotations
 
+import json
+
 from eclip.train.recipe import Recipe, load_recipe
+
+# the column map of the ``shop`` fixture's CSV (conftest.py): a newcomer's own column names
+SHOP_COLUMNS = ("data.column_map={title: item_name, images: img, product_id: item_no, "
+                "catalog_id: group}")
 
 
 def tiny_recipe(out, *extra: str, base: tuple[str, ...] | list[str] = (), catalog=None,
@@ -21,3 +27,8 @@ def tiny_recipe(out, *extra: str, base: tuple[str, ...] | list[str] = (), catalo
                   for k, v in (model or {}).items()]
     overrides += [*base, *extra, *(f"train.{k}={v}" for k, v in train.items())]
     return load_recipe(None, overrides)
+
+
+def model_overrides(config: dict) -> list[str]:
+    """A model section as ``model.KEY=VALUE`` overrides (values as JSON: YAML reads them back)."""
+    return [f"model.{k}={json.dumps(v)}" for k, v in config.items()]

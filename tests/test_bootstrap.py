@@ -282,12 +282,17 @@ def test_html_verdict_table_colours_each_cell():
 
 
 def _context(config, outcomes, report):
-    from types import SimpleNamespace
+    """A real task context: 40 test listings in catalogs of two, four models' (empty) views."""
+    from eclip.catalog.schema import Listing
+    from eclip.catalog.splits import EvalSplits
+    from eclip.tasks.context import TaskContext
+    from eclip.tasks.views import ModelViews
 
-    groups = [f"c{i // 2}" for i in range(40)]
-    views = [SimpleNamespace(name=n) for n in ("baseline", "clip", "eclip", "tfidf")]
-    return SimpleNamespace(config=config, report=report, outcomes=outcomes, views=views,
-                           groups=groups, rows=lambda name: np.arange(40), log=lambda _: None)
+    listings = [Listing(product_id=f"p{i}", title="t", images=["x.png"], catalog_id=f"c{i // 2}",
+                        split="test") for i in range(40)]
+    splits = EvalSplits(listings, np.array(["test"] * 40), "the split column")
+    views = [ModelViews(n, "joint", {}) for n in ("baseline", "clip", "eclip", "tfidf")]
+    return TaskContext(splits, views, config, report, outcomes=outcomes, log=lambda _: None)
 
 
 def test_compare_models_pairs_the_configured_models_in_report_order():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from eclip.cli import main
+from eclip.cli import build_parser, main
 from eclip.errors import EclipError
 
 
@@ -185,3 +185,35 @@ def test_the_command_line_only_parses_and_calls():
             if isinstance(node, ast.FunctionDef) and node.name != "cmd_index":
                 length = node.end_lineno - node.lineno + 1
                 assert length < 80, f"{path.name}:{node.lineno} {node.name} has {length} lines"
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+REQUIRED = {"demo": [], "make-demo-catalog": ["--out", "x"], "train": [],
+            "embed": ["--model", "m", "--out", "x"], "eval": ["--models", "a=m", "--out", "x"],
+            "prepare": ["--out", "x"], "index": ["--out", "x"], "serve": ["--index", "x"],
+            "export": ["--model", "m", "--out", "x"],
+            "merge": ["--init", "a", "--model", "b", "--alpha", "0.5", "--out", "x"],
+            "mine-catalogs": ["--model", "m", "--out", "x"]}
+
+
+def test_every_command_takes_quiet():
+    commands = _subcommands()
+    assert set(commands) == set(REQUIRED)
+    parser = build_parser()
+    for name, args in REQUIRED.items():
+        assert parser.parse_args([name, "--quiet", *args]).quiet is True, name
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    from eclip.cli import options
+
+    args = argparse.Namespace(quiet=False)
+    monkeypatch.setattr(options.sys.stderr, "isatty", lambda: False, raising=False)
+    assert options.progress(args) is False
+    monkeypatch.setattr(options.sys.stderr, "isatty", lambda: True, raising=False)
+    assert options.progress(args) is True
+    assert options.progress(argparse.Namespace(quiet=True)) is False

@@ -11,7 +11,6 @@ import tiny_checkpoints as tc
 from eclip.errors import ModelError
 from eclip.model import DualEncoder, DualEncoderConfig, load_model
 from eclip.model.export import export_model
-from eclip.model import load_model
 
 TOL = 1e-5
 

@@ -345,6 +345,31 @@ def test_image_trainable_layers_trains_the_top_of_any_locked_image_tower(clip, d
     assert moved and moved <= top  # the top block and the head, nothing below
 
 
+def test_the_demo_recipe_starts_from_a_clip_checkpoint(clip_dir):
+    """``eclip train --config demo --init-from CLIP_DIR`` (issue 23's friction): the demo's locked
+    EfficientNet settings meet a CLIP tower that cannot be cut. The run goes on with the tower's
+    top groups unlocked, and the demo's from-scratch model keys are named as unused."""
+    from eclip.demo import bundled_recipe
+    from eclip.model import model_from_config
+    from eclip.model.load import unused_by_start
+    from eclip.train.optim import prepare_finetune, top_of_image_tower
+
+    recipe = load_recipe(bundled_recipe("demo"), [f"model.init_from={clip_dir}"])
+    assert recipe.train.lock_image and recipe.train.image_trainable_layers == 3
+    unused = unused_by_start(recipe.model)
+    assert {"text_tower", "scratch_layers"} <= set(unused)  # the demo's own, not the defaults
+    assert "max_length" not in unused and "init_from" not in unused  # a start honours / records them
+    model = model_from_config(recipe.model)
+    messages = []
+    cfg = top_of_image_tower(recipe.train, model, log=messages.append)
+    assert not cfg.lock_image and cfg.image_trainable_layers == 3 and cfg.image_cut_blocks == 0
+    assert any("cannot be cut" in m for m in messages)
+    prepare_finetune(model, cfg)
+    top = {n for g in model.image_tower.layer_groups()[-3:] for n in g.params}
+    assert {n for n, p in model.image_tower.named_parameters() if p.requires_grad} == top
+    assert unused_by_start(load_recipe(bundled_recipe("demo")).model) == []  # no start, no note
+
+
 def test_image_trainable_blocks_is_the_old_name_of_image_trainable_layers():
     """The EfficientNet-era knob still loads, with a warning that names the new one: N blocks are
     N + 1 layer groups (the blocks and the head); 0 was "off" and stays so, silently."""

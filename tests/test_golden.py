@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
@@ -44,16 +43,6 @@ GOLDEN_LOSSES = [3.112957, 2.8457346, 2.791497, 2.7805829, 2.7748566]
 OVERRIDES = ["train.batch_size=16", "train.max_steps=5", "train.log_every=1", "train.warmup_steps=2",
              "train.checkpoint_every=3", "train.lr=0.01", "train.precision=fp32", "train.device=cpu",
              "train.progress=false", "train.seed=0", "data.text.field_dropout={brand: 0.5}"]
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_first_losses_of_a_tiny_seeded_run_are_the_recorded_ones(tmp_path, tiny_catalog,

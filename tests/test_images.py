@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
+from eclip.catalog.config import DataConfig
 from eclip.catalog.images import DEFAULT_MAX_PIXELS, ImageTransform, check_image, load_image, to_rgb
+from eclip.catalog.load import load_catalog
+from eclip.cli import main
 from eclip.errors import ConfigError, ImageError
+from eclip.model import DualEncoder
+from eclip.train.trainer import train
+
+from recipes import tiny_recipe
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -393,3 +402,99 @@ def test_transform_dict_round_trip():
 def test_transform_rejects_bad_settings(data, message):
     with pytest.raises(ConfigError, match=message):
         ImageTransform.from_dict(data)
+
+
+def test_a_large_png_is_decoded_at_reduced_size_and_the_limit_is_a_setting(tmp_path, capsys,
+                                                                           tiny_model_dir):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    big = Image.new("1", (9500, 9500), 1)  # 90 megapixels, above PIL's warning threshold
+    ImageDraw.Draw(big).rectangle((1000, 1000, 6000, 8000), fill=0)
+    big.save(images / "poster.png")  # a 1-bit PNG: tiny on disk, 90 MB decoded
+    del big
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(images / "small.png")
+    path = tmp_path / "shop.jsonl"
+    path.write_text('{"product_id": "big", "title": "poster", "images": "imgs/poster.png"}\n'
+                    '{"product_id": "small", "title": "red", "images": "imgs/small.png"}\n')
+
+    with warnings.catch_warnings(record=True) as caught:  # PIL's own warning is silenced
+        kept = load_catalog(DataConfig(catalog=str(path)), progress=False, log=lambda _: None)
+        lowered = load_catalog(DataConfig(catalog=str(path), max_pixels=20_000_000),
+                               progress=False, log=lambda _: None)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert [x.product_id for x in kept.listings] == ["big", "small"]  # 90M: decoded, reduced
+    # 90M > 4 x 20M: too large to decode; the listing has no other photo
+    assert [(i.product_id, i.line, i.action) for i in lowered.issues] == [
+        ("big", 1, "dropped_image"), ("big", 1, "skipped_row")]
+    assert "1 too large" in lowered.summary()
+
+    # the setting from the command line: data.max_pixels=... (a recipe's data section)
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "--threads", "1", "data.max_pixels=20000000"]) == 0
+    bad = json.loads((tmp_path / "bad_rows.json").read_text())
+    assert [(i["product_id"], i["field"]) for i in bad["issues"] if i["action"] == "dropped_image"] \
+        == [("big", "images")]
+    assert "over 4 x max_pixels=20000000 (data.max_pixels)" in bad["issues"][0]["reason"]
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "--threads", "1", "data.max_pixels=25000000"]) == 0
+    assert "wrote 2 embeddings" in capsys.readouterr().out
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(path), "--out",
+                 str(out), "data.max_pixels=0"]) == 2
+    assert "data.max_pixels must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", [2, 3, 10, 200, 0.5])
+def test_a_truncated_jpeg_says_truncated(tmp_path, keep):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    reason = check_image(path)
+    assert reason is not None and reason.startswith("truncated image"), reason
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(path)
+
+
+def test_a_text_file_is_still_not_an_image(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("just some words, not a photo at all")
+    assert check_image(path).startswith("not an image file")
+
+
+def test_data_max_pixels_reaches_training_and_thumbnails(tmp_path, tiny_model_dir, train_listings,
+                                                          monkeypatch):
+    """data.max_pixels holds where photos are decoded later: training's images, index thumbnails."""
+    from eclip.catalog.compose import TextComposer
+    from eclip.search.thumbnails import ThumbnailStore
+    from eclip.train.data import ListingDataset
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), (200, 30, 30)).save(big)  # 10,000 pixels, decoded whole (PNG)
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    transform = model.config.image_transform(train=False)
+    one = [replace(train_listings[0], images=[str(big)])]
+    assert ListingDataset(one, TextComposer(), transform)[0]["pixel_values"].shape[0] == 3
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ListingDataset(one, TextComposer(), transform, max_pixels=1000)[0]  # over 4 x 1000
+    reduced = ListingDataset(one, TextComposer(), transform, max_pixels=5000)[0]  # halved first
+    assert reduced["pixel_values"].shape == ListingDataset(one, TextComposer(), transform)[0][
+        "pixel_values"].shape
+    assert ThumbnailStore(tmp_path / "thumbs", size=16).put(big)
+    with pytest.raises(ImageError, match="data.max_pixels"):
+        ThumbnailStore(tmp_path / "thumbs", size=16, max_pixels=1000).put(big)
+    # the trainer passes the recipe's data.max_pixels to the photos it decodes
+    import eclip.train.data as train_data
+
+    seen = []
+    real = train_data.load_image
+
+    def spy(path, **kwargs):
+        seen.append(kwargs.get("max_pixels"))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(train_data, "load_image", spy)
+    train(tiny_recipe(tmp_path / "run", "train.batch_size=16", "train.lr=0.01", "train.device=cpu",
+                      "data.max_pixels=5000", "train.max_steps=1"), model, train_listings,
+          log=lambda s: None)
+    assert seen and set(seen) == {5000}

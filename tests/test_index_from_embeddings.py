@@ -178,3 +178,31 @@ def test_ray_embed_then_index_from_embeddings_then_serve_gives_the_embedding_bui
             assert [r["product_id"] for r in a] == [r["product_id"] for r in b]
             np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b],
                                        rtol=0, atol=1e-5)
+
+
+def test_a_bulk_load_of_stored_vectors_into_milvus_answers_as_the_embedding_build(
+        embedded, embedding_build, tiny_model_dir, listings, tmp_path, monkeypatch):
+    """`eclip index --store milvus --kind hnsw --embeddings PATH`: the vectors inserted in
+    batches (a small batch here, so that there are several), HNSW in Milvus Lite, the same top-10
+    (ids) as the exact embedding build."""
+    milvus = pytest.importorskip("eclip.search.milvus")
+    pytest.importorskip("milvus_lite")
+    from eclip.search.store_types import StoreSpec
+    from eclip.search.vectors import VectorSettings
+
+    monkeypatch.setattr(milvus, "INSERT_BATCH", 16)
+    out = tmp_path / "milvus_index"
+    try:
+        result = index_from_embeddings(out, embedded, listings, model_dir=tiny_model_dir,
+                                       store=StoreSpec("milvus"), thumbnails=False,
+                                       settings=VectorSettings(kind="hnsw", recall_queries=50),
+                                       progress=False)
+        assert result.info.store["kind"] == "milvus"
+        assert {s.kind for s in result.info.vectors.values()} == {"hnsw"}
+        served, exact = SearchIndex.open(out), SearchIndex.open(embedding_build)
+        assert served.vector_store.count() == len(listings)
+        queries = [listings[i].title for i in (0, 17, 55)] + ["red cotton shirt"]
+        for one, two in zip(_top(served, queries), _top(exact, queries)):
+            assert len({pid for pid, _ in one} & {pid for pid, _ in two}) >= 9
+    finally:
+        milvus.close_all()

@@ -365,7 +365,8 @@ def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokeni
         whole = tower(px)
         for blocks in (1, 2, tower.num_blocks):
             assert torch.allclose(tower.above(tower.below(px, blocks), blocks), whole, atol=1e-5)
-    with pytest.raises(ConfigError, match="image_trainable_layers with train.lock_image must be between 2 and"):
+    with pytest.raises(ConfigError, match="image_trainable_layers with train.lock_image must be "
+                                          "between 2 and"):
         tower.below(px, tower.num_blocks + 1)
     with pytest.raises(ConfigError, match="between 2 and"):
         tower.top_prefixes(0)
@@ -384,6 +385,10 @@ def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
     top = tiny.image_tower.top_prefixes(1)
     assert top == ("model.layers.3.", "model.layernorm.")
     names = {n: p.requires_grad for n, p in tiny.image_tower.named_parameters()}
+
+    def names_above(prefixes):
+        return {n for n in names if n.startswith(prefixes)}
+
     assert any(names.values()) and not all(names.values())
     assert all(trainable == n.startswith(top) for n, trainable in names.items())
     assert not tiny.image_tower.training  # still locked: dropout off, statistics frozen
@@ -397,6 +402,9 @@ def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
         tiny.set_trainable(text=False, text_layers=1)
     tiny.set_trainable(image=True)  # unlocked again: the whole tower trains
     assert all(p.requires_grad for p in tiny.image_tower.parameters())
+    with pytest.warns(DeprecationWarning, match="image_layers=N"):  # the old keyword, mapped
+        tiny.set_trainable(image=False, image_top_blocks=1)
+    assert {n for n, p in tiny.image_tower.named_parameters() if p.requires_grad} == names_above(top)
 
 
 def test_a_tower_without_blocks_cannot_train_only_its_top(tokenizer):

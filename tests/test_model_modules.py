@@ -45,7 +45,8 @@ def test_model_modules_import_one_way():
     assert cycles(edges) == [], f"import circles inside eclip.model: {cycles(edges)}"
     rank = {f"eclip.model.{name}": index for index, name in enumerate(ORDER)}
     modules = {module_name(path) for path in MODEL.glob("*.py")} - {"eclip.model"}
-    assert modules == set(rank), f"add new modules to ORDER (and the package docstring): {modules ^ set(rank)}"
+    assert modules == set(rank), (f"add new modules to ORDER (and the package docstring): "
+                                  f"{modules ^ set(rank)}")
     upward = [f"{src} -> {dst} ({', '.join(where)})" for (src, dst), where in sorted(edges.items())
               if src in rank and rank[dst] >= rank[src]]
     assert not upward, f"imports against the documented order: {upward}"

@@ -16,7 +16,10 @@ from PIL import Image
 import eclip.catalog.readers as readers
 from eclip.catalog.readers import CatalogRead, Issue, read_catalog, write_listings
 from eclip.catalog.schema import Listing
+from eclip.cli import main
 from eclip.errors import CatalogError
+
+from files import assert_one_line, png
 
 
 @pytest.fixture
@@ -439,3 +442,96 @@ def test_catalog_read_counts_only_their_action():
     assert (read.skipped_rows, read.dropped_images) == (2, 1)
     assert read.counts() == {"skipped_row": {"no usable image": 1, "missing title": 1},
                              "dropped_image": {"file not found": 1}}
+
+
+DEEP = 100_000
+
+
+def test_deeply_nested_jsonl_line_is_a_reported_bad_row(world):
+    root, _ = world
+    catalog = root / "c.jsonl"
+    catalog.write_text(json.dumps({"title": "ok", "images": ["good.png"]}) + "\n"
+                       + '{"title": "deep", "images": ["good.png"], "attributes": '
+                       + "[" * DEEP + "]" * DEEP + "}\n"
+                       + "[" * DEEP + "\n"
+                       + json.dumps({"title": "ok too", "images": ["good.png"]}) + "\n",
+                       encoding="utf-8")
+    read = read_catalog(catalog)
+    assert [x.title for x in read.listings] == ["ok", "ok too"]
+    assert [(i.file, i.row, i.action) for i in read.issues] == [
+        (str(catalog), 2, "skipped_row"), (str(catalog), 3, "skipped_row")]
+    assert all("nested too deeply" in i.reason for i in read.issues)
+
+
+def test_deeply_nested_json_catalog_is_a_catalog_error(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("[" * DEEP + "]" * DEEP, encoding="utf-8")
+    with pytest.raises(CatalogError) as err:
+        read_catalog(path)
+    assert_one_line(err.value, str(path), "nested too deeply")
+
+
+def test_deeply_nested_json_in_csv_cells_is_a_reported_bad_row(tmp_path):
+    png(tmp_path / "good.png")
+    path = tmp_path / "c.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["title", "images", "attributes"])
+        writer.writerow(["ok", "good.png", "colour:red"])
+        writer.writerow(["deep attributes", "good.png", "[" * 50_000])
+        writer.writerow(["deep images", "[" * 50_000, ""])
+    read = read_catalog(path)
+    assert [x.title for x in read.listings] == ["ok"]
+    assert [(i.row, i.field) for i in read.issues] == [(2, "attributes"), (3, "images")]
+    assert all("nested too deeply" in i.reason for i in read.issues)
+
+
+def test_csv_cell_longer_than_the_csv_default_limit_is_read(tmp_path):
+    png(tmp_path / "good.png")
+    limit = csv.field_size_limit()
+    long_title = "x" * 200_000
+    path = tmp_path / "c.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["title", "images"])
+        writer.writerow([long_title, "good.png"])
+        writer.writerow(["short", "good.png"])
+    read = read_catalog(path)
+    assert [len(x.title) for x in read.listings] == [200_000, 5] and read.issues == []
+    assert csv.field_size_limit() == limit  # the process-wide setting is left as it was
+
+
+def test_catalogread_keeps_its_old_positional_form():
+    read = CatalogRead("c.jsonl", [], [], 0)
+    assert read.image_root is None
+
+
+@pytest.mark.e2e
+def test_column_problems_come_at_once_in_the_cli_form(shop, tmp_path, capsys):
+    path, images = shop
+    code = main(["train", "--catalog", str(path), "--image-root", str(images), "--output-dir",
+                 str(tmp_path / "run"), "data.column_map.catalog_id=grp"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "data.column_map.catalog_id=grp: the file has no column 'grp'" in err
+    assert "no 'title' column (set data.column_map.title=item_name?)" in err
+    assert "no 'images' column (set data.column_map.images=img?)" in err
+    assert "The file's columns: cat_path, group, img, item_name, item_no, maker, split" in err
+    assert "column_map={" not in err
+
+
+@pytest.mark.e2e
+def test_unused_lookalike_columns_are_a_warning_in_the_summary(baseline_run):
+    _, out, _, _, _ = baseline_run
+    warning = next(x for x in out.splitlines() if x.startswith("warning: unused column"))
+    assert "'cat_path' (data.column_map.category=cat_path)" in warning
+    assert "'maker' (data.column_map.brand=maker)" in warning
+
+
+@pytest.mark.e2e
+def test_bad_row_report_gives_file_lines_and_product_ids(baseline_run):
+    _, out, _, run, _ = baseline_run
+    issues = json.loads((run / "bad_rows.json").read_text())["issues"]
+    where = {(i["row"], i["line"], i["product_id"], i["field"], i["action"]) for i in issues}
+    assert (5, 6, "N004", "title", "skipped_row") in where  # row 5 is line 6: the header is line 1
+    assert (9, 10, "N008", "images", "dropped_image") in where

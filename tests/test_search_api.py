@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from PIL import Image
 from eclip.search import SearchIndex, build_index, delete_from_index
 from eclip.search.api import create_app
 from eclip.search.evaluate import recall_through_api
+from eclip.search.heads import vote_categories
 
 
 @pytest.fixture(scope="module", params=["faiss", "milvus"])
@@ -192,7 +194,7 @@ def test_recall_through_the_api_equals_the_index_ranking(client, index_dir, list
     assert text.recall == pytest.approx(hits / len(test))
 
 
-def test_the_api_evaluation_leaves_the_query_listing_out(client, listings):
+def test_the_api_evaluation_leaves_the_query_listing_out(client, index_dir, listings):
     """An index that holds the queries must not answer for them (issue 14, item 8)."""
     from eclip.search.evaluate import classify_through_api
 
@@ -215,7 +217,25 @@ def test_the_api_evaluation_leaves_the_query_listing_out(client, listings):
     vote = client.post("/classify", data={"title": single.title, "top": "20"}).json()
     left_out = client.post("/classify", data={"title": single.title, "top": "20",
                                               "exclude": single.product_id}).json()
-    assert vote["categories"] != left_out["categories"]  # its own label no longer votes
+    # the vote of the 20 nearest titles, and of the 20 nearest once the listing itself is gone:
+    # the same neighbours but the listing, and one more
+    index = SearchIndex.open(index_dir)
+    try:
+        hits = index.search(index.encode_text(single.title), 21, against="text")
+        scale = float(index.model.logit_scale().detach())
+    finally:
+        index.close()
+    assert single.product_id in [h.listing.product_id for h in hits[:20]]
+
+    def expected(neighbours):
+        return [{"category": c, "score": pytest.approx(v, abs=1e-6)} for c, v in vote_categories(
+            np.asarray([h.score for h in neighbours]), [h.listing.category for h in neighbours],
+            scale, 20)]
+
+    assert vote["categories"] == expected(hits[:20])
+    assert left_out["categories"] == expected(
+        [h for h in hits if h.listing.product_id != single.product_id][:20])
+    assert left_out["categories"] != vote["categories"]
     assert client.post("/classify", data={"title": single.title,
                                           "exclude": "no-such-id"}).status_code == 200
     (by_text, _, _) = classify_through_api(client, queries)
@@ -430,3 +450,42 @@ def test_uploads_are_decoded_under_the_index_max_pixels(tiny_model_dir, listings
     loose = TestClient(create_app(out, warm=False, max_upload_pixels=10**8))
     assert loose.post("/search/image", files={"file": ("big.png", _png((side, side)),
                                                          "image/png")}).status_code == 422
+
+
+@pytest.fixture(scope="module")
+def faiss_client(tiny_index):
+    from fastapi.testclient import TestClient
+
+    from eclip.search.api import create_app
+
+    return TestClient(create_app(tiny_index))
+
+
+def test_a_deeply_nested_body_is_422(faiss_client):
+    for depth in (20_000, 2_000):
+        body = '{"query": "pen", "k": ' + "[" * depth + "]" * depth + "}"
+        answer = faiss_client.post("/search/text", content=body,
+                             headers={"content-type": "application/json"})
+        assert answer.status_code == 422, answer.text
+        assert "nested too deeply" in answer.json()["detail"]
+        assert answer.json()["errors"][0]["field"] == "body"
+
+
+def test_a_json_body_without_a_content_type_is_accepted(faiss_client):
+    body = json.dumps({"query": "a pen", "k": 2}).encode()
+    answer = faiss_client.post("/search/text", content=body)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 2
+    answer = faiss_client.post("/search/text", content=body, headers={"content-type": "text/plain"})
+    assert answer.status_code == 422
+    assert "sent as text/plain, not as JSON" in answer.json()["detail"]
+    assert "Content-Type: application/json" in answer.json()["detail"]
+    answer = faiss_client.post("/search/text", content=b"[1, 2]",
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "send a JSON object" in answer.json()["detail"]
+
+
+def test_the_body_limit_still_holds_for_json_endpoints(faiss_client):
+    answer = faiss_client.post("/search/text", content=b'{"query": "' + b"x" * 70_000 + b'"}',
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 413

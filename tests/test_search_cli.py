@@ -10,6 +10,8 @@ from eclip.catalog.readers import write_listings
 from eclip.cli import main
 from eclip.search import SearchIndex
 
+from recipes import SHOP_COLUMNS
+
 
 @pytest.mark.e2e
 def test_index_build_update_delete(tiny_catalog, tiny_model_dir, listings, tmp_path, capsys):
@@ -77,3 +79,27 @@ def test_serve_runs_the_app_on_the_given_address(tiny_catalog, tiny_model_dir, t
     assert "/search/text" in {route.path for route in app.routes}
     assert threads == [1, 1]  # one thread per query: requests run in parallel
     assert "http://127.0.0.1:8123" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_index_warns_about_held_out_listings_and_can_index_one_split(shop, baseline_run,
+                                                                     tmp_path, capsys):
+    path, images = shop
+    _, _, _, run, _ = baseline_run
+    common = ["--model", str(run / "model"), "--catalog", str(path), "--image-root",
+              str(images), "--threads", "1", SHOP_COLUMNS]
+    assert main(["index", *common, "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    warning = next(x for x in out.splitlines() if "are indexed" in x)
+    assert warning.startswith("warning: 12 listings of split 'test' are indexed")
+    assert "measures memory, not generalisation" in warning and "--split train" in warning
+    assert main(["index", *common, "--split", "train", "--out", str(tmp_path / "train")]) == 0
+    out = capsys.readouterr().out
+    assert "are indexed" not in out and "indexing the 46 listings of split train (of 58)" in out
+    from eclip.search import SearchIndex
+
+    index = SearchIndex.open(tmp_path / "train")
+    test_id = "N000"  # product 0 is a test product
+    assert index.listing(test_id) is None and index.listing("N003") is not None
+    assert main(["index", *common, "--split", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no listing has split nope" in capsys.readouterr().err

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from eclip.catalog.images import load_image
-from eclip.search import (
-    LiveIndex,
-    SearchIndex,
-    SearchIndexError,
-    VectorSettings,
-    build_index,
-    delete_from_index,
-    update_index,
-)
+from eclip.cli import main
+from eclip.errors import EclipError
+from eclip.search import (LiveIndex, SearchIndex, SearchIndexError, VectorSettings, build_index,
+                          delete_from_index, update_index)
 from eclip.search.vectors import VectorIndex, exact_top_scores, recall_against
+
+from files import assert_one_line
 
 
 @pytest.fixture
@@ -243,3 +242,78 @@ def test_auto_kind_switches_to_ivf_above_the_exact_limit():
     assert large.needs_retraining(3000 * 5, VectorSettings(exact_max=1000))
     assert not large.needs_retraining(3500, VectorSettings(exact_max=1000))
     assert small.needs_retraining(3000, VectorSettings(exact_max=1000))  # kind changes
+
+
+INDEX_DAMAGE = {
+    "CURRENT names a missing generation": ("CURRENT", '{"format": "eclip-search-index", '
+                                                      '"version": 1, "generation": "g000009"}'),
+    "CURRENT is garbage": ("CURRENT", "\x00\x01 not json"),
+    "listings.sqlite is garbage": ("g000001/listings.sqlite", "garbage " * 500),
+    "text.faiss is garbage": ("g000001/text.faiss", "garbage " * 50),
+    "image.npy is garbage": ("g000001/image.npy", "garbage"),
+    "info.json is garbage": ("g000001/info.json", "{"),
+    "heads.json is missing": ("g000001/heads.json", None),
+    "vids.npy is missing": ("g000001/vids.npy", None),
+}
+
+
+@pytest.mark.parametrize("case", list(INDEX_DAMAGE))
+def test_serve_refuses_a_damaged_index_with_one_line(case, index_copy, tmp_path, capsys):
+    from eclip.search.api import create_app
+
+    index = index_copy
+    name, content = INDEX_DAMAGE[case]
+    if content is None:
+        (index / name).unlink()
+    else:
+        (index / name).write_bytes(content.encode("utf-8"))
+    with pytest.raises(EclipError) as err:
+        create_app(index, warm=False)
+    assert_one_line(err.value, str(index / name) if name != "CURRENT" else "CURRENT")
+    assert main(["serve", "--index", str(index), "--port", "1"]) == 2
+    captured = capsys.readouterr().err
+    assert "Traceback" not in captured and len(captured.strip().splitlines()) == 1
+
+
+def test_a_generation_that_disagrees_with_its_info_is_refused(index_copy, tmp_path):
+    import numpy as np
+
+    from eclip.search import SearchIndex
+
+    index = index_copy
+    vectors = np.load(index / "g000001" / "text.npy")
+    np.save(index / "g000001" / "text.npy", vectors[:-3])  # a silent wrong row mapping otherwise
+    with pytest.raises(EclipError) as err:
+        SearchIndex.open(index)
+    assert_one_line(err.value, "text.npy", "does not match")
+
+
+def _new_generation(index: Path, name: str, damage: str | None) -> None:
+    shutil.copytree(index / "g000001", index / name)
+    if damage:
+        (index / name / damage).write_bytes(b"garbage " * 100)
+    (index / "CURRENT").write_text(json.dumps({"format": "eclip-search-index", "version": 1,
+                                               "generation": name}), encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage", ["listings.sqlite", "product.faiss", "info.json"])
+def test_a_live_server_keeps_the_last_good_generation(damage, index_copy, tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from eclip.search.api import create_app
+
+    index = index_copy
+    client = TestClient(create_app(index, check_every=0))
+    query = {"query": "a pen", "k": 3, "against": "both"}
+    assert client.post("/search/text", json=query).json()["generation"] == "g000001"
+    _new_generation(index, "g000002", damage)
+    with caplog.at_level(logging.WARNING, logger="eclip.search"):
+        for _ in range(5):
+            answer = client.post("/search/text", json=query)
+            assert answer.status_code == 200 and answer.json()["generation"] == "g000001"
+            assert client.get("/health").json()["generation"] == "g000001"
+    warnings = [r for r in caplog.records if r.name == "eclip.search"]
+    assert len(warnings) == 1 and "g000002" in warnings[0].getMessage()
+    assert damage in warnings[0].getMessage()
+    _new_generation(index, "g000003", None)  # a good one again: picked up
+    assert client.post("/search/text", json=query).json()["generation"] == "g000003"

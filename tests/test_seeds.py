@@ -213,20 +213,18 @@ def test_eval_over_two_seed_directories_reports_the_mean_of_the_single_seed_repo
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_demo_with_two_seeds_trains_each_model_twice_and_folds_the_report(tmp_path, capsys,
-                                                                         monkeypatch):
+def test_demo_with_two_seeds_trains_each_model_twice_and_folds_the_report(tmp_path, capsys):
+    from eclip.demo import run_demo
     from eclip.tasks.context import EvalConfig
 
-    # the demo's suite with fewer probe fits and a smaller map (the demo's own settings otherwise)
-    monkeypatch.setattr("eclip.demo.EvalConfig", lambda: EvalConfig(
-        seeds=1, probe_c=[1.0], bootstrap=200, map_points=20))
     small = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_heads=2",
              "model.scratch_vocab_size=300", "model.image_size=32", "model.embed_dim=16",
              "train.epochs=1", "train.batch_size=16", "train.image_trainable_layers=2",
              "train.checkpoint_every=1000"]
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--listings", "120", "--seed", "3", "--seeds", "2",
-                 "--quiet", *small]) == 0
+    # the demo's suite with fewer probe fits and a smaller map (the demo's own settings otherwise)
+    run_demo(out, listings=120, seed=3, seeds=2, overrides=small, progress=False,
+             eval_config=EvalConfig(seeds=1, probe_c=[1.0], bootstrap=200, map_points=20))
     assert "(2 seeds)" in capsys.readouterr().out
     data = json.loads((out / "report.json").read_text())
     seed = data["meta"]["recipe"]["train"]["seed"]
@@ -248,4 +246,8 @@ def test_demo_with_two_seeds_trains_each_model_twice_and_folds_the_report(tmp_pa
     assert {(c["model"], c["reference"]) for c in data["comparisons"]} == {
         ("eclip", "baseline"), ("eclip", "clip")}
     assert "(2 seeds)" in (out / "report.md").read_text()
-    assert (out / "report.html").stat().st_size > 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert "(2 training seeds)" in page and "Training seeds: clip 2, eclip 2" in page
+    for task in {r["task"] for r in rows}:  # every task of the report has its section
+        assert f"<h2>{task}</h2>" in page

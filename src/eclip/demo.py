@@ -115,10 +115,21 @@ def _variant(recipe: Recipe, targets: str, source: str, train_listings: list[Lis
     return run, hidden_ids(train_listings) if source == "hidden" else train_listings
 
 
+def _eval_config(base: EvalConfig | None, hide_catalog_ids: bool) -> EvalConfig:
+    """The demo's evaluation settings (``base``, or the defaults); with hidden catalog ids, mined
+    e-CLIP is the subject, compared with the baselines and with e-CLIP on the true ids."""
+    config = copy.deepcopy(base) if base is not None else EvalConfig()
+    if hide_catalog_ids:
+        config.compare = [[m, r] for m in ("eclip", "eclip_mined") for r in ("baseline", "clip")]
+        config.compare.append(["eclip_mined", "eclip"])
+        config.subject = "eclip_mined"
+    return config
+
+
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
              seeds: int = 1, recipe: Recipe | None = None, overrides: list[str] | None = None,
-             hide_catalog_ids: bool = False, progress: bool = True,
-             log: Callable[[str], None] = print) -> DemoResult:
+             hide_catalog_ids: bool = False, eval_config: EvalConfig | None = None,
+             progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
     started = time.perf_counter()
@@ -165,16 +176,13 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     meta = {"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)}
     notes = ["baseline: the towers before alignment; clip: trained with identity targets; "
              "eclip: trained with catalog-aware targets (same towers, recipe and data)."]
-    config = EvalConfig()
+    config = _eval_config(eval_config, hide_catalog_ids)
     if hide_catalog_ids:
         meta["hide_catalog_ids"] = True
         notes.append("catalog ids hidden from training (kept for scoring): clip trained without "
                      "them, eclip_mined on catalogs mined from the baseline's vectors "
                      "(data.catalog_source=mined; runs/eclip_mined/mining.json), eclip on the true "
                      "ids as the reference of what mining could reach.")
-        config.compare = [[m, r] for m in ("eclip", "eclip_mined") for r in ("baseline", "clip")]
-        config.compare.append(["eclip_mined", "eclip"])
-        config.subject = "eclip_mined"
     if seeds > 1:
         meta["train_seeds"] = train_seeds
         notes.append(f"clip and eclip: {seeds} training runs each, train.seed = "

@@ -86,11 +86,7 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
     field, ``query`` or ``position`` -> column) overrides the preset's columns; other standard
     fields it names (category, brand, ...) are carried over to the listings."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    columns = dict(preset.columns)
-    for key, column in (column_map or {}).items():
-        if key not in FIELDS and key not in EXTRA_FIELDS:
-            raise ConfigError(f"column_map has '{key}': not a standard field, query or position")
-        columns[key] = column
+    columns = _columns(preset, column_map)
     source = Path(path)
     name = os.fspath(path)
     if not source.is_file():
@@ -129,12 +125,7 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
                                        file=name, row=row, field="images")
                 mode = kind
             if kind == "bytes":
-                rel = f"images/{hashlib.blake2b(item.encode(), digest_size=10).hexdigest()}" \
-                      f"{_extension(image)}"
-                (out / "images").mkdir(parents=True, exist_ok=True)
-                with atomic_open(out / rel, "wb", fsync=False) as img:
-                    img.write(image)
-                image = rel
+                image = _store_image(out, item, image)
             title = cell_text(record.get(columns["title"]), file=name, row=row,
                               field=columns["title"])
             listing = {"product_id": item, "title": title,
@@ -157,6 +148,25 @@ def prepare_benchmark(path: str | os.PathLike[str], preset: str | Preset,
         result.n_queries = len(queries)
     log(result.summary())
     return result
+
+
+def _columns(preset: Preset, column_map: dict[str, str] | None) -> dict[str, str]:
+    """The preset's columns, with the user's ``column_map`` on top (checked)."""
+    columns = dict(preset.columns)
+    for key, column in (column_map or {}).items():
+        if key not in FIELDS and key not in EXTRA_FIELDS:
+            raise ConfigError(f"column_map has '{key}': not a standard field, query or position")
+        columns[key] = column
+    return columns
+
+
+def _store_image(out: Path, item: str, data: bytes) -> str:
+    """Image bytes of listing ``item`` written under ``out/images/``; their path from ``out``."""
+    rel = f"images/{hashlib.blake2b(item.encode(), digest_size=10).hexdigest()}{_extension(data)}"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / rel, "wb", fsync=False) as handle:
+        handle.write(data)
+    return rel
 
 
 def _image(value: Any, **where: Any) -> tuple[Any, str | None]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from eclip.catalog.filters import RESAMPLE_FILTERS, RESIZE_MODES
-from eclip.config import Range, above, at_least, check_ranges, coerce
+from eclip.config import Range, above, at_least, check_ranges, coerce, from_dict
 from eclip.errors import ConfigError
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -160,10 +160,6 @@ class DualEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DualEncoderConfig:
-        """Build from a mapping; unknown keys raise ConfigError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; "
-                              f"known keys are: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        """Build from a mapping as the recipe's ``model`` section is built (``eclip.config.from_dict``):
+        an unknown key or a bad value is a ConfigError naming ``model.<key>``."""
+        return from_dict(cls, dict(data), "model")

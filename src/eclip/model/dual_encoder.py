@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ class DualEncoder(nn.Module):
         return self._text_locked
 
     def set_trainable(self, image: bool = True, text: bool = True, image_layers: int | None = None,
-                      text_layers: int | None = None) -> DualEncoder:
+                      text_layers: int | None = None, *, image_top_blocks: int = 0) -> DualEncoder:
         """Lock (``False``) or unlock a tower; a locked tower stays in eval mode.
 
         ``image_layers`` / ``text_layers`` (None: all of an unlocked tower, none of a locked one):
@@ -185,8 +186,17 @@ class DualEncoder(nn.Module):
         with ``image_layers`` trains its top groups in eval mode (frozen normalisation statistics,
         no dropout), which is what lets a tower that can be cut compute the activations below
         its top ``image_layers - 1`` blocks once (``ImageTower.top_prefixes`` names the same
-        parameters). Projections and the logit scale stay trainable.
+        parameters). Projections and the logit scale stay trainable. ``image_top_blocks=N``
+        (deprecated) is ``image_layers=N + 1``.
         """
+        if image_top_blocks:
+            if image_layers is not None:
+                raise ConfigError("set_trainable: give image_layers only (image_top_blocks=N is its "
+                                  "old name for image_layers=N + 1)")
+            warnings.warn("DualEncoder.set_trainable(image_top_blocks=N) is deprecated: use "
+                          "image_layers=N + 1 (the top N blocks and the head)", DeprecationWarning,
+                          stacklevel=2)
+            image_layers = image_top_blocks + 1
         if text_layers is not None and not text:
             raise ConfigError("train.text_trainable_layers applies to an unlocked text tower: set "
                               "train.lock_text=false")

@@ -20,13 +20,13 @@ text vectors as the checkpoint does in transformers (``get_image_features`` /
 ============================  ==============================================================
 
 Also taken from the directory: the tokenizer; ``max_length`` = the text config's
-``max_position_embeddings`` (less the padding offset of RoBERTa-style position tables); the padding (``text_padding``: ``max_length`` for SigLIP, which was
-trained on texts padded to 64 tokens -- its documented usage is
-``tokenizer(texts, padding="max_length")``, whose ``input_ids`` and ``attention_mask`` eclip passes
-the same way; ``longest`` for CLIP, whose causal text model makes the EOS vector independent of the
-padding after it); and the image preprocessing of ``preprocessor_config.json`` (see
-:func:`image_settings`), which eclip's ``ImageTransform`` reproduces exactly for the transformers
-PIL image processors.
+``max_position_embeddings`` (less the padding offset of RoBERTa-style position tables); the padding
+(``text_padding``: ``max_length`` for SigLIP, which was trained on texts padded to 64 tokens -- its
+documented usage is ``tokenizer(texts, padding="max_length")``, whose ``input_ids`` and
+``attention_mask`` eclip passes the same way; ``longest`` for CLIP, whose causal text model makes
+the EOS vector independent of the padding after it); and the image preprocessing of
+``preprocessor_config.json`` (see :func:`image_settings`), which eclip's ``ImageTransform``
+reproduces exactly for the transformers PIL image processors.
 
 The conversion lives here, out of the model class (as transformers keeps its conversion scripts
 out of its modeling code); :func:`eclip.model.load_model` dispatches to it. :func:`from_hf_model`

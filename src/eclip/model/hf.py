@@ -48,6 +48,7 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def hf_config_from_dict(data: dict, what: str) -> Any:
+    """A transformers config from a dict with its ``model_type`` (``what`` names it in errors)."""
     from transformers import AutoConfig
 
     data = dict(data)
@@ -61,6 +62,7 @@ def hf_config_from_dict(data: dict, what: str) -> Any:
 
 
 def hf_config_to_dict(hf_config: Any) -> dict:
+    """A transformers config as a plain dict, without the machine-local ``_name_or_path``."""
     data = hf_config.to_dict()
     data.pop("_name_or_path", None)  # a local path of the machine that built it
     return data
@@ -94,7 +96,6 @@ class HFModelTower:
     @property
     def hf_config(self) -> dict:
         return hf_config_to_dict(self.model.config)
-
 
 
 def pooled_size(model: nn.Module, text: bool) -> int:

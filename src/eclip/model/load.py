@@ -18,6 +18,7 @@ that a start honours (``from_transformers.OVERRIDABLE``).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,17 @@ def start_overrides(config: DualEncoderConfig) -> dict[str, Any]:
     default = DualEncoderConfig()
     return {name: getattr(config, name) for name in OVERRIDABLE
             if getattr(config, name) != getattr(default, name)}
+
+
+def unused_by_start(config: DualEncoderConfig) -> list[str]:
+    """The fields ``config`` sets (not the defaults) that a checkpoint start does not use: the
+    checkpoint decides them (towers, sizes, pooling, preprocessing). Empty without ``init_from``."""
+    if not config.init_from:
+        return []
+    default = DualEncoderConfig()
+    return [field.name for field in dataclasses.fields(config)
+            if field.name not in (*OVERRIDABLE, "init_from")
+            and getattr(config, field.name) != getattr(default, field.name)]
 
 
 def model_from_config(config: DualEncoderConfig, tokenizer: Any = None) -> DualEncoder:

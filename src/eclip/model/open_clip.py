@@ -7,7 +7,8 @@ ViT CLIP of open_clip (its ``VisionTransformer`` image tower and causal text tra
 the highest token id, i.e. the end-of-text token) onto a transformers ``CLIPModel`` of the same
 architecture, whose normalised ``get_image_features`` / ``get_text_features`` equal open_clip's
 ``encode_image`` / ``encode_text``; :func:`eclip.model.load_model` builds eclip's
-model from it as from any CLIP checkpoint (:func:`eclip.model.from_transformers.from_hf_model`). :func:`to_open_clip` is the exact inverse, used by
+model from it as from any CLIP checkpoint (:func:`eclip.model.from_transformers.from_hf_model`).
+:func:`to_open_clip` is the exact inverse, used by
 ``export_model(..., format="open_clip")``.
 
 Layout mapping (open_clip -> transformers), per residual block ``i`` of ``transformer.resblocks``

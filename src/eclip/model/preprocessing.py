@@ -26,7 +26,6 @@ _HARMLESS_KEYS = {
 }
 
 
-
 def image_settings(directory: str | Path, required: bool = True) -> dict[str, Any]:
     """The DualEncoderConfig image fields that reproduce ``directory/preprocessor_config.json``.
 

@@ -44,7 +44,6 @@ class HFTextTower(HFModelTower, TextTower):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-
 @register_text_tower("hf")
 def build_hf_text_tower(config: DualEncoderConfig, tokenizer: Any, load_weights: bool) -> HFTextTower:
     """Any Hugging Face AutoModel directory; with ``load_weights`` its weights, else its architecture."""

@@ -266,11 +266,15 @@ def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows) ->
     np.save(tmp / "vids.npy", vids)
     heads: dict[str, dict | None] = {}
     label_rows = np.searchsorted(vids, rows.label_vids)
+    in_order = old is None and bool(np.all(order == np.arange(len(order))))
     for m in SPACES:
-        parts = [np.asarray(old.arrays[m][keep]) if old is not None else None, fresh[m]]
-        vectors = np.concatenate([p for p in parts if p is not None]).astype(np.float32)
-        vectors = np.ascontiguousarray(vectors[order]) if len(vectors) else \
-            np.zeros((0, dims[m]), np.float32)
+        if in_order:  # a build: the new vectors as they are (no copy of a large array)
+            vectors = np.ascontiguousarray(fresh[m], dtype=np.float32)
+        else:
+            parts = [np.asarray(old.arrays[m][keep]) if old is not None else None, fresh[m]]
+            vectors = np.concatenate([p for p in parts if p is not None]).astype(np.float32)
+            vectors = np.ascontiguousarray(vectors[order]) if len(vectors) else \
+                np.zeros((0, dims[m]), np.float32)
         np.save(tmp / f"{m}.npy", vectors)
         head = fit_adult_head(vectors[label_rows], rows.labels, seed=change.settings.seed)
         heads[m] = head.to_dict() if head is not None else None

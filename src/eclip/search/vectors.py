@@ -33,6 +33,7 @@ from eclip.search.compressed import (APPROXIMATE_KINDS, DEFAULT_RERANK, LABELS, 
 KINDS = ("auto", "flat", "exact") + APPROXIMATE_KINDS + ("diskann",)  # "flat" is "exact";
 # diskann: the Milvus store on a server only (milvus.py)
 RECALL_K = 10
+ADD_BLOCK = 65_536  # vectors added (or scanned exactly) at a time
 
 
 @dataclass
@@ -170,10 +171,11 @@ class VectorIndex:
               kind: str | None = None) -> VectorIndex:
         """Index ``vectors`` (unit rows) under ``ids``; an approximate kind is trained and tuned.
         ``kind``: as resolved for the whole generation (None: ``settings`` for this space)."""
-        vectors, ids = _as_matrix(vectors), _as_ids(ids)
-        n, dim = vectors.shape
+        ids = _as_ids(ids)
+        n, dim = len(vectors), (vectors.shape[1] if np.ndim(vectors) == 2 else 0)
         kind = kind or settings.resolve_kind(n, dim)
         if kind == "exact":
+            vectors = _as_matrix(vectors)
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             index.add_with_ids(vectors, ids)
             return cls(index, IndexStats("exact", n))
@@ -191,8 +193,10 @@ class VectorIndex:
         if nlist is not None:
             rng = np.random.default_rng(settings.seed)
             sample = training_size(kind, n, nlist, settings.pq_bits)
-            index.train(vectors[np.sort(rng.choice(n, sample, replace=False))])
-        index.add_with_ids(vectors, ids)
+            index.train(_as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))]))
+        for start in range(0, n, ADD_BLOCK):  # a memory-mapped array is read a block at a time
+            index.add_with_ids(_as_matrix(vectors[start:start + ADD_BLOCK]),
+                               ids[start:start + ADD_BLOCK])
         stats = IndexStats(kind, n, nlist=nlist, quantizer=quantizer, trained_on=n,
                            rerank=settings.rerank_for(kind),
                            bytes_per_vector=bytes_per_vector(kind, dim, pq_m=settings.pq_m,
@@ -283,9 +287,10 @@ def near_duplicate_queries(vectors: np.ndarray, n: int, seed: int,
     an indexed vector but not on it, which is where an approximate index loses results.
     """
     rng = np.random.default_rng(seed)
-    vectors = _as_matrix(vectors)
     rows = rng.choice(len(vectors), min(n, len(vectors)), replace=False)
-    base = vectors[rows]
+    order = np.argsort(rows)  # rows read in ascending order (a memory-mapped array), kept as drawn
+    base = np.empty((len(rows), vectors.shape[1]), np.float32)
+    base[order] = _as_matrix(vectors[rows[order]])
     noise = rng.standard_normal(base.shape).astype(np.float32)
     noise -= (noise * base).sum(1, keepdims=True) * base  # orthogonal to the row
     noise /= np.linalg.norm(noise, axis=1, keepdims=True) + 1e-12
@@ -295,10 +300,14 @@ def near_duplicate_queries(vectors: np.ndarray, n: int, seed: int,
 
 def exact_top_scores(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Each query's top ``k`` inner products by exhaustive search ([n, k], best first)."""
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(_as_matrix(vectors))
-    scores, _ = flat.search(_as_matrix(queries), min(k, len(vectors)))
-    return scores
+    queries, k = _as_matrix(queries), min(k, len(vectors))
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for start in range(0, len(vectors), ADD_BLOCK):  # a block at a time, merged
+        block = _as_matrix(vectors[start:start + ADD_BLOCK])
+        scores, _ = faiss.knn(queries, block, min(k, len(block)),
+                              metric=faiss.METRIC_INNER_PRODUCT)
+        best = -np.sort(-np.concatenate([best, scores], axis=1), axis=1)[:, :k]
+    return best
 
 
 def recall_against(truth: np.ndarray, scores: np.ndarray, found: np.ndarray,

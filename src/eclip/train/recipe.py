@@ -235,7 +235,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):  # Recipe(model={...}) from Python: checked the same way
-            self.model = from_dict(DualEncoderConfig, dict(self.model), "model")
+            self.model = DualEncoderConfig.from_dict(self.model)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:

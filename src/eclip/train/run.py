@@ -20,6 +20,7 @@ from eclip.catalog.schema import Listing
 from eclip.catalog.splits import Splits, split_listings
 from eclip.config import to_dict, use_threads
 from eclip.model import DualEncoder, load_model, model_from_config, train_tokenizer
+from eclip.model.load import unused_by_start
 from eclip.train.distributed import DistEnv, barrier, init_distributed, rank_log, shutdown
 from eclip.train.recipe import Recipe
 from eclip.train.sources import shard_listings
@@ -83,6 +84,9 @@ def run_training(recipe: Recipe, *, resume: bool = False,
             splits = _shard_splits(recipe, log)
         else:
             splits = _catalog_splits(recipe, out_dir, env, log)
+        if unused := unused_by_start(recipe.model):  # e.g. a from-scratch recipe + --init-from
+            log(f"model.init_from={recipe.model.init_from}: the checkpoint decides "
+                f"{', '.join('model.' + name for name in unused)}; the recipe's values are not used")
         model = initial_model(recipe, splits.train, env, out_dir, resume=resume)
         if recipe.train.no_steps:
             return save_initial(recipe, model, out_dir, env, log)
