@@ -154,11 +154,12 @@ def step_worker(args) -> dict:
         with torch.no_grad():
             cached = model.image_tower.below(pixels, blocks) if blocks else model.image_tower(pixels)
 
-        def image_input(model, batch):  # what CachedImageInput does with ImageFeatureCache.pooled
+        def cached_input(model, batch):  # what CachedImageInput does with ImageFeatureCache.pooled
             features = cached[batch["image_ref"]]
             return model.project_image(model.image_tower.above(features, blocks) if blocks
                                        else features)
 
+        image_input = cached_input
         batch["image_ref"] = torch.arange(rows)
     else:
         batch["pixel_values"] = pixels

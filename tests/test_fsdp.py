@@ -223,8 +223,8 @@ def test_lora_adapters_sharded_with_their_blocks_train_as_under_ddp(trained, tin
     assert sorted(logged_losses(fsdp)) == [1, 2]
     assert_same_losses(logged_losses(ddp), logged_losses(fsdp), atol=1e-5)
     assert_same_models(ddp / "model", fsdp / "model", atol=1e-5)
-    start = DualEncoder.from_pretrained(tiny_model_dir).state_dict()
-    saved = DualEncoder.from_pretrained(fsdp / "model").state_dict()
+    start = load_model(tiny_model_dir).state_dict()
+    saved = load_model(fsdp / "model").state_dict()
     assert sorted(saved) == sorted(start)  # merged: no adapter left
     assert any(not torch.equal(saved[k], start[k]) for k in start)
     assert torch.equal(saved["log_scale"], start["log_scale"])  # frozen with the rest
