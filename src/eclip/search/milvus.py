@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,11 @@ class MilvusWriter:
             self._call(f"insert into {name}", client.insert, name, rows)
         self._call(f"flush {name}", client.flush, name)
         self._call(f"load {name}", client.load_collection, name)
+        self._wait_indexed(name, n)
+        # loaded again, so that what is searched from here on (the recall check below, then the
+        # service) is the built index; Milvus Lite may still hold the flushed rows unindexed
+        self._call(f"release {name}", client.release_collection, name)
+        self._call(f"load {name}", client.load_collection, name)
         stored = int(client.get_collection_stats(name).get("row_count", -1))
         if stored != n:
             raise SearchIndexError(f"Milvus collection {name} holds {stored} rows after the "
@@ -368,6 +374,24 @@ class MilvusWriter:
                     hnsw_m=job.settings.hnsw_m))
             self._tune(name, space, stats[space], vectors[space], job)
         return stats, entry
+
+    def _wait_indexed(self, name: str, n: int, timeout: float = 3600.0) -> None:
+        """Until every space's index covers the ``n`` rows: Milvus Lite builds its segment indexes
+        in the background after a flush, and a search before that scans the rows exactly (a recall
+        tuned then would not be the served index's)."""
+        deadline = time.monotonic() + timeout
+        for space in SPACES:
+            while True:
+                found = self._call(f"describe the index of {name}", self.client.describe_index,
+                                   name, space) or {}
+                if "indexed_rows" not in found or (int(found["indexed_rows"]) >= n and
+                                                   found.get("state", "Finished") == "Finished"):
+                    break
+                if time.monotonic() > deadline:
+                    raise SearchIndexError(f"Milvus did not finish indexing {name}.{space} in "
+                                           f"{timeout:.0f} s ({found.get('indexed_rows')} of {n} "
+                                           f"rows)")
+                time.sleep(0.1)
 
     def _tune(self, name: str, space: str, stats: IndexStats, vectors: np.ndarray,
               job: WriteJob) -> None:
