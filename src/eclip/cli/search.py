@@ -31,7 +31,6 @@ def _product_ids(value: str) -> list[str]:
 def cmd_index(args: argparse.Namespace) -> int:
     from eclip.search.catalog_index import index_catalog
     from eclip.search.compressed import parse_bytes
-    from eclip.search.store_types import StoreSpec
     from eclip.search.vectors import VectorSettings
 
     settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
@@ -43,7 +42,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     done = index_catalog(
         args.out, data=data, model=args.model, embeddings=args.embeddings, update=args.update,
         delete=_product_ids(args.delete) if args.delete else None, split=args.split,
-        settings=settings, store=StoreSpec(args.store, args.uri, args.collection),
+        settings=settings, store=args.store, uri=args.uri, collection=args.collection,
         thumbnails=args.thumbnails, thumbnail_size=args.thumbnail_size,
         batch_size=args.batch_size, onnx=args.onnx, progress=_progress(args))
     print(done.summary)

@@ -195,8 +195,19 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
         files, manifest = list(zip(parts.files, parts.parts)), parts.data
     else:
         files = [(path, None)]
-    tables = []
-    for file, rows in files:
+    # one part at a time into arrays sized up front: memory holds the vectors once, plus a part
+    try:
+        total = sum(rows if rows is not None else pq.read_metadata(file).num_rows
+                    for file, rows in files)
+    except (OSError, ValueError) as exc:
+        raise EclipError(f"cannot read embeddings {path}: {exc}") from None
+    names = ("image_embedding", "text_embedding", "product_embedding")
+    out: dict[str, np.ndarray] = {}
+    ids: list[str] = []
+    catalog_ids: list[str | None] | None = None
+    identities: set = set()
+    weight, at = FUSION_WEIGHT, 0
+    for number, (file, rows) in enumerate(files):
         try:
             table = pq.read_table(file)
         except (OSError, ValueError) as exc:
@@ -204,16 +215,25 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
         if rows is not None and table.num_rows != rows:
             raise EclipError(f"{file} holds {table.num_rows} rows, the manifest says {rows}; "
                              "run `eclip embed` again")
-        tables.append(table)
-
-    def matrix(name: str) -> np.ndarray:
-        arrays = [np.asarray(t.column(name).combine_chunks().flatten(), np.float32)
-                  .reshape(t.num_rows, -1) for t in tables]
-        return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
-
-    meta = (tables[0].schema.metadata or {}) if tables else {}
-    weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
-    identities = {(t.schema.metadata or {}).get(PARQUET_KEY) for t in tables}
+        n = table.num_rows
+        for name in names:
+            block = np.asarray(table.column(name).combine_chunks().flatten(),
+                               np.float32).reshape(n, -1)
+            target = out.setdefault(name, np.empty((total, block.shape[1]), np.float32))
+            if block.shape[1] != target.shape[1]:
+                raise EclipError(f"{file}: {name} has {block.shape[1]} dimensions, the first "
+                                 f"part {target.shape[1]}; run `eclip embed` again")
+            target[at:at + n] = block
+        meta = table.schema.metadata or {}
+        if number == 0:
+            weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
+            catalog_ids = [] if "catalog_id" in table.column_names else None
+        identities.add(meta.get(PARQUET_KEY))
+        ids.extend(table.column("product_id").to_pylist())
+        if catalog_ids is not None:
+            catalog_ids.extend(table.column("catalog_id").to_pylist())
+        at += n
+        del table
     if path.is_dir() and manifest.get(MANIFEST_KEY):
         identities.add(str(manifest[MANIFEST_KEY]).encode())
     identities.discard(None)
@@ -221,8 +241,9 @@ def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | No
         raise EclipError(f"{path} holds vectors of {len(identities)} different models; run "
                          "`eclip embed` again into an empty folder")
     identity = identities.pop().decode() if identities else None
-    ids = [x for t in tables for x in t.column("product_id").to_pylist()]
-    catalog_ids = ([x for t in tables for x in t.column("catalog_id").to_pylist()]
-                   if tables and "catalog_id" in tables[0].column_names else None)
+
+    def matrix(name: str) -> np.ndarray:
+        return out.get(name, np.zeros((0, 0), np.float32))
+
     return Embeddings(ids, matrix("image_embedding"), matrix("text_embedding"),
                       matrix("product_embedding"), weight, model_sha256=identity), catalog_ids

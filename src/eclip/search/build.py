@@ -73,8 +73,12 @@ def align(emb: Embeddings, listings: list[Listing]) -> tuple[list[Listing], Embe
     kept = [x for x in listings if x.product_id in row_of]
     catalog_ids = {x.product_id for x in listings}
     rows = np.asarray([row_of[x.product_id] for x in kept], dtype=np.int64)
-    subset = Embeddings([x.product_id for x in kept], emb.image[rows], emb.text[rows],
-                        emb.product[rows], emb.fusion_weight, model_sha256=emb.model_sha256)
+    if len(rows) == len(emb.product_ids) and bool(np.all(rows == np.arange(len(rows)))):
+        subset = emb  # the catalog's order is the vectors': no copy of a large array
+    else:
+        subset = Embeddings([x.product_id for x in kept], emb.image[rows], emb.text[rows],
+                            emb.product[rows], emb.fusion_weight,
+                            model_sha256=emb.model_sha256)
     return (kept, subset, [x.product_id for x in listings if x.product_id not in row_of],
             [pid for pid in emb.product_ids if pid not in catalog_ids])
 

@@ -33,20 +33,23 @@ class Indexed:
 def index_catalog(out: str | Path, *, data=None, model: str | Path | None = None,
                   embeddings: str | Path | None = None, update: bool = False,
                   delete: list[str] | None = None, split: list[str] | None = None,
-                  settings: VectorSettings | None = None, store: StoreSpec | None = None,
+                  settings: VectorSettings | None = None, store: str = StoreSpec.kind,
+                  uri: str | None = None, collection: str | None = None,
                   thumbnails: bool = True, thumbnail_size: int = 256, batch_size: int = 64,
                   onnx: bool = False, progress: bool = True,
                   log: Callable[[str], None] = print) -> Indexed:
     """Write a generation of the index in ``out`` (see the module docstring).
 
     ``data``: a ``catalog.config.DataConfig`` naming the catalog (not needed to ``delete``);
-    ``settings``: the vector index of a new index (kind, ``max_memory``, target recall); an update
-    or a delete keeps the index's own settings and ``store``. ``log`` receives the messages the
+    ``settings``: the vector index of a new index (kind, ``max_memory``, target recall);
+    ``store`` / ``uri`` / ``collection``: its vector store (``store_types.StoreSpec``); an update
+    or a delete keeps the index's own settings and store. ``log`` receives the messages the
     command prints (the split kept, a held-out warning, the bad-row report's path)."""
     settings = settings or VectorSettings()
-    store = store or StoreSpec()
     out = Path(out)
-    _check_choices(out, data, model, embeddings, update, delete, store, thumbnails)
+    _check_choices(out, data, model, embeddings, update, delete, store, uri, collection,
+                   thumbnails)
+    store = StoreSpec(store, uri, collection)
     if delete:
         info = delete_from_index(out, delete)
         return Indexed(info, info.summary())
@@ -82,15 +85,15 @@ def index_catalog(out: str | Path, *, data=None, model: str | Path | None = None
     return done
 
 
-def _check_choices(out: Path, data, model, embeddings, update: bool, delete, store: StoreSpec,
-                   thumbnails: bool) -> None:
+def _check_choices(out: Path, data, model, embeddings, update: bool, delete, store: str,
+                   uri: str | None, collection: str | None, thumbnails: bool) -> None:
     """The combinations ``eclip index`` refuses, each with what to do instead."""
     if delete or update:  # a write to an index keeps its store
-        if store.uri or store.collection:
+        if uri or collection:
             raise EclipError("--uri and --collection choose the store of a new index; --update "
                              "and --delete write to the index's own store")
-        if store.kind != StoreSpec.kind and store.kind != (own := index_store(out).kind):
-            raise EclipError(f"{out} keeps its vectors in {own}, not {store.kind}: rebuild it "
+        if store != StoreSpec.kind and store != (own := index_store(out).kind):
+            raise EclipError(f"{out} keeps its vectors in {own}, not {store}: rebuild it "
                              f"(without --update) to change the store")
     if delete:
         if data is not None or update or embeddings:

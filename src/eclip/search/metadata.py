@@ -46,6 +46,8 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _COLUMNS = ("vid", "product_id", "catalog_id", "title", "brand", "category", "attributes", "adult",
             "lang", "split", "images")
 
+UPSERT_BLOCK = 50_000  # listings written per executemany
+
 
 @dataclass(frozen=True)
 class StoredListing:
@@ -151,17 +153,20 @@ class MetadataStore:
         return np.asarray(vids, dtype=np.int64)
 
     def upsert(self, vids: np.ndarray, listings: list[Listing], images: list[list[str]]) -> None:
-        rows = [(int(vid), x.product_id, x.catalog_id, x.title, x.brand, x.category,
-                 json.dumps(x.attributes or {}, ensure_ascii=False),
-                 None if x.adult is None else int(bool(x.adult)), x.lang, x.split,
-                 json.dumps(names, ensure_ascii=False))
-                for vid, x, names in zip(vids, listings, images)]
-        self._conn.executemany(
-            f"INSERT OR REPLACE INTO listings({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
-        if self._lexical is not None:
-            lexical.write_rows(self._conn, [(row[0], row[3], row[4], row[5]) for row in rows],
-                               self._lexical)
+        for start in range(0, len(listings), UPSERT_BLOCK):  # rows built a block at a time
+            stop = start + UPSERT_BLOCK
+            rows = [(int(vid), x.product_id, x.catalog_id, x.title, x.brand, x.category,
+                     json.dumps(x.attributes or {}, ensure_ascii=False),
+                     None if x.adult is None else int(bool(x.adult)), x.lang, x.split,
+                     json.dumps(names, ensure_ascii=False))
+                    for vid, x, names in zip(vids[start:stop], listings[start:stop],
+                                             images[start:stop])]
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO listings({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+            if self._lexical is not None:
+                lexical.write_rows(self._conn, [(row[0], row[3], row[4], row[5]) for row in rows],
+                                   self._lexical)
 
     def delete(self, vids: np.ndarray) -> None:
         self._conn.executemany("DELETE FROM listings WHERE vid = ?", [(int(v),) for v in vids])

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,23 @@ def _results(answer, k: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, ids
 
 
+def load_collection(uri: str, client, name: str, *, timeout: float = 60.0) -> None:
+    """Load ``name``; while Milvus Lite is still writing a segment's index file in the background
+    (it reads a file half written), wait and load again."""
+    from pymilvus.exceptions import MilvusException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.load_collection(name)
+            return
+        except MilvusException as exc:
+            if "not fully written" not in str(exc) or time.monotonic() > deadline:
+                raise SearchIndexError(f"Milvus ({uri}) could not load {name}: "
+                                       f"{_reason(exc)}") from None
+            time.sleep(0.25)
+
+
 # ----------------------------------------------------------------------------------- writer
 def _milvus_call(uri: str, what: str, fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, a client call; Milvus's own error becomes a one-line
@@ -353,7 +371,13 @@ class MilvusWriter:
                      "adult": int(scalars.adult[i])} for i in range(start, stop)]
             self._call(f"insert into {name}", client.insert, name, rows)
         self._call(f"flush {name}", client.flush, name)
-        self._call(f"load {name}", client.load_collection, name)
+        uri = resolve_uri(self.uri, self.root)
+        load_collection(uri, client, name)
+        self._wait_indexed(name, n)
+        # loaded again, so that what is searched from here on (the recall check below, then the
+        # service) is the built index; Milvus Lite may still hold the flushed rows unindexed
+        self._call(f"release {name}", client.release_collection, name)
+        load_collection(uri, client, name)
         stored = int(client.get_collection_stats(name).get("row_count", -1))
         if stored != n:
             raise SearchIndexError(f"Milvus collection {name} holds {stored} rows after the "
@@ -368,6 +392,24 @@ class MilvusWriter:
                     hnsw_m=job.settings.hnsw_m))
             self._tune(name, space, stats[space], vectors[space], job)
         return stats, entry
+
+    def _wait_indexed(self, name: str, n: int, timeout: float = 3600.0) -> None:
+        """Until every space's index covers the ``n`` rows: Milvus Lite builds its segment indexes
+        in the background after a flush, and a search before that scans the rows exactly (a recall
+        tuned then would not be the served index's)."""
+        deadline = time.monotonic() + timeout
+        for space in SPACES:
+            while True:
+                found = self._call(f"describe the index of {name}", self.client.describe_index,
+                                   name, space) or {}
+                if "indexed_rows" not in found or (int(found["indexed_rows"]) >= n and
+                                                   found.get("state", "Finished") == "Finished"):
+                    break
+                if time.monotonic() > deadline:
+                    raise SearchIndexError(f"Milvus did not finish indexing {name}.{space} in "
+                                           f"{timeout:.0f} s ({found.get('indexed_rows')} of {n} "
+                                           f"rows)")
+                time.sleep(0.1)
 
     def _tune(self, name: str, space: str, stats: IndexStats, vectors: np.ndarray,
               job: WriteJob) -> None:
@@ -457,7 +499,7 @@ class MilvusStore:
             raise SearchIndexError(f"Milvus ({self.uri}) has no collection {self.collection}: "
                                    f"the index generation names it; rebuild the index with "
                                    f"`eclip index --store milvus`")
-        self._call("load", self.client.load_collection, self.collection)
+        load_collection(self.uri, self.client, self.collection)
 
     def _call(self, what: str, fn, *args, **kwargs):
         return _milvus_call(self.uri, f"{what} the collection {self.collection}", fn, *args,
