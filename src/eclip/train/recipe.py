@@ -28,7 +28,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "epochs": at_least(0, "0: no step, the initial model saved as the trained one"),
     "max_steps": at_least(0, "or null: no cap; 0: no step, the initial model saved as the trained "
                              "one"),
-    "threads": at_least(1, "or null: the CPU cores this process may use, at most 32"),
+    "threads": at_least(1, "or null: the free CPU cores this process may use, at most 32"),
     "batch_size": at_least(1),
     "micro_batch_size": at_least(1, "or null: the whole batch at once"),
     "loss_chunk_size": at_least(1, "or null: all rows at once"),
@@ -128,8 +128,9 @@ class TrainConfig:
     # With data.shards the worker count is part of the data order (0 and 1 read alike): give a
     # number where runs on machines with other core counts must read the same batches
     num_workers: int | str = "auto"
-    # torch threads of each process (None: the CPU cores it may use, shared among the processes of
-    # a torchrun job on this machine, at most 32); see eclip.config.use_threads
+    # torch threads of each process (None: $ECLIP_THREADS, else the CPU cores it may use, shared
+    # among the processes of a torchrun job on this machine, at most 32, less the cores other
+    # processes keep busy); see eclip.config.use_threads
     threads: int | None = None
     progress: bool = True
 
