@@ -16,7 +16,8 @@ from eclip.catalog.readers import read_catalog
 from eclip.catalog.splits import split_listings
 from eclip.errors import ConfigError
 from eclip.model import DualEncoder
-from eclip.train.data import Collator, ListingDataset, loader_workers, to_device
+from eclip.train.data import (MIN_EPOCH_BATCHES, Collator, ListingDataset, loader_workers,
+                              to_device)
 from eclip.train.recipe import load_recipe
 from eclip.train.sampler import CatalogBatchSampler
 from eclip.train.sources import ListingSource, OnDevice
@@ -101,13 +102,17 @@ def test_a_resumed_run_with_read_ahead_and_a_worker_equals_the_plain_run(
 def test_num_workers_auto_takes_the_photo_loaders_rule(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert loader_workers("auto", photos=True) == 7
-    assert loader_workers("auto", photos=False) == 0  # a feature cache: text only, in-process
-    assert loader_workers(3, photos=False) == 3 and loader_workers(0, photos=True) == 0
+    auto = functools.partial(loader_workers, "auto", epoch_batches=MIN_EPOCH_BATCHES)
+    assert auto(photos=True) == 7
+    assert auto(photos=False) == 0  # a feature cache: text only, in-process
+    # a few batches an epoch: a worker started every epoch would cost more than it saves
+    assert loader_workers("auto", photos=True, epoch_batches=MIN_EPOCH_BATCHES - 1) == 0
+    assert loader_workers(3, photos=False, epoch_batches=1) == 3
+    assert loader_workers(0, photos=True, epoch_batches=10 ** 6) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: the cores shared among the ranks
-    assert loader_workers("auto", photos=True) == 3
+    assert auto(photos=True) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert loader_workers("auto", photos=True) == 0
+    assert auto(photos=True) == 0
 
     assert load_recipe(None).train.num_workers == "auto"
     assert load_recipe(None, ["train.num_workers=2"]).train.num_workers == 2

@@ -31,17 +31,22 @@ from eclip.catalog.schema import Listing, catalog_group_id
 from eclip.encode.loader import default_num_workers
 
 AUTO = "auto"
+# ``auto`` starts no worker for shorter epochs: workers start afresh every epoch (a resumed run
+# must see the same batches), and a start (fork, first batch) costs about half a CPU-second here,
+# more than decoding a few small batches in the process
+MIN_EPOCH_BATCHES = 32
 
 
-def loader_workers(setting: int | str, *, photos: bool) -> int:
+def loader_workers(setting: int | str, *, photos: bool, epoch_batches: int) -> int:
     """DataLoader worker processes for ``train.num_workers``: a number as given, or ``auto``:
     for a run that decodes photos, :func:`default_num_workers` (the cores this process may use,
     less one for the process itself, shared among torchrun's ``LOCAL_WORLD_SIZE`` processes on
     this machine); 0 for one that serves a locked image tower from its feature cache (its items
-    are composed text and positions: a worker's start and hand-over cost more than they save)."""
+    are composed text and positions: a worker's start and hand-over cost more than they save),
+    and 0 for epochs of fewer than ``MIN_EPOCH_BATCHES`` batches per rank."""
     if setting != AUTO:
         return setting
-    if not photos:
+    if not photos or epoch_batches < MIN_EPOCH_BATCHES:
         return 0
     try:
         processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

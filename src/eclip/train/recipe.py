@@ -124,7 +124,8 @@ class TrainConfig:
     eval_batch_size: int = 128
     # DataLoader worker processes per process: a number (0: load in the process), or "auto": the
     # cores this process may use less one, shared among torchrun's processes on this machine, for
-    # a run that decodes photos; 0 when a locked image tower is served from its feature cache.
+    # a run that decodes photos; 0 when a locked image tower is served from its feature cache or
+    # an epoch has fewer than 32 batches (eclip.train.data.loader_workers).
     # With data.shards the worker count is part of the data order (0 and 1 read alike): give a
     # number where runs on machines with other core counts must read the same batches
     num_workers: int | str = "auto"

@@ -188,7 +188,8 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
                                       cfg.batch_schedule, cfg.micro_batch_size))
     source = ListingSource(dataset, sampler, Collator(model.tokenize), rank=env.rank,
                            world_size=env.world_size, seed=cfg.seed,
-                           num_workers=loader_workers(cfg.num_workers, photos=not use_cache))
+                           num_workers=loader_workers(cfg.num_workers, photos=not use_cache,
+                                                      epoch_batches=len(sampler)))
     return DataPlan(OnDevice(source, env.device), image_input, image_cache)
 
 
@@ -209,8 +210,10 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
                          per_group=cfg.per_group)
-    loader = stream.loader(unit, num_workers=loader_workers(cfg.num_workers, photos=True),
-                           collate_fn=Collator(model.tokenize), drop_last=True)
+    workers = loader_workers(cfg.num_workers, photos=True,
+                             epoch_batches=stream.samples_per_rank // unit)
+    loader = stream.loader(unit, num_workers=workers, collate_fn=Collator(model.tokenize),
+                           drop_last=True)
     return DataPlan(OnDevice(ShardSource(loader), env.device), pixel_input)
 
 
