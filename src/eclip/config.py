@@ -255,7 +255,7 @@ def default_threads() -> int:
     return max(1, min(MAX_DEFAULT_THREADS, _affinity_cores() // _local_processes()))
 
 
-def busy_cores(samples: int = 5, interval_s: float = 0.02, loadavg: str = "/proc/loadavg") -> float:
+def busy_cores(samples: int = 3, interval_s: float = 0.01, loadavg: str = "/proc/loadavg") -> float:
     """How many of this process's cores other processes keep busy now: the runnable threads of
     the machine less this one (``/proc/loadavg``'s fourth field, the median of ``samples`` reads
     ``interval_s`` apart; elsewhere the 1-minute load average), the share of them that falls on
