@@ -8,6 +8,9 @@ through (default: each tree's own default).
 
     python benchmarks/embed_speed.py --old /work/main/src --new src \\
         --model demo_out/models/baseline --catalog demo_out/catalog/listings.jsonl --repeats 3
+
+More trees: ``--tree NAME=SRC`` (repeatable) adds them to the rotation (e.g. the tree before the
+photo loader); the order of the trees is reversed on every other repeat.
 """
 
 from __future__ import annotations
@@ -41,23 +44,29 @@ def main() -> None:
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=SRC",
+                        help="another tree to time beside old and new")
     args = parser.parse_args()
+    trees = {"old": args.old, "new": args.new}
+    trees.update(dict(item.split("=", 1) for item in args.tree))
     with open(args.catalog, encoding="utf-8") as handle:
         listings = sum(1 for line in handle if line.strip())
     print(f"{listings} listings; load average {os.getloadavg()}", flush=True)
-    rates: dict[str, list[float]] = {"old": [], "new": []}
+    rates: dict[str, list[float]] = {name: [] for name in trees}
     for r in range(args.repeats):
-        for name, src in (("old", args.old), ("new", args.new)):
-            seconds = trial(src, args)
+        for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+            seconds = trial(trees[name], args)
             rates[name].append(listings / seconds)
-            print(f"repeat {r}: {name} {seconds:.1f} s, {listings / seconds:.1f} listings/s",
-                  flush=True)
+            print(f"repeat {r}: {name} {seconds:.1f} s, {listings / seconds:.1f} listings/s, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
     for name, values in rates.items():
         print(f"{name}: median {statistics.median(values):.1f} listings/s "
               f"(min {min(values):.1f}, max {max(values):.1f})")
-    print(f"new / old (medians): "
-          f"{statistics.median(rates['new']) / statistics.median(rates['old']):.2f}x; "
-          f"load average {os.getloadavg()}")
+    for name in rates:
+        if name != "new":
+            print(f"new / {name} (medians): "
+                  f"{statistics.median(rates['new']) / statistics.median(rates[name]):.2f}x")
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -15,16 +15,21 @@ from eclip.model import load_model
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SMALL = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_heads=2",
-         "model.scratch_vocab_size=400", "model.image_size=64", "model.embed_dim=32",
-         "train.epochs=2", "train.batch_size=16", "train.image_trainable_layers=2",
+         "model.scratch_vocab_size=400", "model.image_size=32", "model.embed_dim=32",
+         "train.epochs=1", "train.batch_size=16", "train.image_trainable_layers=2",
          "train.text_text_weight=0.5", "train.checkpoint_every=1000"]
 
 
 def _run(out):
-    return run_demo(out, listings=200, seed=5, overrides=SMALL, progress=False, log=lambda s: None)
+    return run_demo(out, listings=120, seed=5, overrides=SMALL, progress=False, log=lambda s: None)
 
 
-def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path):
+def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path, monkeypatch):
+    from eclip.tasks.context import EvalConfig
+
+    # the demo's suite with fewer probe fits, resamples and map points (its own settings otherwise)
+    monkeypatch.setattr("eclip.demo.EvalConfig", lambda: EvalConfig(
+        seeds=1, probe_c=[1.0], bootstrap=200, map_points=20))
     a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
     rows = [dataclasses.astuple(r) for r in a.report.rows]
     assert rows == [dataclasses.astuple(r) for r in b.report.rows]

@@ -242,39 +242,94 @@ def to_dict(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Threads: one rule for every command that computes (train.threads, --threads)
+# Threads: one rule for every command that computes (train.threads, --threads, ECLIP_THREADS)
 
 MAX_DEFAULT_THREADS = 32
+THREADS_ENV = "ECLIP_THREADS"
+
+
+def _affinity_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _local_processes() -> int:
+    import os
+
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def default_threads() -> int:
     """The CPU cores this process may use (its affinity, which a container or ``taskset`` may
     narrow), shared among the processes of a torchrun job on this machine (``LOCAL_WORLD_SIZE``),
     at most ``MAX_DEFAULT_THREADS``."""
+    return max(1, min(MAX_DEFAULT_THREADS, _affinity_cores() // _local_processes()))
+
+
+def busy_cores(samples: int = 3, interval_s: float = 0.01, loadavg: str = "/proc/loadavg") -> float:
+    """How many of this process's cores other processes keep busy now: the runnable threads of
+    the machine less this one (``/proc/loadavg``'s fourth field, the median of ``samples`` reads
+    ``interval_s`` apart; elsewhere the 1-minute load average), the share of them that falls on
+    the cores this process may use. 0 where the system does not say."""
     import os
+    import statistics
+    import time
 
     try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        processes = 1
-    return max(1, min(MAX_DEFAULT_THREADS, cores // processes))
+        counts = []
+        for i in range(samples):
+            if i:
+                time.sleep(interval_s)
+            with open(loadavg, encoding="ascii") as handle:
+                counts.append(int(handle.read().split()[3].split("/")[0]))
+        others = statistics.median(counts) - 1  # this thread is running while it reads
+    except (OSError, ValueError, IndexError):
+        try:
+            others = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    return max(0.0, others) * _affinity_cores() / max(1, os.cpu_count() or 1)
+
+
+def available_threads() -> int:
+    """The thread count that ``use_threads`` sets by default: :func:`default_threads`, less the
+    cores other processes keep busy (:func:`busy_cores`, rounded), at least 1.
+
+    torch's intra-op threads meet at the end of every parallel operation; when another process
+    holds one of the cores, each meeting waits for a descheduled thread, and a model of many
+    small operations runs several times slower on all the cores than on one. The count is taken
+    once, when a command starts (``ECLIP_THREADS`` or ``--threads`` fix it)
+    (docs/BENCHMARKS.md, "Torch threads on shared cores"). On an idle machine this is
+    :func:`default_threads`."""
+    idle = _affinity_cores() - busy_cores()
+    return max(1, min(default_threads(), int(idle / _local_processes() + 0.5)))
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads for this process: ``threads``, or :func:`default_threads`
-    where it is None. Returns the number set. The one place eclip sets it (the search service's
-    per-request threads aside)."""
+    """Set torch's intra-op threads for this process: ``threads``; where it is None, the
+    ``ECLIP_THREADS`` environment variable, else :func:`available_threads`. Returns the number
+    set. The one place eclip sets it (the search service's per-request threads aside)."""
+    import os
+
     import torch
 
+    where = "threads"
+    if threads is None and os.environ.get(THREADS_ENV, "").strip():
+        where, threads = THREADS_ENV, os.environ[THREADS_ENV].strip()
+        threads = int(threads) if threads.isdigit() else threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
-        raise ConfigError(f"threads must be a positive integer (or unset: the CPU cores this "
-                          f"process may use), got {threads!r}")
-    count = threads if threads is not None else default_threads()
+        raise ConfigError(f"{where} must be a positive integer (or unset: the CPU cores this "
+                          f"process may use, less those other processes keep busy), "
+                          f"got {threads!r}")
+    count = threads if threads is not None else available_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count

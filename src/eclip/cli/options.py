@@ -107,8 +107,8 @@ def _shared_parsers() -> tuple[Parser, Parser, Parser, Parser]:
                        help="no progress bars (they are off anyway where stderr is not a terminal)")
     threads = Parser(add_help=False)
     threads.add_argument("--threads", type=int, metavar="N",
-                         help="torch threads (default: the CPU cores this process may use, at "
-                              "most 32; lower it when other jobs share the machine)")
+                         help="torch threads (default: $ECLIP_THREADS, else the CPU cores this "
+                              "process may use, at most 32, less those other processes keep busy)")
     overrides = Parser(add_help=False)
     overrides.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                            help="recipe overrides, e.g. data.column_map.title=item_name "
@@ -141,7 +141,7 @@ def progress(args: argparse.Namespace) -> bool:
 
 
 def threads(args: argparse.Namespace) -> int:
-    """torch threads for this command (``--threads``, else the CPU cores the process may use)."""
+    """torch threads for this command (``--threads``, else ``eclip.config.use_threads``' default)."""
     from eclip.config import use_threads
 
     return use_threads(getattr(args, "threads", None))

@@ -7,12 +7,15 @@ Pixels travel as uint8 (``uint8=True``: the datasets' ``pixel_values`` are
 ``ImageTransform.pixels``, and a data source names the transform in each batch as
 ``pixel_transform``); :func:`to_device` moves a batch to the training device and normalises it there,
 to exactly the values the per-image float path gives. :class:`DevicePrefetcher` copies the next
-batch to a CUDA device while the current step runs; :func:`default_num_workers` (``eclip.encode.loader``,
-the photo loader's) sizes the loader worker pool from the cores this process may use.
+batch to a CUDA device while the current step runs (the trainer's data source is wrapped in
+:class:`eclip.train.sources.OnDevice`, which uses it); :func:`loader_workers` resolves
+``train.num_workers`` (``auto``: :func:`eclip.encode.loader.default_num_workers`, the photo loader's
+rule, for a run that decodes photos).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +28,31 @@ from eclip.catalog.compose import TextComposer
 from eclip.catalog.config import DEFAULT_MAX_PIXELS
 from eclip.catalog.images import ImageTransform, load_image
 from eclip.catalog.schema import Listing, catalog_group_id
-from eclip.encode.loader import default_num_workers  # noqa: F401  (its home: encode.loader)
+from eclip.encode.loader import default_num_workers
+
+AUTO = "auto"
+# ``auto`` starts no worker for shorter epochs: workers start afresh every epoch (a resumed run
+# must see the same batches), and a start (fork, first batch) costs about half a CPU-second here,
+# more than decoding a few small batches in the process
+MIN_EPOCH_BATCHES = 32
+
+
+def loader_workers(setting: int | str, *, photos: bool, epoch_batches: int) -> int:
+    """DataLoader worker processes for ``train.num_workers``: a number as given, or ``auto``:
+    for a run that decodes photos, :func:`default_num_workers` (the cores this process may use,
+    less one for the process itself, shared among torchrun's ``LOCAL_WORLD_SIZE`` processes on
+    this machine); 0 for one that serves a locked image tower from its feature cache (its items
+    are composed text and positions: a worker's start and hand-over cost more than they save),
+    and 0 for epochs of fewer than ``MIN_EPOCH_BATCHES`` batches per rank."""
+    if setting != AUTO:
+        return setting
+    if not photos or epoch_batches < MIN_EPOCH_BATCHES:
+        return 0
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return default_num_workers(processes)
 
 
 def group_index(listings: list[Listing]) -> torch.Tensor:

@@ -79,7 +79,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "epochs": at_least(0, "0: no step, the initial model saved as the trained one"),
     "max_steps": at_least(0, "or null: no cap; 0: no step, the initial model saved as the trained "
                              "one"),
-    "threads": at_least(1, "or null: the CPU cores this process may use, at most 32"),
+    "threads": at_least(1, "or null: the free CPU cores this process may use, at most 32"),
     "batch_size": at_least(1),
     "micro_batch_size": at_least(1, "or null: the whole batch at once"),
     "loss_chunk_size": at_least(1, "or null: all rows at once"),
@@ -174,9 +174,16 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     eval_batch_size: int = 128
-    num_workers: int = 0
-    # torch threads of each process (None: the CPU cores it may use, shared among the processes of
-    # a torchrun job on this machine, at most 32); see eclip.config.use_threads
+    # DataLoader worker processes per process: a number (0: load in the process), or "auto": the
+    # cores this process may use less one, shared among torchrun's processes on this machine, for
+    # a run that decodes photos; 0 when a locked image tower is served from its feature cache or
+    # an epoch has fewer than 32 batches (eclip.train.data.loader_workers).
+    # With data.shards the worker count is part of the data order (0 and 1 read alike): give a
+    # number where runs on machines with other core counts must read the same batches
+    num_workers: int | str = "auto"
+    # torch threads of each process (None: $ECLIP_THREADS, else the CPU cores it may use, shared
+    # among the processes of a torchrun job on this machine, at most 32, less the cores other
+    # processes keep busy); see eclip.config.use_threads
     threads: int | None = None
     progress: bool = True
     # LoRA adapters on the towers, e.g. {rank: 8, alpha: 16, targets: [attention], towers: [text,
@@ -201,6 +208,10 @@ class TrainConfig:
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, "
                               f"got {self.parallel!r}")
+        if self.num_workers != "auto" and (isinstance(self.num_workers, bool)
+                                           or not isinstance(self.num_workers, int)):
+            raise ConfigError(f"train.num_workers must be auto or an integer >= 0, "
+                              f"got {self.num_workers!r}")
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f"train.compile must be true, false or auto, got {self.compile!r}")
         if self.parallel == "fsdp" and self.precision == "fp16":

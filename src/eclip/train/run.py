@@ -74,7 +74,7 @@ def run_training(recipe: Recipe, *, resume: bool = False,
     log = rank_log(env, log)
     threads = use_threads(recipe.train.threads)
     log(f"torch threads: {threads} per process (train.threads"
-        f"{'' if recipe.train.threads else ': the CPU cores this process may use'})")
+        f"{'' if recipe.train.threads else ': unset, so ECLIP_THREADS or the free cores'})")
     out_dir = Path(recipe.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:  # what a run killed here left half written (init/, model/, reports)

@@ -16,8 +16,11 @@ how many units a step takes) with a position that resumes exactly::
   its own part of the shards with several workers.
 
 Both hand out pixels as uint8 with their transform (``pixel_transform``; ``uint8=False``:
-float pixels as before): the consumer passes every batch through
-:func:`eclip.train.data.to_device`, which normalises them on the training device.
+float pixels as before). The trainer reads either through :class:`OnDevice`, which hands out the
+batches on the training device with their pixels normalised there
+(:class:`eclip.train.data.DevicePrefetcher`: on CUDA the next batch is copied from pinned memory
+and normalised on a side stream while the step runs), keeping the position of the batches
+handed out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from eclip.catalog.schema import Listing
 from eclip.errors import EclipError
-from eclip.train.data import ListingDataset, with_pixel_transform
+from eclip.train.data import DevicePrefetcher, ListingDataset, with_pixel_transform
 from eclip.train.sampler import CatalogBatchSampler
 
 Batch = dict[str, Any]
@@ -149,6 +152,44 @@ class ShardSource:
             yield with_pixel_transform(first, transform)
             for batch in batches:
                 yield with_pixel_transform(batch, transform)
+
+
+class OnDevice:
+    """``source``'s batches on ``device``, normalised there (:class:`DevicePrefetcher`: on CUDA
+    one batch is read ahead and copied on a side stream; ``read_ahead`` forces it either way).
+
+    Its ``epoch`` and ``state_dict()`` are those after the last batch *handed out*, not after the
+    one read ahead, so a checkpoint taken between steps resumes exactly."""
+
+    def __init__(self, source: DataSource, device: torch.device | str, *,
+                 read_ahead: bool | None = None):
+        self.source, self.device, self.read_ahead = source, torch.device(device), read_ahead
+        self._handed_out: tuple[dict[str, Any], int] | None = None  # None: the source's own
+
+    @property
+    def epoch(self) -> int:
+        return self._handed_out[1] if self._handed_out else self.source.epoch
+
+    @property
+    def units_per_epoch(self) -> int:
+        return self.source.units_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._handed_out[0] if self._handed_out else self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
+        self._handed_out = None
+
+    def _position(self) -> tuple[dict[str, Any], int]:
+        return self.source.state_dict(), self.source.epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = DevicePrefetcher(self.source, self.device, position=self._position,
+                                   read_ahead=self.read_ahead)
+        for batch in batches:
+            self._handed_out = batches.position
+            yield batch
 
 
 def shard_listings(shard_dir: str | Path, split: str | None) -> list[Listing]:

@@ -50,7 +50,7 @@ from eclip.encode.images import ImageFeatureCache, caches_locked_tower, eval_tra
 from eclip.train.accumulate import Embedder, EmbeddingStep, MultiStreamStep, WholeBatchStep
 from eclip.train.batch_schedule import BatchSchedule, build_lr_scheduler, too_few_rows
 from eclip.train.fingerprint import data_fingerprint
-from eclip.train.data import Collator, ListingDataset, to_device
+from eclip.train.data import Collator, ListingDataset, loader_workers
 from eclip.train.distributed import (DataParallel, DistEnv, barrier, gather_objects,
                                      init_distributed, rank_log)
 from eclip.train.fsdp import parallel_strategy
@@ -65,7 +65,7 @@ from eclip.train.precision import Precision
 from eclip.train.recipe import Recipe, TrainConfig
 from eclip.train.resume import CHECKPOINTS, clean_run_temps, resume_state, resume_step
 from eclip.train.sampler import CatalogBatchSampler
-from eclip.train.sources import DataSource, ListingSource, ShardSource
+from eclip.train.sources import DataSource, ListingSource, OnDevice, ShardSource
 
 MAX_BAD_STEPS = 5  # consecutive skipped steps (non-finite loss or gradients) that stop the run
 
@@ -190,8 +190,10 @@ def listing_data(recipe: Recipe, model, listings: list[Listing], val_listings: l
         raise EclipError(too_few_rows(len(listings), unit, env.world_size, cfg.batch_size,
                                       cfg.batch_schedule, cfg.micro_batch_size))
     source = ListingSource(dataset, sampler, Collator(model.tokenize), rank=env.rank,
-                           world_size=env.world_size, num_workers=cfg.num_workers, seed=cfg.seed)
-    return DataPlan(source, image_input, image_cache)
+                           world_size=env.world_size, seed=cfg.seed,
+                           num_workers=loader_workers(cfg.num_workers, photos=not use_cache,
+                                                      epoch_batches=len(sampler)))
+    return DataPlan(OnDevice(source, env.device), image_input, image_cache)
 
 
 def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: DistEnv) -> DataPlan:
@@ -211,9 +213,11 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
                          per_group=cfg.per_group)
-    loader = stream.loader(unit, num_workers=cfg.num_workers, collate_fn=Collator(model.tokenize),
+    workers = loader_workers(cfg.num_workers, photos=True,
+                             epoch_batches=stream.samples_per_rank // unit)
+    loader = stream.loader(unit, num_workers=workers, collate_fn=Collator(model.tokenize),
                            drop_last=True)
-    return DataPlan(ShardSource(loader), pixel_input)
+    return DataPlan(OnDevice(ShardSource(loader), env.device), pixel_input)
 
 
 def apply_memory_options(model, cfg: TrainConfig, log: Callable[[str], None]) -> None:
@@ -347,8 +351,7 @@ class TrainingRun:
         it skip the update (its batch consumed)."""
         env, schedule = self.env, self.schedule
         t_wait = time.perf_counter()
-        batch = [to_device(next(units), env.device)
-                 for _ in range(schedule.units(self.step, self.unit, env.world_size))]
+        batch = [next(units) for _ in range(schedule.units(self.step, self.unit, env.world_size))]
         t_step = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.embed_step(self.embedder, batch, self.loss_fn, self.precision)
