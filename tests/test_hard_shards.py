@@ -244,3 +244,30 @@ def test_the_trainer_plans_hard_shard_batches_from_the_start_models_vectors(shar
     with pytest.raises(ConfigError, match="need the vectors"):
         BufferOrder(8, 3)
     assert shard_batch_order(DataConfig(), model, 8) is None
+
+
+@pytest.mark.slow
+def test_a_run_with_hard_shard_batches_resumes_with_the_same_losses(tmp_path, shard_dir,
+                                                                    tiny_model_dir, crash_in_loss,
+                                                                    one_thread):
+    from eclip.train.recipe import load_recipe
+    from eclip.train.trainer import train
+    from run_logs import assert_same_losses, logged_losses
+
+    def recipe(out):
+        return load_recipe(None, [
+            f"train.output_dir={out}", f"data.shards={shard_dir}", "data.shuffle_buffer=30",
+            "data.batching=hard", "data.hard_neighbours=3", "train.max_steps=6",
+            "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1",
+            "train.warmup_steps=1", "train.progress=false", "train.lr=0.01"])
+
+    full = tmp_path / "full"
+    train(recipe(full), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
+    crashed = tmp_path / "crashed"
+    with crash_in_loss(4):  # in step 4, after the checkpoint of step 2, mid-epoch
+        train(recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), [], log=lambda s: None)
+    train(recipe(crashed), DualEncoder.from_pretrained(tiny_model_dir), [], resume=True,
+          log=lambda s: None)
+    expected = logged_losses(full)
+    assert sorted(expected) == list(range(1, 7))
+    assert_same_losses(expected, logged_losses(crashed), atol=1e-5)
