@@ -41,14 +41,18 @@ def catalog_centroids(vectors: np.ndarray, numbers: np.ndarray, count: int) -> n
 
 def dense_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`_knn` returns, from the dense similarity matrix in float64 (a shuffle buffer's
-    few hundred catalogs: no FAISS thread pool inside a forked loader worker; a stable sort, so ties
-    break by position, the same in every process)."""
+    few hundred catalogs: no FAISS thread pool inside a forked loader worker; ties break by
+    position, the same in every process)."""
     k = min(k, len(base))
     if k == 0 or len(query) == 0:
         return np.zeros((len(query), 0), np.float32), np.zeros((len(query), 0), np.int64)
     sims = np.asarray(query, np.float64) @ np.asarray(base, np.float64).T
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, ids, axis=1).astype(np.float32), ids.astype(np.int64)
+    ids = (np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1]
+           else np.broadcast_to(np.arange(k), sims.shape).copy())
+    top = np.take_along_axis(sims, ids, axis=1)
+    ranked = np.lexsort((ids, -top))  # by similarity, then by position
+    ids = np.take_along_axis(ids, ranked, axis=1)
+    return np.take_along_axis(top, ranked, axis=1).astype(np.float32), ids.astype(np.int64)
 
 
 def _knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
