@@ -223,8 +223,8 @@ def shard_vectors(model, shard_dir, split: str | None, which: str = "both", *,
                   ) -> tuple[np.ndarray, dict[int, int], list[str | None]]:
     """``model``'s vectors of every sample of a shard split (``which``: image, text or both, as
     :func:`eclip.encode.embed_listings` makes them, from each listing's first stored photo and
-    its text as the model's composer renders it), the row of each sample index, and each row's
-    category path. Reads every sample of the split once."""
+    its text as the model's composer renders it; float16), the row of each sample index, and
+    each row's category path. Reads every sample of the split once."""
     from eclip.encode.fusion import fuse, model_fusion_weight, unit_rows
     from eclip.encode.images import eval_transform
     from eclip.encode.listings import text_features
@@ -260,7 +260,8 @@ def shard_vectors(model, shard_dir, split: str | None, which: str = "both", *,
     model.train(was_training)
     vectors = {"image": image, "text": text,
                "both": fuse(image, text, model_fusion_weight(model))}[which]
-    return vectors, rows, categories
+    # float16: the table is held by every loader worker (2 bytes a dimension a sample)
+    return vectors.astype(np.float16), rows, categories
 
 
 def shard_batch_order(data: DataConfig, model, batch_size: int, *, embed_batch_size: int = 128,
