@@ -90,14 +90,16 @@ def nearest_catalogs(centroids: np.ndarray, k: int, *, categories: Sequence[str 
                 continue
             index = np.asarray(group, dtype=np.int64)
             sims, ids = _knn_search(centroids[index], centroids[index], search)
+            sims_rows, ids_rows, index_list = sims.tolist(), ids.tolist(), index.tolist()
             for row, number in enumerate(group):
-                candidates[number] += [(float(s), int(index[i]))
-                                       for s, i in zip(sims[row], ids[row]) if i >= 0]
+                candidates[number] += [(s, index_list[i])
+                                       for s, i in zip(sims_rows[row], ids_rows[row]) if i >= 0]
     sims, ids = _knn_search(centroids, centroids, search)
     neighbours = np.full((count, k), -1, dtype=np.int64)
     close = np.full((count, width if ceiling is not None else 0), -1, dtype=np.int64)
+    sims_rows, ids_rows = sims.tolist(), ids.tolist()  # plain floats and ints: fast to walk
     for number in range(count):
-        ranked = candidates[number] + [(float(s), int(i)) for s, i in zip(sims[number], ids[number])
+        ranked = candidates[number] + [(s, i) for s, i in zip(sims_rows[number], ids_rows[number])
                                        if i >= 0]
         chosen: list[int] = []
         near: list[int] = []
