@@ -272,3 +272,22 @@ def test_a_run_with_hard_shard_batches_resumes_with_the_same_losses(tmp_path, sh
     expected = logged_losses(full)
     assert sorted(expected) == list(range(1, 7))
     assert_same_losses(expected, logged_losses(crashed), atol=1e-5)
+
+
+def test_the_streams_packing_uses_every_unit_once_and_is_the_shuffle_without_neighbours():
+    from eclip.train.sampler import HardNegativeOrder, Neighbourhoods
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        units = int(rng.integers(1, 120))
+        count = int(rng.integers(1, units + 1))
+        groups = rng.integers(-2, count, size=units)  # some units without a catalog
+        lengths = rng.integers(1, 4, size=units)
+        batch, fill = int(rng.integers(1, 12)), int(rng.integers(0, 30))
+        hoods = Neighbourhoods(rng.integers(-1, count, size=(count, 3)),
+                               rng.integers(-1, count, size=(count, 2)))
+        got = HardNegativeOrder(hoods).arrange(groups, lengths, batch, fill=fill, whole=False)
+        assert sorted(got.tolist()) == list(range(units))
+        off = HardNegativeOrder(Neighbourhoods(np.full((count, 0), -1)))
+        assert off.arrange(groups, lengths, batch, fill=fill, whole=False).tolist() == \
+            list(range(units))
