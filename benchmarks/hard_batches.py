@@ -20,6 +20,10 @@ variant is ``section.key=value`` overrides on top of the demo recipe):
 - ``eclip_hard``: catalog-aware targets, hard batches;
 - ``clip_hard``: identity targets, hard batches.
 
+``--keep-ids NAME=0.3`` trains variant NAME with the catalog ids of 70 % of the training catalogs
+removed (``eclip.mining.hide_catalog_ids``), e.g. ``--variant eclip_gm30="train.targets=catalog
+data.catalog_source=given+mined" --keep-ids eclip_gm30=0.3``: the NAVER-like case.
+
 A model already in ``OUT/models/NAME/seedS`` is reused, so variants can be added to a finished run
 (e.g. ``--variant eclip_hard_mined="train.targets=catalog data.batching=hard
 data.catalog_source=mined"`` after merging catalog mining) and the suite run again.
@@ -123,6 +127,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="train and evaluate only these")
     parser.add_argument("--compare", nargs="*", default=["eclip_hard:eclip", "clip_hard:clip"],
                         help="extra MODEL:REFERENCE pairs for the verdict table")
+    parser.add_argument("--keep-ids", action="append", default=[],
+                        help="NAME=FRACTION: variant NAME trains on the training listings with the "
+                             "catalog ids of all but FRACTION of the catalogs removed "
+                             "(eclip.mining.hide_catalog_ids; scoring keeps the true ids)")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--plan-only", action="store_true",
                         help="only time the neighbourhoods and plans, and how alike batches are")
@@ -156,6 +164,10 @@ def main() -> None:
     if args.plan_only:
         print(f"plan: {plan_seconds(recipe, baseline, splits.train, image_cache)}", flush=True)
         return
+    keep_ids = {}
+    for item in args.keep_ids:
+        name, _, fraction = item.partition("=")
+        keep_ids[name] = float(fraction)
     seeds = [recipe.train.seed + k for k in range(args.seeds)]
     trained: dict = {"baseline": baseline}
     for name in names:
@@ -173,7 +185,12 @@ def main() -> None:
             run.train.model_dir = str(model_dir)
             print(f"training {name} seed {seed}: {' '.join(variants[name])}", flush=True)
             started = time.perf_counter()
-            result = train(run, copy.deepcopy(baseline), splits.train, splits.val,
+            train_listings = splits.train
+            if name in keep_ids:  # the NAVER-like case: most training listings without an id
+                from eclip.mining import hide_catalog_ids
+
+                train_listings = hide_catalog_ids(splits.train, keep_ids[name])
+            result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
                            image_cache=image_cache, log=lambda s: None)
             timings.setdefault(name, []).append(round(time.perf_counter() - started, 1))
             print(f"  {timings[name][-1]} s", flush=True)
@@ -190,7 +207,8 @@ def main() -> None:
         trained, read.listings, config=EvalConfig(compare=pairs),
         image_caches=[image_cache] if image_cache is not None else None, out_dir=out / "eval",
         title=f"random vs hard batches ({len(seeds)} training seeds)", progress=False,
-        log=print, meta={"variants": {n: variants[n] for n in names}, "train_seeds": seeds},
+        log=print, meta={"variants": {n: variants[n] for n in names}, "train_seeds": seeds,
+                         "keep_ids": keep_ids},
         notes=[f"{n}: {' '.join(variants[n])}" for n in names]).report
     print("\n".join(report.verdict_table()))
 

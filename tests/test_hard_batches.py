@@ -5,7 +5,8 @@ batch is a family and keeps its catalogs' chunks whole; neighbourhoods switched 
 random batches; the similarity ceiling keeps near-duplicate catalogs apart; a resumed sampler plans
 its epoch from the neighbourhoods of the interrupted one; 2 ranks (gloo) plan the same global
 batches and get the same global losses as one process; a resumed training run with hard batches
-equals the uninterrupted run; shards with hard batches are a clear error.
+equals the uninterrupted run; refreshed neighbourhoods with shards are a clear error (hard batches
+from shards: tests/test_hard_shards.py).
 """
 
 from __future__ import annotations
@@ -315,13 +316,14 @@ def test_a_resumed_run_with_hard_batches_equals_the_uninterrupted_run(tmp_path, 
     assert_same_losses(logged_losses(full), logged_losses(crashed), atol=1e-6)
 
 
-def test_hard_batches_from_shards_or_refreshed_under_fsdp_are_a_clear_error(tmp_path,
+def test_hard_batches_refreshed_from_shards_or_under_fsdp_are_a_clear_error(tmp_path,
                                                                           tiny_model_dir):
     from eclip.train.trainer import shard_data
 
     recipe = _recipe(tmp_path, f"data.shards={tmp_path}")
     model = load_model(tiny_model_dir)
-    with pytest.raises(ConfigError, match="data.batching=hard needs the listings in memory"):
+    # shards plan hard batches in the shuffle buffer from the start model's vectors only
+    with pytest.raises(ConfigError, match="data.hard_refresh_epochs needs the listings in memory"):
         shard_data(recipe, model, None, 4, None)
     with pytest.raises(ConfigError, match="under train.parallel=fsdp"):
         batch_order(DataConfig(batching="hard", hard_refresh_epochs=1), model, [], [], fsdp=True)

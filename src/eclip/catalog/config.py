@@ -93,7 +93,8 @@ class DataConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     # how catalog chunks are put together into batches: `random`, or `hard`: each batch grown from
     # a catalog's neighbourhood (same category path first, then the nearest catalog centroids of
-    # the model's vectors), so that its negatives look alike (train/sampler.py HardNegativeOrder)
+    # the model's vectors), so that its negatives look alike (train/sampler.py HardNegativeOrder;
+    # with `shards`, among the catalogs of each shuffle buffer: train/neighbours.py BufferOrder)
     batching: str = "random"
     hard_neighbours: int = 8  # nearest catalogs per catalog; 0: no neighbourhoods (random batches)
     hard_by_category: bool = True  # neighbours of the same category path come first

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from eclip.catalog.config import DataConfig
 from eclip.catalog.schema import Listing
@@ -38,6 +39,22 @@ def catalog_centroids(vectors: np.ndarray, numbers: np.ndarray, count: int) -> n
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def dense_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`_knn` returns, from the dense similarity matrix in float64 (a shuffle buffer's
+    few hundred catalogs: no FAISS thread pool inside a forked loader worker; ties break by
+    position, the same in every process)."""
+    k = min(k, len(base))
+    if k == 0 or len(query) == 0:
+        return np.zeros((len(query), 0), np.float32), np.zeros((len(query), 0), np.int64)
+    sims = np.asarray(query, np.float64) @ np.asarray(base, np.float64).T
+    ids = (np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1]
+           else np.broadcast_to(np.arange(k), sims.shape).copy())
+    top = np.take_along_axis(sims, ids, axis=1)
+    ranked = np.lexsort((ids, -top))  # by similarity, then by position
+    ids = np.take_along_axis(ids, ranked, axis=1)
+    return np.take_along_axis(top, ranked, axis=1).astype(np.float32), ids.astype(np.int64)
+
+
 def _knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities and positions in ``base`` of the ``k`` nearest rows to each query row."""
     import faiss
@@ -51,10 +68,12 @@ def _knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def nearest_catalogs(centroids: np.ndarray, k: int, *, categories: Sequence[str | None] | None = None,
-                     ceiling: float | None = None) -> Neighbourhoods:
+                     ceiling: float | None = None, knn=None) -> Neighbourhoods:
     """Each catalog's ``k`` neighbours, nearest first: those of its category first (where
     ``categories`` are given and the catalog has one), then the nearest of all; never itself, and
-    never one whose cosine is above ``ceiling`` (those are its ``close`` catalogs, up to ``k``)."""
+    never one whose cosine is above ``ceiling`` (those are its ``close`` catalogs, up to ``k``).
+    ``knn``: the search (default FAISS exact, :func:`dense_knn` for a shuffle buffer)."""
+    _knn_search = knn if knn is not None else _knn
     count = len(centroids)
     if k == 0 and ceiling is None:
         return Neighbourhoods(np.full((count, 0), -1))
@@ -70,15 +89,17 @@ def nearest_catalogs(centroids: np.ndarray, k: int, *, categories: Sequence[str 
             if len(group) < 2:
                 continue
             index = np.asarray(group, dtype=np.int64)
-            sims, ids = _knn(centroids[index], centroids[index], search)
+            sims, ids = _knn_search(centroids[index], centroids[index], search)
+            sims_rows, ids_rows, index_list = sims.tolist(), ids.tolist(), index.tolist()
             for row, number in enumerate(group):
-                candidates[number] += [(float(s), int(index[i]))
-                                       for s, i in zip(sims[row], ids[row]) if i >= 0]
-    sims, ids = _knn(centroids, centroids, search)
+                candidates[number] += [(s, index_list[i])
+                                       for s, i in zip(sims_rows[row], ids_rows[row]) if i >= 0]
+    sims, ids = _knn_search(centroids, centroids, search)
     neighbours = np.full((count, k), -1, dtype=np.int64)
     close = np.full((count, width if ceiling is not None else 0), -1, dtype=np.int64)
+    sims_rows, ids_rows = sims.tolist(), ids.tolist()  # plain floats and ints: fast to walk
     for number in range(count):
-        ranked = candidates[number] + [(float(s), int(i)) for s, i in zip(sims[number], ids[number])
+        ranked = candidates[number] + [(s, i) for s, i in zip(sims_rows[number], ids_rows[number])
                                        if i >= 0]
         chosen: list[int] = []
         near: list[int] = []
@@ -135,3 +156,132 @@ def batch_order(data: DataConfig, model, listings: Sequence[Listing], groups, *,
 
     return HardNegativeOrder(compute(), compute if data.hard_refresh_epochs else None,
                              data.hard_refresh_epochs)
+
+
+# ------------------------------------------------------------------ streaming shards
+
+class BufferOrder:
+    """Hard batches inside a shard stream's shuffle buffer (``data.batching: hard`` with
+    ``data.shards``; :class:`eclip.train.stream.ShardStream` calls :meth:`arrange` on every
+    shuffled block of a loader worker).
+
+    A block's catalogs are placed by the centroids of their listings' vectors in ``vectors``
+    (one row per shard sample, ``rows[sample index]`` its row: the start model's vectors, see
+    :func:`shard_vectors`), and each one's neighbours are the nearest catalogs *of the same block*
+    (same category path first, ``categories`` per row, None: no blocking; pairs above ``ceiling``
+    kept apart). :class:`~eclip.train.sampler.HardNegativeOrder` then walks through them with the
+    stream's packing (``whole=False``): a batch of ``batch_size`` items is grown from
+    neighbourhoods, and the rows a block starts with complete the batch the previous block left
+    open. What a block becomes depends on the block, the vectors and its offset in the worker's
+    slice alone, so a resumed stream arranges it again the same way. With ``k=0`` and no ceiling
+    the order is the shuffled order: exactly the random stream.
+    """
+
+    def __init__(self, batch_size: int, k: int, *, vectors: np.ndarray | None = None,
+                 rows: dict[int, int] | None = None, categories: Sequence[str | None] | None = None,
+                 ceiling: float | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size, self.k, self.ceiling = batch_size, k, ceiling
+        self.switched_off = k == 0 and ceiling is None
+        if vectors is None and not self.switched_off:
+            raise ConfigError("hard batches in a shuffle buffer need the vectors of its samples")
+        self.vectors, self.rows = vectors, dict(rows or {})
+        self.categories = list(categories) if categories is not None else None
+
+    def arrange(self, unit_catalogs: Sequence[str | None], unit_samples: Sequence[Sequence[int]],
+                offset: int) -> list[int]:
+        """The order of a block's shuffled units (``unit_catalogs``: each unit's catalog id, None
+        for none; ``unit_samples``: its samples' indices in the shard set); ``offset``: the block's
+        first position in the worker's slice (where batches start: multiples of ``batch_size``)."""
+        numbers = number_groups(list(unit_catalogs))
+        lengths = np.asarray([len(unit) for unit in unit_samples], dtype=np.int64)
+        count = int(numbers.max()) + 1 if len(numbers) and numbers.max() >= 0 else 0
+        if self.switched_off or count == 0:
+            hoods = Neighbourhoods(np.full((count, 0), -1))
+        else:
+            try:
+                rows = np.asarray([self.rows[i] for unit in unit_samples for i in unit], np.int64)
+            except KeyError as exc:
+                raise ConfigError(f"shard sample {exc.args[0]} has no vector for hard batches: "
+                                  "were the shards changed during the run?") from None
+            owners = np.repeat(numbers, lengths)
+            centroids = catalog_centroids(self.vectors[rows], owners, count)
+            categories = None
+            if self.categories is not None:
+                categories = [None] * count
+                for row, number in zip(rows.tolist(), owners.tolist()):
+                    if number >= 0 and categories[number] is None:
+                        categories[number] = self.categories[row]
+            hoods = nearest_catalogs(centroids, self.k, categories=categories,
+                                     ceiling=self.ceiling, knn=dense_knn)
+        order = HardNegativeOrder(hoods).arrange(numbers, lengths, self.batch_size,
+                                                 fill=offset % self.batch_size, whole=False)
+        return order.tolist()
+
+
+def shard_vectors(model, shard_dir, split: str | None, which: str = "both", *,
+                  batch_size: int = 128, progress: bool = False
+                  ) -> tuple[np.ndarray, dict[int, int], list[str | None]]:
+    """``model``'s vectors of every sample of a shard split (``which``: image, text or both, as
+    :func:`eclip.encode.embed_listings` makes them, from each listing's first stored photo and
+    its text as the model's composer renders it; float16), the row of each sample index, and
+    each row's category path. Reads every sample of the split once."""
+    from eclip.encode.fusion import fuse, model_fusion_weight, unit_rows
+    from eclip.encode.images import eval_transform
+    from eclip.encode.listings import text_features
+    from eclip.encode.text import model_composer
+    from eclip.catalog.shards import ShardIndex, read_shard
+    from eclip.train.stream import ShardStream
+
+    index = ShardIndex.load(shard_dir)
+    category_of = {sample.index: sample.record.get("category") or None
+                   for shard in index.select(split)
+                   for sample in read_shard(index.root / shard.name, images=False)}
+    stream = ShardStream(shard_dir, transform=eval_transform(model), composer=model_composer(model),
+                         split=split, train=False, shuffle_buffer=0)
+    was_training = model.training
+    model.eval()
+    images, texts, rows, categories = [], [], {}, []
+    pixels: list[torch.Tensor] = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for item in tqdm(stream.iter_worker(0, 0), total=stream.samples_per_rank, unit="listing",
+                         desc="hard-negative vectors (shards)", disable=not progress):
+            rows[int(item["index"])] = len(rows)
+            texts.append(item["text"])
+            categories.append(category_of.get(int(item["index"])))
+            pixels.append(item["pixel_values"])
+            if len(pixels) == batch_size:
+                images.append(model.project_image(model.image_features(torch.stack(pixels))))
+                pixels = []
+        if pixels:
+            images.append(model.project_image(model.image_features(torch.stack(pixels))))
+        image = unit_rows(torch.cat(images).numpy()) if images else np.zeros((0, 1), np.float32)
+        text = unit_rows(model.project_text(text_features(model, texts, batch_size=batch_size),
+                                            normalize=False).numpy())
+    model.train(was_training)
+    vectors = {"image": image, "text": text,
+               "both": fuse(image, text, model_fusion_weight(model))}[which]
+    # float16: the table is held by every loader worker (2 bytes a dimension a sample)
+    return vectors.astype(np.float16), rows, categories
+
+
+def shard_batch_order(data: DataConfig, model, batch_size: int, *, embed_batch_size: int = 128,
+                      progress: bool = False) -> BufferOrder | None:
+    """The shard stream's batch order that ``data.batching`` asks for (None: random). Hard
+    batches are planned from the start model's vectors (rank 0's, computed once)."""
+    if data.batching == "random":
+        return None
+    if data.hard_refresh_epochs:
+        raise ConfigError("data.hard_refresh_epochs needs the listings in memory: with "
+                          "data.shards the hard batches are planned in each shuffle buffer from "
+                          "the start model's vectors; use data.hard_refresh_epochs=0, or train "
+                          "from data.catalog to refresh them")
+    if data.hard_neighbours == 0 and data.hard_negative_ceiling is None:
+        return BufferOrder(batch_size, 0)
+    vectors, rows, categories = gather_objects(shard_vectors(
+        model, data.shards, data.train_split, data.hard_vectors, batch_size=embed_batch_size,
+        progress=progress))[0]
+    return BufferOrder(batch_size, data.hard_neighbours, vectors=vectors, rows=rows,
+                       categories=categories if data.hard_by_category else None,
+                       ceiling=data.hard_negative_ceiling)

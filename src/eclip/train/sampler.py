@@ -306,7 +306,13 @@ class HardNegativeOrder:
             self.neighbourhoods = Neighbourhoods.from_state(state)
             self.planned_at = int(state["planned_at"])
 
-    def arrange(self, chunk_groups: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    def arrange(self, chunk_groups: np.ndarray, lengths: np.ndarray, batch_size: int, *,
+                fill: int = 0, whole: bool = True) -> np.ndarray:
+        """The chunks' positions in batch order. ``fill``: rows already in the first batch (a
+        shard stream's buffer that starts mid-batch). ``whole=False`` is a shard stream's packing,
+        which splits chunks wherever a batch ends: after the walk through neighbourhoods the next
+        chunk is the earliest unused one whatever its size, so that without neighbours and close
+        pairs the order is the shuffled order itself."""
         hoods = self.neighbourhoods
         count = len(lengths)
         largest = int(lengths.max()) if count else 0
@@ -350,8 +356,21 @@ class HardNegativeOrder:
             return min((by_size[s][heads[s]] for s in range(1, largest + 1)
                         if self._advance(by_size[s], heads, s, used)), default=-1)
 
+        def earliest_any(members: set[int]) -> int:
+            """The earliest unused chunk of any size, one not close to ``members`` where one of
+            the next ``CLOSE_SCAN`` is."""
+            first = first_unused()
+            if first < 0 or not (any_close and members):
+                return first
+            for position in range(first, min(first + CLOSE_SCAN, count)):
+                if not used[position] and not (
+                        hoods.close_to(int(chunk_groups[position])) & members):
+                    return position
+            return first
+
         out: list[int] = []
-        fill, members, frontier, seen = 0, set(), deque(), set()
+        members, frontier, seen = set(), deque(), set()
+        fill = fill % batch_size
         while len(out) < count:
             room = batch_size - fill
             pick = -1
@@ -365,7 +384,7 @@ class HardNegativeOrder:
                     if lengths[position] <= room and not hoods.close_to(group) & members:
                         pick = position
             if pick < 0:
-                pick = earliest(room, members)
+                pick = earliest(room, members) if whole else earliest_any(members)
             if pick < 0:  # nothing fits whole: the earliest chunk is split, its rest opens the next
                 pick = first_unused()
             group = int(chunk_groups[pick])
@@ -379,7 +398,7 @@ class HardNegativeOrder:
                         frontier.append(other)
             fill += int(lengths[pick])
             if fill >= batch_size:  # the batch is full; a split chunk's rest opens the next one
-                fill -= batch_size
+                fill %= batch_size
                 members = {group} if fill else set()
                 frontier, seen = deque(), set()
                 if fill and 0 <= group < len(hoods):

@@ -32,6 +32,9 @@ What one rank reads in an epoch is a pure function of the shard index, ``split``
    Units of up to ``per_group`` consecutive listings of one catalog (prepare writes a catalog's
    listings together) move as one, so catalog-aware targets find positives in the batch. The
    permutation comes from ``(seed, epoch, block position)``; images are decoded only when emitted.
+   With ``batch_order`` (hard batches, ``train/neighbours.py`` ``BufferOrder``) the shuffled units
+   of a block are then rearranged so that the batches cut from it hold look-alike catalogs; that
+   depends on the block and its position in the slice alone, so the contract below holds as is.
 5. **Items** are dicts like those of :class:`~eclip.train.data.ListingDataset` (``text``, ``group``,
    ``index``: the sample's global index in the shard set, ``pixel_values``: float, or with
    ``uint8=True`` the transform's uint8 pixels, normalised later on the training device); text
@@ -98,7 +101,8 @@ class ShardStream(IterableDataset):
     def __init__(self, shard_dir: str | os.PathLike[str], *, transform: ImageTransform,
                  composer: TextComposer | None = None, seed: int = 0, shuffle_buffer: int = 1000,
                  rank: int = 0, world_size: int = 1, split: str | None = None, epoch: int = 0,
-                 per_group: int = 1, train: bool = True, uint8: bool = False):
+                 per_group: int = 1, train: bool = True, uint8: bool = False,
+                 batch_order: Any = None):
         _check_int("seed", seed, 0)
         _check_int("shuffle_buffer", shuffle_buffer, 0)
         _check_int("world_size", world_size, 1)
@@ -112,6 +116,11 @@ class ShardStream(IterableDataset):
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.per_group, self.train, self.uint8 = per_group, train, uint8
         self.rank, self.world_size, self.split = rank, world_size, split
+        # hard batches (train/neighbours.py BufferOrder): each shuffled block's units rearranged
+        if batch_order is not None and not (train and shuffle_buffer > 1):
+            raise ConfigError("hard batches from shards are planned inside the shuffle buffer: "
+                              f"data.shuffle_buffer must be above 1 (got {shuffle_buffer})")
+        self.batch_order = batch_order
         total = sum(s.samples for s in self.shards)
         self.samples_per_rank = total // world_size
         if self.samples_per_rank == 0:
@@ -218,6 +227,10 @@ class ShardStream(IterableDataset):
         while block_start < stop:
             units = self._units(list(islice(samples, block)))
             random.Random(f"eclip-shuffle:{self.seed}:{epoch}:{block_start}").shuffle(units)
+            if self.batch_order is not None:
+                units = [units[i] for i in self.batch_order.arrange(
+                    [unit[0].record.get("catalog_id") for unit in units],
+                    [[sample.index for sample in unit] for unit in units], block_start - start)]
             for sample in (s for unit in units for s in unit):
                 if skip:
                     skip -= 1

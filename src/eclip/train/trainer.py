@@ -58,7 +58,7 @@ from eclip.train.features import CachedImageInput, ImageInput, pixel_input
 from eclip.train.lora import add_adapters, merge_adapters
 from eclip.train.loss import ContrastiveLoss
 from eclip.train.mined import train_on_mined_catalogs
-from eclip.train.neighbours import batch_order
+from eclip.train.neighbours import batch_order, shard_batch_order
 from eclip.model.merge import WiseFT
 from eclip.train.optim import param_groups, prepare_finetune, top_of_image_tower
 from eclip.train.precision import Precision
@@ -201,18 +201,15 @@ def shard_data(recipe: Recipe, model, composer: TextComposer, unit: int, env: Di
     from eclip.train.stream import ShardStream
 
     cfg = recipe.train
-    if recipe.data.batching != "random":
-        raise ConfigError(
-            f"data.batching={recipe.data.batching} needs the listings in memory: a shard stream "
-            "draws its batches from a small shuffle buffer per loader worker, without the start "
-            "model's vectors of every catalog. Train from data.catalog (without data.shards) for "
-            "hard batches, or keep data.batching=random with data.shards")
+    # data.batching=hard: batches planned in each shuffle buffer from the start model's vectors
+    order = shard_batch_order(recipe.data, model, unit, embed_batch_size=cfg.eval_batch_size,
+                              progress=cfg.progress and env.is_main)
     transform = model.config.image_transform(train=recipe.data.augment,
                                              crop_resample=recipe.data.crop_resample)
     stream = ShardStream(recipe.data.shards, transform=transform, composer=composer, seed=cfg.seed,
                          shuffle_buffer=recipe.data.shuffle_buffer, rank=env.rank,
                          world_size=env.world_size, split=recipe.data.train_split,
-                         per_group=cfg.per_group)
+                         per_group=cfg.per_group, batch_order=order)
     workers = loader_workers(cfg.num_workers, photos=True,
                              epoch_batches=stream.samples_per_rank // unit)
     loader = stream.loader(unit, num_workers=workers, collate_fn=Collator(model.tokenize),
