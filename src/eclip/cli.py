@@ -626,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     group = p.add_argument_group("vector store")
     group.add_argument("--store", choices=Library("eclip.search.store_types:STORE_KINDS"),
-                       metavar="STORE", default=Library("eclip.search.store_types:StoreSpec", "kind"),
+                       metavar="STORE",
+                       default=Library("eclip.search.store_types:StoreSpec", "kind"),
                        help="where the vectors are searched, one of %(choices)s: FAISS files in "
                             "the index folder, or a Milvus collection per generation behind an "
                             "alias; --update/--delete keep the index's store "
