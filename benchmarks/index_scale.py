@@ -335,7 +335,8 @@ def table(r: dict) -> str:
              f"| {b['build_s']:.0f} | {b['catalog_read_s']:.0f} | {b['peak_rss_gib']:.2f} | "
              f"{b['disk_gib']:.2f} ({b['npy_gib']:.2f} / {b['faiss_gib']:.2f} / "
              f"{b['sqlite_gib']:.2f}) | {m['recall_at_10']:.3f} | "
-             f"{m['raw_faiss_recall_at_10']:.3f} | {m['server_peak_rss_gib'] or float('nan'):.2f} |",
+             f"{m['raw_faiss_recall_at_10']:.3f} | "
+             f"{m['server_peak_rss_gib'] or float('nan'):.2f} |",
              "", "| vector search path | clients | p50 ms (spread over rounds) | p99 ms |",
              "|---|---|---|---|"]
     lines += [f"| {x['path']} | {x['clients']} | {x['p50_ms']:.2f} ({x['p50_spread'][0]:.2f}–"

@@ -104,7 +104,8 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
     if kind == "ivf":
         ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
     elif kind in ("ivf_fp16", "ivf_sq8"):
-        qtype = faiss.ScalarQuantizer.QT_fp16 if kind == "ivf_fp16" else faiss.ScalarQuantizer.QT_8bit
+        qtypes = faiss.ScalarQuantizer
+        qtype = qtypes.QT_fp16 if kind == "ivf_fp16" else qtypes.QT_8bit
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, metric)
     elif kind == "ivf_pq":
         pq_m = pq_m or default_pq_m(dim)

@@ -61,8 +61,10 @@ class SearchIndex:
                 self.store.close()
             raise
         self.thumbnails = ThumbnailStore(root / "images")
-        # ONNX Runtime when the index holds the model's ONNX graphs (eclip index --onnx), else PyTorch
-        self._encoder = query_encoder(root, self.info.model_sha1, QueryEncoder(generation / "model"))
+        # ONNX Runtime when the index holds the model's ONNX graphs (eclip index --onnx), else
+        # PyTorch
+        self._encoder = query_encoder(root, self.info.model_sha1,
+                                      QueryEncoder(generation / "model"))
         self._category_cache: dict[str, np.ndarray] = {}
         self._adult_vids: np.ndarray | None = None
 

@@ -1,8 +1,8 @@
 """Where a generation's vectors are searched: the vector store interface, shared by every store.
 
-An index generation (``generation.py``) holds the listings' metadata (SQLite), their vectors as ``.npy``
-files (the source of every rebuild) and, per vector space (``image``, ``text``, ``product``), an
-index that answers nearest-neighbour queries with filters. That last part is a store:
+An index generation (``generation.py``) holds the listings' metadata (SQLite), their vectors as
+``.npy`` files (the source of every rebuild) and, per vector space (``image``, ``text``,
+``product``), an index that answers nearest-neighbour queries with filters. That last part is a store:
 
 * ``faiss`` (the default, embedded, ``faiss_store.py``): ``image.faiss text.faiss product.faiss``
   in the generation folder (``vectors.py``); filters become an id selector computed from the

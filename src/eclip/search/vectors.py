@@ -1,4 +1,4 @@
-"""Vector search over unit vectors by inner product: one FAISS index of any kind, ids of our choosing.
+"""Vector search over unit vectors by inner product: a FAISS index of any kind, ids of our choosing.
 
 A :class:`VectorIndex` wraps one FAISS index whose ids are the listings' stable integer ids
 (``vid``). Its kind (``VectorSettings.kind``, ``eclip index --kind``):
