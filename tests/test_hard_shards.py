@@ -229,10 +229,10 @@ def test_the_trainer_plans_hard_shard_batches_from_the_start_models_vectors(shar
                                 "data.hard_neighbours=3", "data.shuffle_buffer=30",
                                 "train.progress=false"])
     plan = shard_data(recipe, model, TextComposer(ComposerConfig()), 8, DistEnv())
-    order = plan.source.loader.stream.batch_order
+    order = plan.source.source.loader.stream.batch_order
     assert isinstance(order, BufferOrder) and order.batch_size == 8 and order.k == 3
     np.testing.assert_allclose(order.vectors, vectors, atol=1e-6)  # the same vectors, recomputed
-    batches = [b["index"].tolist() for b in plan.source.loader]
+    batches = [b["index"].tolist() for b in plan.source.source.loader]
     flat = [i for b in batches for i in b]
     assert len(batches) == 83 // 8 and len(set(flat)) == len(flat) and set(flat) <= set(rows)
     # refreshing needs the listings in memory; a buffer of one sample cannot hold a batch's plan

@@ -181,7 +181,7 @@ def test_ray_embed_then_index_from_embeddings_then_serve_gives_the_embedding_bui
 
 
 def test_a_bulk_load_of_stored_vectors_into_milvus_answers_as_the_embedding_build(
-        embedded, embedding_build, tiny_model_dir, listings, tmp_path, monkeypatch):
+        embedded, tiny_index, tiny_model_dir, listings, tmp_path, monkeypatch):
     """`eclip index --store milvus --kind hnsw --embeddings PATH`: the vectors inserted in
     batches (a small batch here, so that there are several), HNSW in Milvus Lite, the same top-10
     (ids) as the exact embedding build."""
@@ -199,7 +199,7 @@ def test_a_bulk_load_of_stored_vectors_into_milvus_answers_as_the_embedding_buil
                                        progress=False)
         assert result.info.store["kind"] == "milvus"
         assert {s.kind for s in result.info.vectors.values()} == {"hnsw"}
-        served, exact = SearchIndex.open(out), SearchIndex.open(embedding_build)
+        served, exact = SearchIndex.open(out), SearchIndex.open(tiny_index)
         assert served.vector_store.count() == len(listings)
         queries = [listings[i].title for i in (0, 17, 55)] + ["red cotton shirt"]
         for one, two in zip(_top(served, queries), _top(exact, queries)):

@@ -51,14 +51,14 @@ def test_auto_map_asking_for_remote_code_is_refused(tiny_model_dir, tmp_path, na
 
 
 def test_auto_map_in_a_transformers_checkpoint_is_refused(tmp_path):
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
     directory = tmp_path / "clip"
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(
         {"model_type": "clip", "auto_map": {"AutoModel": "modeling.Evil"}}), encoding="utf-8")
     with pytest.raises(ModelError) as err:
-        from_checkpoint(directory)
+        load_model(directory)
     assert_one_line(err.value, "config.json", "auto_map")
 
 
