@@ -14,9 +14,7 @@ give the same gradients. ``test_torchrun.py`` launches the real ``eclip train`` 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from eclip.train.accumulate import Embedder, MultiStreamStep, WholeBatchStep
 from eclip.train.features import pixel_input
 from eclip.train.loss import ContrastiveLoss, contrastive_loss
 from eclip.train.precision import Precision
+from ranks import run_ranks
 
 pytestmark = pytest.mark.distributed
 
@@ -147,24 +146,8 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
     shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(world: int, out: Path) -> list[dict]:
-    # spawn, not fork: a forked child of a process whose torch thread pools are running can hang
-    port, context = _free_port(), multiprocessing.get_context("spawn")
-    procs = [context.Process(target=worker, args=(rank, world, port, out)) for rank in range(world)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-    for rank, proc in enumerate(procs):
-        if proc.is_alive():
-            proc.kill()
-        assert proc.exitcode == 0, f"rank {rank} failed (exit code {proc.exitcode}); see its stderr"
+    run_ranks(worker, world, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 

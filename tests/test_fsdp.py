@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from run_logs import assert_same_losses, assert_same_models, logged_losses, logged_rows
+from ranks import free_port
 
 from eclip.model import load_model
 from eclip.train.checkpoint import (LAST_SHARDED, CheckpointError, load_checkpoint,
@@ -99,17 +99,11 @@ shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(tmp: Path, catalog, model_dir, runs: list[dict], stall_at: int | None = None):
     """The ranks of one job, started (not waited for)."""
     script = tmp / "child.py"
     script.write_text(CHILD)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(WORLD):
         job = {"rank": rank, "world": WORLD, "port": port, "catalog": str(catalog),

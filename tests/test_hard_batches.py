@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 
-import multiprocessing
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from eclip.train.sources import RankSlice
 from eclip.train.trainer import train
 from run_logs import assert_same_losses, logged_losses
 from recipes import tiny_recipe
+from ranks import run_ranks
 
 FAMILIES, PER_FAMILY, ROWS_PER_CATALOG = 6, 4, 2
 
@@ -266,20 +265,7 @@ def rank_worker(rank: int, world: int, port: int, out: Path, catalog: str, model
 def test_two_ranks_plan_the_same_hard_batches_and_losses_as_one(tmp_path, tiny_catalog,
                                                                  tiny_model_dir):
     single = _plan_losses(str(tiny_catalog), str(tiny_model_dir), 0, 1)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=rank_worker, args=(r, 2, port, tmp_path, str(tiny_catalog),
-                                                       str(tiny_model_dir))) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-    for rank, proc in enumerate(procs):
-        if proc.is_alive():
-            proc.kill()
-        assert proc.exitcode == 0, f"rank {rank} failed (exit code {proc.exitcode})"
+    run_ranks(rank_worker, 2, tmp_path, str(tiny_catalog), str(tiny_model_dir))
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got == pytest.approx(single, abs=1e-6)

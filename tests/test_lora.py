@@ -5,9 +5,7 @@ single process's gradients."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from eclip.train.optim import param_groups
 from eclip.train.precision import Precision
 from eclip.train.recipe import LoraConfig, load_recipe
 from eclip.train.trainer import train
+from ranks import run_ranks
 from run_logs import assert_same_losses, assert_same_models, logged_losses
 
 pytest.importorskip("peft")
@@ -301,27 +300,11 @@ def _worker(rank: int, world: int, port: int, clip_dir: str, out: str) -> None:
     shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_ddp_and_fsdp_on_two_ranks_give_the_single_process_adapter_gradients(clip_dir, tmp_path):
-    world, port = 2, _free_port()
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(r, world, port, str(clip_dir), str(tmp_path)))
-             for r in range(world)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=120)
-    for rank, proc in enumerate(procs):
-        if proc.is_alive():
-            proc.kill()
-        assert proc.exitcode == 0, f"rank {rank} failed (exit code {proc.exitcode})"
+    world = 2
+    run_ranks(_worker, world, str(clip_dir), str(tmp_path))
     model = _adapted(clip_dir)
     loss = WholeBatchStep()(Embedder(model, pixel_input), [_batch(model, ROWS_PER_RANK * world)],
                             ContrastiveLoss("catalog"), Precision())

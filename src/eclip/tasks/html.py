@@ -340,12 +340,8 @@ def write_html(report: Report, ctx: TaskContext, path: str | Path) -> Path:
         parts.append(f"<h2>{html.escape(task)}</h2>")
         if task in report.headlines and report.modalities(task, report.headlines[task]):
             parts.append(_table(report, task, report.headlines[task]))
-            verdict = report.verdict(task)
-            if verdict:
-                parts.append(f'<p class="verdict">{html.escape(verdict)}</p>')
-                missing = report.not_won_line(task)
-                if missing:
-                    parts.append(f'<p class="verdict">{html.escape(missing)}</p>')
+            parts += [f'<p class="verdict">{html.escape(line)}</p>'
+                      for line in report.verdict_lines(task)]
         parts += [p for p in plots.get(task, []) if p]
         parts.append(_task_comparisons(report, task))
         parts.append(f"<details><summary>all {html.escape(task)} metrics</summary>"

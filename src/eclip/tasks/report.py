@@ -254,15 +254,20 @@ class Report:
         return (f"{task}: not shown — {self.subject} does not win {shown}; these cells do not "
                 "count in the headline.")
 
+    def verdict_lines(self, task: str) -> list[str]:
+        """A task's verdict and, under it, its "not shown" line (none without a verdict): what
+        the Markdown and the HTML report print for the task."""
+        verdict = self.verdict(task)
+        if not verdict:
+            return []
+        missing = self.not_won_line(task)
+        return [verdict, missing] if missing else [verdict]
+
     def _verdict_bullets(self, tasks: list[str]) -> list[str]:
         lines = []
         for task in tasks:
-            verdict = self.verdict(task)
-            if verdict:
-                lines.append(f"- {verdict}")
-                missing = self.not_won_line(task)
-                if missing:
-                    lines.append(f"  - {missing}")
+            for depth, line in enumerate(self.verdict_lines(task)):
+                lines.append(("  - " if depth else "- ") + line)
         return lines
 
     def verdict_table(self) -> list[str]:
