@@ -314,81 +314,19 @@ class HardNegativeOrder:
         chunk is the earliest unused one whatever its size, so that without neighbours and close
         pairs the order is the shuffled order itself."""
         hoods = self.neighbourhoods
-        count = len(lengths)
-        largest = int(lengths.max()) if count else 0
-        used = np.zeros(count, dtype=bool)
-        by_size = [np.flatnonzero(lengths == size).tolist() for size in range(largest + 1)]
-        heads = [0] * (largest + 1)
-        # each catalog's chunks in shuffled order, and where its first unused one may be
-        chunks_of: dict[int, list[int]] = {}
-        for position, group in enumerate(chunk_groups.tolist()):
-            chunks_of.setdefault(group, []).append(position)
-        taken = dict.fromkeys(chunks_of, 0)
-
-        any_close = bool((hoods.close >= 0).any())
-
-        def earliest(room: int, members: set[int]) -> int:
-            """The earliest unused chunk that fits ``room``: one whose catalog is not close to
-            ``members`` where one of the first ``CLOSE_SCAN`` of its size is, else the earliest
-            (-1: none fits)."""
-            spare = best = -1
-            for size in range(1, min(room, largest) + 1):
-                if not self._advance(by_size[size], heads, size, used):
-                    continue
-                queue = by_size[size]
-                first = queue[heads[size]]
-                spare = first if spare < 0 or first < spare else spare
-                candidate = first
-                if any_close and members:
-                    candidate = -1
-                    for position in queue[heads[size]:heads[size] + CLOSE_SCAN]:
-                        if best >= 0 and position > best:
-                            break
-                        if not used[position] and not (
-                                hoods.close_to(int(chunk_groups[position])) & members):
-                            candidate = position
-                            break
-                if candidate >= 0 and (best < 0 or candidate < best):
-                    best = candidate
-            return best if best >= 0 else spare
-
-        def first_unused() -> int:
-            return min((by_size[s][heads[s]] for s in range(1, largest + 1)
-                        if self._advance(by_size[s], heads, s, used)), default=-1)
-
-        def earliest_any(members: set[int]) -> int:
-            """The earliest unused chunk of any size, one not close to ``members`` where one of
-            the next ``CLOSE_SCAN`` is."""
-            first = first_unused()
-            if first < 0 or not (any_close and members):
-                return first
-            for position in range(first, min(first + CLOSE_SCAN, count)):
-                if not used[position] and not (
-                        hoods.close_to(int(chunk_groups[position])) & members):
-                    return position
-            return first
-
+        chunks = _Chunks(chunk_groups, lengths, hoods)
         out: list[int] = []
         members, frontier, seen = set(), deque(), set()
         fill = fill % batch_size
-        while len(out) < count:
+        while len(out) < chunks.count:
             room = batch_size - fill
-            pick = -1
-            while frontier and pick < 0:  # the walk through neighbourhoods
-                group = frontier.popleft()
-                chunks = chunks_of.get(group, ())
-                while taken.get(group, 0) < len(chunks) and used[chunks[taken[group]]]:
-                    taken[group] += 1  # taken out of turn, as the earliest chunk that fitted
-                if taken.get(group, 0) < len(chunks):
-                    position = chunks[taken[group]]
-                    if lengths[position] <= room and not hoods.close_to(group) & members:
-                        pick = position
+            pick = chunks.from_frontier(frontier, room, members)
             if pick < 0:
-                pick = earliest(room, members) if whole else earliest_any(members)
+                pick = chunks.earliest(room, members) if whole else chunks.earliest_any(members)
             if pick < 0:  # nothing fits whole: the earliest chunk is split, its rest opens the next
-                pick = first_unused()
+                pick = chunks.first_unused()
             group = int(chunk_groups[pick])
-            used[pick] = True
+            chunks.used[pick] = True
             out.append(pick)
             members.add(group)
             if 0 <= group < len(hoods):
@@ -406,8 +344,86 @@ class HardNegativeOrder:
                     seen.update(frontier)
         return np.asarray(out, dtype=np.int64)
 
-    @staticmethod
-    def _advance(queue: list[int], heads: list[int], size: int, used: np.ndarray) -> bool:
-        while heads[size] < len(queue) and used[queue[heads[size]]]:
+
+class _Chunks:
+    """The chunks :meth:`HardNegativeOrder.arrange` places: which are used, each size's queue in
+    shuffled order with the head of its unused part, each catalog's chunks and how many of them
+    are taken."""
+
+    def __init__(self, chunk_groups: np.ndarray, lengths: np.ndarray, hoods: Neighbourhoods):
+        self.groups, self.lengths, self.hoods = chunk_groups, lengths, hoods
+        self.count = len(lengths)
+        self.largest = int(lengths.max()) if self.count else 0
+        self.used = np.zeros(self.count, dtype=bool)
+        self.by_size = [np.flatnonzero(lengths == size).tolist()
+                        for size in range(self.largest + 1)]
+        self.heads = [0] * (self.largest + 1)
+        # each catalog's chunks in shuffled order, and where its first unused one may be
+        self.chunks_of: dict[int, list[int]] = {}
+        for position, group in enumerate(chunk_groups.tolist()):
+            self.chunks_of.setdefault(group, []).append(position)
+        self.taken = dict.fromkeys(self.chunks_of, 0)
+        self.any_close = bool((hoods.close >= 0).any())
+
+    def advance(self, size: int) -> bool:
+        """Move size ``size``'s head past used chunks; whether an unused one is left."""
+        queue, heads = self.by_size[size], self.heads
+        while heads[size] < len(queue) and self.used[queue[heads[size]]]:
             heads[size] += 1
         return heads[size] < len(queue)
+
+    def is_close(self, position: int, members: set[int]) -> bool:
+        return bool(self.hoods.close_to(int(self.groups[position])) & members)
+
+    def from_frontier(self, frontier: deque, room: int, members: set[int]) -> int:
+        """The next catalog of the walk through neighbourhoods that has an unused chunk fitting
+        ``room`` and is not close to ``members`` (-1: the frontier ran out)."""
+        while frontier:
+            group = frontier.popleft()
+            chunks = self.chunks_of.get(group, ())
+            while self.taken.get(group, 0) < len(chunks) and self.used[chunks[self.taken[group]]]:
+                self.taken[group] += 1  # taken out of turn, as the earliest chunk that fitted
+            if self.taken.get(group, 0) < len(chunks):
+                position = chunks[self.taken[group]]
+                if self.lengths[position] <= room and not self.hoods.close_to(group) & members:
+                    return position
+        return -1
+
+    def earliest(self, room: int, members: set[int]) -> int:
+        """The earliest unused chunk that fits ``room``: one whose catalog is not close to
+        ``members`` where one of the first ``CLOSE_SCAN`` of its size is, else the earliest
+        (-1: none fits)."""
+        spare = best = -1
+        for size in range(1, min(room, self.largest) + 1):
+            if not self.advance(size):
+                continue
+            queue = self.by_size[size]
+            first = queue[self.heads[size]]
+            spare = first if spare < 0 or first < spare else spare
+            candidate = first
+            if self.any_close and members:
+                candidate = -1
+                for position in queue[self.heads[size]:self.heads[size] + CLOSE_SCAN]:
+                    if best >= 0 and position > best:
+                        break
+                    if not self.used[position] and not self.is_close(position, members):
+                        candidate = position
+                        break
+            if candidate >= 0 and (best < 0 or candidate < best):
+                best = candidate
+        return best if best >= 0 else spare
+
+    def first_unused(self) -> int:
+        return min((self.by_size[s][self.heads[s]] for s in range(1, self.largest + 1)
+                    if self.advance(s)), default=-1)
+
+    def earliest_any(self, members: set[int]) -> int:
+        """The earliest unused chunk of any size, one not close to ``members`` where one of the
+        next ``CLOSE_SCAN`` is."""
+        first = self.first_unused()
+        if first < 0 or not (self.any_close and members):
+            return first
+        for position in range(first, min(first + CLOSE_SCAN, self.count)):
+            if not self.used[position] and not self.is_close(position, members):
+                return position
+        return first
