@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from train_throughput import _status  # a /proc/self/status memory field, in MiB
+
 HERE = Path(__file__).resolve().parent
 DEMO_MODEL = {"text_tower": "scratch", "scratch_hidden": 256, "scratch_layers": 2,
               "scratch_heads": 4, "scratch_vocab_size": 8000, "text_pooling": "mean",
@@ -58,15 +60,6 @@ B16 = {"vision": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _status(field: str) -> float:
-    """A memory field of /proc/self/status, in MiB."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(field)
 
 
 def _titles(count: int, seed: int = 0) -> list[str]:

@@ -13,15 +13,6 @@ from eclip.encode import eval_transform, model_composer
 from eclip.encode.text import query_listing
 
 
-def load_model(model_dir: Path):
-    """The index's model (``model/`` of a generation), in eval mode."""
-    from eclip.model import load_model as open_model
-
-    model = open_model(model_dir)
-    model.eval()
-    return model
-
-
 class QueryEncoder:
     """The index's model, loaded on first use. Forward passes of concurrent queries run in
     parallel; tokenizing is one at a time (a fast tokenizer is not re-entrant). Generations built
@@ -42,7 +33,9 @@ class QueryEncoder:
     def model(self):
         with self._load_lock:
             if self._model is None:
-                model = load_model(self.model_dir)
+                from eclip.model import load_model
+
+                model = load_model(self.model_dir).eval()
                 self._composer, self._transform = model_composer(model), eval_transform(model)
                 self._model = model
             return self._model

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from eclip.model.onnx import OnnxTowers, export_onnx, has_onnx
-from eclip.search.encoder import load_model
 from eclip.search.generation import current_generation, read_info
 
 log = logging.getLogger("eclip.search")
@@ -49,7 +48,9 @@ def write_index_onnx(index_dir: str | Path) -> Path:
     target = onnx_dir(index_dir, read_info(generation).model_sha1)
     if has_onnx(target):
         return target
-    export_onnx(load_model(generation / "model"), target)
+    from eclip.model import load_model
+
+    export_onnx(load_model(generation / "model").eval(), target)
     log.info("wrote the ONNX query encoder to %s", target)
     return target
 

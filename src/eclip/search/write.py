@@ -9,7 +9,6 @@ from pathlib import Path
 from eclip.catalog.schema import Listing
 from eclip.encode import Embeddings, embed_listings
 from eclip.errors import SearchIndexError
-from eclip.search.encoder import load_model
 from eclip.search.generation import IndexInfo, model_sha1, read_info
 from eclip.search.store_types import StoreSpec
 from eclip.search.transaction import Change, IndexWriter
@@ -30,8 +29,10 @@ def build_index(model_dir: str | Path, listings: list[Listing], index_dir: str |
     """
     if not listings:
         raise SearchIndexError("no listings to index")
+    from eclip.model import load_model
+
     model_dir = Path(model_dir)
-    model = load_model(model_dir)
+    model = load_model(model_dir).eval()
     emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
                          desc="embedding listings")
     return write_index(index_dir, model_dir, listings, emb, settings=settings,
@@ -74,7 +75,9 @@ def update_index(index_dir: str | Path, listings: list[Listing], *,
                                    f"with this model")
         emb = None
         if listings:
-            model = load_model(base / "model")
+            from eclip.model import load_model
+
+            model = load_model(base / "model").eval()
             emb = embed_listings(model, listings, batch_size=batch_size, progress=progress,
                                  desc="embedding listings")
         return writer.commit(base, Change(base / "model", listings, emb, [], info.settings,
