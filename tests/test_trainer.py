@@ -52,8 +52,8 @@ def test_locked_image_tower_is_unchanged_and_cached_features_give_the_same_step(
     b = train(_recipe(out_b, lock_image="true", max_steps=2, cache_locked_features="false"),
               load_model(tiny_model_dir), data.train, log=lambda s: None)
     for key, value in before.image_tower.state_dict().items():
-        assert torch.equal(value, a.model.image_tower.state_dict()[key])
-        assert torch.equal(value, b.model.image_tower.state_dict()[key])
+        assert torch.equal(value, a.model.image_tower.state_dict()[key].cpu())
+        assert torch.equal(value, b.model.image_tower.state_dict()[key].cpu())
     # serving the locked tower's features from the cache changes nothing in the numbers
     la, lb = logged_losses(out_a), logged_losses(out_b)
     assert la.keys() == lb.keys()

@@ -96,7 +96,7 @@ class ImageFeatureCache:
         """Pooled tower features of ``paths`` (no gradients), ``batch_size`` images at a time."""
         if not self.top_blocks:
             return self.lookup(paths)
-        chunks = [self.pooled(model, self.lookup(paths[i:i + batch_size]))
+        chunks = [self.pooled(model, self.lookup(paths[i:i + batch_size]).to(model.device)).cpu()
                   for i in range(0, len(paths), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0, model.image_tower.out_dim)
 

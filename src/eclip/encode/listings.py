@@ -58,7 +58,8 @@ def text_features(model, texts: list[str], *, batch_size: int = 128, progress: b
                       unit="batch"):
         rows = order[start:start + batch_size]
         tokens = model.tokenize([texts[i] for i in rows])
-        features = model.text_features(tokens["input_ids"], tokens["attention_mask"])
+        features = model.text_features(tokens["input_ids"].to(model.device),
+                                       tokens["attention_mask"].to(model.device)).cpu()
         if out is None:
             out = torch.zeros(len(texts), features.shape[1], dtype=features.dtype)
         out[rows] = features
@@ -70,7 +71,13 @@ def embed_texts(model, texts: list[str], *, batch_size: int = 128) -> np.ndarray
     """Unit text vectors in the joint space (queries, prompts, composed listing texts)."""
     model.eval()
     features = text_features(model, list(texts), batch_size=batch_size)
-    return unit_rows(model.project_text(features, normalize=False).numpy())
+    return unit_rows(projected(model, features, image=False, normalize=False).numpy())
+
+
+def projected(model, features: torch.Tensor, *, image: bool, normalize: bool) -> torch.Tensor:
+    """Tower ``features`` (kept on the CPU) in the joint space, projected on the model's device."""
+    projection = model.project_image if image else model.project_text
+    return projection(features.to(model.device), normalize=normalize).cpu()
 
 
 def per_listing_mean(per_image: torch.Tensor, listings: list[Listing]) -> torch.Tensor:
@@ -91,8 +98,12 @@ def image_features(model, paths: list[str], *, image_cache: ImageFeatureCache | 
     if image_cache is not None:
         image_cache.check(model)
         return image_cache.tower_features(model, paths)
-    chunks = photo_batches(paths, eval_transform(model), model.image_features,
-                           batch_size=batch_size, progress=progress, desc=desc)
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return model.image_features(pixels.to(model.device, non_blocking=True)).cpu()
+
+    chunks = photo_batches(paths, eval_transform(model), run, batch_size=batch_size,
+                           progress=progress, desc=desc)
     return torch.cat(chunks) if chunks else torch.zeros(0, model.image_tower.out_dim)
 
 
@@ -114,11 +125,12 @@ def embed_listings(model, listings: list[Listing], composer: TextComposer | None
     paths = [p for listing in listings for p in listing.images]
     per_image = image_features(model, paths, image_cache=image_cache, batch_size=batch_size,
                                progress=progress, desc=f"{desc} (images)")
-    image = unit_rows(per_listing_mean(model.project_image(per_image), listings).numpy())
+    image = unit_rows(per_listing_mean(projected(model, per_image, image=True, normalize=True),
+                                       listings).numpy())
     texts = [composer.compose(listing) for listing in listings]
     text_feats = text_features(model, texts, batch_size=batch_size, progress=progress,
                                desc=f"{desc} (texts)")
-    text = unit_rows(model.project_text(text_feats, normalize=False).numpy())
+    text = unit_rows(projected(model, text_feats, image=False, normalize=False).numpy())
     if not listings:
         image = np.zeros((0, model.config.embed_dim), np.float32)
         text = np.zeros((0, model.config.embed_dim), np.float32)

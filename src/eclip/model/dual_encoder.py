@@ -111,6 +111,11 @@ class DualEncoder(nn.Module):
         return cls(config, tokenizer, text_tower, image_tower)
 
     # ------------------------------------------------------------------------------- encoding
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the logit scale's device): encoders move inputs there."""
+        return self.log_scale.device
+
     def logit_scale(self) -> Tensor:
         """``exp(log_scale)`` capped at ``max_logit_scale`` (gradients flow while below the cap)."""
         return self.log_scale.exp().clamp(max=self.config.max_logit_scale)

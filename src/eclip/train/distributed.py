@@ -14,6 +14,7 @@ ranks (DDP), the parameter gradients equal those of one process holding the whol
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -170,7 +171,12 @@ def wrap_data_parallel(module: nn.Module, env: DistEnv) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+    # torch before 2.13: ``broadcast_buffers=False`` skips the buffers' sync at construction too
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
 def no_sync(module: nn.Module) -> AbstractContextManager:
