@@ -39,7 +39,8 @@ LAST = "last.pt"
 LAST_SHARDED = "last.dcp"  # FSDP: a DCP folder
 STATE = "state.pt"  # in LAST_SHARDED: everything but the sharded tensors
 METADATA = ".metadata"  # DCP's index of the shards
-# what every checkpoint holds (``data_fingerprint`` is newer: a checkpoint without it still loads)
+# what every checkpoint holds (``data_fingerprint`` and ``cuda_rng``, every rank's GPU generator
+# state or None, are newer: a checkpoint without them still loads)
 KEYS = ("model", "optimizer", "scheduler", "precision", "data", "torch_rng", "step")
 # what ``state.pt`` of a sharded checkpoint holds (the model and optimizer tensors are the shards)
 SHARDED_KEYS = ("optimizer_groups", "scheduler", "precision", "data", "torch_rng", "step")

@@ -88,4 +88,7 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, precision: Prec
     precision.load_state_dict(state["precision"])
     source.load_state_dict(state["data"][env.rank])
     torch.set_rng_state(state["torch_rng"][env.rank])
+    cuda_rng = state.get("cuda_rng")  # absent before 2026-12 and from CPU runs
+    if cuda_rng and cuda_rng[env.rank] is not None and env.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_rng[env.rank], env.device)
     return int(state["step"])

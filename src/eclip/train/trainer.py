@@ -390,14 +390,17 @@ class TrainingRun:
         self.metrics.write(self.step, values)
 
     def checkpoint(self) -> None:
-        """Every rank's RNG state and data position, and the model, optimizer, scheduler and
+        """Every rank's RNG states (the CPU's, and the GPU's on CUDA) and data position, and the model, optimizer, scheduler and
         precision state, to ``checkpoints/last.pt`` (rank 0 writes) or, sharded, to
         ``checkpoints/last.dcp/`` (FSDP: every rank writes its shards)."""
         rng_states = gather_objects(torch.get_rng_state())
+        # dropout on a GPU draws from the device's generator: without it a resume is not exact
+        cuda_rng = gather_objects(torch.cuda.get_rng_state(self.env.device)
+                                  if self.env.device.type == "cuda" else None)
         positions = gather_objects(self.data.source.state_dict())
         self.parallel.save_checkpoint(self.ckpt_dir, {
             "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
-            "data": positions, "torch_rng": rng_states, "step": self.step,
+            "data": positions, "torch_rng": rng_states, "cuda_rng": cuda_rng, "step": self.step,
             "data_fingerprint": self.fingerprint,
         }, self.model, self.optimizer)
 
