@@ -394,9 +394,6 @@ def _siglip_tokenizer(directory: Path, model_cfg: dict, max_length: int):
         raise ModelError(f"{directory}: the tokenizer has no pad token (open_clip pads SigLIP texts to "
                          f"context_length): add tokenizer_config.json with pad_token")
     text_cfg = model_cfg["text_cfg"]
-    if tok.pad_token_id != int(text_cfg.get("pad_id", tok.pad_token_id)) and "pad_id" in text_cfg:
-        raise ModelError(f"{directory}: the tokenizer's pad token id {tok.pad_token_id} differs from "
-                         f"text_cfg.pad_id {text_cfg['pad_id']}")
     siglip.add_text_cleaning(tok, (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "whitespace"))
     tok.padding_side = "right"
     tok.model_max_length = max_length
