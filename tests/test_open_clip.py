@@ -349,12 +349,13 @@ def test_a_siglip_of_unknown_origin_is_not_exported_to_open_clip(tmp_path):
         export_model(model, tmp_path / "oc", format="open_clip")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not SIGLIP_FAMILIES, reason="no fixtures")
-def test_train_a_siglip_port_then_export_to_open_clip(tmp_path, tiny_catalog):
-    """open_clip SigLIP -> eclip training steps (the trainer, sigmoid loss) -> eclip's saved model ->
-    export --format open_clip -> the export gives the trained model's vectors (eclip re-read;
-    open_clip itself where ECLIP_OPEN_CLIP_PYTHON is set)."""
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_train_a_siglip_port_then_export_to_open_clip(tmp_path, tiny_catalog, lora):
+    """open_clip SigLIP -> eclip training steps (the trainer, sigmoid loss; full or LoRA on both
+    towers, merged on save) -> eclip's saved model -> export --format open_clip -> the export gives
+    the trained model's vectors (eclip re-read; open_clip itself where ECLIP_OPEN_CLIP_PYTHON is
+    set)."""
     from recipes import tiny_recipe
 
     from eclip.catalog.readers import read_catalog
@@ -365,7 +366,11 @@ def test_train_a_siglip_port_then_export_to_open_clip(tmp_path, tiny_catalog):
     family = SIGLIP_FAMILIES[0]
     recipe = tiny_recipe(tmp_path / "run", "train.batch_size=16", "train.epochs=1", "train.max_steps=2",
                          "train.warmup_steps=0", "train.lr=0.01", "train.loss=sigmoid",
+                         *(["train.lora={rank: 2, targets: [q_proj, v_proj], towers: [text, image]}"]
+                           if lora else []),
                          model={"init_from": str(FIXTURES / family)})
+    if lora:
+        pytest.importorskip("peft")
     data = split_listings(read_catalog(tiny_catalog).listings, load_recipe(None).data)
     result = train(recipe, load_model(FIXTURES / family), data.train, log=lambda s: None)
     assert result.steps == 2
@@ -387,3 +392,18 @@ def test_train_a_siglip_port_then_export_to_open_clip(tmp_path, tiny_catalog):
         live = json.loads(done.stdout.strip().splitlines()[-1])
         torch.testing.assert_close(torch.tensor(live["image"]), image, atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.tensor(live["text"]), text, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not SIGLIP_FAMILIES, reason="no fixtures")
+def test_a_siglip_port_exports_to_transformers_too(tmp_path):
+    """The same model as a transformers SiglipModel folder: eclip reads it back with the same
+    vectors and the same tokens (the text cleaning travels in tokenizer.json)."""
+    family = SIGLIP_FAMILIES[0]
+    model = load_model(FIXTURES / family).eval()
+    out = export_model(model, tmp_path / "hf", format="transformers")
+    again = load_model(out).eval()
+    data = load_file(str(FIXTURES / family / "expected.safetensors"))
+    image, text = _vectors(again, data)
+    torch.testing.assert_close(image, data["image"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(text, data["text"], atol=1e-5, rtol=0)
+    assert again.tokenize(_script().TEXTS)["input_ids"].tolist() == data["tokens"].tolist()
