@@ -295,7 +295,8 @@ def image_settings(preprocess_cfg: dict, image_size: int, where: str) -> dict[st
 
 
 def to_transformers(directory: str | Path):
-    """(``CLIPModel`` in eval mode with the folder's weights, image settings, logit bias or None)."""
+    """(``CLIPModel`` or, for a timm-tower SigLIP, ``SiglipModel`` in eval mode with the folder's
+    weights, image settings, logit bias or None: a SiglipModel holds its own)."""
     directory = Path(directory)
     where = str(directory / CONFIG_FILE)
     data = read_config(directory)
@@ -402,7 +403,8 @@ def _siglip_tokenizer(directory: Path, model_cfg: dict, max_length: int):
 
 def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """(``open_clip_config.json`` content, open_clip state dict) of an eclip model whose towers are
-    transformers CLIP text / vision models with linear projections; ModelError otherwise."""
+    transformers CLIP text / vision models with linear projections, or a SigLIP that started from
+    an open_clip folder (:mod:`eclip.model.open_clip_siglip`); ModelError otherwise."""
     from eclip.model.to_transformers import to_transformers as eclip_to_transformers
 
     hf, kind = eclip_to_transformers(model)
@@ -427,7 +429,6 @@ def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
             or not math.isclose(vc.layer_norm_eps, 1e-5):
         raise ModelError("cannot export to open_clip: layer norm eps must be 1e-5 and the vision "
                          "width divisible by its heads")
-    cfg = model.config
     model_cfg = {
         "embed_dim": int(hf.config.projection_dim),
         "quick_gelu": tc.hidden_act == "quick_gelu",
