@@ -356,7 +356,11 @@ def export_config(hf) -> dict:
         if int(text.get(key, value)) != int(value):
             raise ModelError(f"cannot export to open_clip: text_cfg.{key} {text[key]} of the original "
                              f"config differs from the model's {value}")
-    heads, act = TIMM_VITS.get(model_cfg["vision_cfg"]["timm_model_name"], (None, None))
+    name = model_cfg["vision_cfg"]["timm_model_name"]
+    if name not in TIMM_VITS:
+        raise ModelError(f"cannot export to open_clip: timm_model_name '{name}' is not a timm SigLIP ViT "
+                         f"eclip knows in this process (eclip.model.open_clip_siglip.register_timm_vit)")
+    heads, act = TIMM_VITS[name]
     if heads != vc.num_attention_heads or act != vc.hidden_act:
         raise ModelError(f"cannot export to open_clip: the vision model ({vc.num_attention_heads} heads, "
                          f"{vc.hidden_act}) is not timm's {model_cfg['vision_cfg']['timm_model_name']}")
