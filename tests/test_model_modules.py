@@ -17,7 +17,8 @@ MODEL = SRC / "model"
 # the modules of eclip.model, lowest first: each imports only modules before it (the order the
 # package's docstring gives)
 ORDER = ["config", "files", "layers", "hf", "preprocessing", "towers", "tokenizer", "text_towers",
-         "image_towers", "dual_encoder", "from_transformers", "to_transformers", "open_clip", "load",
+         "image_towers", "dual_encoder", "from_transformers", "to_transformers", "open_clip_siglip", "open_clip",
+         "load",
          "onnx", "export", "merge"]
 
 

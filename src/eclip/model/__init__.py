@@ -8,7 +8,8 @@ Modules, in import order (each imports only those above it):
 - ``tokenizer``, ``text_towers``, ``image_towers``: tokenizers and the built-in towers
 - ``dual_encoder``: the model, ``build`` from a config, eclip's own save / read
 - ``from_transformers``, ``to_transformers``: transformers' dual encoders to and from a DualEncoder
-- ``open_clip``: open_clip folders in and out (through transformers' CLIPModel)
+- ``open_clip_siglip``, ``open_clip``: open_clip folders in and out (through transformers'
+  SiglipModel for the timm-tower SigLIP ports, CLIPModel for OpenAI-style ViT CLIPs)
 - ``load``: ``load_model``, the one way in, dispatching on what a folder holds
 - ``onnx``, ``export``, ``merge``: the ways out, WiSE-FT
 

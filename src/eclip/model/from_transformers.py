@@ -139,7 +139,9 @@ def start_config(hf: Any, directory: Path, image_fields: dict[str, Any],
         **image_fields,
     }
     if kind == "siglip":
-        fields.update(projection="identity", embed_dim=int(text_cfg.hidden_size))
+        # the text head projects to projection_size (open_clip's embed_dim; SigLIP: hidden_size)
+        fields.update(projection="identity",
+                      embed_dim=int(getattr(text_cfg, "projection_size", None) or text_cfg.hidden_size))
     else:
         fields.update(projection="linear", embed_dim=int(hf.config.projection_dim))
     scale = float(hf.logit_scale.detach().reshape(()))

@@ -122,9 +122,12 @@ def pooled_size(model: nn.Module, text: bool) -> int:
 
 def build_hf_model(hf_config: Any, pooler: bool = False) -> nn.Module:
     from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     with quiet_transformers():
         try:
+            if type(hf_config) not in MODEL_MAPPING:  # AutoModel's refusal imports every model module
+                raise ValueError(f"AutoModel maps no model to {type(hf_config).__name__}")
             return AutoModel.from_config(hf_config, **pooling_kwargs(hf_config, pooler))
         except ValueError as err:
             # towers AutoModel does not map (SiglipTextConfig -> SiglipTextModel): the class by name

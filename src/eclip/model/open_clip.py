@@ -22,9 +22,14 @@ transposed. Image: ``visual.conv1`` -> ``patch_embedding``, ``visual.class_embed
 ``post_layernorm``, ``visual.proj`` -> ``visual_projection.weight`` transposed. ``logit_scale``
 (and ``logit_bias`` when present) as they are.
 
-Anything else in the config (timm or Hugging Face towers, layer scale, attentional pooling, CoCa,
-a non-causal text tower, ...) is refused with a ModelError naming the field: eclip would not give
-the checkpoint's vectors.
+open_clip's SigLIP ports (a timm SigLIP ViT with MAP pooling and open_clip's bidirectional text
+transformer pooled at the last position: ``ViT-B-16-SigLIP``, the SigLIP2 ports, Marqo-Ecommerce,
+Marqo-FashionSigLIP) map onto a transformers ``SiglipModel`` instead; see
+:mod:`eclip.model.open_clip_siglip`, which holds that family's checks and key map.
+
+Anything else in the config (other timm towers or pools, Hugging Face text towers, layer scale,
+attentional pooling, CoCa, ...) is refused with a ModelError naming the field: eclip would not
+give the checkpoint's vectors.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import torch
 
+import eclip.model.open_clip_siglip as siglip
 from eclip.errors import ModelError
 
 CONFIG_FILE = "open_clip_config.json"
@@ -52,6 +58,8 @@ _VISION_DEFAULTS = {
     "image_size": None, "layers": None, "width": None, "patch_size": None, "head_width": 64,
     "mlp_ratio": 4.0, "attn_pooler_heads": 8, "timm_model_pretrained": False, "timm_pool": "avg",
     "timm_proj": "linear", "timm_proj_bias": False, "timm_drop": 0.0, "timm_drop_path": None,
+    "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
 }
 _VISION_FREE = {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio",
                 "attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained", "timm_pool",
@@ -64,11 +72,14 @@ _TEXT_DEFAULTS = {
     "output_tokens": False, "act_kwargs": None, "norm_kwargs": None, "tokenizer_kwargs": None,
     "context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12,
     "mlp_ratio": 4.0, "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler", "proj": None,
-    "pooler_type": None, "attn_mask": True,
+    "pooler_type": None, "attn_mask": True, "eos_id": 2, "tokenizer_mode": None,
+    "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
 }
 _TEXT_FREE = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
               "hf_proj_type", "hf_pooler_type", "hf_model_pretrained", "tokenizer_kwargs",
-              "output_tokens", "pad_id", "hf_tokenizer_name", "proj", "pooler_type", "attn_mask"}
+              "output_tokens", "pad_id", "hf_tokenizer_name", "proj", "pooler_type", "attn_mask",
+              "eos_id"}
 _MODEL_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype",
                "init_logit_scale", "init_logit_bias", "custom_text", "nonscalar_logit_scale"}
 _RESIZE = {"shortest": "shortest_edge", "squash": "squash"}
@@ -97,6 +108,13 @@ def read_config(directory: str | Path) -> dict:
 
 def check_supported(model_cfg: dict, where: str) -> None:
     """ModelError naming the first part of an open_clip ``model_cfg`` eclip cannot reproduce."""
+    for key in model_cfg:
+        if key not in _MODEL_KEYS:
+            raise ModelError(f"{where}: model_cfg.{key} is not supported (eclip reads OpenAI-style "
+                             f"ViT CLIPs and timm-tower SigLIPs)")
+    if siglip.is_siglip(model_cfg):
+        siglip.check_supported(model_cfg, where)
+        return
     for key in model_cfg:
         if key not in _MODEL_KEYS:
             raise ModelError(f"{where}: model_cfg.{key} is not supported (eclip reads OpenAI-style "
@@ -277,7 +295,8 @@ def image_settings(preprocess_cfg: dict, image_size: int, where: str) -> dict[st
 
 
 def to_transformers(directory: str | Path):
-    """(``CLIPModel`` in eval mode with the folder's weights, image settings, logit bias or None)."""
+    """(``CLIPModel`` or, for a timm-tower SigLIP, ``SiglipModel`` in eval mode with the folder's
+    weights, image settings, logit bias or None: a SiglipModel holds its own)."""
     directory = Path(directory)
     where = str(directory / CONFIG_FILE)
     data = read_config(directory)
@@ -288,9 +307,19 @@ def to_transformers(directory: str | Path):
     from eclip.model.hf import quiet_transformers
 
     state = load_state(directory)
-    hf_state = to_hf_state(state, model_cfg, str(directory))
-    with quiet_transformers():
-        hf = CLIPModel(hf_configs(model_cfg))
+    if siglip.is_siglip(model_cfg):
+        from transformers import SiglipModel
+
+        config = siglip.hf_config(model_cfg, state, str(directory))
+        hf_state = siglip.to_hf_state(state, config, str(directory))
+        with quiet_transformers():
+            hf = SiglipModel(config)
+        if "logit_bias" not in hf_state:  # no bias in the checkpoint: eclip's sigmoid-loss start
+            hf_state["logit_bias"] = torch.full((1,), -10.0)
+    else:
+        hf_state = to_hf_state(state, model_cfg, str(directory))
+        with quiet_transformers():
+            hf = CLIPModel(hf_configs(model_cfg))
     try:
         hf.load_state_dict(hf_state, strict=True)
     except RuntimeError as err:
@@ -298,7 +327,9 @@ def to_transformers(directory: str | Path):
                          f"{str(err).splitlines()[0][:300]}") from None
     hf.eval()
     bias = state.get("logit_bias")
-    settings = image_settings(data["preprocess_cfg"], int(model_cfg["vision_cfg"].get("image_size", 224)), where)
+    settings = image_settings(data["preprocess_cfg"], int(hf.config.vision_config.image_size), where)
+    if siglip.is_siglip(model_cfg):  # SiglipModel holds its bias
+        return hf, settings, None
     return hf, settings, (None if bias is None else float(bias.reshape(())))
 
 
@@ -308,6 +339,9 @@ def load_tokenizer(directory: str | Path, max_length: int):
     from eclip.model.hf import quiet_transformers
 
     directory = Path(directory)
+    model_cfg = read_config(directory)["model_cfg"]
+    if siglip.is_siglip(model_cfg):
+        return _siglip_tokenizer(directory, model_cfg, max_length)
     try:
         with quiet_transformers():
             if (directory / "tokenizer_config.json").is_file() and (directory / "tokenizer.json").is_file():
@@ -331,16 +365,59 @@ def load_tokenizer(directory: str | Path, max_length: int):
     return tok
 
 
+def _siglip_tokenizer(directory: Path, model_cfg: dict, max_length: int):
+    """The tokenizer of a timm-tower (SigLIP) folder: its ``tokenizer.json`` (with
+    ``tokenizer_config.json`` when there is one), no attention mask (open_clip's SigLIP text tower
+    attends over the padding), open_clip's text cleaning in front."""
+    from eclip.model.hf import quiet_transformers
+
+    if not (directory / "tokenizer.json").is_file():
+        raise ModelError(f"{directory} has no tokenizer files: add tokenizer.json (+ tokenizer_config.json "
+                         f"and special_tokens_map.json), the Hugging Face tokenizer of its "
+                         f"text_cfg.hf_tokenizer_name (open_clip's hub folders ship them beside the weights)")
+    try:
+        with quiet_transformers():
+            if (directory / "tokenizer_config.json").is_file():
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(directory), model_input_names=["input_ids"])
+            else:
+                from transformers import PreTrainedTokenizerFast
+
+                tok = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"),
+                                              model_input_names=["input_ids"])
+    except Exception as err:  # noqa: BLE001 - the Rust tokenizers raise a bare Exception
+        raise ModelError(f"{directory}: the tokenizer cannot be loaded "
+                         f"({' '.join(str(err).split())[:300]})") from None
+    if getattr(tok, "backend_tokenizer", None) is None:
+        raise ModelError(f"{directory}: the tokenizer is not a tokenizers (tokenizer.json) one")
+    if tok.pad_token_id is None:
+        raise ModelError(f"{directory}: the tokenizer has no pad token (open_clip pads SigLIP texts to "
+                         f"context_length): add tokenizer_config.json with pad_token")
+    text_cfg = model_cfg["text_cfg"]
+    siglip.add_text_cleaning(tok, (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "whitespace"))
+    tok.padding_side = "right"
+    tok.model_max_length = max_length
+    return tok
+
+
 def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
     """(``open_clip_config.json`` content, open_clip state dict) of an eclip model whose towers are
-    transformers CLIP text / vision models with linear projections; ModelError otherwise."""
+    transformers CLIP text / vision models with linear projections, or a SigLIP that started from
+    an open_clip folder (:mod:`eclip.model.open_clip_siglip`); ModelError otherwise."""
     from eclip.model.to_transformers import to_transformers as eclip_to_transformers
 
     hf, kind = eclip_to_transformers(model)
+    if kind == "siglip":
+        model_cfg = siglip.export_config(hf)
+        state = siglip.from_hf_state(hf.state_dict(), hf.config)
+        model_cfg["init_logit_bias"] = float(state["logit_bias"])
+        return {"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(model, hf.config.vision_config)}, state
     if kind != "clip":
         raise ModelError(f"cannot export to open_clip: only CLIP-architecture models (transformers "
-                         f"CLIPTextModel + CLIPVisionModel towers, linear projections) map onto "
-                         f"open_clip's CLIP; this model exports as '{kind}'")
+                         f"CLIPTextModel + CLIPVisionModel towers, linear projections) and SigLIPs "
+                         f"started from an open_clip folder map onto open_clip; this model exports "
+                         f"as '{kind}'")
     tc, vc = hf.config.text_config, hf.config.vision_config
     if tc.hidden_act != vc.hidden_act or tc.hidden_act not in ("gelu", "quick_gelu"):
         raise ModelError(f"cannot export to open_clip: activations {tc.hidden_act} / {vc.hidden_act} "
@@ -352,7 +429,6 @@ def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
             or not math.isclose(vc.layer_norm_eps, 1e-5):
         raise ModelError("cannot export to open_clip: layer norm eps must be 1e-5 and the vision "
                          "width divisible by its heads")
-    cfg = model.config
     model_cfg = {
         "embed_dim": int(hf.config.projection_dim),
         "quick_gelu": tc.hidden_act == "quick_gelu",
@@ -364,6 +440,17 @@ def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
                      "width": int(tc.hidden_size), "heads": int(tc.num_attention_heads),
                      "layers": int(tc.num_hidden_layers), "mlp_ratio": tc.intermediate_size / tc.hidden_size},
     }
+    preprocess = _preprocess_cfg(model, vc)
+    state = from_hf_state(hf.state_dict(), model_cfg)
+    # eclip's model always carries the sigmoid loss's bias; open_clip keeps it when init_logit_bias is set
+    state["logit_bias"] = model.logit_bias.detach().reshape(1).clone()
+    model_cfg["init_logit_bias"] = model.logit_bias.item()
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, state
+
+
+def _preprocess_cfg(model, vc) -> dict:
+    """open_clip's ``preprocess_cfg`` of eclip's image settings; ModelError when it has none."""
+    cfg = model.config
     if cfg.image_resize not in ("shortest_edge", "squash"):
         raise ModelError(f"cannot export to open_clip: image_resize '{cfg.image_resize}' (open_clip "
                          f"resizes the shortest edge then crops, or squashes)")
@@ -375,14 +462,9 @@ def to_open_clip(model) -> tuple[dict, dict[str, torch.Tensor]]:
     if cfg.image_resize == "shortest_edge" and cfg.image_resize_size not in (None, cfg.image_size):
         raise ModelError(f"cannot export to open_clip: a resize to {cfg.image_resize_size} before a "
                          f"{cfg.image_size} crop has no open_clip preprocess_cfg")
-    preprocess = {"size": int(cfg.image_size), "mean": list(cfg.image_mean), "std": list(cfg.image_std),
-                  "interpolation": cfg.image_resample,
-                  "resize_mode": "shortest" if cfg.image_resize == "shortest_edge" else "squash"}
-    state = from_hf_state(hf.state_dict(), model_cfg)
-    # eclip's model always carries the sigmoid loss's bias; open_clip keeps it when init_logit_bias is set
-    state["logit_bias"] = model.logit_bias.detach().reshape(1).clone()
-    model_cfg["init_logit_bias"] = model.logit_bias.item()
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, state
+    return {"size": int(cfg.image_size), "mean": list(cfg.image_mean), "std": list(cfg.image_std),
+            "interpolation": cfg.image_resample,
+            "resize_mode": "shortest" if cfg.image_resize == "shortest_edge" else "squash"}
 
 
 def write_open_clip(model, out: Path) -> None:
