@@ -46,7 +46,7 @@ class FaissWriter:
             if not index.needs_retraining(len(job.vids), job.settings, kind=kind,
                                           removing=len(job.dropped) > 0):
                 index.remove(job.dropped)
-                index.add(job.fresh[space], job.new_vids)
+                index.add(job.fresh(space), job.new_vids)
                 index.tune(vectors, job.vids, job.settings)
                 return index
         return VectorIndex.build(vectors, job.vids, job.settings, kind=kind)
