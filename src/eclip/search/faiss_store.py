@@ -2,8 +2,9 @@
 
 The write side builds each space's index from the generation's ``.npy`` vectors (an update loads
 the base generation's index and applies the changes unless it must be retrained); the read side
-answers a filtered search with an id selector computed from the metadata, or, for a filter that
-keeps few listings, by scanning just their memory-mapped vectors.
+answers a filtered search with the filter's cached bitmap selector (``filters.py``: computed from
+the metadata once per generation), or, for a filter that keeps few listings, by scanning just
+their memory-mapped vectors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from eclip.search.filters import Selection
 from eclip.search.generation import IndexInfo, consistent, reading
 from eclip.search.spaces import SPACES
 from eclip.search.store_types import Where, WriteJob
@@ -62,14 +64,15 @@ class FaissWriter:
 
 
 class FaissStore:
-    """The read side of the FAISS store. ``allowed(where)`` gives the vids a filter keeps (from the
-    metadata); a small set is scanned directly over the memory-mapped vectors."""
+    """The read side of the FAISS store. ``allowed(where)`` gives the listings a filter keeps (a
+    cached ``filters.Selection``); a small set is scanned directly over the memory-mapped
+    vectors, a larger one searched with its bitmap selector."""
 
     kind = "faiss"
 
     def __init__(self, indexes: dict[str, VectorIndex], vids: np.ndarray,
                  vectors: dict[str, np.ndarray],
-                 allowed: Callable[[Where], np.ndarray | None]):
+                 allowed: Callable[[Where], Selection | None]):
         self.indexes = indexes
         self.vids = vids
         self.vectors = vectors
@@ -78,7 +81,7 @@ class FaissStore:
     @classmethod
     def open(cls, generation: Path, info: IndexInfo, vids: np.ndarray,
              vectors: dict[str, np.ndarray],
-             allowed: Callable[[Where], np.ndarray | None]) -> FaissStore:
+             allowed: Callable[[Where], Selection | None]) -> FaissStore:
         """The generation's ``{space}.faiss`` files, each checked against its ``.npy`` vectors."""
         indexes = {}
         for space in SPACES:
@@ -100,12 +103,13 @@ class FaissStore:
         if allowed is not None and len(allowed) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
-            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed), axis=0)
+            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed.vids), axis=0)
             values, top = faiss.knn(query, subset, min(want, len(allowed)),
                                     metric=faiss.METRIC_INNER_PRODUCT)
-            values, found = values[0], allowed[top[0]]
+            values, found = values[0], allowed.vids[top[0]]
         else:
-            values, found = self.indexes[space].search(query, want, allowed=allowed)
+            values, found = self.indexes[space].search(
+                query, want, selector=allowed.selector if allowed is not None else None)
             values, found = values[0], found[0]
         keep = found >= 0
         if where.exclude:
