@@ -13,7 +13,12 @@ Three phases, each in its own process (so that each peak RSS is its own):
    weights: it only encodes queries). No model runs over the listings.
 2. ``build``: ``search.build.index_from_embeddings`` (the library behind ``eclip index
    --embeddings``) from the parts and the catalog's listings, without thumbnails. Build time, peak
-   RSS, the index's disk use.
+   RSS (sampled every 0.1 s and split into anonymous memory and the mapped file pages of the
+   ``.npy`` files, which the kernel can drop; the anonymous memory before the build: the catalog's
+   listings and the imports), the index's disk use.
+
+``--index PATH`` puts the index elsewhere than ``WORK/index`` (two builds of one generated
+catalog, e.g. by two source trees on ``PYTHONPATH``; ``--phase build`` then ``--phase measure``).
 3. ``measure``: recall@10 of the served index against exact search on 1,000 near-duplicate queries
    (the "both" space), and of raw FAISS (the generation's own ``product.faiss``, same parameters);
    then latency, alternating and repeated: raw FAISS, ``SearchIndex.search`` in process, and
@@ -183,6 +188,9 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
     settings = VectorSettings(kind=kind, max_memory=parse_bytes(max_memory) if max_memory
                               else None)
     out = index
+    at_start = {line.split(":")[0]: int(line.split()[1]) / 2**20
+                for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(("RssAnon:", "RssFile:"))}
     memory = _PeakMemory()
     started = time.perf_counter()
     result = index_from_embeddings(out, work / "embeddings", listings, model_dir=work / "model",
@@ -193,6 +201,7 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
     generation = out / result.info.generation
     sizes = {p.name: p.stat().st_size for p in generation.iterdir() if p.is_file()}
     return {"catalog_read_s": read_s, "build_s": build_s, **peaks,
+            "rssanon_before_build_gib": at_start.get("RssAnon"),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "disk_gib": sum(sizes.values()) / 2**30,
             "faiss_gib": sum(v for k, v in sizes.items() if k.endswith(".faiss")) / 2**30,
