@@ -38,6 +38,7 @@ class FaissWriter:
             index = self._index(job, space, vectors, kind)
             index.save(str(job.tmp / f"{space}.faiss"))
             stats[space] = index.stats
+            del index  # one space's index in memory at a time
         return stats, None
 
     @staticmethod
