@@ -24,6 +24,8 @@ from eclip.search.vectors import IndexStats, VectorIndex
 # A filter that keeps at most this many listings (and under a quarter of the index) is answered
 # by scanning just their vectors; a larger one by the FAISS index with an id selector.
 SUBSET_SCAN_MAX = 20_000
+# A filtered IVF search that comes back short probes this many times more lists, and again.
+WIDEN = 8
 
 
 class FaissWriter:
@@ -109,13 +111,29 @@ class FaissStore:
                                     metric=faiss.METRIC_INNER_PRODUCT)
             values, found = values[0], allowed.vids[top[0]]
         else:
-            values, found = self.indexes[space].search(
-                query, want, selector=allowed.selector if allowed is not None else None)
-            values, found = values[0], found[0]
+            values, found = self._search(self.indexes[space], query, want, allowed)
         keep = found >= 0
         if where.exclude:
             keep &= ~np.isin(found, np.fromiter(where.exclude, np.int64))
         return found[keep][:k].astype(np.int64), values[keep][:k]
+
+    @staticmethod
+    def _search(index: VectorIndex, query: np.ndarray, want: int, allowed: Selection | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """One query through the FAISS index, with the filter's selector. An IVF kind probes the
+        lists nearest the query whether it is filtered or not, so a filter whose listings lie
+        elsewhere comes back short: then it probes ``WIDEN`` times as many lists, until it has
+        ``want`` (or every listing the filter keeps) or every list was probed."""
+        selector = allowed.selector if allowed is not None else None
+        values, found = index.search(query, want, selector=selector)
+        param, lists = index.stats.nprobe, index.stats.nlist
+        if allowed is None or not index.kind.startswith("ivf") or not param or not lists:
+            return values[0], found[0]
+        enough = min(want, len(allowed))
+        while (found[0] >= 0).sum() < enough and param < lists:
+            param = min(param * WIDEN, lists)
+            values, found = index.search(query, want, selector=selector, nprobe=param)
+        return values[0], found[0]
 
     def close(self) -> None:
         pass

@@ -48,7 +48,8 @@ class Selection:
         bits = np.zeros(max(id_bound, 1), dtype=bool)
         bits[vids] = True
         bitmap = np.packbits(bits, bitorder="little")
-        return cls(vids, bitmap, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap)))
+        # FAISS takes the bitmap's size in bytes: an id past it is not a member
+        return cls(vids, bitmap, faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)))
 
 
 class FilterCache:
