@@ -13,7 +13,12 @@ Three phases, each in its own process (so that each peak RSS is its own):
    weights: it only encodes queries). No model runs over the listings.
 2. ``build``: ``search.build.index_from_embeddings`` (the library behind ``eclip index
    --embeddings``) from the parts and the catalog's listings, without thumbnails. Build time, peak
-   RSS, the index's disk use.
+   RSS (sampled every 0.1 s and split into anonymous memory and the mapped file pages of the
+   ``.npy`` files, which the kernel can drop; the anonymous memory before the build: the catalog's
+   listings and the imports), the index's disk use.
+
+``--index PATH`` puts the index elsewhere than ``WORK/index`` (two builds of one generated
+catalog, e.g. by two source trees on ``PYTHONPATH``; ``--phase build`` then ``--phase measure``).
 3. ``measure``: recall@10 of the served index against exact search on 1,000 near-duplicate queries
    (the "both" space), and of raw FAISS (the generation's own ``product.faiss``, same parameters);
    then latency, alternating and repeated: raw FAISS, ``SearchIndex.search`` in process, and
@@ -141,7 +146,32 @@ def _demo_model(work: Path, leaves, nouns, brands) -> Path:
 
 
 # ---------------------------------------------------------------------------------- build
-def build(work: Path, kind: str, max_memory: str | None) -> dict:
+class _PeakMemory:
+    """The process's peak resident memory, sampled from /proc/self/status every 0.1 s, split
+    into anonymous memory (what the process holds) and file pages it maps (memory-mapped
+    ``.npy`` files: page cache the kernel can drop)."""
+
+    def __init__(self):
+        self.peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                key = line.split(":")[0]
+                if key in self.peak:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]))
+            self._stop.wait(0.1)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {f"peak_{k.lower()}_gib": v / 2**20 for k, v in self.peak.items()}
+
+
+def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
     from eclip.catalog.schema import Listing
     from eclip.search.build import index_from_embeddings
     from eclip.search.compressed import parse_bytes
@@ -157,15 +187,21 @@ def build(work: Path, kind: str, max_memory: str | None) -> dict:
     read_s = time.perf_counter() - started
     settings = VectorSettings(kind=kind, max_memory=parse_bytes(max_memory) if max_memory
                               else None)
-    out = work / "index"
+    out = index
+    at_start = {line.split(":")[0]: int(line.split()[1]) / 2**20
+                for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(("RssAnon:", "RssFile:"))}
+    memory = _PeakMemory()
     started = time.perf_counter()
     result = index_from_embeddings(out, work / "embeddings", listings, model_dir=work / "model",
                                    settings=settings, thumbnails=False, progress=False)
     build_s = time.perf_counter() - started
+    peaks = memory.stop()
     print(result.summary(), flush=True)
-    generation = next(p for p in out.iterdir() if p.name.startswith("g"))
+    generation = out / result.info.generation
     sizes = {p.name: p.stat().st_size for p in generation.iterdir() if p.is_file()}
-    return {"catalog_read_s": read_s, "build_s": build_s,
+    return {"catalog_read_s": read_s, "build_s": build_s, **peaks,
+            "rssanon_before_build_gib": at_start.get("RssAnon"),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "disk_gib": sum(sizes.values()) / 2**30,
             "faiss_gib": sum(v for k, v in sizes.items() if k.endswith(".faiss")) / 2**30,
@@ -194,7 +230,8 @@ def _timed(calls: list, clients: int) -> list[float]:
         return list(pool.map(one, calls))
 
 
-def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int) -> dict:
+def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
+            index_dir: Path) -> dict:
     import faiss
     import httpx
 
@@ -203,7 +240,7 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int) -
     from search_load import free_port, start_server, stop_server, wait_ready
 
     faiss.omp_set_num_threads(1)  # as eclip serve: one thread per request
-    index = SearchIndex.open(work / "index")
+    index = SearchIndex.open(index_dir)
     vectors, vids = index.vectors["product"], index.vids
     stats = index.info.vectors["product"]
     results: dict = {"kind": stats.kind, "describe": stats.describe()}
@@ -228,7 +265,7 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int) -
               if index.store.fetch([v])[v].catalog_id is None][:requests]
     items = index.store.fetch(lonely)
     port = free_port()
-    server = start_server(str(work / "index"), port)
+    server = start_server(str(index_dir), port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, server)
@@ -358,18 +395,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="latency requests per cell")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index", type=Path, default=None, help="the index folder "
+                        "(default WORK/index)")
     parser.add_argument("--phase", choices=["all", "generate", "build", "measure"],
                         default="all")
     args = parser.parse_args()
     results_path = args.work / "results.json"
+    index = args.index or args.work / "index"
     if args.phase != "all":
         args.work.mkdir(parents=True, exist_ok=True)
         if args.phase == "generate":
             found = generate(args.work, args.listings, args.seed)
         elif args.phase == "build":
-            found = build(args.work, args.kind, args.max_memory)
+            found = build(args.work, args.kind, args.max_memory, index)
         else:
-            found = measure(args.work, args.queries, args.rounds, args.requests, args.seed)
+            found = measure(args.work, args.queries, args.rounds, args.requests, args.seed, index)
         (args.work / f"{args.phase}.json").write_text(json.dumps(found, indent=2))
         return
     results = {"command": " ".join(sys.argv), "machine": f"{platform.processor() or 'cpu'}, "

@@ -16,6 +16,7 @@ its photos) come along: what linear probes read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
 # :func:`write_embeddings` and a manifest naming them in order, written last (the commit point).
 EMBEDDINGS_MANIFEST = "manifest.json"
 EMBEDDINGS_FORMAT = "eclip-embeddings"
+_VECTOR_COLUMNS = ("image_embedding", "text_embedding", "product_embedding")
+READ_BLOCK = 65_536  # rows of vectors decoded at a time
 
 
 def write_embeddings_manifest(folder: str | Path, parts: list[tuple[str, int]],
@@ -190,72 +193,127 @@ def write_embeddings_manifest(folder: str | Path, parts: list[tuple[str, int]],
     return write_json_atomic(Path(folder) / EMBEDDINGS_MANIFEST, manifest)
 
 
+class StoredEmbeddings:
+    """What ``eclip embed`` wrote (one Parquet file, or a folder of parts with its manifest, in
+    the manifest's order), opened without reading its vectors: the product and catalog ids, the
+    model's identity, the fusion weight and the dimensions, checked across the parts.
+    :meth:`blocks` then reads the vectors a block of rows at a time, so that memory holds one
+    block, not every vector (what ``eclip index --embeddings`` streams into an index)."""
+
+    def __init__(self, path: str | Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from eclip.catalog.manifest import read_manifest
+        from eclip.errors import EclipError
+
+        self.path = path = Path(path)
+        manifest: dict = {}
+        if path.is_dir():
+            parts = read_manifest(path, EMBEDDINGS_MANIFEST, format=EMBEDDINGS_FORMAT,
+                                  what="embeddings manifest", command="eclip embed",
+                                  part=lambda entry: int(entry["rows"]))
+            files, manifest = list(zip(parts.files, parts.parts)), parts.data
+        else:
+            files = [(path, None)]
+        self.files: list[Path] = []
+        self.dims: dict[str, int] = {}
+        ids, catalogs = [], []
+        with_catalog: bool | None = None
+        identities: set = set()
+        self.fusion_weight = FUSION_WEIGHT
+        for number, (file, rows) in enumerate(files):
+            try:
+                handle = pq.ParquetFile(file)
+                schema = handle.schema_arrow
+                missing = [c for c in ("product_id",) + _VECTOR_COLUMNS if c not in schema.names]
+                if missing:
+                    raise ValueError(f"it has no column {', '.join(missing)}")
+                has_catalog = "catalog_id" in schema.names
+                read = handle.read(columns=["product_id"] + (["catalog_id"] if has_catalog
+                                                             else []))
+            except (OSError, ValueError) as exc:
+                raise EclipError(f"cannot read embeddings {file}: {exc}") from None
+            if rows is not None and read.num_rows != rows:
+                raise EclipError(f"{file} holds {read.num_rows} rows, the manifest says {rows}; "
+                                 "run `eclip embed` again")
+            for name in _VECTOR_COLUMNS:
+                dim = getattr(schema.field(name).type, "list_size", None)
+                if dim is None:
+                    raise EclipError(f"cannot read embeddings {file}: {name} is not a column "
+                                     f"of fixed-size vectors")
+                first = self.dims.setdefault(name, dim)
+                if dim != first:
+                    raise EclipError(f"{file}: {name} has {dim} dimensions, the first part "
+                                     f"{first}; run `eclip embed` again")
+            meta = schema.metadata or {}
+            if number == 0:
+                self.fusion_weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
+                with_catalog = has_catalog
+            identities.add(meta.get(PARQUET_KEY))
+            ids.extend(read.column("product_id").chunks)
+            if with_catalog:
+                catalogs.extend(read.column("catalog_id").chunks if has_catalog else
+                                [pa.nulls(read.num_rows, pa.string())])
+            self.files.append(file)
+        if manifest.get(MANIFEST_KEY):
+            identities.add(str(manifest[MANIFEST_KEY]).encode())
+        identities.discard(None)
+        if len(identities) > 1:
+            raise EclipError(f"{path} holds vectors of {len(identities)} different models; run "
+                             "`eclip embed` again into an empty folder")
+        self.model_sha256 = identities.pop().decode() if identities else None
+        # ids as Arrow strings: a few bytes a listing, where a list of Python strings is ~60
+        self.ids = pa.chunked_array(ids, pa.string())
+        self._catalogs = pa.chunked_array(catalogs, pa.string()) if with_catalog else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def product_ids(self) -> list[str]:
+        return self.ids.to_pylist()
+
+    @property
+    def catalog_ids(self) -> list[str | None] | None:
+        return self._catalogs.to_pylist() if self._catalogs is not None else None
+
+    def blocks(self, rows: int = READ_BLOCK) -> Iterator[tuple[int, Embeddings]]:
+        """``(first row, the vectors of the next rows)`` in order, at most ``rows`` at a time
+        (a block does not span two parts); ``product_ids`` of a block are left empty."""
+        import pyarrow.parquet as pq
+
+        from eclip.errors import EclipError
+
+        at = 0
+        for file in self.files:
+            try:
+                batches = pq.ParquetFile(file).iter_batches(batch_size=max(1, rows),
+                                                            columns=list(_VECTOR_COLUMNS))
+                for batch in batches:
+                    n = batch.num_rows
+                    image, text, product = (
+                        np.asarray(batch.column(name).flatten().to_numpy(zero_copy_only=False),
+                                   np.float32).reshape(n, self.dims[name])
+                        for name in _VECTOR_COLUMNS)
+                    yield at, Embeddings([], image, text, product, self.fusion_weight,
+                                         model_sha256=self.model_sha256)
+                    at += n
+            except (OSError, ValueError) as exc:
+                raise EclipError(f"cannot read embeddings {file}: {exc}") from None
+
+
 def read_embeddings(path: str | Path) -> tuple[Embeddings, list[str | None] | None]:
     """What ``eclip embed`` wrote, as :class:`Embeddings` and the catalog ids (None where the file
     has none): one Parquet file (the local engine), or a folder of parts with its manifest (the ray
-    engine), read in the manifest's order."""
-    import pyarrow.parquet as pq
-
-    from eclip.catalog.manifest import read_manifest
-    from eclip.errors import EclipError
-
-    path = Path(path)
-    if path.is_dir():
-        parts = read_manifest(path, EMBEDDINGS_MANIFEST, format=EMBEDDINGS_FORMAT,
-                              what="embeddings manifest", command="eclip embed",
-                              part=lambda entry: int(entry["rows"]))
-        files, manifest = list(zip(parts.files, parts.parts)), parts.data
-    else:
-        files = [(path, None)]
-    # one part at a time into arrays sized up front: memory holds the vectors once, plus a part
-    try:
-        total = sum(rows if rows is not None else pq.read_metadata(file).num_rows
-                    for file, rows in files)
-    except (OSError, ValueError) as exc:
-        raise EclipError(f"cannot read embeddings {path}: {exc}") from None
-    names = ("image_embedding", "text_embedding", "product_embedding")
-    out: dict[str, np.ndarray] = {}
-    ids: list[str] = []
-    catalog_ids: list[str | None] | None = None
-    identities: set = set()
-    weight, at = FUSION_WEIGHT, 0
-    for number, (file, rows) in enumerate(files):
-        try:
-            table = pq.read_table(file)
-        except (OSError, ValueError) as exc:
-            raise EclipError(f"cannot read embeddings {file}: {exc}") from None
-        if rows is not None and table.num_rows != rows:
-            raise EclipError(f"{file} holds {table.num_rows} rows, the manifest says {rows}; "
-                             "run `eclip embed` again")
-        n = table.num_rows
-        for name in names:
-            block = np.asarray(table.column(name).combine_chunks().flatten(),
-                               np.float32).reshape(n, -1)
-            target = out.setdefault(name, np.empty((total, block.shape[1]), np.float32))
-            if block.shape[1] != target.shape[1]:
-                raise EclipError(f"{file}: {name} has {block.shape[1]} dimensions, the first "
-                                 f"part {target.shape[1]}; run `eclip embed` again")
-            target[at:at + n] = block
-        meta = table.schema.metadata or {}
-        if number == 0:
-            weight = float(meta.get(b"eclip.fusion_weight", FUSION_WEIGHT))
-            catalog_ids = [] if "catalog_id" in table.column_names else None
-        identities.add(meta.get(PARQUET_KEY))
-        ids.extend(table.column("product_id").to_pylist())
-        if catalog_ids is not None:
-            catalog_ids.extend(table.column("catalog_id").to_pylist())
-        at += n
-        del table
-    if path.is_dir() and manifest.get(MANIFEST_KEY):
-        identities.add(str(manifest[MANIFEST_KEY]).encode())
-    identities.discard(None)
-    if len(identities) > 1:
-        raise EclipError(f"{path} holds vectors of {len(identities)} different models; run "
-                         "`eclip embed` again into an empty folder")
-    identity = identities.pop().decode() if identities else None
-
-    def matrix(name: str) -> np.ndarray:
-        return out.get(name, np.zeros((0, 0), np.float32))
-
-    return Embeddings(ids, matrix("image_embedding"), matrix("text_embedding"),
-                      matrix("product_embedding"), weight, model_sha256=identity), catalog_ids
+    engine), read in the manifest's order. Everything in memory: :class:`StoredEmbeddings` reads
+    it a block at a time."""
+    stored = StoredEmbeddings(path)
+    total = len(stored)
+    out = {name: np.empty((total, stored.dims.get(name, 0)), np.float32)
+           for name in _VECTOR_COLUMNS}
+    for start, block in stored.blocks():
+        for name, values in zip(_VECTOR_COLUMNS, (block.image, block.text, block.product)):
+            out[name][start:start + len(values)] = values
+    return Embeddings(stored.product_ids, *(out[name] for name in _VECTOR_COLUMNS),
+                      stored.fusion_weight, model_sha256=stored.model_sha256), stored.catalog_ids

@@ -2,8 +2,9 @@
 
 The write side builds each space's index from the generation's ``.npy`` vectors (an update loads
 the base generation's index and applies the changes unless it must be retrained); the read side
-answers a filtered search with an id selector computed from the metadata, or, for a filter that
-keeps few listings, by scanning just their memory-mapped vectors.
+answers a filtered search with the filter's cached bitmap selector (``filters.py``: computed from
+the metadata once per generation), or, for a filter that keeps few listings, by scanning just
+their memory-mapped vectors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from eclip.search.filters import Selection
 from eclip.search.generation import IndexInfo, consistent, reading
 from eclip.search.spaces import SPACES
 from eclip.search.store_types import Where, WriteJob
@@ -22,6 +24,8 @@ from eclip.search.vectors import IndexStats, VectorIndex
 # A filter that keeps at most this many listings (and under a quarter of the index) is answered
 # by scanning just their vectors; a larger one by the FAISS index with an id selector.
 SUBSET_SCAN_MAX = 20_000
+# A filtered IVF search that comes back short probes this many times more lists, and again.
+WIDEN = 8
 
 
 class FaissWriter:
@@ -36,6 +40,7 @@ class FaissWriter:
             index = self._index(job, space, vectors, kind)
             index.save(str(job.tmp / f"{space}.faiss"))
             stats[space] = index.stats
+            del index  # one space's index in memory at a time
         return stats, None
 
     @staticmethod
@@ -46,7 +51,7 @@ class FaissWriter:
             if not index.needs_retraining(len(job.vids), job.settings, kind=kind,
                                           removing=len(job.dropped) > 0):
                 index.remove(job.dropped)
-                index.add(job.fresh[space], job.new_vids)
+                index.add(job.fresh(space), job.new_vids)
                 index.tune(vectors, job.vids, job.settings)
                 return index
         return VectorIndex.build(vectors, job.vids, job.settings, kind=kind)
@@ -62,14 +67,15 @@ class FaissWriter:
 
 
 class FaissStore:
-    """The read side of the FAISS store. ``allowed(where)`` gives the vids a filter keeps (from the
-    metadata); a small set is scanned directly over the memory-mapped vectors."""
+    """The read side of the FAISS store. ``allowed(where)`` gives the listings a filter keeps (a
+    cached ``filters.Selection``); a small set is scanned directly over the memory-mapped
+    vectors, a larger one searched with its bitmap selector."""
 
     kind = "faiss"
 
     def __init__(self, indexes: dict[str, VectorIndex], vids: np.ndarray,
                  vectors: dict[str, np.ndarray],
-                 allowed: Callable[[Where], np.ndarray | None]):
+                 allowed: Callable[[Where], Selection | None]):
         self.indexes = indexes
         self.vids = vids
         self.vectors = vectors
@@ -78,7 +84,7 @@ class FaissStore:
     @classmethod
     def open(cls, generation: Path, info: IndexInfo, vids: np.ndarray,
              vectors: dict[str, np.ndarray],
-             allowed: Callable[[Where], np.ndarray | None]) -> FaissStore:
+             allowed: Callable[[Where], Selection | None]) -> FaissStore:
         """The generation's ``{space}.faiss`` files, each checked against its ``.npy`` vectors."""
         indexes = {}
         for space in SPACES:
@@ -100,17 +106,34 @@ class FaissStore:
         if allowed is not None and len(allowed) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
-            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed), axis=0)
+            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed.vids), axis=0)
             values, top = faiss.knn(query, subset, min(want, len(allowed)),
                                     metric=faiss.METRIC_INNER_PRODUCT)
-            values, found = values[0], allowed[top[0]]
+            values, found = values[0], allowed.vids[top[0]]
         else:
-            values, found = self.indexes[space].search(query, want, allowed=allowed)
-            values, found = values[0], found[0]
+            values, found = self._search(self.indexes[space], query, want, allowed)
         keep = found >= 0
         if where.exclude:
             keep &= ~np.isin(found, np.fromiter(where.exclude, np.int64))
         return found[keep][:k].astype(np.int64), values[keep][:k]
+
+    @staticmethod
+    def _search(index: VectorIndex, query: np.ndarray, want: int, allowed: Selection | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """One query through the FAISS index, with the filter's selector. An IVF kind probes the
+        lists nearest the query whether it is filtered or not, so a filter whose listings lie
+        elsewhere comes back short: then it probes ``WIDEN`` times as many lists, until it has
+        ``want`` (or every listing the filter keeps) or every list was probed."""
+        selector = allowed.selector if allowed is not None else None
+        values, found = index.search(query, want, selector=selector)
+        param, lists = index.stats.nprobe, index.stats.nlist
+        if allowed is None or not index.kind.startswith("ivf") or not param or not lists:
+            return values[0], found[0]
+        enough = min(want, len(allowed))
+        while (found[0] >= 0).sum() < enough and param < lists:
+            param = min(param * WIDEN, lists)
+            values, found = index.search(query, want, selector=selector, nprobe=param)
+        return values[0], found[0]
 
     def close(self) -> None:
         pass

@@ -41,16 +41,23 @@ class AdultHead:
                    int(data["n"]), int(data["positives"]))
 
 
-def fit_adult_head(vectors: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> AdultHead | None:
-    """A logistic regression on labelled vectors; None without both classes among the labels."""
+def fit_adult_head(vectors: np.ndarray, labels: np.ndarray, *, rows: np.ndarray | None = None,
+                   seed: int = 0) -> AdultHead | None:
+    """A logistic regression on labelled vectors; None without both classes among the labels.
+
+    ``rows``: the rows of ``vectors`` that ``labels`` label (None: every row, in order); only the
+    rows fitted on (at most ``MAX_FIT_ROWS``, sampled) are read, so ``vectors`` may be a
+    memory-mapped file of any size."""
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels, dtype=np.int64)
     if len(np.unique(labels)) < 2:
         return None
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(labels) > MAX_FIT_ROWS:
-        rows = np.random.default_rng(seed).choice(len(labels), MAX_FIT_ROWS, replace=False)
-        vectors, labels = vectors[rows], labels[rows]
+        sample = np.random.default_rng(seed).choice(len(labels), MAX_FIT_ROWS, replace=False)
+        rows, labels = rows[sample], labels[sample]
+    vectors = np.asarray(vectors[rows], dtype=np.float32)
     model = LogisticRegression(C=1.0, max_iter=2000).fit(vectors, labels)
     return AdultHead(model.coef_[0].astype(np.float32), float(model.intercept_[0]), len(labels),
                      int(labels.sum()))

@@ -21,6 +21,7 @@ import numpy as np
 from eclip.encode import fuse, fuse_query
 from eclip.errors import EclipError
 from eclip.search.encoder import QueryEncoder
+from eclip.search.filters import FilterCache
 from eclip.search.generation import (StoredVectors, consistent, current_generation, read_info,
                                      reading)
 from eclip.search.heads import AdultHead, vote_categories
@@ -65,8 +66,6 @@ class SearchIndex:
         # PyTorch
         self._encoder = query_encoder(root, self.info.model_sha1,
                                       QueryEncoder(generation / "model"))
-        self._category_cache: dict[str, np.ndarray] = {}
-        self._adult_vids: np.ndarray | None = None
 
     def _open(self, generation: Path) -> None:
         """Every file of the generation opened and checked against ``info.json`` (counts, sizes),
@@ -89,8 +88,10 @@ class SearchIndex:
             path = generation / f"{m}.npy"
             consistent(path, self.vectors[m].ndim == 2 and self.vectors[m].shape[0] == listings,
                        f"shape {self.vectors[m].shape}, info.json {listings} listings")
+        # the listings each filter keeps, computed once for this generation (filters.py)
+        self.filters = FilterCache(self._allowed, int(self.vids[-1]) + 1 if listings else 0)
         self.vector_store: VectorStore = open_store(self.root, generation, self.info, self.vids,
-                                                    self.vectors, self._allowed)
+                                                    self.vectors, self.filters.get)
         with reading(generation / "heads.json"):
             heads = json.loads((generation / "heads.json").read_text("utf-8"))["adult"]
             self.adult_heads = {m: AdultHead.from_dict(h) if h else None
@@ -153,18 +154,17 @@ class SearchIndex:
         return [Hit(listings[v], s) for v, s in pairs if v in listings]
 
     def _allowed(self, where: Where) -> np.ndarray | None:
-        """The vids ``where`` keeps (ascending), from the metadata; None: every listing."""
+        """The vids ``where`` keeps (ascending), from the metadata; None: every listing. Each
+        filter is computed once per generation: ``self.filters`` caches the answers."""
         sets = []
         if where.category is not None:
-            sets.append(self._category_vids(where.category))
+            sets.append(self.store.category_vids(where.category))
         if where.catalog_id is not None:
             sets.append(np.asarray(self.store.catalog_members(where.catalog_id), dtype=np.int64))
         if where.adult is not None:
-            if self._adult_vids is None:
-                vids, labels = self.store.adult_labels()
-                self._adult_vids = np.sort(vids[labels == 1])
-            sets.append(self._adult_vids if where.adult
-                        else np.setdiff1d(self.vids, self._adult_vids))
+            vids, labels = self.store.adult_labels()
+            adult = np.sort(vids[labels == 1])
+            sets.append(adult if where.adult else np.setdiff1d(self.vids, adult))
         if not sets:
             return None
         allowed = np.unique(sets[0])
@@ -187,15 +187,6 @@ class SearchIndex:
         the fused vectors ("both") it becomes ``eclip.encode.fuse_query`` of itself, whose score
         is ``w * <q, image> + (1 - w) * <q, text>``."""
         return fuse_query(vector, self.info.fusion_weight) if against == "both" else vector
-
-    def _category_vids(self, category: str) -> np.ndarray:
-        cached = self._category_cache.get(category)
-        if cached is None:
-            cached = self.store.category_vids(category)
-            if len(self._category_cache) >= 1024:
-                self._category_cache.clear()
-            self._category_cache[category] = cached
-        return cached
 
     def listing(self, product_id: str) -> StoredListing | None:
         return self.store.by_product_id(product_id)

@@ -110,13 +110,16 @@ class WriteJob:
     vids: np.ndarray
     dropped: np.ndarray  # vids removed or replaced since the base
     new_vids: np.ndarray
-    fresh: dict[str, np.ndarray]  # the new vectors of ``new_vids`` per space
     settings: VectorSettings
     scalars: Callable[[], Scalars]
     progress: bool = False
 
     def vectors(self, space: str) -> np.ndarray:
         return np.load(self.tmp / f"{space}.npy", mmap_mode="r")
+
+    def fresh(self, space: str) -> np.ndarray:
+        """The new vectors of ``new_vids`` (in that order) in ``space``, read from the file."""
+        return np.asarray(self.vectors(space)[np.searchsorted(self.vids, self.new_vids)])
 
 
 @dataclass

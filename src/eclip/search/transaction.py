@@ -16,9 +16,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -52,7 +54,7 @@ class Change:
 
     model_dir: Path
     listings: list[Listing]
-    embeddings: Embeddings | None
+    embeddings: Embeddings | VectorSource | None  # row / position i: listings[i]
     delete: list[str]
     settings: VectorSettings
     thumbnail_size: int
@@ -76,11 +78,10 @@ class _Rows:
 
 @dataclass
 class _Layout:
-    """The vectors' side: the new generation's sorted vids and the new vectors per space."""
+    """The vectors' side: the new generation's sorted vids, those removed or replaced."""
 
     vids: np.ndarray
     dropped: np.ndarray
-    fresh: dict[str, np.ndarray]
     dim: int
 
 
@@ -125,7 +126,7 @@ class IndexWriter:
 
     def commit(self, base: Path | None, change: Change) -> IndexInfo:
         """The new generation, in service when this returns."""
-        _check_unique([x.product_id for x in change.listings])
+        check_unique([x.product_id for x in change.listings])
         base_info = read_info(base) if base is not None else None
         store = change.store or (store_spec_of(base_info.store) if base_info else StoreSpec())
         vector_store = writer_for(store, self.root)
@@ -170,7 +171,7 @@ class IndexWriter:
         stats, store_entry = vector_store.write(WriteJob(
             root=self.root, tmp=tmp, generation=generation, base=base,
             base_info=base_info.to_dict() if base_info is not None else None, vids=layout.vids,
-            dropped=layout.dropped, new_vids=rows.new_vids, fresh=layout.fresh,
+            dropped=layout.dropped, new_vids=rows.new_vids,
             settings=change.settings, scalars=lambda: _scalars(tmp / "listings.sqlite",
                                                                layout.vids),
             progress=self.progress))
@@ -245,42 +246,120 @@ def _write_metadata(tmp: Path, base: Path | None, change: Change,
 
 def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows) -> _Layout:
     """``vids.npy`` and ``{space}.npy`` (the base's vectors that stay and the new ones, by vid)
-    and ``heads.json`` (an adult head per space, fitted on the listings labelled)."""
+    and ``heads.json`` (an adult head per space, fitted on the listings labelled).
+
+    The vector files are written a block at a time, from the base's memory-mapped files and the
+    change's :class:`VectorSource` (stored vectors are streamed part by part), so that memory holds
+    a block, not the generation's vectors."""
     old = StoredVectors.load(base, mmap=True) if base else None
     n = len(change.listings)
-    emb = change.embeddings
-    dims = {m: (emb.modality(API_NAME[m]).shape[1] if n else
+    source = vector_source(change.embeddings) if n else None
+    dims = {m: (source.dims[m] if source is not None else
                 old.arrays[m].shape[1] if old is not None else 0) for m in SPACES}
-    fresh = {m: np.asarray(emb.modality(API_NAME[m]) if n else np.zeros((0, dims[m])),
-                           dtype=np.float32).reshape(n, dims[m]) for m in SPACES}
     for m in SPACES:
         if old is not None and n and old.arrays[m].shape[1] != dims[m]:
             raise SearchIndexError(f"the new {m} vectors have {dims[m]} dimensions, the index "
                                    f"{old.arrays[m].shape[1]}: rebuild the index")
     dropped = np.concatenate([rows.deleted, rows.new_vids])
     keep = ~np.isin(old.vids, dropped) if old is not None else np.zeros(0, bool)
-    vids = np.concatenate([old.vids[keep] if old is not None else np.zeros(0, np.int64),
-                           rows.new_vids])
-    order = np.argsort(vids, kind="stable")
-    vids = vids[order]
+    kept_vids = old.vids[keep] if old is not None else np.zeros(0, np.int64)
+    vids = np.sort(np.concatenate([kept_vids, rows.new_vids]))  # vids are unique
     np.save(tmp / "vids.npy", vids)
+    files = {m: _VectorFile(tmp / f"{m}.npy", len(vids), dims[m]) for m in SPACES}
+    try:
+        if old is not None and len(kept_vids):  # the base's vectors that stay, a block at a time
+            source_rows, target = np.flatnonzero(keep), np.searchsorted(vids, kept_vids)
+            for start in range(0, len(source_rows), WRITE_BLOCK):
+                block = slice(start, start + WRITE_BLOCK)
+                for m in SPACES:
+                    files[m].put(target[block], old.arrays[m][source_rows[block]])
+        if source is not None:  # the change's vectors, as its source yields them
+            target, written = np.searchsorted(vids, rows.new_vids), np.zeros(n, bool)
+            for positions, block in source.blocks():
+                for m in SPACES:
+                    files[m].put(target[positions], block[m])
+                written[positions] = True
+            if not written.all():
+                missing = change.listings[int(np.argmin(written))].product_id
+                raise SearchIndexError(f"no vector was given for listing {missing!r}")
+    finally:
+        for file in files.values():
+            file.close()
     heads: dict[str, dict | None] = {}
     label_rows = np.searchsorted(vids, rows.label_vids)
-    in_order = old is None and bool(np.all(order == np.arange(len(order))))
     for m in SPACES:
-        if in_order:  # a build: the new vectors as they are (no copy of a large array)
-            vectors = np.ascontiguousarray(fresh[m], dtype=np.float32)
-        else:
-            parts = [np.asarray(old.arrays[m][keep]) if old is not None else None, fresh[m]]
-            vectors = np.concatenate([p for p in parts if p is not None]).astype(np.float32)
-            vectors = np.ascontiguousarray(vectors[order]) if len(vectors) else \
-                np.zeros((0, dims[m]), np.float32)
-        np.save(tmp / f"{m}.npy", vectors)
-        head = fit_adult_head(vectors[label_rows], rows.labels, seed=change.settings.seed)
+        vectors = np.load(tmp / f"{m}.npy", mmap_mode="r")
+        head = fit_adult_head(vectors, rows.labels, rows=label_rows, seed=change.settings.seed)
         heads[m] = head.to_dict() if head is not None else None
         del vectors
     (tmp / "heads.json").write_text(json.dumps({"adult": heads}), encoding="utf-8")
-    return _Layout(vids, dropped, fresh, dims["image"])
+    return _Layout(vids, dropped, dims["image"])
+
+
+WRITE_BLOCK = 65_536  # rows of the base generation's vectors copied at a time
+
+
+class VectorSource(Protocol):
+    """The vectors of a change's listings, given a block at a time: ``blocks()`` yields
+    ``(positions in Change.listings, {space: float32 rows})``; every position once."""
+
+    fusion_weight: float
+    dims: dict[str, int]  # per space
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]: ...
+
+
+class InMemoryVectors:
+    """:class:`Embeddings` computed in this process (row i is the change's listing i), one block."""
+
+    def __init__(self, emb: Embeddings):
+        self.emb = emb
+        self.fusion_weight = emb.fusion_weight
+        self.dims = {m: int(emb.modality(API_NAME[m]).shape[1]) for m in SPACES}
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        yield (np.arange(len(self.emb.product_ids)),
+               {m: self.emb.modality(API_NAME[m]) for m in SPACES})
+
+
+def vector_source(embeddings) -> VectorSource:
+    """A change's vectors as a :class:`VectorSource` (in-memory :class:`Embeddings` wrapped)."""
+    return InMemoryVectors(embeddings) if isinstance(embeddings, Embeddings) else embeddings
+
+
+class _VectorFile:
+    """A ``.npy`` file of ``rows`` float32 vectors, written at any rows in any order through the
+    file (``os.pwrite`` of each run of consecutive rows): the process keeps no mapping of it, so
+    what it wrote is page cache, not the writer's memory."""
+
+    def __init__(self, path: Path, rows: int, dim: int):
+        with open(path, "wb") as handle:
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                         "fortran_order": False, "shape": (rows, dim)})
+            self.offset = handle.tell()
+            handle.truncate(self.offset + rows * dim * 4)
+        self.row_bytes = dim * 4
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """``values[i]`` becomes row ``rows[i]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows) or not self.row_bytes:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        values = np.ascontiguousarray(np.asarray(values, dtype=np.float32)[order])
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            data = memoryview(values[start:stop]).cast("B")
+            at = self.offset + int(rows[start]) * self.row_bytes
+            while len(data):
+                done = os.pwrite(self.fd, data, at)
+                data, at = data[done:], at + done
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _discard_store_of(root: Path, generation: Path) -> None:
@@ -308,7 +387,7 @@ def _scalars(metadata: Path, vids: np.ndarray) -> Scalars:
                                     dtype=np.int8))
 
 
-def _check_unique(product_ids: list[str]) -> None:
+def check_unique(product_ids: list[str]) -> None:
     seen: set[str] = set()
     for pid in product_ids:
         if pid in seen:
@@ -317,7 +396,7 @@ def _check_unique(product_ids: list[str]) -> None:
         seen.add(pid)
 
 
-def _fusion_weight(emb: Embeddings | None, base_info: IndexInfo | None) -> float:
+def _fusion_weight(emb: Embeddings | VectorSource | None, base_info: IndexInfo | None) -> float:
     """The weight the generation's fused vectors were made with: the new embeddings' (the model's
     own, ``encode.model_fusion_weight``), else the base generation's."""
     if emb is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from eclip.search.faiss_store import FaissStore, FaissWriter
+from eclip.search.filters import Selection
 from eclip.search.generation import IndexInfo, consistent
 from eclip.search.store_types import StoreSpec, StoreWriter, VectorStore, Where
 
@@ -25,12 +26,13 @@ def writer_for(spec: StoreSpec, root: Path) -> StoreWriter:
 
 def open_store(root: Path, generation: Path, info: IndexInfo, vids: np.ndarray,
                vectors: dict[str, np.ndarray],
-               allowed: Callable[[Where], np.ndarray | None]) -> VectorStore:
+               allowed: Callable[[Where], Selection | None]) -> VectorStore:
     """The read side of the generation's store (its ``info.json`` says which), checked against the
     generation: a store that holds another number of vectors is a SearchIndexError.
 
-    ``vids`` / ``vectors``: the generation's ids and memory-mapped vectors; ``allowed``: the vids a
-    filter keeps, from the metadata (the FAISS store filters with them)."""
+    ``vids`` / ``vectors``: the generation's ids and memory-mapped vectors; ``allowed``: the
+    listings a filter keeps (``filters.Selection``, cached per generation; the FAISS store filters
+    with them)."""
     if info.store:
         from eclip.search.milvus import MilvusStore
 

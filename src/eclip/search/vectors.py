@@ -254,14 +254,17 @@ class VectorIndex:
 
     # ------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)``, each [n, k]; missing results have id -1. ``allowed`` restricts ids;
+               selector: faiss.IDSelector | None = None, nprobe: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, each [n, k]; missing results have id -1. ``allowed`` (ids) or
+        ``selector`` (a FAISS id selector, e.g. a cached ``filters.Selection``'s) restricts ids;
         ``nprobe``: the search parameter (efSearch for hnsw) instead of the tuned one."""
         queries = _as_matrix(queries)
         k = max(1, min(k, max(self.count, 1)))
         exact = self._exact if self.stats.rerank else None
         fetch = max(k, min(k * self.stats.rerank, self.count)) if exact is not None else k
-        selector = faiss.IDSelectorBatch(_as_ids(allowed)) if allowed is not None else None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(_as_ids(allowed))
         params, _alive = search_params(self.kind, nprobe or self.stats.param or 1, selector)
         scores, found = self.index.search(queries, fetch, params=params)
         if exact is None:
