@@ -20,9 +20,9 @@ Each path runs ``--requests`` queries, or as many as 15 s allow (at least 30) wh
 slow; the counts are in the JSON.
 
 The query vectors are listings' own fused vectors, the same in every process (for the category
-filter, listings of that category: a buyer filtering by a category asks for things of it). p50 / p99 per
-process; the table gives, per tree, the median p50 over rounds with its min-max spread and the
-median p99. Results go to ``--out`` (JSON) and a Markdown table is printed.
+filter, listings of that category: a buyer filtering by a category asks for things of it). p50 /
+p99 per process; the table gives, per tree, the median p50 over rounds with its min-max spread
+and the median p99. Results go to ``--out`` (JSON) and a Markdown table is printed.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 A search with a filter (``store_types.Where``: a category and below it, one catalog, the adult
 flag) asks the FAISS store for the listings it keeps. Computing them from the metadata and handing
 FAISS a fresh ``IDSelectorBatch`` on every query (a hash set of every id kept: 100 k ids for a
-category of a tenth of a million listings) cost more than the search itself. A generation never
+category holding a tenth of 1 M listings) cost more than the search itself. A generation never
 changes once written, so :class:`FilterCache` computes each filter's :class:`Selection` once, on
 first use: a bitmap over the generation's ids wrapped in a ``faiss.IDSelectorBitmap`` (one bit a
 listing, a lookup per candidate; 1.25 MB at 10 M listings) and, for a small filter, whose vectors
-are scanned directly, the sorted ids. The cache holds the most recently used selections within a byte budget; a new
-generation (an update, a delete) is opened with a new cache.
+are scanned directly, the sorted ids. The cache holds the most recently used selections within a
+byte budget; a new generation (an update, a delete) is opened with a new cache.
 """
 
 from __future__ import annotations
