@@ -130,3 +130,14 @@ def test_the_cache_keeps_the_most_recently_used_within_its_budget():
             [v in members for v in range(805)]
     # "c" pushed out "b", the least recently used; "a", used again, stayed
     assert calls == ["a", "b", "c", "b"] and cache.computed == 4
+
+
+def test_a_large_selection_keeps_a_bitmap_only():
+    from eclip.search.filters import KEEP_VIDS, Selection
+
+    vids = np.arange(5, 3 * KEEP_VIDS, 2, dtype=np.int64)  # more than KEEP_VIDS
+    selection = Selection(vids, 3 * KEEP_VIDS + 1)
+    assert len(selection) == len(vids) and selection.nbytes == len(selection.bitmap)
+    np.testing.assert_array_equal(selection.vids, vids)  # recomputed from the bitmap
+    assert [bool(selection.selector.is_member(v)) for v in (3, 5, 6, 7, 3 * KEEP_VIDS + 9)] == \
+        [False, True, False, True, False]

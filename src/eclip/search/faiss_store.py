@@ -106,10 +106,11 @@ class FaissStore:
         if allowed is not None and len(allowed) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
-            subset = np.take(self.vectors[space], np.searchsorted(self.vids, allowed.vids), axis=0)
-            values, top = faiss.knn(query, subset, min(want, len(allowed)),
+            kept = allowed.vids
+            subset = np.take(self.vectors[space], np.searchsorted(self.vids, kept), axis=0)
+            values, top = faiss.knn(query, subset, min(want, len(kept)),
                                     metric=faiss.METRIC_INNER_PRODUCT)
-            values, found = values[0], allowed.vids[top[0]]
+            values, found = values[0], kept[top[0]]
         else:
             values, found = self._search(self.indexes[space], query, want, allowed)
         keep = found >= 0

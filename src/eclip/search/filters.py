@@ -3,12 +3,12 @@
 A search with a filter (``store_types.Where``: a category and below it, one catalog, the adult
 flag) asks the FAISS store for the listings it keeps. Computing them from the metadata and handing
 FAISS a fresh ``IDSelectorBatch`` on every query (a hash set of every id kept: 100 k ids for a
-category of a tenth of a million listings) cost more than the search itself. A generation never
+category holding a tenth of 1 M listings) cost more than the search itself. A generation never
 changes once written, so :class:`FilterCache` computes each filter's :class:`Selection` once, on
-first use: the sorted ids (for a small filter, whose vectors are scanned directly) and a bitmap
-over the generation's ids wrapped in a ``faiss.IDSelectorBitmap`` (one bit a listing, a lookup
-per candidate). The cache holds the most recently used selections within a byte budget; a new
-generation (an update, a delete) is opened with a new cache.
+first use: a bitmap over the generation's ids wrapped in a ``faiss.IDSelectorBitmap`` (one bit a
+listing, a lookup per candidate; 1.25 MB at 10 M listings) and, for a small filter, whose vectors
+are scanned directly, the sorted ids. The cache holds the most recently used selections within a
+byte budget; a new generation (an update, a delete) is opened with a new cache.
 """
 
 from __future__ import annotations
@@ -16,40 +16,45 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from eclip.search.store_types import Where
 
-CACHE_BYTES = 64 << 20  # selections kept per generation: ids (8 B each) and bitmaps (1 bit each)
+CACHE_BYTES = 64 << 20  # selections kept per generation: bitmaps (1 bit a listing) and small ids
+KEEP_VIDS = 65_536  # a selection of at most this many listings keeps their vids (8 B each)
 
 
-@dataclass
 class Selection:
-    """The listings one filter keeps: their vids (ascending) and a FAISS selector over them."""
+    """The listings one filter keeps: a bitmap over the vids with a FAISS selector reading it, and
+    their sorted vids (kept for a small selection, which is scanned directly; a large one, searched
+    through the selector, recomputes them from the bitmap if asked: 8 bytes a listing kept would
+    be most of its size)."""
 
-    vids: np.ndarray
-    bitmap: np.ndarray  # uint8, bit v (little-endian within a byte): vid v is kept
-    selector: faiss.IDSelector  # reads ``bitmap``, which must stay alive with it
-
-    def __len__(self) -> int:
-        return len(self.vids)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.vids.nbytes + self.bitmap.nbytes)
-
-    @classmethod
-    def of(cls, vids: np.ndarray, id_bound: int) -> Selection:
-        """The selection of ``vids``, all below ``id_bound``."""
+    def __init__(self, vids: np.ndarray, id_bound: int):
         vids = np.asarray(vids, dtype=np.int64)
         bits = np.zeros(max(id_bound, 1), dtype=bool)
         bits[vids] = True
-        bitmap = np.packbits(bits, bitorder="little")
-        # FAISS takes the bitmap's size in bytes: an id past it is not a member
-        return cls(vids, bitmap, faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)))
+        self.count = len(vids)
+        self.bitmap = np.packbits(bits, bitorder="little")  # bit v (little-endian): vid v kept
+        # FAISS takes the bitmap's size in bytes: an id past it is not a member; the bitmap must
+        # stay alive with the selector
+        self.selector = faiss.IDSelectorBitmap(len(self.bitmap), faiss.swig_ptr(self.bitmap))
+        self._vids = vids if self.count <= KEEP_VIDS else None
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def vids(self) -> np.ndarray:
+        if self._vids is not None:
+            return self._vids
+        return np.flatnonzero(np.unpackbits(self.bitmap, bitorder="little")).astype(np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bitmap.nbytes + (self._vids.nbytes if self._vids is not None else 0))
 
 
 class FilterCache:
@@ -75,7 +80,7 @@ class FilterCache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         vids = self._vids_of(where)
-        selection = Selection.of(vids, self.id_bound) if vids is not None else None
+        selection = Selection(vids, self.id_bound) if vids is not None else None
         size = selection.nbytes if selection is not None else 0
         with self._lock:
             self.computed += 1

@@ -347,9 +347,11 @@ class _VectorFile:
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows) or not self.row_bytes:
             return
-        order = np.argsort(rows, kind="stable")
-        rows = rows[order]
-        values = np.ascontiguousarray(np.asarray(values, dtype=np.float32)[order])
+        values = np.asarray(values, dtype=np.float32)
+        if np.any(np.diff(rows) < 0):  # in row order (no copy of a block already in order)
+            order = np.argsort(rows, kind="stable")
+            rows, values = rows[order], values[order]
+        values = np.ascontiguousarray(values)
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
         for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
             data = memoryview(values[start:stop]).cast("B")
