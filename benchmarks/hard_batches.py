@@ -24,6 +24,12 @@ variant is ``section.key=value`` overrides on top of the demo recipe):
 removed (``eclip.mining.hide_catalog_ids``), e.g. ``--variant eclip_gm30="train.targets=catalog
 data.catalog_source=given+mined" --keep-ids eclip_gm30=0.3``: the NAVER-like case.
 
+``--mine-with NAME=MINER`` trains variant NAME on the training listings' catalogs as mined by the
+trained model ``OUT/models/MINER/seedS`` of the same seed (``data.catalog_source=mined``'s mining,
+done before training; the report in ``OUT/runs/NAME/seedS/mining.json``), e.g. the second round of
+``data.mining.rounds=2`` without training its first round again where MINER is that first round:
+``--variant eclip_mined_r2="train.targets=catalog" --mine-with eclip_mined_r2=eclip_mined``.
+
 A model already in ``OUT/models/NAME/seedS`` is reused, so variants can be added to a finished run
 (e.g. ``--variant eclip_hard_mined="train.targets=catalog data.batching=hard
 data.catalog_source=mined"`` after merging catalog mining) and the suite run again.
@@ -131,6 +137,9 @@ def main() -> None:
                         help="NAME=FRACTION: variant NAME trains on the training listings with the "
                              "catalog ids of all but FRACTION of the catalogs removed "
                              "(eclip.mining.hide_catalog_ids; scoring keeps the true ids)")
+    parser.add_argument("--mine-with", action="append", default=[],
+                        help="NAME=MINER: variant NAME trains on the catalogs that the trained "
+                             "model OUT/models/MINER/seedS mines from the training listings")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--plan-only", action="store_true",
                         help="only time the neighbourhoods and plans, and how alike batches are")
@@ -168,6 +177,7 @@ def main() -> None:
     for item in args.keep_ids:
         name, _, fraction = item.partition("=")
         keep_ids[name] = float(fraction)
+    mine_with = dict(item.partition("=")[::2] for item in args.mine_with)
     seeds = [recipe.train.seed + k for k in range(args.seeds)]
     trained: dict = {"baseline": baseline}
     for name in names:
@@ -190,6 +200,16 @@ def main() -> None:
                 from eclip.mining import hide_catalog_ids
 
                 train_listings = hide_catalog_ids(splits.train, keep_ids[name])
+            if name in mine_with:  # catalogs mined by a trained model (a later mining round)
+                from eclip.mining import mine_catalogs
+
+                mined = mine_catalogs(load_model(out / "models" / mine_with[name] / f"seed{seed}"),
+                                      train_listings, run.data.mining, source="mined",
+                                      image_cache=image_cache, log=print)
+                Path(run.train.output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(run.train.output_dir) / "mining.json").write_text(
+                    json.dumps(mined.report, indent=1) + "\n")
+                train_listings = mined.listings
             result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
                            image_cache=image_cache, log=lambda s: None)
             timings.setdefault(name, []).append(round(time.perf_counter() - started, 1))
@@ -208,7 +228,7 @@ def main() -> None:
         image_caches=[image_cache] if image_cache is not None else None, out_dir=out / "eval",
         title=f"random vs hard batches ({len(seeds)} training seeds)", progress=False,
         log=print, meta={"variants": {n: variants[n] for n in names}, "train_seeds": seeds,
-                         "keep_ids": keep_ids},
+                         "keep_ids": keep_ids, "mine_with": mine_with},
         notes=[f"{n}: {' '.join(variants[n])}" for n in names]).report
     print("\n".join(report.verdict_table()))
 

@@ -87,7 +87,21 @@ def test_capped_groups_refuse_to_join_two_given_catalogs():
     groups = capped_groups(5, left, right, score, max_group_size=10,
                            given=["a", "a", "b", "b", None])
     assert groups[4] == groups[1] and groups[2] != groups[4]
-    assert group_pairs(groups) == {(0, 1), (0, 4), (1, 4)}
+    # a given catalog is one group even where no edge joins its rows (2-3)
+    assert group_pairs(groups) == {(0, 1), (0, 4), (1, 4), (2, 3)}
+
+
+def test_a_given_catalog_counts_whole_toward_the_size_cap():
+    # rows 0 and 1 are given catalog a (no edge between them); unlabelled rows 2 and 3 each touch
+    # one of them. Cut per edge, each would make a group of 2 and a's catalog 4 listings after the
+    # ids pass on; counted whole, a takes only the stronger (row 3) under a cap of 3.
+    left, right = np.array([0, 1]), np.array([2, 3])
+    score = np.array([0.6, 0.9])
+    groups = capped_groups(4, left, right, score, max_group_size=3, given=["a", "a", None, None])
+    assert group_pairs(groups) == {(0, 1), (0, 3), (1, 3)}
+    # a given catalog already past the cap keeps its rows and takes no other
+    groups = capped_groups(4, left, right, score, max_group_size=1, given=["a", "a", None, None])
+    assert group_pairs(groups) == {(0, 1)}
 
 
 def calibration_case(seed: int = 1):

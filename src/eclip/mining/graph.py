@@ -87,10 +87,12 @@ def capped_groups(n: int, left: np.ndarray, right: np.ndarray, score: np.ndarray
                   max_group_size: int, given: Sequence[str | None] | None = None) -> np.ndarray:
     """A group number per row from the edges ``(left, right)``, joined in decreasing ``score``.
 
-    A join is refused when the merged group would hold more than ``max_group_size`` rows, or rows
-    of two different ``given`` catalog ids. Rows that join nothing are groups of one. Group numbers
-    follow the smallest row of each group (row order), so the result does not depend on the order
-    the edges came in beyond their scores."""
+    The rows of one ``given`` catalog id start as one group, whatever their edges, so the rules
+    see whole catalogs: a join is refused when the merged group would hold more than
+    ``max_group_size`` rows (a given catalog that large already takes no other row), or rows of two
+    different given ids. Rows that join nothing are groups of one. Group numbers follow the
+    smallest row of each group (row order), so the result does not depend on the order the edges
+    came in beyond their scores."""
     parent = np.arange(n)
     size = np.ones(n, dtype=np.int64)
     label: list[str | None] = list(given) if given is not None else [None] * n
@@ -101,16 +103,26 @@ def capped_groups(n: int, left: np.ndarray, right: np.ndarray, score: np.ndarray
             x = parent[x]
         return x
 
+    def join(a: int, b: int) -> None:
+        keep, gone = (a, b) if a < b else (b, a)
+        parent[gone] = keep
+        size[keep] += size[gone]
+        label[keep] = label[keep] if label[keep] is not None else label[gone]
+
+    first: dict[str, int] = {}
+    for row, catalog_id in enumerate(list(label)):
+        if catalog_id is not None:
+            if catalog_id in first:
+                join(root(first[catalog_id]), root(row))
+            else:
+                first[catalog_id] = row
     for e in np.lexsort((right, left, -score)):
         a, b = root(int(left[e])), root(int(right[e]))
         if a == b or size[a] + size[b] > max_group_size:
             continue
         if label[a] is not None and label[b] is not None and label[a] != label[b]:
             continue
-        keep, gone = (a, b) if a < b else (b, a)
-        parent[gone] = keep
-        size[keep] += size[gone]
-        label[keep] = label[keep] if label[keep] is not None else label[gone]
+        join(a, b)
     roots = np.array([root(x) for x in range(n)], dtype=np.int64)
     _, groups = np.unique(roots, return_inverse=True)  # roots are each group's smallest row
     return groups.astype(np.int64)
