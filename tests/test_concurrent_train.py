@@ -80,9 +80,19 @@ def test_runs_side_by_side_learn_what_they_learn_one_after_the_other(tmp_path, t
 def test_a_failing_run_raises_in_the_caller(tmp_path, tiny_catalog, tiny_model_dir, one_thread):
     listings = read_catalog(tiny_catalog).listings
     splits = split_listings(listings, load_recipe(None).data)
-    bad = Run("bad", _recipe(tmp_path / "bad", "train.batch_size=100000"), splits.train)
+    (tmp_path / "a_file").write_text("not a folder")
+    bad = Run("bad", _recipe(tmp_path / "a_file" / "run"), splits.train)  # cannot be created
     good = Run("good", _recipe(tmp_path / "good"), splits.train)
-    with pytest.raises(Exception) as caught:
-        train_runs([good, bad], load_model(tiny_model_dir), splits.val, jobs=2, threads=2,
-                   log=lambda s: None)
-    assert "batch" in str(caught.value)
+    lines: list[str] = []
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        train_runs([bad, good], load_model(tiny_model_dir), splits.val, jobs=2, threads=2,
+                   log=lines.append)
+    assert lines and lines[0].startswith("2 training runs in 2 processes")
+
+
+def test_the_demo_refuses_a_bad_job_count_before_it_starts(tmp_path):
+    from eclip.demo import run_demo
+
+    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+        run_demo(tmp_path / "demo", jobs=0, progress=False, log=lambda s: None)
+    assert not (tmp_path / "demo").exists()

@@ -42,7 +42,7 @@ from eclip.tasks.context import EvalConfig
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
 from eclip.train.recipe import Recipe, load_recipe
-from eclip.train.concurrent import Run, train_runs
+from eclip.train.concurrent import Run, plan_jobs, train_runs
 from eclip.train.run import build_model
 
 MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
@@ -147,6 +147,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     per run; 1: one after the other here; ``eclip.train.concurrent``)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
+    plan_jobs(2, 2, jobs)  # a bad --jobs fails here, not after the catalog and the towers
     started = time.perf_counter()
     out_dir = Path(out_dir)
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)

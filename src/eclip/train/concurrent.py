@@ -111,12 +111,18 @@ def _side_by_side(runs: list[Run], model, val_listings: list[Listing],
             pending = {pool.submit(_train_in_worker, run, str(start)): k
                        for k, run in enumerate(runs)}
             done: dict[int, tuple] = {}
-            while pending:
-                _drain(lines, log, wait_s=0.2)
-                finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done[pending.pop(future)] = future.result()  # a worker's error raises here
-            _drain(lines, log, wait_s=0.0)
+            try:
+                while pending:
+                    _drain(lines, log, wait_s=0.2)
+                    finished, _ = wait(pending, timeout=0, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        done[pending.pop(future)] = future.result()  # a worker's error raises here
+            except BaseException:
+                for future in pending:  # the runs not started yet will not be
+                    future.cancel()
+                raise
+            finally:
+                _drain(lines, log, wait_s=0.0)
     results = []
     for k, run in enumerate(runs):
         model_dir, steps, seconds, history = done[k]
