@@ -41,6 +41,7 @@ def test_a_bad_job_count_is_a_config_error(jobs):
         plan_jobs(2, 2, jobs)
 
 
+@pytest.mark.slow  # spawns two workers: about 10 s on 2 quiet cores
 def test_runs_side_by_side_learn_what_they_learn_one_after_the_other(tmp_path, tiny_catalog,
                                                                    tiny_model_dir, one_thread):
     listings = read_catalog(tiny_catalog).listings
@@ -77,15 +78,16 @@ def test_runs_side_by_side_learn_what_they_learn_one_after_the_other(tmp_path, t
         assert any(s.startswith(f"[{name}] saved ") for s in lines), lines
 
 
+@pytest.mark.slow  # spawns two workers
 def test_a_failing_run_raises_in_the_caller(tmp_path, tiny_catalog, tiny_model_dir, one_thread):
     listings = read_catalog(tiny_catalog).listings
     splits = split_listings(listings, load_recipe(None).data)
     (tmp_path / "a_file").write_text("not a folder")
-    bad = Run("bad", _recipe(tmp_path / "a_file" / "run"), splits.train)  # cannot be created
-    good = Run("good", _recipe(tmp_path / "good"), splits.train)
+    bad = [Run(f"bad{k}", _recipe(tmp_path / "a_file" / f"run{k}"), splits.train)  # cannot be made
+           for k in range(2)]
     lines: list[str] = []
     with pytest.raises((NotADirectoryError, FileExistsError)):
-        train_runs([bad, good], load_model(tiny_model_dir), splits.val, jobs=2, threads=2,
+        train_runs(bad, load_model(tiny_model_dir), splits.val, jobs=2, threads=2,
                    log=lines.append)
     assert lines and lines[0].startswith("2 training runs in 2 processes")
 
