@@ -20,8 +20,9 @@ SMALL = ["model.scratch_hidden=32", "model.scratch_layers=1", "model.scratch_hea
          "train.text_text_weight=0.5", "train.checkpoint_every=1000"]
 
 
-def _run(out):
-    return run_demo(out, listings=120, seed=5, overrides=SMALL, progress=False, log=lambda s: None)
+def _run(out, log=lambda s: None):
+    # jobs=2: clip and eclip train side by side, in two processes (eclip.train.concurrent)
+    return run_demo(out, listings=120, seed=5, overrides=SMALL, jobs=2, progress=False, log=log)
 
 
 def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path, monkeypatch):
@@ -30,14 +31,22 @@ def test_demo_trains_both_models_runs_the_suite_and_repeats_itself(tmp_path, mon
     # the demo's suite with fewer probe fits, resamples and map points (its own settings otherwise)
     monkeypatch.setattr("eclip.demo.EvalConfig", lambda: EvalConfig(
         seeds=1, probe_c=[1.0], bootstrap=200, map_points=20))
-    a, b = _run(tmp_path / "a"), _run(tmp_path / "b")
+    lines: list[str] = []
+    a, b = _run(tmp_path / "a", lines.append), _run(tmp_path / "b")
     rows = [dataclasses.astuple(r) for r in a.report.rows]
     assert rows == [dataclasses.astuple(r) for r in b.report.rows]
 
     assert {r.model for r in a.report.rows} >= {"baseline", "clip", "eclip"}
     # the phase times (printed at the end, kept in report.json) add up to the run's time
-    phases = json.loads((tmp_path / "a" / "report.json").read_text())["meta"]["phase_seconds"]
-    assert list(phases)[:5] == ["catalog", "towers", "tower features", "train clip", "train eclip"]
+    meta = json.loads((tmp_path / "a" / "report.json").read_text())["meta"]
+    phases = meta["phase_seconds"]
+    assert list(phases)[:4] == ["catalog", "towers", "tower features", "train"]
+    # each run's own time, shown under the training phase and not counted in the sum
+    assert set(meta["train_seconds"]) == {"clip", "eclip"}
+    assert all(0 < v <= phases["train"] + 0.1 for v in meta["train_seconds"].values())
+    table = lines[-2]
+    assert table.startswith("phase times") and "    clip " in table and "    eclip " in table
+    assert any(s.startswith("[eclip] saved ") for s in lines)  # the workers' logs, prefixed
     assert {"eval embed", "eval retrieval", "eval bootstrap", "eval other"} <= set(phases)
     assert all(v >= 0 for v in phases.values())
     assert sum(phases.values()) == pytest.approx(a.seconds, abs=0.1 * len(phases))

@@ -86,6 +86,14 @@ def test_validation_metrics_are_logged_each_epoch(tmp_path, tiny_model_dir, data
     assert saved.config.fusion_weight == expected == result.model.config.fusion_weight
 
 
+def test_without_tensorboard_a_run_logs_to_metrics_jsonl_and_names_the_extra(tmp_path, monkeypatch,
+                                                                           tiny_model_dir, data):
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # not installed
+    lines: list[str] = []
+    train(_recipe(tmp_path, max_steps=1), load_model(tiny_model_dir), data.train, log=lines.append)
+    assert any("pip install 'eclip[tensorboard]'" in s for s in lines)
+    assert (tmp_path / "metrics.jsonl").is_file() and not (tmp_path / "tensorboard").exists()
+
 def test_top_blocks_of_a_locked_image_tower_train_from_cached_activations(tmp_path, tiny_model_dir,
                                                                           data):
     """The cached run (activations at the cut computed once) equals the run through the pixels."""

@@ -12,6 +12,11 @@ the towers are built once, so the spread across seeds is that of the training ru
 text dropout, augmentation, dropout masks) and each seed's clip and eclip start from the same
 weights, and the baseline is evaluated once. The suite reports every row of clip and eclip as the
 mean over the seeds ± their std (``eclip.tasks.seeds``). Models go to ``models/NAME/seedS``.
+
+The training runs go side by side, one process each, where the process has a torch thread per
+run (``jobs``, ``eclip demo --jobs N``; ``eclip.train.concurrent``): each run's weights are those
+it would learn alone on the same threads. The phase table shows the training phase's wall time
+and each run's own.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from eclip.tasks.context import EvalConfig
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
 from eclip.train.recipe import Recipe, load_recipe
+from eclip.train.concurrent import Run, plan_jobs, train_runs
 from eclip.train.run import build_model
-from eclip.train.trainer import train
 
 MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
 # --hide-catalog-ids: the training listings lose their catalog ids (kept for scoring only); clip
@@ -50,10 +55,13 @@ HIDDEN_ID_MODELS = (("clip", "clip", "hidden"), ("eclip", "catalog", "given"),
 
 class PhaseClock:
     """Seconds per phase of the demo, in order (``report.json``'s ``meta.phase_seconds``); the
-    evaluation's phases are the suite's own laps (``meta.eval_seconds``)."""
+    evaluation's phases are the suite's own laps (``meta.eval_seconds``). ``parts``: what a phase
+    is made of, shown under it and not counted again (``train``: each run's own seconds; side by
+    side they add up to more than the phase)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.parts: dict[str, dict[str, float]] = {}
         self._clock = time.perf_counter()
 
     def lap(self, name: str) -> None:
@@ -66,7 +74,10 @@ class PhaseClock:
     def table(self, total: float) -> str:
         width = max(len(k) for k in self.seconds) if self.seconds else 5
         lines = [f"phase times ({total:.0f} s in all):"]
-        lines += [f"  {k:<{width}}  {v:7.1f} s" for k, v in self.seconds.items()]
+        for k, v in self.seconds.items():
+            lines.append(f"  {k:<{width}}  {v:7.1f} s")
+            lines += [f"    {name:<{width - 2}}  {part:7.1f} s  (its own time)"
+                      for name, part in self.parts.get(k, {}).items()]
         return "\n".join(lines)
 
 
@@ -129,9 +140,14 @@ def _eval_config(base: EvalConfig | None, hide_catalog_ids: bool) -> EvalConfig:
 def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: int = 0,
              seeds: int = 1, recipe: Recipe | None = None, overrides: list[str] | None = None,
              hide_catalog_ids: bool = False, eval_config: EvalConfig | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+             jobs: int | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> DemoResult:
+    """The demo into ``out_dir``. ``jobs``: the training runs side by side in that many
+    processes, this process's torch threads shared among them (None: one per thread, at most one
+    per run; 1: one after the other here; ``eclip.train.concurrent``)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
+    plan_jobs(2, 2, jobs)  # a bad --jobs fails here, not after the catalog and the towers
     started = time.perf_counter()
     out_dir = Path(out_dir)
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)
@@ -139,12 +155,12 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     torch.manual_seed(seed)
     phases = PhaseClock()
 
-    log(f"[1/5] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
+    log(f"[1/4] demo catalog: {listings} listings -> {out_dir / 'catalog'}")
     read, splits = prepare_demo_catalog(out_dir, recipe, listings=listings, seed=seed,
                                         progress=progress, log=log)
     phases.lap("catalog")
 
-    log("[2/5] towers before alignment (baseline)")
+    log("[2/4] towers before alignment (baseline)")
     baseline = build_model(recipe, splits.train)
     baseline.save_pretrained(out_dir / "models" / "baseline")
     phases.lap("towers")
@@ -154,24 +170,28 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     trained: dict = {"baseline": baseline}
     train_seeds = [recipe.train.seed + k for k in range(seeds)]
     models = HIDDEN_ID_MODELS if hide_catalog_ids else [(n, t, "given") for n, t in MODELS]
-    for step, (name, targets, source) in enumerate(models, start=3):
-        runs = []
+    runs = []
+    for name, targets, source in models:
         for train_seed in train_seeds:
             where = name if seeds == 1 else f"{name}/seed{train_seed}"
-            log(f"[{min(step, 4)}/5] training '{name}' ({targets} targets"
-                + (f", catalog ids {source}" if hide_catalog_ids else "") + ")"
-                + (f", train.seed={train_seed}" if seeds > 1 else ""))
             run, train_listings = _variant(recipe, targets, source, splits.train)
             run.train.seed = train_seed
             run.train.output_dir = str(out_dir / "runs" / where)
             run.train.model_dir = str(out_dir / "models" / where)
-            result = train(run, copy.deepcopy(baseline), train_listings, splits.val,
-                           image_cache=image_cache, log=log)
-            runs.append(result.model)
-            phases.lap(f"train {where}")
-        trained[name] = runs[0] if seeds == 1 else runs  # a list: one model per seed
+            runs.append(Run(where, run, train_listings))
+    log(f"[3/4] training {len(runs)} runs: " + "; ".join(
+        f"'{name}' ({targets} targets" + (f", catalog ids {source}" if hide_catalog_ids else "")
+        + ")" for name, targets, source in models)
+        + (f", each with train.seed={', '.join(map(str, train_seeds))}" if seeds > 1 else ""))
+    results = train_runs(runs, baseline, splits.val, image_cache=image_cache, jobs=jobs, log=log)
+    phases.lap("train")
+    phases.parts["train"] = {r.name: r.seconds for r in results}
+    by_name = {r.name: r.model for r in results}
+    for name, _, _ in models:
+        where = [name] if seeds == 1 else [f"{name}/seed{s}" for s in train_seeds]
+        trained[name] = by_name[name] if seeds == 1 else [by_name[w] for w in where]
 
-    log("[5/5] evaluation suite: five tasks x image/text/both on held-out catalogs")
+    log("[4/4] evaluation suite: five tasks x image/text/both on held-out catalogs")
     caches = [image_cache] if image_cache is not None else None
     meta = {"train_listings": len(splits.train), "seed": seed, "recipe": to_dict(recipe)}
     notes = ["baseline: the towers before alignment; clip: trained with identity targets; "
@@ -198,6 +218,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
             phases.seconds[f"eval {name}"] = value
     phases.lap("eval other")  # what the suite's own laps leave: the splits, views, report files
     report.meta["phase_seconds"] = phases.seconds
+    report.meta["train_seconds"] = phases.parts["train"]
     seconds = time.perf_counter() - started
     report.meta["seconds"] = round(seconds, 1)
     report.write(out_dir)

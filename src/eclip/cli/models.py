@@ -13,7 +13,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     threads(args)
     result = run_demo(args.out, listings=args.listings, seed=args.seed, seeds=args.seeds,
                       overrides=args.overrides, hide_catalog_ids=args.hide_catalog_ids,
-                      progress=progress(args))
+                      jobs=args.jobs, progress=progress(args))
     print(f"\ndemo finished in {result.seconds:.0f} s: {result.out_dir / 'report.md'}")
     return 0
 
@@ -37,6 +37,10 @@ def add_demo(commands: Commands) -> None:
                    help="train clip and eclip N times (train.seed, +1, ...) from the same "
                         "baseline; the report gives each row's mean ± std across the seeds "
                         "(default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=Library(demo, "jobs"), metavar="N",
+                   help="train the runs side by side in N processes, the torch threads (--threads) "
+                        "shared among them (default: one per thread, at most one per run; "
+                        "1: one after the other)")
     p.add_argument("--hide-catalog-ids", action="store_true",
                    help="train as a marketplace without catalog ids would: the ids are hidden "
                         "from training (kept for scoring), clip trains without them, eclip_mined "

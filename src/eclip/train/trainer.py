@@ -94,7 +94,7 @@ class MetricsLog:
             # a resumed run: TensorBoard drops the events after the checkpoint, as metrics.jsonl
             self.tb = SummaryWriter(str(directory / "tensorboard"),
                                     purge_step=start_step + 1 if start_step else None)
-        except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
+        except ImportError:  # the extra tensorboard is not installed: metrics.jsonl only
             self.tb = None
 
     def trim(self, start_step: int) -> None:
@@ -294,6 +294,9 @@ class TrainingRun:
 
     def __post_init__(self) -> None:
         self.metrics = MetricsLog(self.out_dir, enabled=self.env.is_main, start_step=self.step)
+        if self.metrics.enabled and self.metrics.tb is None:
+            self.log("metrics to metrics.jsonl only: TensorBoard's files need the extra "
+                     "(pip install 'eclip[tensorboard]')")
         if self.parallel is None:
             self.parallel = DataParallel(self.env)
 
