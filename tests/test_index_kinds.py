@@ -14,6 +14,7 @@ from eclip.encode import Embeddings, fuse
 from eclip.errors import ConfigError
 from eclip.search import SearchIndex, VectorSettings, write_index
 from eclip.search.api import create_app
+from vectors import clustered_unit_vectors
 
 N, DIM, CATEGORIES = 3000, 32, ("Food", "Fashion", "Home")
 QUERIES = list(range(0, N, 60))  # 50 listings asked for their neighbours
@@ -24,15 +25,7 @@ KINDS = ["ivf", "hnsw", "ivf_fp16", "ivf_sq8",
 @pytest.fixture(scope="module")
 def catalog():
     """3,000 listings in 3 categories, vectors clustered like catalogs (60 products)."""
-    rng = np.random.default_rng(3)
-    centres = rng.standard_normal((60, DIM))
-    group = rng.integers(0, 60, N)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    image = unit(centres[group] + 0.6 * rng.standard_normal((N, DIM)))
-    text = unit(centres[group] + 0.6 * rng.standard_normal((N, DIM)))
+    group, image, text = clustered_unit_vectors(3, N, DIM, products=60)
     listings = [Listing(f"p{i:05d}", f"item {i}", [], category=CATEGORIES[i % 3],
                         adult=bool(i % 7 == 0)) for i in range(N)]
     emb = Embeddings([x.product_id for x in listings], image, text, fuse(image, text, 0.5), 0.5)

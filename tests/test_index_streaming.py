@@ -17,6 +17,7 @@ from eclip.encode.listings import (StoredEmbeddings, read_embeddings, write_embe
                                    write_embeddings_manifest)
 from eclip.search import SearchIndex, VectorSettings, write_index
 from eclip.search.build import index_from_embeddings
+from vectors import clustered_unit_vectors
 
 N, DIM = 2000, 32
 FILES = ("vids.npy", "image.npy", "text.npy", "product.npy")
@@ -25,15 +26,7 @@ FILES = ("vids.npy", "image.npy", "text.npy", "product.npy")
 @pytest.fixture(scope="module")
 def catalog():
     """2,000 listings in 4 categories, clustered vectors, adult flags known for most."""
-    rng = np.random.default_rng(5)
-    centres = rng.standard_normal((40, DIM))
-    group = rng.integers(0, 40, N)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    image = unit(centres[group] + 0.6 * rng.standard_normal((N, DIM)))
-    text = unit(centres[group] + 0.6 * rng.standard_normal((N, DIM)))
+    group, image, text = clustered_unit_vectors(5, N, DIM, products=40)
     listings = [Listing(f"p{i:05d}", f"item {i}", [], category=("Food", "Home", "Auto",
                                                                   "Toys")[group[i] % 4],
                         adult=None if i % 11 == 0 else bool(group[i] % 9 == 0))

@@ -246,10 +246,7 @@ def to_hf_state(state: dict[str, torch.Tensor], model_cfg: dict, where: str) -> 
             out[dst] = value.reshape(()) if how == "scalar" else value
     if "logit_bias" in state:
         used.add("logit_bias")
-    extra = sorted(k for k in state if k not in used and not k.endswith("attn_mask"))
-    if extra:
-        raise ModelError(f"{where}: weights eclip does not map: {extra[:5]} (an architecture part "
-                         f"open_clip_config.json does not describe, or one eclip does not support)")
+    siglip.check_all_mapped(state, used, where)
     return out
 
 

@@ -311,11 +311,17 @@ def to_hf_state(state: dict[str, torch.Tensor], config, where: str) -> dict[str,
     if "logit_bias" in state:
         out["logit_bias"] = state["logit_bias"].reshape(1)
         used.add("logit_bias")
+    check_all_mapped(state, used, where)
+    return out
+
+
+def check_all_mapped(state: dict[str, torch.Tensor], used: set[str], where: str) -> None:
+    """A ModelError naming the open_clip weights (``state``) that no rule mapped (``used``);
+    the causal mask buffer is not a weight."""
     extra = sorted(k for k in state if k not in used and not k.endswith("attn_mask"))
     if extra:
         raise ModelError(f"{where}: weights eclip does not map: {extra[:5]} (an architecture part "
                          f"open_clip_config.json does not describe, or one eclip does not support)")
-    return out
 
 
 def from_hf_state(hf_state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
