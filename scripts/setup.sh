@@ -12,6 +12,8 @@ EXTRAS=${EXTRAS-test}
 stamp=.venv/.eclip-installed${EXTRAS:+-$EXTRAS}
 want=$(cat pyproject.toml constraints.txt | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
+  # --no-compile: the bytecode of the few modules a run imports is written at that first import
+  # (about 3 s), not of every installed module now (about 30 s; docs/BENCHMARKS.md)
+  .venv/bin/python -m pip install --quiet --no-compile -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
   echo "$want" > "$stamp"
 fi
