@@ -12,8 +12,10 @@ EXTRAS=${EXTRAS-test}
 stamp=.venv/.eclip-installed${EXTRAS:+-$EXTRAS}
 want=$(cat pyproject.toml constraints.txt | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  # --no-compile: the bytecode of the few modules a run imports is written at that first import
-  # (about 3 s), not of every installed module now (about 30 s; docs/BENCHMARKS.md)
-  .venv/bin/python -m pip install --quiet --no-compile -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
+  # the demo's install (no extras) skips compiling bytecode: the few modules a demo imports are
+  # compiled at that first import (about 3 s) instead of every installed module now (about 30 s);
+  # the test install compiles (the suite's many processes ran slower without; docs/BENCHMARKS.md)
+  compile=$([ -z "$EXTRAS" ] && echo --no-compile || true)
+  .venv/bin/python -m pip install --quiet $compile -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
   echo "$want" > "$stamp"
 fi
