@@ -42,7 +42,7 @@ from eclip.tasks.context import EvalConfig
 from eclip.tasks.report import Report
 from eclip.tasks.suite import run_suite
 from eclip.train.recipe import Recipe, load_recipe
-from eclip.train.concurrent import Run, plan_jobs, train_runs
+from eclip.train.concurrent import Run, check_jobs, train_runs
 from eclip.train.run import build_model
 
 MODELS = (("clip", "clip"), ("eclip", "catalog"))  # (model name, loss targets)
@@ -147,7 +147,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     per run; 1: one after the other here; ``eclip.train.concurrent``)."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be an integer >= 1 (training seeds), got {seeds!r}")
-    plan_jobs(2, 2, jobs)  # a bad --jobs fails here, not after the catalog and the towers
+    check_jobs(jobs)  # a bad --jobs fails here, not after the catalog and the towers
     started = time.perf_counter()
     out_dir = Path(out_dir)
     recipe = recipe or load_recipe(bundled_recipe("demo"), overrides)
@@ -171,9 +171,11 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     train_seeds = [recipe.train.seed + k for k in range(seeds)]
     models = HIDDEN_ID_MODELS if hide_catalog_ids else [(n, t, "given") for n, t in MODELS]
     runs = []
+    wheres: dict[str, list[str]] = {}  # each model's runs, one per seed
     for name, targets, source in models:
         for train_seed in train_seeds:
             where = name if seeds == 1 else f"{name}/seed{train_seed}"
+            wheres.setdefault(name, []).append(where)
             run, train_listings = _variant(recipe, targets, source, splits.train)
             run.train.seed = train_seed
             run.train.output_dir = str(out_dir / "runs" / where)
@@ -187,9 +189,8 @@ def run_demo(out_dir: str | Path = "demo_out", *, listings: int = 3000, seed: in
     phases.lap("train")
     phases.parts["train"] = {r.name: r.seconds for r in results}
     by_name = {r.name: r.model for r in results}
-    for name, _, _ in models:
-        where = [name] if seeds == 1 else [f"{name}/seed{s}" for s in train_seeds]
-        trained[name] = by_name[name] if seeds == 1 else [by_name[w] for w in where]
+    for name, names in wheres.items():
+        trained[name] = by_name[name] if seeds == 1 else [by_name[w] for w in names]
 
     log("[4/4] evaluation suite: five tasks x image/text/both on held-out catalogs")
     caches = [image_cache] if image_cache is not None else None

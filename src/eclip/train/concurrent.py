@@ -57,13 +57,18 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_jobs(jobs: int | None) -> None:
+    """A ConfigError unless ``jobs`` is None or a positive integer."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"jobs must be a positive integer (or unset: one training process per "
+                          f"torch thread, at most one per run), got {jobs!r}")
+
+
 def plan_jobs(runs: int, threads: int, jobs: int | None = None) -> tuple[int, int]:
     """``(processes, torch threads each)`` for ``runs`` runs on ``threads`` threads: ``jobs``
     processes (None: one per thread, at most one per run), never more than the runs, and the
     threads split evenly among them (at least one each)."""
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ConfigError(f"jobs must be a positive integer (or unset: one training process per "
-                          f"torch thread, at most one per run), got {jobs!r}")
+    check_jobs(jobs)
     count = min(threads, runs) if jobs is None else jobs
     count = max(1, min(count, runs))
     return count, max(1, threads // count)
