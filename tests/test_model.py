@@ -379,6 +379,56 @@ def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokeni
             n for n, _ in tower.named_parameters() if n.startswith(top)}
 
 
+def test_efficientnet_infers_with_folded_batch_norms_the_same_function(tokenizer):
+    torch.manual_seed(0)
+    model = DualEncoder.build(tiny_config(image_tower="efficientnet_lite0", image_size=64),
+                              tokenizer).eval()
+    tower, px = model.image_tower, pixels(3, 64)
+    for norm in tower.net.modules():  # statistics far from (0, 1), so that folding matters
+        if isinstance(norm, nn.BatchNorm2d):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    keys = set(tower.state_dict())
+
+    def both(run):
+        with torch.enable_grad():  # gradients on: the network itself
+            plain = run()
+        with torch.no_grad():  # inference: the folded copy
+            folded = run()
+        assert tower._folded is not None
+        return plain, folded
+
+    for run in (lambda: tower(px), lambda: tower.below(px, 2),
+                lambda: tower.above(tower.below(px, 2).detach(), 2)):
+        plain, folded = both(run)
+        assert not torch.equal(plain, folded)  # another computation ...
+        assert torch.allclose(plain, folded, rtol=1e-4, atol=1e-5)  # ... of the same function
+    first = tower._folded[1]
+    with torch.no_grad():
+        tower.net._blocks[0]._bn1.weight.mul_(2.0)  # a weight moves: the copy is rebuilt
+    plain, folded = both(lambda: tower(px))
+    assert tower._folded[1] is not first and torch.allclose(plain, folded, rtol=1e-4, atol=1e-5)
+    # the copy is never a parameter, never saved, never pickled
+    assert set(tower.state_dict()) == keys
+    assert not any(p is q for p in model.parameters() for q in tower._folded[1].parameters())
+    assert torch.load(_pickled(tower), weights_only=False)._folded is None
+    # a batch norm in training mode (an unlocked top block) uses batch statistics: no folding
+    tower.net._blocks[-1]._bn1.train()
+    tower._folded = None
+    with torch.no_grad():
+        tower(px)
+    assert tower._folded is None
+
+
+def _pickled(module: nn.Module):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def test_top_blocks_of_a_locked_image_tower_train_and_the_rest_does_not(tiny):
     tiny.set_trainable(image=False, text=True, image_layers=2)  # the top block and the head
     tiny.train()

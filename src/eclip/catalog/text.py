@@ -179,6 +179,7 @@ def _nfkc(text: str) -> str:
     return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function of the text; training composes each listing per epoch
 def basic_normalize(text: str) -> str:
     """Steps 1-2 and spacing only: HTML entities and tags, NFKC, invisible characters, whitespace.
 
@@ -312,7 +313,12 @@ def normalize_title(title: str, *, extra_promo: Iterable[str] = (),
     ``extra_promo`` adds phrases to :data:`PROMO_PHRASES` for this call. The result has no doubled
     spaces and may be empty when the title was only promo.
     """
-    rules = _rules(tuple(extra_promo))
+    return _normalized_title(title, tuple(extra_promo), keep_emoji)
+
+
+@lru_cache(maxsize=1 << 16)  # pure: the same title, phrases and flag give the same text
+def _normalized_title(title: str, extra_promo: tuple[str, ...], keep_emoji: bool) -> str:
+    rules = _rules(extra_promo)
     text = basic_normalize(title)
     text = _resolve_brackets(text, rules, keep_emoji)
     text = _resolve_decor_pairs(text, rules, keep_emoji)
