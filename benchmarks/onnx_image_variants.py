@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["fused", "nospin", "opset23"])
     parser.add_argument("--files", nargs="*", default=[], metavar="NAME=PATH",
                         help="more image graphs to time (each as its own variant)")
+    parser.add_argument("--unchecked", nargs="*", default=[], metavar="NAME=PATH",
+                        help="graphs timed even when their vectors differ (their difference printed)")
     parser.add_argument("--floor", action="store_true",
                         help="also time a graph of only the tower's matrix products")
     args = parser.parse_args()
@@ -65,9 +67,10 @@ def main() -> None:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     sessions = {"ort all": session(args.onnx)}
-    for entry in args.files:
+    for entry in args.files + args.unchecked:
         name, path = entry.split("=", 1)
         sessions[f"ort {name}"] = session(path)
+    unchecked = {f"ort {entry.split('=', 1)[0]}" for entry in args.unchecked}
     if "fused" in args.variants:
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -98,7 +101,7 @@ def main() -> None:
     for name, s in sessions.items():
         diff = float(np.abs(s.run(None, {"pixel_values": photos[0].numpy()})[0] - reference).max())
         print(f"{name}: largest difference to eclip's vector {diff:.1e}", flush=True)
-        if not diff <= eclip_onnx.CHECK_TOL:
+        if not diff <= eclip_onnx.CHECK_TOL and name not in unchecked:
             raise SystemExit(f"{name} gives other vectors: not a candidate")
 
     def pytorch(pixels):

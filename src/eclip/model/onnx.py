@@ -8,7 +8,11 @@
   transform gives them) -> ``vector`` (unit length);
 * ``onnx.json``: what a reader needs (embed_dim, image size, max_length, opset, versions).
 
-Batch and sequence axes are dynamic. The graphs come from the ``torch.export``-based exporter
+Batch and sequence axes are dynamic (the photo's height and width are the model's image size).
+A ViT pooled at its CLS token (eclip's ``vit`` tower, a CLIP vision tower) is exported with its last
+layer computed for the CLS token alone (:class:`_ClsImageGraph`: the same vector, one layer's
+matrix products fewer but its keys and values), once that graph gives eclip's vectors in PyTorch;
+``onnx.json`` says which (``image_graph``: ``cls_last_layer`` or ``whole``). The graphs come from the ``torch.export``-based exporter
 (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``): with torch 2.13 and the
 transformers in use, the TorchScript exporter (``dynamo=False``) traced BERT towers into graphs whose
 vectors differ from eclip's by 0.05-0.1 even on the traced input, while ``torch.export`` captures
