@@ -8,12 +8,20 @@ Variants of the image graph (each must give eclip's vector to 1e-4, checked firs
   attention, GELU and layer-norm fusions where its patterns match);
 * ``ort nospin``: ``all`` with ``session.intra_op.allow_spinning=0``;
 * ``ort opset23``: the image tower exported at opset 23, where ``torch.onnx`` writes attention as
-  the ONNX ``Attention`` operator.
+  the ONNX ``Attention`` operator;
+* ``ort noarena``: ``all`` without the CPU memory arena and the memory pattern;
+* ``ort noprepack``: ``all`` without weight prepacking (``session.disable_prepacking=1``).
 
-One process; PyTorch with 1 thread (``inference_mode``) and every variant answer the same photos
-in alternating rounds (the order reversed on odd rounds); per round the median of the photos'
-latencies; the table gives the median over rounds with the min-max, and the per-round ratio to
-PyTorch.
+``--files NAME=PATH`` adds image graphs (checked like the rest), ``--unchecked NAME=PATH`` graphs
+timed whatever their difference (printed: int8 and the like), ``--floor`` a graph of the tower's
+matrix products alone (MatMul + bias at the tower's shapes: what ONNX Runtime's GEMMs cost, the
+floor for any fp32 graph of the tower). Per photo every encoder runs once, the order rotating photo
+by photo; each call's wall time and the CPU time of its thread (1 intra-op thread: the work runs on
+the caller's thread) are recorded.
+
+One process; PyTorch with 1 thread (``inference_mode``) and every variant answer the same photos;
+per round the median of the photos' latencies; the table gives the median over rounds with the
+min-max, and the per-round ratio to PyTorch.
 
     PYTHONPATH=src python benchmarks/onnx_image_variants.py --clip /tmp/onnx_bench/clip_b16 \\
         --onnx /tmp/onnx_bench/clip_onnx/image.onnx --work /tmp/onnx_variants --rounds 5
@@ -52,16 +60,17 @@ def main() -> None:
 
     from eclip.model import onnx as eclip_onnx
     from eclip.model import train_tokenizer
-    from eclip.model import from_checkpoint
+    from eclip.model import load_model
 
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(["red shirt", "blue shoes size 270", "mug"] * 50, 500)
-    model = from_checkpoint(args.clip, tokenizer=tokenizer).eval()
+    model = load_model(args.clip, tokenizer=tokenizer).eval()
 
-    def session(path, **entries):
+    def session(path, arena=True, **entries):
         options = eclip_onnx.session_options(1, "all")
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
         for key, value in entries.items():
             options.add_session_config_entry(key, value)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -82,6 +91,10 @@ def main() -> None:
         sessions["ort fused"] = session(fused)
     if "nospin" in args.variants:
         sessions["ort nospin"] = session(args.onnx, **{"session.intra_op.allow_spinning": "0"})
+    if "noarena" in args.variants:
+        sessions["ort noarena"] = session(args.onnx, arena=False)
+    if "noprepack" in args.variants:
+        sessions["ort noprepack"] = session(args.onnx, **{"session.disable_prepacking": "1"})
     if "opset23" in args.variants:
         path = work / "image_opset23.onnx"
         if not path.exists():
