@@ -174,7 +174,8 @@ def _matmul_graph(config, path: Path) -> None:
     nodes, weights, prev, sums = [], [], "x", []
     for layer in range(config.num_hidden_layers):
         for i, (a, b) in enumerate(((d, 3 * d), (d, d), (d, m), (m, d))):
-            weights.append(numpy_helper.from_array(rng.standard_normal((a, b)).astype(np.float32) * 0.02, f"w{layer}_{i}"))
+            weight = (rng.standard_normal((a, b)) * 0.02).astype(np.float32)
+            weights.append(numpy_helper.from_array(weight, f"w{layer}_{i}"))
             weights.append(numpy_helper.from_array(np.zeros(b, np.float32), f"b{layer}_{i}"))
         n = f"{layer}_"
         nodes += [helper.make_node("MatMul", [prev, f"w{n}0"], [f"qkv{n}"]),

@@ -12,11 +12,14 @@ Batch and sequence axes are dynamic (the photo's height and width are the model'
 A ViT pooled at its CLS token (eclip's ``vit`` tower, a CLIP vision tower) is exported with its last
 layer computed for the CLS token alone (:class:`_ClsImageGraph`: the same vector, one layer's
 matrix products fewer but its keys and values), once that graph gives eclip's vectors in PyTorch;
-``onnx.json`` says which (``image_graph``: ``cls_last_layer`` or ``whole``). The graphs come from the ``torch.export``-based exporter
-(``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``): with torch 2.13 and the
-transformers in use, the TorchScript exporter (``dynamo=False``) traced BERT towers into graphs whose
-vectors differ from eclip's by 0.05-0.1 even on the traced input, while ``torch.export`` captures
-the attention-mask code exactly (1e-7). A tower ``torch.export`` cannot capture is refused by name.
+``onnx.json`` says which (``image_graph``: ``cls_last_layer`` or ``whole``).
+
+The graphs come from the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
+which needs ``onnxscript``): with torch 2.13 and the transformers in use, the TorchScript exporter
+(``dynamo=False``) traced BERT towers into graphs whose vectors differ from eclip's by 0.05-0.1 even
+on the traced input, while ``torch.export`` captures the attention-mask code exactly (1e-7). (For a
+CLIP ViT-B/16 photo tower it gave the right vectors, and ``onnxruntime.transformers.optimizer``
+fused its attention, but the fused graph ran slower: docs/BENCHMARKS.md.) A tower ``torch.export`` cannot capture is refused by name.
 
 Before anything is written, each graph is run by ONNX Runtime on a few inputs of two batch and
 sequence sizes and must give eclip's vectors to 1e-4; a tower that cannot be exported, or whose
@@ -198,7 +201,8 @@ def export_onnx(model, out_dir: str | Path, *, opset: int = OPSET, progress: boo
                      "attention_mask": {0: "batch", 1: "sequence"}},
                     f"'{model.config.text_tower}' text tower", opset)
             cls_graph = _cls_image_graph(model, pixels)
-            _export(_ImageGraph(model) if cls_graph is None else cls_graph, (pixels,), tmp / IMAGE_FILE, ["pixel_values"],
+            image_graph = _ImageGraph(model) if cls_graph is None else cls_graph
+            _export(image_graph, (pixels,), tmp / IMAGE_FILE, ["pixel_values"],
                     {"pixel_values": {0: "batch"}}, f"'{model.config.image_tower}' image tower", opset)
         _check(model, tmp)
         meta = {"format": "eclip-onnx", "version": 1, "opset": opset, "exporter": "dynamo",
