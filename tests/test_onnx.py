@@ -109,8 +109,8 @@ def _cls_only_matches(model: DualEncoder) -> bool:
     graph = eclip_onnx._cls_image_graph(model, torch.randn(2, 3, side, side, generator=gen))
     if graph is None:
         return False
-    norm1, attention, out, norm2, mlp, heads, scale = graph._names
     seen = []
+    mlp = graph._names[4]
     hook = getattr(graph.layer, mlp).register_forward_hook(lambda m, args, y: seen.append(args[0].shape))
     with torch.no_grad():
         for rows in (1, 3):
