@@ -8,12 +8,20 @@ Variants of the image graph (each must give eclip's vector to 1e-4, checked firs
   attention, GELU and layer-norm fusions where its patterns match);
 * ``ort nospin``: ``all`` with ``session.intra_op.allow_spinning=0``;
 * ``ort opset23``: the image tower exported at opset 23, where ``torch.onnx`` writes attention as
-  the ONNX ``Attention`` operator.
+  the ONNX ``Attention`` operator;
+* ``ort noarena``: ``all`` without the CPU memory arena and the memory pattern;
+* ``ort noprepack``: ``all`` without weight prepacking (``session.disable_prepacking=1``).
 
-One process; PyTorch with 1 thread (``inference_mode``) and every variant answer the same photos
-in alternating rounds (the order reversed on odd rounds); per round the median of the photos'
-latencies; the table gives the median over rounds with the min-max, and the per-round ratio to
-PyTorch.
+``--files NAME=PATH`` adds image graphs (checked like the rest), ``--unchecked NAME=PATH`` graphs
+timed whatever their difference (printed: int8 and the like), ``--floor`` a graph of the tower's
+matrix products alone (MatMul + bias at the tower's shapes: what ONNX Runtime's GEMMs cost, the
+floor for any fp32 graph of the tower). Per photo every encoder runs once, the order rotating photo
+by photo; each call's wall time and the CPU time of its thread (1 intra-op thread: the work runs on
+the caller's thread) are recorded.
+
+One process; PyTorch with 1 thread (``inference_mode``) and every variant answer the same photos;
+per round the median of the photos' latencies; the table gives the median over rounds with the
+min-max, and the per-round ratio to PyTorch.
 
     PYTHONPATH=src python benchmarks/onnx_image_variants.py --clip /tmp/onnx_bench/clip_b16 \\
         --onnx /tmp/onnx_bench/clip_onnx/image.onnx --work /tmp/onnx_variants --rounds 5
@@ -40,27 +48,38 @@ def main() -> None:
     parser.add_argument("--work", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--photos", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=["fused", "nospin", "opset23"])
+    parser.add_argument("--variants", nargs="*", default=["fused", "nospin", "opset23"])
+    parser.add_argument("--files", nargs="*", default=[], metavar="NAME=PATH",
+                        help="more image graphs to time (each as its own variant)")
+    parser.add_argument("--unchecked", nargs="*", default=[], metavar="NAME=PATH",
+                        help="graphs timed even when their vectors differ (their difference printed)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a graph of only the tower's matrix products")
     args = parser.parse_args()
     import onnxruntime as ort
 
     from eclip.model import onnx as eclip_onnx
     from eclip.model import train_tokenizer
-    from eclip.model.pretrained import from_checkpoint
+    from eclip.model import load_model
 
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(["red shirt", "blue shoes size 270", "mug"] * 50, 500)
-    model = from_checkpoint(args.clip, tokenizer=tokenizer).eval()
+    model = load_model(args.clip, tokenizer=tokenizer).eval()
 
-    def session(path, **entries):
+    def session(path, arena=True, **entries):
         options = eclip_onnx.session_options(1, "all")
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
         for key, value in entries.items():
             options.add_session_config_entry(key, value)
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     sessions = {"ort all": session(args.onnx)}
+    for entry in args.files + args.unchecked:
+        name, path = entry.split("=", 1)
+        sessions[f"ort {name}"] = session(path)
+    unchecked = {f"ort {entry.split('=', 1)[0]}" for entry in args.unchecked}
     if "fused" in args.variants:
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -72,6 +91,10 @@ def main() -> None:
         sessions["ort fused"] = session(fused)
     if "nospin" in args.variants:
         sessions["ort nospin"] = session(args.onnx, **{"session.intra_op.allow_spinning": "0"})
+    if "noarena" in args.variants:
+        sessions["ort noarena"] = session(args.onnx, arena=False)
+    if "noprepack" in args.variants:
+        sessions["ort noprepack"] = session(args.onnx, **{"session.disable_prepacking": "1"})
     if "opset23" in args.variants:
         path = work / "image_opset23.onnx"
         if not path.exists():
@@ -91,7 +114,7 @@ def main() -> None:
     for name, s in sessions.items():
         diff = float(np.abs(s.run(None, {"pixel_values": photos[0].numpy()})[0] - reference).max())
         print(f"{name}: largest difference to eclip's vector {diff:.1e}", flush=True)
-        if not diff <= eclip_onnx.CHECK_TOL:
+        if not diff <= eclip_onnx.CHECK_TOL and name not in unchecked:
             raise SystemExit(f"{name} gives other vectors: not a candidate")
 
     def pytorch(pixels):
@@ -101,26 +124,75 @@ def main() -> None:
     calls = {"pytorch": pytorch}
     calls.update({name: (lambda p, s=s: s.run(None, {"pixel_values": p.numpy()}))
                   for name, s in sessions.items()})
-    p50: dict[str, list[float]] = {name: [] for name in calls}
+    if args.floor:
+        floor, vision = work / "matmuls_only.onnx", model.image_tower.model.config
+        _matmul_graph(vision, floor)
+        tokens = (side // vision.patch_size) ** 2 + 1
+        hidden = np.random.default_rng(0).standard_normal((tokens, vision.hidden_size)).astype(np.float32)
+        s = session(floor)
+        calls["ort matmuls only (floor)"] = lambda p, s=s: s.run(None, {"x": hidden})
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     print(f"load average {os.getloadavg()}", flush=True)
     for r in range(args.rounds):
-        for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
-            calls[name](photos[0])  # warm
-            times = []
-            for pixels in photos:
-                started = time.perf_counter()
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+        for i, pixels in enumerate([photos[0]] + photos):  # the first photo of a round warms
+            shift = (r * len(photos) + i) % len(names)
+            for name in names[shift:] + names[:shift]:  # the order rotates photo by photo
+                wall0, cpu0 = time.perf_counter(), time.thread_time()
                 calls[name](pixels)
-                times.append(time.perf_counter() - started)
-            p50[name].append(statistics.median(times) * 1000)
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in p50.items())
+                if i:
+                    times[name].append((time.perf_counter() - wall0, time.thread_time() - cpu0))
+        for name, pairs in times.items():
+            wall[name].append(statistics.median(t[0] for t in pairs) * 1000)
+            cpu[name].append(statistics.median(t[1] for t in pairs) * 1000)
+        print(f"round {r}: " + ", ".join(f"{k} {wall[k][-1]:.0f} ms (cpu {cpu[k][-1]:.0f})" for k in names)
               + f"; load {os.getloadavg()[0]:.1f}", flush=True)
-    print("\n| encoder | photo p50 ms: median (min-max) | / PyTorch p50, per round: median (min-max) |")
-    print("|---|---|---|")
-    for name, values in p50.items():
-        ratio = [a / b for a, b in zip(values, p50["pytorch"])]
-        print(f"| {name} | {statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f}) | "
-              f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) |")
+    print("\n| encoder | photo p50 ms: median (min-max) | / PyTorch, per round | "
+          "CPU ms a photo (thread time), p50 | / PyTorch, per round |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        cells = []
+        for values in (wall[name], cpu[name]):
+            base = wall["pytorch"] if values is wall[name] else cpu["pytorch"]
+            ratio = [a / b for a, b in zip(values, base)]
+            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f}) | "
+                         f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f})")
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
     print(f"\nload average {os.getloadavg()}")
+
+
+def _matmul_graph(config, path: Path) -> None:
+    """An ONNX graph of only a ViT's linear layers (MatMul + bias Add at the tower's shapes, random
+    weights): what ONNX Runtime's matrix products alone cost for one photo."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d, m = config.hidden_size, config.intermediate_size
+    rng = np.random.default_rng(0)
+    nodes, weights, prev, sums = [], [], "x", []
+    for layer in range(config.num_hidden_layers):
+        for i, (a, b) in enumerate(((d, 3 * d), (d, d), (d, m), (m, d))):
+            weight = (rng.standard_normal((a, b)) * 0.02).astype(np.float32)
+            weights.append(numpy_helper.from_array(weight, f"w{layer}_{i}"))
+            weights.append(numpy_helper.from_array(np.zeros(b, np.float32), f"b{layer}_{i}"))
+        n = f"{layer}_"
+        nodes += [helper.make_node("MatMul", [prev, f"w{n}0"], [f"qkv{n}"]),
+                  helper.make_node("Add", [f"qkv{n}", f"b{n}0"], [f"qkvb{n}"]),
+                  helper.make_node("ReduceSum", [f"qkvb{n}"], [f"s{n}"], keepdims=0),
+                  helper.make_node("MatMul", [prev, f"w{n}1"], [f"o{n}"]),
+                  helper.make_node("Add", [f"o{n}", f"b{n}1"], [f"ob{n}"]),
+                  helper.make_node("MatMul", [f"ob{n}", f"w{n}2"], [f"f{n}"]),
+                  helper.make_node("Add", [f"f{n}", f"b{n}2"], [f"fb{n}"]),
+                  helper.make_node("MatMul", [f"fb{n}", f"w{n}3"], [f"g{n}"]),
+                  helper.make_node("Add", [f"g{n}", f"b{n}3"], [f"y{n}"])]
+        prev = f"y{n}"
+        sums.append(f"s{n}")
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in [prev] + sums]
+    graph = helper.make_graph(nodes, "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              outputs, weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ on its own thread). PyTorch runs with 1 intra-op thread and ONNX Runtime session
 thread, as ``eclip serve`` runs them (queries in parallel, one core each). The ONNX Runtime settings
 (graph optimisation level x intra-op threads) are compared first, on the demo model's titles.
 
-    python benchmarks/onnx_query.py --out /tmp/onnx_bench [--rounds 5] [--skip-clip]
+    python benchmarks/onnx_query.py --out /tmp/onnx_bench [--rounds 5] [--skip-clip] [--skip-demo]
+        [--skip-sweep] [--kinds text image] [--clip-photos 4]
 
-Prints a markdown table (p50 / p99 in ms, median over rounds with the min-max of the per-round
-values) and the machine's load average before and after.
+The models and their exports are written once per ``--out`` folder and reused (checked against the
+model first). The two encoders swap places every round. Prints a markdown table (p50 / p99 in ms,
+median over rounds with the min-max of the per-round values; the per-round ratio of the p50s; the
+per-round ratio of the p50s of each query's CPU time on its own thread, which the machine's load
+moves much less than wall time) and the machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -47,35 +51,39 @@ def _clip_b16(work: Path, listings):
     from eclip.model import train_tokenizer
     from eclip.model import load_model
 
-    torch.manual_seed(0)
-    config = CLIPConfig(vision_config={"patch_size": 16, "image_size": 224}, projection_dim=512)
     directory = work / "clip_b16"
-    CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
-                          ).save_pretrained(directory)
+    if not (directory / "config.json").is_file():  # built once per work folder (seed 0)
+        torch.manual_seed(0)
+        config = CLIPConfig(vision_config={"patch_size": 16, "image_size": 224}, projection_dim=512)
+        CLIPModel(config).save_pretrained(directory)
+        CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+                              ).save_pretrained(directory)
     tokenizer = train_tokenizer([x.title for x in listings], 8000)
     return load_model(directory, tokenizer=tokenizer).eval()
 
 
-def _percentiles(times: list[float]) -> tuple[float, float]:
-    ms = np.asarray(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+def _percentiles(times: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(wall p50, wall p99, CPU p50) in ms from (wall s, thread CPU s) pairs."""
+    wall = np.asarray([t[0] for t in times]) * 1000
+    cpu = np.asarray([t[1] for t in times]) * 1000
+    return float(np.percentile(wall, 50)), float(np.percentile(wall, 99)), float(np.percentile(cpu, 50))
 
 
-def _sequential(call, queries) -> list[float]:
-    out = []
-    for q in queries:
-        start = time.perf_counter()
-        call(q)
-        out.append(time.perf_counter() - start)
-    return out
+def _timed(call, q) -> tuple[float, float]:
+    """Wall and CPU seconds of one call on this thread (1 intra-op thread: the work runs on the
+    caller's thread in both runtimes, so its CPU time is the query's cost, whatever the load)."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    call(q)
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def _concurrent(call, queries, clients: int = 16) -> list[float]:
+def _sequential(call, queries) -> list[tuple[float, float]]:
+    return [_timed(call, q) for q in queries]
+
+
+def _concurrent(call, queries, clients: int = 16) -> list[tuple[float, float]]:
     def timed(q):
-        start = time.perf_counter()
-        call(q)
-        return time.perf_counter() - start
+        return _timed(call, q)
 
     with ThreadPoolExecutor(clients) as pool:
         return list(pool.map(timed, queries))
@@ -103,18 +111,43 @@ def _encoders(model, onnx_dir: Path, threads: int = 1, optimization: str = "all"
     return {"text": (torch_text, onnx_text), "image": (torch_image, onnx_image)}
 
 
-def _compare(name, model, onnx_dir, texts, photos, rounds, per_round, rows):
+def _export(model, directory: Path, what: str) -> None:
+    """Export once per work folder; a folder already there is reused when its graphs give the
+    model's vectors (checked on a title and a photo)."""
+    from eclip.model.onnx import OnnxTowers, export_onnx, has_onnx
+
+    if has_onnx(directory):
+        towers = OnnxTowers(directory)
+        tokens = model.tokenize(["red cotton shirt"])
+        pixels = torch.randn(1, 3, model.config.image_size, model.config.image_size)
+        with torch.inference_mode():
+            diff = max(float(np.abs(towers.text(tokens["input_ids"].numpy(), tokens["attention_mask"].numpy())
+                                    - model.encode_text(**tokens).numpy()).max()),
+                       float(np.abs(towers.image(pixels.numpy()) - model.encode_image(pixels).numpy()).max()))
+        if not diff <= 1e-4:
+            raise SystemExit(f"{directory} is not this model's export (difference {diff:.1e}): remove it")
+        print(f"({what}: reusing {directory})", flush=True)
+        return
+    start = time.perf_counter()
+    export_onnx(model, directory)
+    print(f"({what} exported in {time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def _compare(name, model, onnx_dir, texts, photos, rounds, per_round, rows, kinds=("text", "image")):
     transform = model.image_transform()
     tokens = [model.tokenize([t]) for t in texts]
     pixels = [transform(p)[None] for p in photos]
     encoders = _encoders(model, onnx_dir)
     for kind, queries in (("text", tokens), ("image", pixels)):
+        if kind not in kinds:
+            continue
         n = per_round[kind]
         for mode, run in (("1 client", _sequential), ("16 clients", _concurrent)):
             stats = {"pytorch": [], "onnx": []}
             for r in range(rounds):
                 batch = [queries[(r * n + i) % len(queries)] for i in range(n if mode == "1 client" else 4 * n)]
-                for label, call in zip(("pytorch", "onnx"), encoders[kind]):
+                pairs = list(zip(("pytorch", "onnx"), encoders[kind]))
+                for label, call in (pairs if r % 2 == 0 else pairs[::-1]):  # alternating
                     call(batch[0])  # warm
                     stats[label].append(_percentiles(run(call, batch)))
             cells = []
@@ -124,8 +157,10 @@ def _compare(name, model, onnx_dir, texts, photos, rounds, per_round, rows):
                 cells.append(f"{statistics.median(p50):.1f} ({min(p50):.1f}-{max(p50):.1f}) / "
                              f"{statistics.median(p99):.1f} ({min(p99):.1f}-{max(p99):.1f})")
             ratio = [o[0] / t[0] for t, o in zip(stats["pytorch"], stats["onnx"])]
+            cpu = [o[2] / t[2] for t, o in zip(stats["pytorch"], stats["onnx"])]
             row = (f"| {name} | {kind} | {mode} | {cells[0]} | {cells[1]} | "
-                   f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) |")
+                   f"{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) | "
+                   f"{statistics.median(cpu):.2f} ({min(cpu):.2f}-{max(cpu):.2f}) |")
             print(row, flush=True)
             rows.append(row)
 
@@ -155,10 +190,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-clip", action="store_true")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--skip-sweep", action="store_true", help="no ONNX Runtime settings sweep")
+    parser.add_argument("--kinds", nargs="+", default=["text", "image"], choices=["text", "image"])
+    parser.add_argument("--clip-photos", type=int, default=4, help="CLIP photos a round (1 client)")
     args = parser.parse_args()
     from PIL import Image
-
-    from eclip.model.onnx import export_onnx
 
     torch.set_num_threads(1)
     work = Path(args.out or tempfile.mkdtemp(prefix="onnx-bench-"))
@@ -169,22 +205,20 @@ def main() -> None:
     photos = [Image.open(x.images[0]).convert("RGB") for x in listings[:50]]
     rows: list[str] = []
     if not args.skip_demo:
-        start = time.perf_counter()
-        export_onnx(demo, work / "demo_onnx")
-        print(f"demo model exported in {time.perf_counter() - start:.0f} s", flush=True)
-        _settings_sweep(demo, work / "demo_onnx", texts, args.rounds)
-    print("\n| model | query | clients | PyTorch p50 / p99 ms | ONNX p50 / p99 ms | ONNX p50 / PyTorch p50 |")
-    print("|---|---|---|---|---|---|", flush=True)
+        _export(demo, work / "demo_onnx", "demo model")
+        if not args.skip_sweep:
+            _settings_sweep(demo, work / "demo_onnx", texts, args.rounds)
+    print("\n| model | query | clients | PyTorch p50 / p99 ms | ONNX p50 / p99 ms | ONNX p50 / PyTorch p50 "
+          "| CPU time p50: ONNX / PyTorch |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     if not args.skip_demo:
         _compare("demo (scratch BERT 2x256 + EfficientNet-Lite0 128 px)", demo, work / "demo_onnx", texts,
-                 photos, args.rounds, {"text": 100, "image": 20}, rows)
+                 photos, args.rounds, {"text": 100, "image": 20}, rows, args.kinds)
     if not args.skip_clip:
         clip = _clip_b16(work, listings)
-        start = time.perf_counter()
-        export_onnx(clip, work / "clip_onnx")
-        print(f"(CLIP ViT-B/16 exported in {time.perf_counter() - start:.0f} s)", flush=True)
+        _export(clip, work / "clip_onnx", "CLIP ViT-B/16")
         _compare("CLIP ViT-B/16 size (random)", clip, work / "clip_onnx", texts, photos,
-                 args.rounds, {"text": 30, "image": 4}, rows)
+                 args.rounds, {"text": 30, "image": args.clip_photos}, rows, args.kinds)
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from eclip.model import DualEncoder, DualEncoderConfig, load_model  # noqa: E402
+from eclip.model import onnx as eclip_onnx  # noqa: E402
 from eclip.model.onnx import META_FILE, OnnxTowers, export_onnx, has_onnx  # noqa: E402
 
 TITLES = tc.TEXTS + ["red", "ceramic coffee mug set of 2 with a very long title that runs on and on"]
@@ -62,6 +63,7 @@ def test_serve_encodes_queries_with_onnx_and_finds_what_pytorch_finds(tiny_model
     assert has_onnx(graphs) and not [p for p in graphs.parent.iterdir() if p.name.startswith(".")]
     meta = json.loads((graphs / META_FILE).read_text())
     assert (meta["embed_dim"], meta["text_tower"], meta["image_tower"]) == (16, "scratch", "vit")
+    assert meta["image_graph"] == "cls_last_layer"
     _vectors_match(load_model(tiny_model_dir).eval(), graphs)
 
     queries = [x.title for x in listings[:6]] + ["red cotton", "zzz unknown words"]
@@ -88,6 +90,7 @@ def test_hf_text_and_image_towers_clip(tmp_path):
 
     model = load_model(tc.make_clip(tmp_path / "clip")).eval()
     _vectors_match(model, export_onnx(model, tmp_path / "onnx"))
+    assert json.loads((tmp_path / "onnx" / META_FILE).read_text())["image_graph"] == "cls_last_layer"
 
 
 @pytest.mark.slow
@@ -96,6 +99,50 @@ def test_hf_bert_text_and_efficientnet_image_towers(tmp_path):
         text_model=str(tc.make_bert(tmp_path / "bert")), max_length=32,
         image_tower="efficientnet_lite0", image_size=32, pretrained=False, embed_dim=16)).eval()
     _vectors_match(model, export_onnx(model, tmp_path / "onnx"))
+
+
+def _cls_only_matches(model: DualEncoder) -> bool:
+    """Whether the image graph with a CLS-only last layer is built for ``model`` and gives its
+    vectors (batches of 1 and 3) while the last layer's MLP sees one token a photo."""
+    side = model.config.image_size
+    gen = torch.Generator().manual_seed(3)
+    graph = eclip_onnx._cls_image_graph(model, torch.randn(2, 3, side, side, generator=gen))
+    if graph is None:
+        return False
+    seen = []
+    mlp = graph._names[4]
+    hook = getattr(graph.layer, mlp).register_forward_hook(lambda m, args, y: seen.append(args[0].shape))
+    with torch.no_grad():
+        for rows in (1, 3):
+            pixels = torch.randn(rows, 3, side, side, generator=gen)
+            ours, theirs = model.encode_image(pixels), graph(pixels)
+            assert theirs.shape == ours.shape and float((theirs - ours).abs().max()) <= 1e-6
+    hook.remove()
+    # the whole tower's MLP saw every token (3-D input), the graph's only the CLS token of each photo
+    assert [s[0] for s in seen if len(s) == 2] == [1, 3]
+    assert all(s[1] > 1 for s in seen if len(s) == 3) and len(seen) == 4
+    return True
+
+
+def test_cls_only_last_layer_gives_the_towers_vectors(tiny_model_dir, tmp_path, monkeypatch):
+    """eclip's vit and a CLIP vision tower (pooler and cls pooling) get the CLS-only last layer,
+    with the same vectors; a mean-pooled or attention-pooled tower, or a layer whose rewrite gives
+    other vectors, keeps the whole path."""
+    vit = load_model(tiny_model_dir).eval()
+    assert _cls_only_matches(vit)
+    clip = load_model(tc.make_clip(tmp_path / "clip")).eval()
+    assert _cls_only_matches(clip)
+    clip.image_tower.pooling = "cls"  # the CLS token before CLIP's post-layernorm
+    assert _cls_only_matches(clip)
+    clip.image_tower.pooling = "mean"  # every token's final state is read
+    assert not _cls_only_matches(clip)
+    siglip = load_model(tc.make_siglip(tmp_path / "siglip")).eval()  # attention-pooling head
+    assert not _cls_only_matches(siglip)
+    # a layer laid out otherwise than the table says (another attribute as the score scale): the
+    # rewrite is checked against the tower in PyTorch and refused
+    names = eclip_onnx._PRE_NORM_LAYERS["ViTLayer"]
+    monkeypatch.setitem(eclip_onnx._PRE_NORM_LAYERS, "ViTLayer", names[:-1] + ("head_dim",))
+    assert not _cls_only_matches(vit)
 
 
 @pytest.mark.slow

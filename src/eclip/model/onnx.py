@@ -8,11 +8,18 @@
   transform gives them) -> ``vector`` (unit length);
 * ``onnx.json``: what a reader needs (embed_dim, image size, max_length, opset, versions).
 
-Batch and sequence axes are dynamic. The graphs come from the ``torch.export``-based exporter
-(``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``): with torch 2.13 and the
-transformers in use, the TorchScript exporter (``dynamo=False``) traced BERT towers into graphs whose
-vectors differ from eclip's by 0.05-0.1 even on the traced input, while ``torch.export`` captures
-the attention-mask code exactly (1e-7). A tower ``torch.export`` cannot capture is refused by name.
+Batch and sequence axes are dynamic (the photo's height and width are the model's image size).
+A ViT pooled at its CLS token (eclip's ``vit`` tower, a CLIP vision tower) is exported with its last
+layer computed for the CLS token alone (:class:`_ClsImageGraph`: the same vector, one layer's
+matrix products fewer but its keys and values), once that graph gives eclip's vectors in PyTorch;
+``onnx.json`` says which (``image_graph``: ``cls_last_layer`` or ``whole``).
+
+The graphs come from the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
+which needs ``onnxscript``): with torch 2.13 and the transformers in use, the TorchScript exporter
+(``dynamo=False``) traced BERT towers into graphs whose vectors differ from eclip's by 0.05-0.1 even
+on the traced input, while ``torch.export`` captures the attention-mask code exactly (1e-7). (For a
+CLIP ViT-B/16 photo tower it gave the right vectors, and ``onnxruntime.transformers.optimizer``
+fused its attention, but the fused graph ran slower: docs/BENCHMARKS.md.) A tower ``torch.export`` cannot capture is refused by name.
 
 Before anything is written, each graph is run by ONNX Runtime on a few inputs of two batch and
 sequence sizes and must give eclip's vectors to 1e-4; a tower that cannot be exported, or whose
@@ -45,6 +52,7 @@ TEXT_FILE, IMAGE_FILE, META_FILE = "text.onnx", "image.onnx", "onnx.json"
 OUTPUT = "vector"  # not "embedding": a text tower's nn.Embedding node already has that name
 OPSET = 18
 CHECK_TOL = 1e-4
+CLS_TOL = 1e-5  # the CLS-only last layer against the whole tower, in PyTorch (float32 rounding)
 INSTALL_HINT = "pip install 'eclip[onnx]'"
 
 
@@ -84,6 +92,82 @@ class _ImageGraph(nn.Module):
         return self.model.encode_image(pixel_values)
 
 
+# pre-norm transformer layers (x + attn(norm1(x)), then x + mlp(norm2(x))) by class name: the names
+# of norm1, the attention module, its output projection, norm2, the MLP, the attention's head count
+# and its score scale (the query, key and value projections are q_proj, k_proj, v_proj in both)
+_PRE_NORM_LAYERS = {
+    "CLIPEncoderLayer": ("layer_norm1", "self_attn", "out_proj", "layer_norm2", "mlp", "num_heads",
+                         "scale"),
+    "ViTLayer": ("layernorm_before", "attention", "o_proj", "layernorm_after", "mlp",
+                 "num_attention_heads", "scaling"),
+}
+
+
+class _ClsImageGraph(nn.Module):
+    """The image path of a ViT pooled at its CLS token, with the last layer's query, attention
+    output, MLP and the final norm computed for the CLS token alone. No other token's final state is
+    read, so the vector is the same (the keys and values still come from every token); the last
+    layer's matrix products shrink to its keys and values (for a 12-layer ViT-B/16, 1/14 of the
+    tower's)."""
+
+    def __init__(self, model, stem, layer, head):
+        super().__init__()
+        self.model, self.layer = model, layer  # registered: torch.export finds their parameters
+        self._stem, self._head = stem, head
+        self._names = _PRE_NORM_LAYERS[type(layer).__name__]
+
+    def forward(self, pixel_values):
+        norm1, attention, out, norm2, mlp, heads, scale = self._names
+        attn = getattr(self.layer, attention)
+        hidden = self._stem(pixel_values)
+        x = getattr(self.layer, norm1)(hidden)
+        batch, n_heads = x.shape[0], getattr(attn, heads)
+        q = attn.q_proj(x[:, :1]).view(batch, 1, n_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(batch, -1, n_heads, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(batch, -1, n_heads, attn.head_dim).transpose(1, 2)
+        context = nn.functional.scaled_dot_product_attention(q, k, v, scale=getattr(attn, scale))
+        cls = hidden[:, 0] + getattr(attn, out)(context.reshape(batch, -1))
+        cls = cls + getattr(self.layer, mlp)(getattr(self.layer, norm2)(cls))
+        return self.model.project_image(self._head(cls))
+
+
+def _cls_image_graph(model, pixels: torch.Tensor) -> nn.Module | None:
+    """A :class:`_ClsImageGraph` of ``model``'s image tower when the tower is a ViT pooled at its
+    CLS token (eclip's ``vit`` tower; a transformers CLIP vision model pooled by ``pooler`` or
+    ``cls``) and the graph gives eclip's vectors on ``pixels`` in PyTorch; else None (the whole
+    image path is exported)."""
+    from eclip.model.image_towers import HFImageTower, ViTTower
+
+    tower = model.image_tower
+    hf = getattr(tower, "model", None)
+    if isinstance(tower, ViTTower):
+        layers, head = hf.layers, hf.layernorm
+
+        def stem(pixel_values):
+            return tower.below(pixel_values, 1)
+    elif (isinstance(tower, HFImageTower) and tower.pooling in ("pooler", "cls")
+          and type(hf).__name__ == "CLIPVisionModel"):
+        layers = hf.encoder.layers
+        head = hf.post_layernorm if tower.pooling == "pooler" else nn.Identity()
+
+        def stem(pixel_values):
+            hidden = hf.pre_layrnorm(hf.embeddings(pixel_values))
+            for layer in layers[:-1]:
+                hidden = layer(hidden, None)
+            return hidden
+    else:
+        return None
+    if type(layers[-1]).__name__ not in _PRE_NORM_LAYERS:
+        return None
+    graph = _ClsImageGraph(model, stem, layers[-1], head)
+    try:
+        with torch.no_grad():
+            diff = float((graph(pixels) - model.encode_image(pixels)).abs().max())
+    except Exception:  # noqa: BLE001 - a layer laid out otherwise: the whole path instead
+        return None
+    return graph if diff <= CLS_TOL else None
+
+
 def _sample_inputs(model, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     side = model.config.image_size
@@ -116,13 +200,16 @@ def export_onnx(model, out_dir: str | Path, *, opset: int = OPSET, progress: boo
                     {"input_ids": {0: "batch", 1: "sequence"},
                      "attention_mask": {0: "batch", 1: "sequence"}},
                     f"'{model.config.text_tower}' text tower", opset)
-            _export(_ImageGraph(model), (pixels,), tmp / IMAGE_FILE, ["pixel_values"],
+            cls_graph = _cls_image_graph(model, pixels)
+            image_graph = _ImageGraph(model) if cls_graph is None else cls_graph
+            _export(image_graph, (pixels,), tmp / IMAGE_FILE, ["pixel_values"],
                     {"pixel_values": {0: "batch"}}, f"'{model.config.image_tower}' image tower", opset)
         _check(model, tmp)
         meta = {"format": "eclip-onnx", "version": 1, "opset": opset, "exporter": "dynamo",
                 "embed_dim": model.config.embed_dim, "image_size": model.config.image_size,
                 "max_length": model.config.max_length, "text_tower": model.config.text_tower,
                 "image_tower": model.config.image_tower, "torch": torch.__version__,
+                "image_graph": "cls_last_layer" if cls_graph is not None else "whole",
                 "inputs": {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]},
                 "output": OUTPUT}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
