@@ -126,44 +126,6 @@ def test_probe_learns_separable_classes_and_seeds_differ():
     assert len(run.val_scores) == 3 and not np.allclose(run.test_scores[0], run.test_scores[1])
 
 
-def _raise_at_start():
-    raise RuntimeError("this worker cannot start")
-
-
-def test_probes_in_worker_processes_fit_what_the_thread_fits(tmp_path):
-    from concurrent.futures import ProcessPoolExecutor
-    from types import SimpleNamespace
-
-    from eclip.tasks.context import EvalConfig, TaskContext
-    from eclip.tasks.probes import probe_processes
-
-    x, groups = _blobs(n_clusters=12, per=6, noise=0.4)
-    labels = np.array([f"c{int(g[1:]) % 3}" for g in groups], dtype=object)
-    order = np.arange(len(x))
-    train, val, test = order[order % 6 < 4], order[order % 6 == 4], order[order % 6 == 5]
-    args = (labels, train, val, test, groups)
-    with probe_processes(2) as pool:
-        for features in (x, sp.csr_matrix(x)):  # dense vectors and TF-IDF-like sparse rows
-            here = run_probe(features, *args, seeds=2, c_grid=(0.1, 10.0))
-            there = pool.submit(run_probe, features, *args, seeds=2, c_grid=(0.1, 10.0)).result()
-            assert there.C == here.C and there.capped == here.capped
-            assert all(np.array_equal(a, b) for a, b in zip(there.test_scores, here.test_scores))
-            assert all(np.array_equal(a, b) for a, b in zip(there.val_scores, here.val_scores))
-
-    # a pool that cannot start (a script without a __main__ guard): the probes fit in the thread
-    listings = [_listing(i, g, split="train") for i, g in enumerate(groups)]
-    logged = []
-    ctx = TaskContext(eval_splits(listings, (0.7, 0.1, 0.2)), [], EvalConfig(seeds=2,
-                      probe_c=[0.1, 10.0]), Report(title="t"), log=logged.append,
-                      probes=ProcessPoolExecutor(1, initializer=_raise_at_start))
-    views = SimpleNamespace(name="m", probe_input=lambda modality: x)
-    run = ctx.probe("category", (views, "image"), *args[:4])
-    reference = run_probe(x, *args[:4], ctx.groups, seeds=2, c_grid=(0.1, 10.0))
-    assert ctx.probes is None and logged == ["probe processes did not start; fitting the probes in "
-                                             "this process"]
-    assert all(np.array_equal(a, b) for a, b in zip(run.test_scores, reference.test_scores))
-
-
 def test_eval_splits_keep_the_column_hash_the_rest_and_carve_val():
     given = [_listing(i, f"g{i // 2}", split=s) for i, s in
              enumerate(["train", "train", "val", "val", "test", "test"])]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -68,9 +67,6 @@ class TaskContext:
     # (task, modality, model, metric) -> per-item outcomes on test (bootstrap.Items)
     outcomes: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
-    # where the probes' fits run: worker processes (eclip.tasks.probes.probe_processes), else the
-    # calling job thread; the same fits either way
-    probes: Executor | None = None
 
     @property
     def groups(self) -> list[str]:
@@ -121,18 +117,9 @@ class TaskContext:
         under "task/model/modality" (plus ``options["key"]``)."""
         views, modality = job
         key = options.pop("key", None)
-        args = (views.probe_input(modality), labels, train, val, test, self.groups)
-        options.update(seeds=self.config.seeds, fraction=self.config.probe_fraction,
-                       c_grid=self.config.probe_c)
-        run = None
-        if self.probes is not None:
-            try:
-                run = self.probes.submit(run_probe, *args, **options).result()
-            except BrokenProcessPool:  # e.g. a script without a __main__ guard cannot spawn
-                self.probes = None
-                self.log("probe processes did not start; fitting the probes in this process")
-        if run is None:
-            run = run_probe(*args, **options)
+        run = run_probe(views.probe_input(modality), labels, train, val, test, self.groups,
+                        seeds=self.config.seeds, fraction=self.config.probe_fraction,
+                        c_grid=self.config.probe_c, **options)
         name = "/".join([task, views.name, modality] + ([key] if key else []))
         self.shared.setdefault("probe_C", {})[name] = run.C
         self.shared.setdefault("probe_capped", {})[name] = run.capped

@@ -11,14 +11,10 @@ and on a small shared machine BLAS threads fight each other and make lbfgs many 
 from __future__ import annotations
 
 import copy
-import multiprocessing
-import warnings
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 DEFAULT_C_GRID = (1.0, 10.0, 100.0)
@@ -107,20 +103,3 @@ def run_probe(x, labels: np.ndarray, train: np.ndarray, val: np.ndarray, test: n
         val_scores.append(scores_over(model, x[val], classes))
         test_scores.append(scores_over(model, x[test], classes))
     return ProbeRun(float(best_c), classes, val_scores, test_scores, capped)
-
-
-def _probe_worker_setup() -> None:
-    """A probe process: BLAS on one thread (as the suite's own fits), fits stopped at max_iter
-    counted in ``ProbeRun.capped`` rather than warned about."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1, user_api="blas")
-    warnings.simplefilter("ignore", ConvergenceWarning)
-
-
-def probe_processes(workers: int) -> ProcessPoolExecutor:
-    """``workers`` spawned processes for :func:`run_probe`: lbfgs holds the interpreter lock for
-    much of a small fit, so the suite's job threads run their fits here, side by side (the same
-    fits, in the same order within a probe, as in the thread)."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_probe_worker_setup)

@@ -11,7 +11,6 @@ The TF-IDF title reference joins the text modality.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections import defaultdict
@@ -33,7 +32,6 @@ from eclip.tasks import adult, attribute, category, clustering, ir, matching
 from eclip.tasks.bootstrap import check_config, choose_subject, compare_models
 from eclip.tasks.context import EvalConfig, TaskContext
 from eclip.tasks.data import TASKS, eval_splits, task_availability
-from eclip.tasks.probes import probe_processes
 from eclip.tasks.report import Report
 from eclip.tasks.seeds import SEP, base_name, expand_seeds, fold_rows, pool_outcomes
 from eclip.tasks.views import clean_titles, listing_cache, model_views, tfidf_views
@@ -41,7 +39,6 @@ from eclip.tasks.views import clean_titles, listing_cache, model_views, tfidf_vi
 RUNNERS = {"category": category.run_category, "attribute": attribute.run_attribute,
            "matching": matching.run_matching, "clustering": clustering.run_clustering,
            "adult": adult.run_adult}
-PROBE_TASKS = ("category", "attribute", "adult")  # the tasks that fit linear probes
 HEADLINES = {"category": category.HEADLINE, "attribute": attribute.HEADLINE,
              "matching": matching.HEADLINE, "clustering": clustering.HEADLINE,
              "adult": adult.HEADLINE, "retrieval": ir.HEADLINE}
@@ -301,10 +298,7 @@ def _run_tasks(ctx: TaskContext, models: dict, names: list[str], members: dict,
     folded = any(len(seeds) > 1 for seeds in members.values())
     # Small problems: BLAS threads only contend. A probe that stops at max_iter is counted in
     # meta.probe_fits_at_max_iter instead of printing a warning per fit.
-    probing = [t for t in PROBE_TASKS if t in cfg.tasks and not availability[t]]
-    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(), (
-            probe_processes(cfg.workers) if cfg.workers > 1 and probing
-            else contextlib.nullcontext()) as ctx.probes:
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if ctx.splits.counts()["test"]:
             encoders = {name: ir.title_query_encoder(model, batch_size=cfg.batch_size)
