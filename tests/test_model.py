@@ -379,7 +379,7 @@ def test_image_tower_cut_below_its_top_blocks_composes_to_the_whole_tower(tokeni
             n for n, _ in tower.named_parameters() if n.startswith(top)}
 
 
-def test_efficientnet_infers_with_folded_batch_norms_the_same_function(tokenizer):
+def test_efficientnet_infers_through_copies_exact_below_and_above_folded_whole(tokenizer):
     torch.manual_seed(0)
     model = DualEncoder.build(tiny_config(image_tower="efficientnet_lite0", image_size=64),
                               tokenizer).eval()
@@ -393,31 +393,39 @@ def test_efficientnet_infers_with_folded_batch_norms_the_same_function(tokenizer
     def both(run):
         with torch.enable_grad():  # gradients on: the network itself
             plain = run()
-        with torch.no_grad():  # inference: the folded copy
-            folded = run()
-        assert tower._folded is not None
-        return plain, folded
+        with torch.no_grad():  # inference: a copy
+            copied = run()
+        return plain, copied
 
-    for run in (lambda: tower(px), lambda: tower.below(px, 2),
-                lambda: tower.above(tower.below(px, 2).detach(), 2)):
-        plain, folded = both(run)
-        assert not torch.equal(plain, folded)  # another computation ...
-        assert torch.allclose(plain, folded, rtol=1e-4, atol=1e-5)  # ... of the same function
-    first = tower._folded[1]
-    with torch.no_grad():
-        tower.net._blocks[0]._bn1.weight.mul_(2.0)  # a weight moves: the copy is rebuilt
+    # the cut paths (the feature cache, the trained top blocks): the network's numbers bit for bit
+    hidden = tower.below(px, 2).detach()
+    for run in (lambda: tower.below(px, 2), lambda: tower.above(hidden, 2)):
+        plain, exact = both(run)
+        assert torch.equal(plain, exact)
+    assert set(tower._copies) == {False}
+    # the whole tower: batch norms folded, another computation of the same function
     plain, folded = both(lambda: tower(px))
-    assert tower._folded[1] is not first and torch.allclose(plain, folded, rtol=1e-4, atol=1e-5)
-    # the copy is never a parameter, never saved, never pickled
+    assert not torch.equal(plain, folded)
+    assert torch.allclose(plain, folded, rtol=1e-4, atol=1e-5)
+    first = tower._copies[True][1]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in first.modules())
+    with torch.no_grad():
+        tower.net._blocks[0]._bn1.weight.mul_(2.0)  # a weight moves: the copies are rebuilt
+    plain, folded = both(lambda: tower(px))
+    assert tower._copies[True][1] is not first and torch.allclose(plain, folded, rtol=1e-4,
+                                                                   atol=1e-5)
+    assert torch.equal(*both(lambda: tower.below(px, 2)))
+    # the copies are never parameters, never saved, never pickled
     assert set(tower.state_dict()) == keys
-    assert not any(p is q for p in model.parameters() for q in tower._folded[1].parameters())
-    assert torch.load(_pickled(tower), weights_only=False)._folded is None
-    # a batch norm in training mode (an unlocked top block) uses batch statistics: no folding
+    assert not any(p is q for p in model.parameters() for q in first.parameters())
+    assert torch.load(_pickled(tower), weights_only=False)._copies == {}
+    # a batch norm in training mode (an unlocked top block) uses batch statistics: no copy
     tower.net._blocks[-1]._bn1.train()
-    tower._folded = None
+    tower._copies.clear()
     with torch.no_grad():
         tower(px)
-    assert tower._folded is None
+        tower.below(px, 2)
+    assert tower._copies == {}
 
 
 def _pickled(module: nn.Module):

@@ -24,12 +24,14 @@ from eclip.model.towers import ImageTower, register_image_tower
 class EfficientNetLite0Tower(ImageTower):
     """EfficientNet-Lite0 up to its head convolution, average-pooled: 1280-d, no classifier.
 
-    Inference (no gradients, every batch norm in eval mode) runs a folded copy of the network:
-    each batch norm folded into the convolution before it, ReLU6 in place, and the symmetric "same"
-    padding done by the convolution instead of a separate zero-pad. It computes the same function
-    (to float rounding, about 1e-6 relative) about 2x faster on the CPU, where the unfolded net
-    spends more time in batch norms, clamps and pads than in convolutions (docs/BENCHMARKS.md). The
-    copy is rebuilt whenever a weight or statistic changes; it is never saved or trained.
+    At inference (no gradients, every batch norm in eval mode) it runs a copy of its network made
+    for inference (:func:`inference_copy`), rebuilt whenever a weight or statistic changes, never
+    saved or trained. The cut paths (``below`` / ``above``: the locked tower's feature cache and
+    the trained top blocks) run the exact copy, ReLU6 in place and the symmetric "same" padding
+    inside the convolution: the network's own numbers bit for bit, about 1.5x faster on the CPU.
+    The whole tower (``forward``: embedding, indexing, queries) runs the folded copy, each batch
+    norm folded into its convolution as well: the same function to float rounding (about 1e-6
+    relative), about 2.2x faster (docs/BENCHMARKS.md, ``benchmarks/tower_inference.py``).
     """
 
     def __init__(self, image_size: int, load_weights: bool):
@@ -45,32 +47,29 @@ class EfficientNetLite0Tower(ImageTower):
         self.out_dim = net._bn1.num_features
         self.num_blocks = len(net._blocks)
         self._norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-        self._folded: tuple[tuple, nn.Module] | None = None  # (weights' identity, folded net)
+        self._copies: dict[bool, tuple[tuple, nn.Module]] = {}  # fold_norms -> (weights, copy)
 
-    def __getstate__(self) -> dict:  # pickled (torch.save, spawned workers) without the copy
+    def __getstate__(self) -> dict:  # pickled (torch.save, spawned workers) without the copies
         state = dict(self.__dict__)
-        state["_folded"] = None
+        state["_copies"] = {}
         return state
 
-    def _inference(self) -> bool:
-        return (not torch.is_grad_enabled() and not any(m.training for m in self._norms)
-                and not torch.compiler.is_compiling())
-
-    def _runnable(self) -> nn.Module:
-        """The folded copy when inferring (rebuilt if a weight moved), else the network itself."""
-        if not self._inference():
+    def _runnable(self, fold_norms: bool) -> nn.Module:
+        """The inference copy when inferring (rebuilt if a weight moved), else the network."""
+        if (torch.is_grad_enabled() or any(m.training for m in self._norms)
+                or torch.compiler.is_compiling()):
             return self.net
         key = tuple((t.data_ptr(), t._version, t.dtype)
                     for t in itertools.chain(self.net.parameters(), self.net.buffers()))
-        folded = self._folded
-        if folded is None or folded[0] != key:
-            folded = (key, fold_batch_norms(self.net))
-            self._folded = folded
-        return folded[1]
+        made = self._copies.get(fold_norms)
+        if made is None or made[0] != key:
+            made = (key, inference_copy(self.net, fold_norms=fold_norms))
+            self._copies[fold_norms] = made
+        return made[1]
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        return self._runnable().extract_features(pixel_values).mean(dim=(2, 3))
+        return self._runnable(True).extract_features(pixel_values).mean(dim=(2, 3))
 
     def _blocks(self, net: nn.Module, start: int, stop: int, x: Tensor) -> Tensor:
         """Blocks ``start:stop`` with the drop-connect rates ``extract_features`` gives them."""
@@ -80,13 +79,13 @@ class EfficientNetLite0Tower(ImageTower):
         return x
 
     def below(self, pixel_values: Tensor, blocks: int) -> Tensor:
-        net = self._runnable()
+        net = self._runnable(False)
         x = pixel_values.contiguous(memory_format=torch.channels_last)
         x = net._swish(net._bn0(net._conv_stem(x)))
         return self._blocks(net, 0, self.num_blocks - self.check_cut(blocks), x)
 
     def above(self, hidden: Tensor, blocks: int) -> Tensor:
-        net = self._runnable()
+        net = self._runnable(False)
         x = self._blocks(net, self.num_blocks - self.check_cut(blocks), self.num_blocks,
                          hidden.contiguous(memory_format=torch.channels_last))
         return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
@@ -103,12 +102,14 @@ _BLOCK_PAIRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_projec
 
 
 @torch.no_grad()
-def fold_batch_norms(net: nn.Module) -> nn.Module:
-    """An inference copy of an EfficientNet-Lite network (eval-mode batch norms): every batch norm
-    folded into its convolution (``w * g / sqrt(v + eps)``, bias ``b - m * g / sqrt(v + eps)``),
-    ReLU6 in place, and each symmetric static "same" padding moved into its convolution (the
-    asymmetric ones of the stride-2 layers stay). The copy holds no gradients."""
-    folded = copy.deepcopy(net).eval().requires_grad_(False)
+def inference_copy(net: nn.Module, *, fold_norms: bool) -> nn.Module:
+    """A copy of an EfficientNet-Lite network (eval-mode batch norms) for inference, without
+    gradients: ReLU6 in place and each symmetric static "same" padding done by its convolution
+    (the asymmetric ones of the stride-2 layers stay a zero-pad): the same numbers bit for bit.
+    With ``fold_norms`` every batch norm is also folded into the convolution before it (weights
+    ``w * g / sqrt(v + eps)``, bias ``b - m * g / sqrt(v + eps)``): the same function, rounded
+    differently."""
+    copy_ = copy.deepcopy(net).eval().requires_grad_(False)
 
     def fold(owner: nn.Module, conv_name: str, norm_name: str) -> None:
         conv, norm = getattr(owner, conv_name, None), getattr(owner, norm_name, None)
@@ -124,12 +125,13 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
         conv.bias = nn.Parameter(bias, requires_grad=False)
         setattr(owner, norm_name, nn.Identity())
 
-    for conv_name, norm_name in _NET_PAIRS:
-        fold(folded, conv_name, norm_name)
-    for block in folded._blocks:
-        for conv_name, norm_name in _BLOCK_PAIRS:
-            fold(block, conv_name, norm_name)
-    for module in folded.modules():
+    if fold_norms:
+        for conv_name, norm_name in _NET_PAIRS:
+            fold(copy_, conv_name, norm_name)
+        for block in copy_._blocks:
+            for conv_name, norm_name in _BLOCK_PAIRS:
+                fold(block, conv_name, norm_name)
+    for module in copy_.modules():
         if isinstance(module, nn.ReLU6):
             module.inplace = True
         pad = getattr(module, "static_padding", None)
@@ -138,7 +140,7 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
             if left == right and top == bottom:
                 module.padding = (top, left)
                 module.static_padding = nn.Identity()
-    return folded
+    return copy_
 
 
 def bundled_efficientnet_state(include_classifier: bool = True) -> dict[str, Tensor]:
