@@ -65,7 +65,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- generate
-def generate(work: Path, n: int, seed: int) -> dict:
+def generate(work: Path, n: int, seed: int, dtype: str = "float32", fused: bool = True) -> dict:
     from eclip.encode import fuse
     from eclip.encode.identity import model_sha256
     from eclip.encode.listings import Embeddings, write_embeddings, write_embeddings_manifest
@@ -116,11 +116,13 @@ def generate(work: Path, n: int, seed: int) -> dict:
                 catalog.write(json.dumps(record, ensure_ascii=False) + "\n")
             name = f"part-{part:05d}.parquet"
             write_embeddings(Embeddings(ids, image, text, fuse(image, text, 0.5), 0.5),
-                             parts_dir / name, model_sha256=identity)
+                             parts_dir / name, model_sha256=identity, dtype=dtype, fused=fused)
             parts.append((name, stop - start))
             print(f"  generated {stop:,} / {n:,}", flush=True)
     write_embeddings_manifest(parts_dir, parts, 0.5, model_sha256=identity)
     return {"listings": n, "products": int((counts > 0).sum()), "dim": DIM,
+            "embeddings_dtype": dtype, "embeddings_fused": fused,
+            "embeddings_gib": sum(p.stat().st_size for p in parts_dir.iterdir()) / 2**30,
             "multi_listing_products": int((counts > 1).sum())}
 
 
@@ -397,6 +399,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index", type=Path, default=None, help="the index folder "
                         "(default WORK/index)")
+    parser.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
+                        help="generate: the stored vectors' type (as eclip embed writes them)")
+    parser.add_argument("--embed-fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="generate: store the fused vector too (default: %(default)s)")
     parser.add_argument("--phase", choices=["all", "generate", "build", "measure"],
                         default="all")
     args = parser.parse_args()
@@ -405,7 +411,8 @@ def main() -> None:
     if args.phase != "all":
         args.work.mkdir(parents=True, exist_ok=True)
         if args.phase == "generate":
-            found = generate(args.work, args.listings, args.seed)
+            found = generate(args.work, args.listings, args.seed, args.embed_dtype,
+                             args.embed_fused)
         elif args.phase == "build":
             found = build(args.work, args.kind, args.max_memory, index)
         else:

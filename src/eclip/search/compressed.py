@@ -90,9 +90,11 @@ def parse_bytes(text: str | int) -> int:
 
 
 def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m: int | None,
-              pq_bits: int, hnsw_m: int, seed: int) -> tuple[faiss.Index, str | None, list]:
+              pq_bits: int, hnsw_m: int, seed: int, per_list: int = 64, iterations: int = 10
+              ) -> tuple[faiss.Index, str | None, list]:
     """An untrained index of ``kind`` (not ``exact``): ``(index, quantizer name, objects to keep
-    alive with it)``."""
+    alive with it)``; its k-means runs ``iterations`` rounds on at most ``per_list`` vectors a
+    list."""
     metric = faiss.METRIC_INNER_PRODUCT
     if kind == "hnsw":
         graph = faiss.IndexHNSWFlat(dim, hnsw_m, metric)
@@ -114,9 +116,9 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
         ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, pq_bits, metric)
     else:
         raise ConfigError(f"unknown index kind {kind!r}")
-    ivf.cp.niter = 10
+    ivf.cp.niter = iterations
     ivf.cp.seed = seed
-    ivf.cp.max_points_per_centroid = 64
+    ivf.cp.max_points_per_centroid = per_list
     if kind != "ivf_pq":
         return ivf, name, [quantizer]
     opq = faiss.OPQMatrix(dim, pq_m)
@@ -124,9 +126,10 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
     return faiss.IndexPreTransform(opq, ivf), name, [quantizer, ivf, opq]
 
 
-def training_size(kind: str, n: int, nlist: int, pq_bits: int) -> int:
-    """How many vectors train an IVF kind: 64 per list, and for PQ 40 per code centroid."""
-    wanted = 64 * nlist
+def training_size(kind: str, n: int, nlist: int, pq_bits: int, per_list: int = 64) -> int:
+    """How many vectors train an IVF kind: ``per_list`` per list, and for PQ 40 per code
+    centroid."""
+    wanted = per_list * nlist
     if kind == "ivf_pq":
         wanted = max(wanted, 40 * 2 ** pq_bits)
     return min(n, wanted)

@@ -20,8 +20,9 @@ was trained at, or when ``auto`` would now choose another kind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import faiss
 import numpy as np
@@ -53,10 +54,25 @@ class VectorSettings:
     pq_m: int | None = None  # ivf_pq sub-quantizers; None: dim // 8
     pq_bits: int = 8
     hnsw_m: int = 32
+    # how the generation keeps its vectors on disk (``{space}.npy``, the source of re-ranking,
+    # small filters, rebuilds and updates): float32 or float16 (half the disk; re-ranking and
+    # scans then score the rounded vectors), and whether the fused "both" vectors are stored or
+    # computed from the image and text ones when read (a third less to store)
+    vector_dtype: str = "float32"
+    store_fused: bool = True
+    # k-means of an IVF kind: vectors sampled per list and iterations (FAISS's own defaults are
+    # 256 and 25; fewer train faster, the recall is measured and tuned after)
+    train_per_list: int = 64
+    train_iterations: int = 10
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"index kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.vector_dtype not in ("float32", "float16"):
+            raise ConfigError(f"vector_dtype must be float32 or float16, got "
+                              f"{self.vector_dtype!r}")
+        if self.train_per_list < 1 or self.train_iterations < 1:
+            raise ConfigError("train_per_list and train_iterations must be >= 1")
         if not 0.0 < self.target_recall <= 1.0:
             raise ConfigError(f"target_recall must be in (0, 1], got {self.target_recall}")
         if self.exact_max < 0 or self.recall_queries < 1:
@@ -102,6 +118,8 @@ class IndexStats:
     ef_search: int | None = None  # hnsw
     rerank: int | None = None  # candidates re-scored exactly: rerank * k (0 / None: none)
     bytes_per_vector: int | None = None  # the index's memory per vector (compressed.py)
+    # the build's steps (train, add, tune), wall-clock; not part of what the index is
+    seconds: dict[str, float] | None = field(default=None, compare=False)
 
     @property
     def param(self) -> int | None:
@@ -189,20 +207,29 @@ class VectorIndex:
         index, quantizer, keep = new_index(
             kind, dim, nlist or 0, hnsw_quantizer_from=settings.hnsw_quantizer_from,
             pq_m=settings.pq_m, pq_bits=settings.pq_bits, hnsw_m=settings.hnsw_m,
-            seed=settings.seed)
+            seed=settings.seed, per_list=settings.train_per_list,
+            iterations=settings.train_iterations)
+        seconds = {}
+        began = time.perf_counter()
         if nlist is not None:
             rng = np.random.default_rng(settings.seed)
-            sample = training_size(kind, n, nlist, settings.pq_bits)
+            sample = training_size(kind, n, nlist, settings.pq_bits, settings.train_per_list)
             index.train(_as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))]))
+            seconds["train"] = time.perf_counter() - began
+            began = time.perf_counter()
         for start in range(0, n, ADD_BLOCK):  # a memory-mapped array is read a block at a time
             index.add_with_ids(_as_matrix(vectors[start:start + ADD_BLOCK]),
                                ids[start:start + ADD_BLOCK])
+        seconds["add"] = time.perf_counter() - began
         stats = IndexStats(kind, n, nlist=nlist, quantizer=quantizer, trained_on=n,
                            rerank=settings.rerank_for(kind),
                            bytes_per_vector=bytes_per_vector(kind, dim, pq_m=settings.pq_m,
                                                              hnsw_m=settings.hnsw_m))
         result = cls(index, stats, keep)
+        began = time.perf_counter()
         result.tune(vectors, ids, settings)
+        seconds["tune"] = time.perf_counter() - began
+        stats.seconds = {step: round(s, 3) for step, s in seconds.items()}
         return result
 
     def needs_retraining(self, n: int, settings: VectorSettings, *, removing: bool = False,
