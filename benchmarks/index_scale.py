@@ -115,7 +115,8 @@ def generate(work: Path, n: int, seed: int, dtype: str = "float32", fused: bool 
                           else None, "adult": adult, "images": []}
                 catalog.write(json.dumps(record, ensure_ascii=False) + "\n")
             name = f"part-{part:05d}.parquet"
-            write_embeddings(Embeddings(ids, image, text, fuse(image, text, 0.5), 0.5),
+            write_embeddings(Embeddings(ids, image, text, fuse(image, text, 0.5) if fused
+                                        else None, 0.5),
                              parts_dir / name, model_sha256=identity, dtype=dtype, fused=fused)
             parts.append((name, stop - start))
             print(f"  generated {stop:,} / {n:,}", flush=True)
@@ -173,7 +174,7 @@ class _PeakMemory:
         return {f"peak_{k.lower()}_gib": v / 2**20 for k, v in self.peak.items()}
 
 
-def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
+def build(work: Path, kind: str, max_memory: str | None, index: Path, **storage) -> dict:
     from eclip.catalog.schema import Listing
     from eclip.search.build import index_from_embeddings
     from eclip.search.compressed import parse_bytes
@@ -188,7 +189,7 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
                                     category=r["category"], adult=r["adult"]))
     read_s = time.perf_counter() - started
     settings = VectorSettings(kind=kind, max_memory=parse_bytes(max_memory) if max_memory
-                              else None)
+                              else None, **{k: v for k, v in storage.items() if v is not None})
     out = index
     at_start = {line.split(":")[0]: int(line.split()[1]) / 2**20
                 for line in Path("/proc/self/status").read_text().splitlines()
@@ -210,6 +211,9 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
             "npy_gib": sum(v for k, v in sizes.items() if k.endswith(".npy")) / 2**30,
             "sqlite_gib": sizes.get("listings.sqlite", 0) / 2**30,
             "vectors": {m: s.describe() for m, s in result.info.vectors.items()},
+            "seconds": result.info.seconds,
+            "space_seconds": {m: s.seconds for m, s in result.info.vectors.items()},
+            "settings": result.info.settings.to_dict(),
             "kind": result.info.vectors["product"].kind}
 
 
@@ -403,6 +407,13 @@ def main() -> None:
                         help="generate: the stored vectors' type (as eclip embed writes them)")
     parser.add_argument("--embed-fused", action=argparse.BooleanOptionalAction, default=True,
                         help="generate: store the fused vector too (default: %(default)s)")
+    parser.add_argument("--vector-dtype", choices=["float32", "float16"], default=None,
+                        help="build: the index's vector files (default: the library's)")
+    parser.add_argument("--fused-vectors", action=argparse.BooleanOptionalAction, default=None,
+                        help="build: store the fused vectors (default: the library's)")
+    parser.add_argument("--two-level-from", type=int, default=None,
+                        help="build: two-level k-means from this many lists on (default: the "
+                             "library's)")
     parser.add_argument("--phase", choices=["all", "generate", "build", "measure"],
                         default="all")
     args = parser.parse_args()
@@ -414,7 +425,9 @@ def main() -> None:
             found = generate(args.work, args.listings, args.seed, args.embed_dtype,
                              args.embed_fused)
         elif args.phase == "build":
-            found = build(args.work, args.kind, args.max_memory, index)
+            found = build(args.work, args.kind, args.max_memory, index,
+                          vector_dtype=args.vector_dtype, store_fused=args.fused_vectors,
+                          two_level_from=args.two_level_from)
         else:
             found = measure(args.work, args.queries, args.rounds, args.requests, args.seed, index)
         (args.work / f"{args.phase}.json").write_text(json.dumps(found, indent=2))

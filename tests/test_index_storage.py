@@ -202,3 +202,34 @@ def test_settings_are_checked():
         VectorSettings(vector_dtype="bfloat16")
     with pytest.raises(ConfigError, match="train_per_list"):
         VectorSettings(train_per_list=0)
+
+
+# ------------------------------------------------------------------ two-level k-means (large nlist)
+def test_list_shares_follow_the_cells_sizes_and_never_exceed_them():
+    from eclip.search.compressed import _shares
+
+    sizes = np.array([500, 3, 0, 200, 97])
+    shares = _shares(sizes, 80)
+    assert shares.sum() == 80 and np.all(shares <= sizes) and shares[2] == 0
+    assert shares[0] > shares[3] > shares[4]
+    tight = _shares(np.array([5, 1, 1]), 7)  # every vector its own list
+    assert tight.tolist() == [5, 1, 1]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8", "ivf_pq"])
+def test_two_level_training_fills_every_list_and_reaches_the_recall(kind, catalog):
+    from eclip.search.vectors import VectorIndex
+
+    _, emb = catalog
+    ids = np.arange(N) * 3
+    settings = VectorSettings(kind=kind, nlist=36, two_level_from=1, recall_queries=100,
+                              train_per_list=40, pq_m=8)
+    index = VectorIndex.build(emb.product, ids, settings)
+    ivf = faiss.extract_index_ivf(index.index)
+    assert ivf.quantizer.ntotal == 36 and ivf.is_trained and index.index.is_trained
+    sizes = [ivf.invlists.list_size(i) for i in range(36)]
+    assert sum(sizes) == N and min(sizes) > 0  # every list holds vectors
+    assert index.stats.recall_at_10 >= 0.95
+    assert set(index.stats.seconds) == {"train", "add", "tune"}
+    again = VectorIndex.build(emb.product, ids, settings)  # deterministic, as the flat k-means
+    assert np.array_equal(faiss.serialize_index(index.index), faiss.serialize_index(again.index))

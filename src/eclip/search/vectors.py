@@ -29,7 +29,8 @@ import numpy as np
 
 from eclip.errors import ConfigError
 from eclip.search.compressed import (APPROXIMATE_KINDS, DEFAULT_RERANK, LABELS, bytes_per_vector,
-                                     choose_kind, new_index, search_params, training_size)
+                                     choose_kind, new_index, search_params, train_two_level,
+                                     training_size)
 
 KINDS = ("auto", "flat", "exact") + APPROXIMATE_KINDS + ("diskann",)  # "flat" is "exact";
 # diskann: the Milvus store on a server only (milvus.py)
@@ -64,6 +65,9 @@ class VectorSettings:
     # 256 and 25; fewer train faster, the recall is measured and tuned after)
     train_per_list: int = 64
     train_iterations: int = 10
+    # two-level k-means (compressed.train_two_level) from this many lists on: sqrt(nlist) coarse
+    # clusters split into the lists, instead of comparing every sampled vector with every list
+    two_level_from: int = 4096
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -214,7 +218,12 @@ class VectorIndex:
         if nlist is not None:
             rng = np.random.default_rng(settings.seed)
             sample = training_size(kind, n, nlist, settings.pq_bits, settings.train_per_list)
-            index.train(_as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))]))
+            picked = _as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))])
+            if nlist >= settings.two_level_from:
+                train_two_level(index, picked, nlist, iterations=settings.train_iterations,
+                                seed=settings.seed)
+            else:
+                index.train(picked)
             seconds["train"] = time.perf_counter() - began
             began = time.perf_counter()
         for start in range(0, n, ADD_BLOCK):  # a memory-mapped array is read a block at a time
