@@ -233,3 +233,56 @@ def test_two_level_training_fills_every_list_and_reaches_the_recall(kind, catalo
     assert set(index.stats.seconds) == {"train", "add", "tune"}
     again = VectorIndex.build(emb.product, ids, settings)  # deterministic, as the flat k-means
     assert np.array_equal(faiss.serialize_index(index.index), faiss.serialize_index(again.index))
+
+
+# ------------------------------------------------------------- the metadata's bulk load (fast paths)
+ASCII_TITLES = ["Nike Air Max 90 &amp; socks", "  TEA\tgreen\x07 100g ", "<b>Bold</b> &lt;3 deal",
+                "&amp;amp;quot;nested&amp;quot;", "plain words 123", "", "A\x00B\x1fC\x7fD"]
+OTHER_TITLES = ["Café crème", "한글 상품명 ㅋㅋ", "ＡＢＣ full width", "naïve résumé", "Ａ\u00a0b"]
+
+
+def test_the_ascii_fast_paths_normalise_as_the_general_ones(monkeypatch):
+    import unicodedata
+
+    from eclip.catalog import text as catalog_text
+    from eclip.search import lexical
+
+    fast = {t: (catalog_text.basic_normalize(t), lexical.normalize(t),
+                lexical.indexed_text(t, "bigram")) for t in ASCII_TITLES + OTHER_TITLES}
+    # the general paths alone: no string counts as ASCII
+    monkeypatch.setattr(catalog_text, "_ascii", lambda text: False)
+    monkeypatch.setattr(lexical, "_ascii", lambda text: False)
+    for text, expected in fast.items():
+        assert (catalog_text.basic_normalize(text), lexical.normalize(text),
+                lexical.indexed_text(text, "bigram")) == expected, text
+    assert unicodedata.normalize("NFC", fast["Café crème"][1]) == "cafe creme"
+
+
+def test_a_new_store_written_in_bulk_holds_what_a_replacing_write_holds(tmp_path):
+    from eclip.search.metadata import MetadataStore
+
+    listings = [Listing(f"p{i}", t, [], brand=("Acme", None, "Café")[i % 3],
+                        category=("Food > Tea", "Home")[i % 2],
+                        attributes={"colour": "red"} if i % 4 == 0 else {})
+                for i, t in enumerate((ASCII_TITLES + OTHER_TITLES) * 3)]
+    stores = []
+    for name, bulk in (("bulk", True), ("plain", False)):
+        store = MetadataStore.create(tmp_path / f"{name}.sqlite", bulk=bulk)
+        if not bulk:
+            store._new = False  # the general path: every lexical row deleted before insert
+        vids = store.assign_vids([x.product_id for x in listings])
+        store.upsert(vids, listings, [["a.jpg"] if i % 5 == 0 else []
+                                      for i in range(len(listings))])
+        store.commit()
+        stores.append(store)
+    bulk, plain = stores
+    for table in ("listings", "lexical"):
+        query = f"SELECT * FROM {table} ORDER BY rowid"
+        assert bulk._conn.execute(query).fetchall() == plain._conn.execute(query).fetchall()
+    for query in ("tea", "acme", "cafe", "한글"):
+        assert bulk.lexical_search(query, 50) == plain.lexical_search(query, 50)
+    assert bulk.fetch(range(len(listings))) == plain.fetch(range(len(listings)))
+    # a second write to the same store replaces rows: no duplicate in the lexical index
+    bulk.upsert(np.array([0, 1]), listings[:2], [[], []])
+    bulk.commit()
+    assert bulk._conn.execute("SELECT COUNT(*) FROM lexical").fetchone()[0] == len(listings)

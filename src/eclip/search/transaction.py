@@ -239,8 +239,8 @@ def _write_metadata(tmp: Path, base: Path | None, change: Change,
                     names: list[list[str]]) -> _Rows:
     """The new generation's ``listings.sqlite``: the base's rows, less the deleted ones, with the
     change's listings added or replaced (a replaced listing keeps its vid)."""
-    store = (MetadataStore.copy(base / "listings.sqlite", tmp / "listings.sqlite") if base
-             else MetadataStore.create(tmp / "listings.sqlite"))
+    store = (MetadataStore.copy(base / "listings.sqlite", tmp / "listings.sqlite", bulk=True)
+             if base else MetadataStore.create(tmp / "listings.sqlite", bulk=True))
     try:
         found = store.vids_of(change.delete)
         deleted = np.asarray(sorted(found.values()), dtype=np.int64)
