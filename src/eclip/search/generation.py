@@ -79,6 +79,9 @@ class IndexInfo:
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: photos (thumbnails, uploads) decoded
     # the write's steps, wall-clock (not part of what the generation is)
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # the same steps' CPU time, every thread of the process (FAISS's too): what a loaded machine
+    # does not inflate
+    cpu_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
