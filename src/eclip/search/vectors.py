@@ -175,6 +175,7 @@ class VectorIndex:
         self.stats = stats
         self._keep = keep or []  # Python objects the FAISS index points to
         self._exact: tuple[np.ndarray, np.ndarray] | None = None
+        self._plain_params: dict[int, tuple] = {}  # unfiltered search parameters, by nprobe
 
     @property
     def kind(self) -> str:
@@ -303,7 +304,15 @@ class VectorIndex:
         fetch = max(k, min(k * self.stats.rerank, self.count)) if exact is not None else k
         if allowed is not None:
             selector = faiss.IDSelectorBatch(_as_ids(allowed))
-        params, _alive = search_params(self.kind, nprobe or self.stats.param or 1, selector)
+        param = nprobe or self.stats.param or 1
+        if selector is None:  # made once per search parameter: FAISS only reads them
+            params = self._plain_params.get(param)
+            if params is None:
+                params = self._plain_params.setdefault(param, search_params(self.kind, param,
+                                                                            None))
+            params = params[0]
+        else:
+            params, _alive = search_params(self.kind, param, selector)
         scores, found = self.index.search(queries, fetch, params=params)
         if exact is None:
             return scores, found
