@@ -226,9 +226,11 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path, **storage)
             "npy_gib": sum(v for k, v in sizes.items() if k.endswith(".npy")) / 2**30,
             "sqlite_gib": sizes.get("listings.sqlite", 0) / 2**30,
             "vectors": {m: s.describe() for m, s in result.info.vectors.items()},
-            "seconds": result.info.seconds, "cpu_seconds": result.info.cpu_seconds,
+            "seconds": getattr(result.info, "seconds", None),  # (older trees: none)
+            "cpu_seconds": getattr(result.info, "cpu_seconds", None),
             "build_cpu_s": time.process_time() - began_cpu,
-            "space_seconds": {m: s.seconds for m, s in result.info.vectors.items()},
+            "space_seconds": {m: getattr(s, "seconds", None)
+                              for m, s in result.info.vectors.items()},
             "settings": result.info.settings.to_dict(),
             "kind": result.info.vectors["product"].kind}
 
