@@ -112,15 +112,13 @@ class WriteJob:
     new_vids: np.ndarray
     settings: VectorSettings
     scalars: Callable[[], Scalars]
+    # the new generation's vectors of a space, memory-mapped (float32 or float16 rows; the fused
+    # space computed on read when it is not stored): ``generation.open_vectors``
+    vectors_of: Callable[[str], np.ndarray]
     progress: bool = False
-    fusion_weight: float = 0.5  # the fused space's, when its vectors are computed on read
 
     def vectors(self, space: str) -> np.ndarray:
-        """The new generation's vectors of ``space``, memory-mapped (float32 or float16 rows;
-        the fused space computed on read when it is not stored: ``generation.open_vectors``)."""
-        from eclip.search.generation import open_vectors
-
-        return open_vectors(self.tmp, (space,), fusion_weight=self.fusion_weight)[space]
+        return self.vectors_of(space)
 
     def fresh(self, space: str) -> np.ndarray:
         """The new vectors of ``new_vids`` (in that order) in ``space``, read from the file."""

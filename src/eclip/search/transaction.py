@@ -188,7 +188,9 @@ class IndexWriter:
             dropped=layout.dropped, new_vids=rows.new_vids,
             settings=change.settings, scalars=lambda: _scalars(tmp / "listings.sqlite",
                                                                layout.vids),
-            progress=self.progress, fusion_weight=fusion_weight))
+            vectors_of=lambda space: open_vectors(tmp, (space,),
+                                                  fusion_weight=fusion_weight)[space],
+            progress=self.progress))
         step("vector_store")
         info = IndexInfo(
             generation=generation, listings=rows.count, dim=layout.dim, vectors=stats,
