@@ -143,9 +143,9 @@ def train_two_level(index: faiss.Index, sample: np.ndarray, nlist: int, *, itera
     proportion to its size, each by k-means on its own vectors; the lists' centroids go into the
     coarse quantizer, and FAISS trains the rest (the scalar / product quantizer) as usual. The
     k-means then compares each vector with ``2 sqrt(nlist)`` centroids, not ``nlist``: the cost
-    that dominates a large build (FAISS's guidance for millions of lists, ``faiss.contrib.
-    clustering.two_level_clustering``, which is for L2; here the k-means is spherical, as the
-    vectors are unit). An OPQ rotation is trained first and the lists are found in its space."""
+    that dominates a large build (the approach of ``faiss.contrib.clustering.
+    two_level_clustering``, which is for L2; here the k-means is spherical, as the vectors are
+    unit). An OPQ rotation is trained first and the lists are found in its space."""
     ivf = faiss.extract_index_ivf(index)
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
