@@ -17,6 +17,12 @@ Three phases, each in its own process (so that each peak RSS is its own):
    ``.npy`` files, which the kernel can drop; the anonymous memory before the build: the catalog's
    listings and the imports), the index's disk use.
 
+``--embed-dtype float16 --no-embed-fused`` writes the stored vectors as half precision without
+the fused column (a quarter of the Parquet); ``--vector-dtype``, ``--no-fused-vectors`` and
+``--two-level-from`` set the build's ``VectorSettings`` (the index's own vector files, its
+k-means). Each build step's wall and CPU seconds are in ``WORK/build.json``; ``--phase all``
+prints each phase's wall and CPU time.
+
 ``--index PATH`` puts the index elsewhere than ``WORK/index`` (two builds of one generated
 catalog, e.g. by two source trees on ``PYTHONPATH``; ``--phase build`` then ``--phase measure``).
 3. ``measure``: recall@10 of the served index against exact search on 1,000 near-duplicate queries
