@@ -32,7 +32,8 @@ FP16_SCORE = 2e-3
 @pytest.fixture(scope="module")
 def catalog():
     group, image, text = clustered_unit_vectors(7, N, DIM, products=60)
-    listings = [Listing(f"p{i:05d}", f"item {i}", [], category=("Food", "Home", "Auto")[group[i] % 3],
+    categories = ("Food", "Home", "Auto")
+    listings = [Listing(f"p{i:05d}", f"item {i}", [], category=categories[group[i] % 3],
                         adult=None if i % 13 == 0 else bool(group[i] % 7 == 0))
                 for i in range(N)]
     emb = Embeddings([x.product_id for x in listings], image, text, fuse(image, text, WEIGHT),
@@ -235,7 +236,7 @@ def test_two_level_training_fills_every_list_and_reaches_the_recall(kind, catalo
     assert np.array_equal(faiss.serialize_index(index.index), faiss.serialize_index(again.index))
 
 
-# ------------------------------------------------------------- the metadata's bulk load (fast paths)
+# ------------------------------------------------ the metadata's bulk load (fast paths)
 ASCII_TITLES = ["Nike Air Max 90 &amp; socks", "  TEA\tgreen\x07 100g ", "<b>Bold</b> &lt;3 deal",
                 "&amp;amp;quot;nested&amp;quot;", "plain words 123", "", "A\x00B\x1fC\x7fD"]
 OTHER_TITLES = ["Café crème", "한글 상품명 ㅋㅋ", "ＡＢＣ full width", "naïve résumé", "Ａ\u00a0b"]
