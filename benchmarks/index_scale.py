@@ -17,6 +17,12 @@ Three phases, each in its own process (so that each peak RSS is its own):
    ``.npy`` files, which the kernel can drop; the anonymous memory before the build: the catalog's
    listings and the imports), the index's disk use.
 
+``--embed-dtype float16 --no-embed-fused`` writes the stored vectors as half precision without
+the fused column (a quarter of the Parquet); ``--vector-dtype``, ``--no-fused-vectors`` and
+``--two-level-from`` set the build's ``VectorSettings`` (the index's own vector files, its
+k-means). Each build step's wall and CPU seconds are in ``WORK/build.json``; ``--phase all``
+prints each phase's wall and CPU time.
+
 ``--index PATH`` puts the index elsewhere than ``WORK/index`` (two builds of one generated
 catalog, e.g. by two source trees on ``PYTHONPATH``; ``--phase build`` then ``--phase measure``).
 3. ``measure``: recall@10 of the served index against exact search on 1,000 near-duplicate queries
@@ -65,7 +71,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- generate
-def generate(work: Path, n: int, seed: int) -> dict:
+def generate(work: Path, n: int, seed: int, dtype: str = "float32", fused: bool = True) -> dict:
     from eclip.encode import fuse
     from eclip.encode.identity import model_sha256
     from eclip.encode.listings import Embeddings, write_embeddings, write_embeddings_manifest
@@ -83,10 +89,22 @@ def generate(work: Path, n: int, seed: int) -> dict:
     n_products = int(product_of.max()) + 1 if n else 0
     product_leaf = np_rng.integers(0, len(leaves), n_products)
     leaf_centres = _unit(np_rng.standard_normal((len(leaves), DIM)))
-    # a product 0.78 cosine from its leaf category's centre; a listing 0.94 from its product
-    product_centres = _unit(leaf_centres[product_leaf]
-                            + 0.8 * np_rng.standard_normal((n_products, DIM)) / np.sqrt(DIM))
+    # a product 0.78 cosine from its leaf category's centre; a listing 0.94 from its product.
+    # The centres are kept as float16, made a block of products at a time (10 M listings have
+    # 4.5 M products: 2.3 GB so, 9 GB as the float64 of a single draw)
+    product_centres = np.empty((n_products, DIM), np.float16)
+    for at in range(0, n_products, PART_ROWS):
+        leaf = product_leaf[at:at + PART_ROWS]
+        noise = np_rng.standard_normal((len(leaf), DIM), dtype=np.float32)
+        product_centres[at:at + PART_ROWS] = _unit(leaf_centres[leaf] + 0.8 * noise / np.sqrt(DIM))
     counts = np.bincount(product_of, minlength=n_products)
+    # a product's title parts, drawn once per product (its listings share the title)
+    product_brand = np_rng.integers(0, len(brands), n_products)
+    product_adjective = np_rng.integers(0, len(adjectives), n_products)
+    product_noun = np_rng.integers(0, 4, n_products)
+    product_number = np_rng.integers(100, 999, n_products)
+    is_adult_leaf = np.zeros(len(leaves), bool)
+    is_adult_leaf[sorted(adult_leaves)] = True
     work.mkdir(parents=True, exist_ok=True)
     model_dir = _demo_model(work, leaves, nouns, brands)
     identity = model_sha256(model_dir)
@@ -97,30 +115,36 @@ def generate(work: Path, n: int, seed: int) -> dict:
         for part, start in enumerate(range(0, n, PART_ROWS)):
             stop = min(n, start + PART_ROWS)
             products = product_of[start:stop]
-            centres = product_centres[products]
+            centres = product_centres[products].astype(np.float32)
             noise = 0.35 / np.sqrt(DIM)
-            image = _unit(centres + noise * np_rng.standard_normal(centres.shape))
-            text = _unit(centres + noise * np_rng.standard_normal(centres.shape))
+            image = _unit(centres + noise * np_rng.standard_normal(centres.shape, np.float32))
+            text = _unit(centres + noise * np_rng.standard_normal(centres.shape, np.float32))
             ids = [f"p{i:08d}" for i in range(start, stop)]
-            for row, i in enumerate(range(start, stop)):
-                p = int(products[row])
-                leaf = int(product_leaf[p])
-                prng = random.Random(seed * 1_000_003 + p)
-                title = (f"{prng.choice(brands)} {prng.choice(adjectives)} "
-                         f"{prng.choice(nouns[leaf])} {prng.randrange(100, 999)}")
-                flag = rng.random()
-                adult = (leaf in adult_leaves or flag < 0.005) if flag > 0.1 else None
-                record = {"product_id": ids[row], "title": title, "category": leaves[leaf],
-                          "catalog_id": f"c{p:08d}" if counts[p] > 1 and rng.random() < 0.7
-                          else None, "adult": adult, "images": []}
-                catalog.write(json.dumps(record, ensure_ascii=False) + "\n")
+            # 10 % of the adult flags unknown; the rest: the leaf's, or 0.5 % of any leaf
+            flag = np_rng.random(stop - start)
+            leaf = product_leaf[products]
+            adult = np.where(flag > 0.1, is_adult_leaf[leaf] | (flag < 0.105), -1)
+            with_catalog = (counts[products] > 1) & (np_rng.random(stop - start) < 0.7)
+            adult_json = {-1: "null", 0: "false", 1: "true"}
+            catalog.write("".join(
+                f'{{"product_id": "{ids[row]}", "title": "{brands[product_brand[p]]} '
+                f'{adjectives[product_adjective[p]]} {nouns[lf][product_noun[p]]} '
+                f'{product_number[p]}", "category": "{leaves[lf]}", "catalog_id": '
+                f'{chr(34) + f"c{p:08d}" + chr(34) if c else "null"}, "adult": '
+                f'{adult_json[a]}, "images": []}}\n'
+                for row, (p, lf, a, c) in enumerate(zip(products.tolist(), leaf.tolist(),
+                                                        adult.tolist(),
+                                                        with_catalog.tolist()))))
             name = f"part-{part:05d}.parquet"
-            write_embeddings(Embeddings(ids, image, text, fuse(image, text, 0.5), 0.5),
-                             parts_dir / name, model_sha256=identity)
+            write_embeddings(Embeddings(ids, image, text, fuse(image, text, 0.5) if fused
+                                        else None, 0.5),
+                             parts_dir / name, model_sha256=identity, dtype=dtype, fused=fused)
             parts.append((name, stop - start))
             print(f"  generated {stop:,} / {n:,}", flush=True)
     write_embeddings_manifest(parts_dir, parts, 0.5, model_sha256=identity)
     return {"listings": n, "products": int((counts > 0).sum()), "dim": DIM,
+            "embeddings_dtype": dtype, "embeddings_fused": fused,
+            "embeddings_gib": sum(p.stat().st_size for p in parts_dir.iterdir()) / 2**30,
             "multi_listing_products": int((counts > 1).sum())}
 
 
@@ -171,7 +195,7 @@ class _PeakMemory:
         return {f"peak_{k.lower()}_gib": v / 2**20 for k, v in self.peak.items()}
 
 
-def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
+def build(work: Path, kind: str, max_memory: str | None, index: Path, **storage) -> dict:
     from eclip.catalog.schema import Listing
     from eclip.search.build import index_from_embeddings
     from eclip.search.compressed import parse_bytes
@@ -186,13 +210,13 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
                                     category=r["category"], adult=r["adult"]))
     read_s = time.perf_counter() - started
     settings = VectorSettings(kind=kind, max_memory=parse_bytes(max_memory) if max_memory
-                              else None)
+                              else None, **{k: v for k, v in storage.items() if v is not None})
     out = index
     at_start = {line.split(":")[0]: int(line.split()[1]) / 2**20
                 for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith(("RssAnon:", "RssFile:"))}
     memory = _PeakMemory()
-    started = time.perf_counter()
+    started, began_cpu = time.perf_counter(), time.process_time()
     result = index_from_embeddings(out, work / "embeddings", listings, model_dir=work / "model",
                                    settings=settings, thumbnails=False, progress=False)
     build_s = time.perf_counter() - started
@@ -208,6 +232,12 @@ def build(work: Path, kind: str, max_memory: str | None, index: Path) -> dict:
             "npy_gib": sum(v for k, v in sizes.items() if k.endswith(".npy")) / 2**30,
             "sqlite_gib": sizes.get("listings.sqlite", 0) / 2**30,
             "vectors": {m: s.describe() for m, s in result.info.vectors.items()},
+            "seconds": getattr(result.info, "seconds", None),  # (older trees: none)
+            "cpu_seconds": getattr(result.info, "cpu_seconds", None),
+            "build_cpu_s": time.process_time() - began_cpu,
+            "space_seconds": {m: getattr(s, "seconds", None)
+                              for m, s in result.info.vectors.items()},
+            "settings": result.info.settings.to_dict(),
             "kind": result.info.vectors["product"].kind}
 
 
@@ -397,6 +427,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index", type=Path, default=None, help="the index folder "
                         "(default WORK/index)")
+    parser.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
+                        help="generate: the stored vectors' type (as eclip embed writes them)")
+    parser.add_argument("--embed-fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="generate: store the fused vector too (default: %(default)s)")
+    parser.add_argument("--vector-dtype", choices=["float32", "float16"], default=None,
+                        help="build: the index's vector files (default: the library's)")
+    parser.add_argument("--fused-vectors", action=argparse.BooleanOptionalAction, default=None,
+                        help="build: store the fused vectors (default: the library's)")
+    parser.add_argument("--two-level-from", type=int, default=None,
+                        help="build: two-level k-means from this many lists on (default: the "
+                             "library's)")
     parser.add_argument("--phase", choices=["all", "generate", "build", "measure"],
                         default="all")
     args = parser.parse_args()
@@ -405,9 +446,12 @@ def main() -> None:
     if args.phase != "all":
         args.work.mkdir(parents=True, exist_ok=True)
         if args.phase == "generate":
-            found = generate(args.work, args.listings, args.seed)
+            found = generate(args.work, args.listings, args.seed, args.embed_dtype,
+                             args.embed_fused)
         elif args.phase == "build":
-            found = build(args.work, args.kind, args.max_memory, index)
+            found = build(args.work, args.kind, args.max_memory, index,
+                          vector_dtype=args.vector_dtype, store_fused=args.fused_vectors,
+                          two_level_from=args.two_level_from)
         else:
             found = measure(args.work, args.queries, args.rounds, args.requests, args.seed, index)
         (args.work / f"{args.phase}.json").write_text(json.dumps(found, indent=2))
@@ -421,11 +465,18 @@ def main() -> None:
         else:
             load = os.getloadavg()[0]
             began = time.perf_counter()
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run([sys.executable, __file__] + sys.argv[1:] + ["--phase", phase],
                            check=True)
-            print(f"{phase}: {time.perf_counter() - began:.0f} s (load {load:.1f} at start)",
-                  flush=True)
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall = time.perf_counter() - began
+            cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+            print(f"{phase}: {wall:.0f} s, CPU {cpu:.0f} s (load {load:.1f} at start, "
+                  f"{os.getloadavg()[0]:.1f} at the end)", flush=True)
             results[f"{phase}_load_average"] = [load, os.getloadavg()[0]]
+            results[f"{phase}_wall_s"], results[f"{phase}_cpu_s"] = wall, cpu
+            results[f"{phase}_utc"] = [time.strftime("%H:%M:%S", time.gmtime(time.time() - wall)),
+                                       time.strftime("%H:%M:%S", time.gmtime())]
         results[phase] = json.loads((args.work / f"{phase}.json").read_text())
     results_path.write_text(json.dumps(results, indent=2))
     print(table(results))

@@ -191,8 +191,15 @@ def basic_normalize(text: str) -> str:
             break
         text = decoded
     text = _nfkc(text.translate(_PRE_NFKC))
-    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    if _ascii(text):  # the common case, without a look-up per character
+        text = text.translate(_ASCII_CONTROL)
+    else:
+        text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
     return collapse_whitespace(text)
+
+
+_ascii = str.isascii
+_ASCII_CONTROL = {c: " " for c in range(128) if unicodedata.category(chr(c)) == "Cc"}
 
 
 def _phrase_pattern(phrase: str) -> str:

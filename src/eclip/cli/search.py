@@ -35,7 +35,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     settings = VectorSettings(kind=args.kind, exact_max=args.exact_max,
                               target_recall=args.target_recall,
-                              max_memory=parse_bytes(args.max_memory) if args.max_memory else None)
+                              max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
+                              vector_dtype=args.vector_dtype, store_fused=args.fused_vectors)
     data = _recipe(args).data if args.catalog else None
     if data is not None:
         _threads(args)
@@ -108,6 +109,16 @@ def add_index(commands: Commands) -> None:
     p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
                    help="approximate kinds: recall@10 against exact search that nprobe (efSearch) "
                         "is tuned to reach "
+                        "(default: %(default)s)")
+    p.add_argument("--vector-dtype", choices=("float32", "float16"),
+                   default=Library(settings, "vector_dtype"),
+                   help="the vectors kept on disk beside the indexes (the source of re-ranking, "
+                        "small filters, updates and rebuilds): float16 halves them "
+                        "(default: %(default)s)")
+    p.add_argument("--fused-vectors", action=argparse.BooleanOptionalAction,
+                   default=Library(settings, "store_fused"),
+                   help="store the fused (both) vectors; without, they are computed from the "
+                        "image and text vectors when read: half the disk of the three "
                         "(default: %(default)s)")
     group = p.add_argument_group("vector store")
     group.add_argument("--store", choices=Library("eclip.search.store_types:STORE_KINDS"),

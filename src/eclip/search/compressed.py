@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 import faiss
+import numpy as np
 
 from eclip.errors import ConfigError
 
@@ -90,9 +91,11 @@ def parse_bytes(text: str | int) -> int:
 
 
 def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m: int | None,
-              pq_bits: int, hnsw_m: int, seed: int) -> tuple[faiss.Index, str | None, list]:
+              pq_bits: int, hnsw_m: int, seed: int, per_list: int = 64, iterations: int = 10
+              ) -> tuple[faiss.Index, str | None, list]:
     """An untrained index of ``kind`` (not ``exact``): ``(index, quantizer name, objects to keep
-    alive with it)``."""
+    alive with it)``; its k-means runs ``iterations`` rounds on at most ``per_list`` vectors a
+    list."""
     metric = faiss.METRIC_INNER_PRODUCT
     if kind == "hnsw":
         graph = faiss.IndexHNSWFlat(dim, hnsw_m, metric)
@@ -114,9 +117,9 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
         ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, pq_bits, metric)
     else:
         raise ConfigError(f"unknown index kind {kind!r}")
-    ivf.cp.niter = 10
+    ivf.cp.niter = iterations
     ivf.cp.seed = seed
-    ivf.cp.max_points_per_centroid = 64
+    ivf.cp.max_points_per_centroid = per_list
     if kind != "ivf_pq":
         return ivf, name, [quantizer]
     opq = faiss.OPQMatrix(dim, pq_m)
@@ -124,12 +127,79 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
     return faiss.IndexPreTransform(opq, ivf), name, [quantizer, ivf, opq]
 
 
-def training_size(kind: str, n: int, nlist: int, pq_bits: int) -> int:
-    """How many vectors train an IVF kind: 64 per list, and for PQ 40 per code centroid."""
-    wanted = 64 * nlist
+def training_size(kind: str, n: int, nlist: int, pq_bits: int, per_list: int = 64) -> int:
+    """How many vectors train an IVF kind: ``per_list`` per list, and for PQ 40 per code
+    centroid."""
+    wanted = per_list * nlist
     if kind == "ivf_pq":
         wanted = max(wanted, 40 * 2 ** pq_bits)
     return min(n, wanted)
+
+
+def train_two_level(index: faiss.Index, sample: np.ndarray, nlist: int, *, iterations: int,
+                    seed: int) -> None:
+    """Train an IVF ``index`` (of ``new_index``) on ``sample`` with two-level k-means: about
+    ``sqrt(nlist)`` coarse clusters, then each split into a share of the ``nlist`` lists in
+    proportion to its size, each by k-means on its own vectors; the lists' centroids go into the
+    coarse quantizer, and FAISS trains the rest (the scalar / product quantizer) as usual. The
+    k-means then compares each vector with ``2 sqrt(nlist)`` centroids, not ``nlist``: the cost
+    that dominates a large build (the approach of ``faiss.contrib.clustering.
+    two_level_clustering``, which is for L2; here the k-means is spherical, as the vectors are
+    unit). An OPQ rotation is trained first and the lists are found in its space."""
+    ivf = faiss.extract_index_ivf(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            step = index.chain.at(i)
+            step.train(sample)
+            sample = step.apply(sample)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # many small k-means: OpenMP's start and spin cost more than
+    try:                            # they save (4x the CPU time on a shared 2-core machine)
+        centroids = _two_level_centroids(sample, nlist, iterations, seed)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    ivf.quantizer.add(centroids)  # a full quantizer: FAISS skips its own k-means
+    ivf.train(sample)
+    index.is_trained = True
+
+
+def _two_level_centroids(sample: np.ndarray, nlist: int, iterations: int, seed: int
+                         ) -> np.ndarray:
+    d = sample.shape[1]
+    coarse = max(1, min(int(round(np.sqrt(nlist))), nlist))
+    top = faiss.Kmeans(d, coarse, niter=iterations, seed=seed, spherical=True,
+                       max_points_per_centroid=max(1, len(sample) // coarse + 1))
+    top.train(sample)
+    _, assigned = top.index.search(sample, 1)
+    assigned = assigned[:, 0]
+    sizes = np.bincount(assigned, minlength=coarse)
+    shares = _shares(sizes, nlist)
+    centroids = []
+    for cell in np.flatnonzero(shares):
+        points = sample[assigned == cell]
+        if shares[cell] == len(points):
+            centroids.append(points)
+            continue
+        fine = faiss.Kmeans(d, int(shares[cell]), niter=iterations, seed=seed + int(cell),
+                            spherical=True, max_points_per_centroid=len(points))
+        fine.train(points)
+        centroids.append(fine.centroids)
+    return np.ascontiguousarray(np.vstack(centroids), dtype=np.float32)
+
+
+def _shares(sizes: np.ndarray, total: int) -> np.ndarray:
+    """``total`` lists shared among cells of ``sizes`` vectors in proportion to their sizes, no
+    cell getting more lists than it has vectors (``total <= sizes.sum()``)."""
+    cumulative = np.cumsum(sizes)
+    shares = cumulative * total // max(int(cumulative[-1]), 1)
+    shares[1:] -= shares[:-1].copy()
+    shares = np.minimum(shares, sizes)
+    for cell in np.argsort(-(sizes - shares), kind="stable"):  # what the cap took, to the roomiest
+        if shares.sum() >= total:
+            break
+        shares[cell] += min(total - shares.sum(), sizes[cell] - shares[cell])
+    return shares
 
 
 def search_params(kind: str, param: int, selector) -> tuple[faiss.SearchParameters | None, list]:

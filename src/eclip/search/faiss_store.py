@@ -107,7 +107,8 @@ class FaissStore:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
             kept = allowed.vids
-            subset = np.take(self.vectors[space], np.searchsorted(self.vids, kept), axis=0)
+            subset = np.asarray(self.vectors[space][np.searchsorted(self.vids, kept)],
+                                dtype=np.float32)  # float16 rows, or fused ones, as float32
             values, top = faiss.knn(query, subset, min(want, len(kept)),
                                     metric=faiss.METRIC_INNER_PRODUCT)
             values, found = values[0], kept[top[0]]

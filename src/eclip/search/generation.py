@@ -8,7 +8,10 @@ Layout::
         model/             the model directory (hard links to the previous generation's files)
         listings.sqlite    metadata (metadata.py), keyed by vid
         vids.npy           int64 vids, ascending; row i of every vector file belongs to vids[i]
-        image.npy text.npy product.npy   float32 unit vectors (the source for rebuilds)
+        image.npy text.npy product.npy   unit vectors (the source for rebuilds): float32, or
+                           float16 (``VectorSettings.vector_dtype``); product.npy (the fused
+                           vectors) is absent when ``store_fused`` is off: it is computed from
+                           image.npy and text.npy when rows are read (:class:`FusedRows`)
         image.faiss text.faiss product.faiss   FAISS indexes with ids = vids (faiss_store.py);
                            with the Milvus store (milvus.py) a collection per generation instead
         heads.json         adult heads (heads.py)
@@ -74,6 +77,11 @@ class IndexInfo:
     model_sha256: str | None = None  # encode.identity.model_sha256 of model/ (None: older index)
     thumbnails: bool = True  # False: some listings were written without photos (--no-thumbnails)
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels: photos (thumbnails, uploads) decoded
+    # the write's steps, wall-clock (not part of what the generation is)
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    # the same steps' CPU time, every thread of the process (FAISS's too): what a loaded machine
+    # does not inflate
+    cpu_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -103,6 +111,9 @@ class IndexInfo:
                          f"{shown}")
         if self.image_problems:
             lines.append(f"  {self.image_problems} photo(s) could not be stored and were left out")
+        if self.seconds:
+            lines.append("  seconds: " + ", ".join(f"{step} {s:.1f}"
+                                                   for step, s in self.seconds.items()))
         return "\n".join(lines)
 
 
@@ -206,24 +217,82 @@ def model_sha1(model_dir: Path) -> str:
     return file_sha1(weights)
 
 
+class FusedRows:
+    """The fused ("both") vectors of a generation that does not store them: rows read are
+    ``eclip.encode.fuse(image rows, text rows, weight)``, float32, computed from the two stored
+    spaces (memory-mapped, float32 or float16). Indexed like an array of shape ``[n, d_image +
+    d_text]`` (an int, a slice, an array of rows); ``np.asarray`` of it computes every row."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, image: np.ndarray, text: np.ndarray, weight: float):
+        if len(image) != len(text):
+            raise ValueError(f"{len(image)} image rows, {len(text)} text rows")
+        self.image, self.text, self.weight = image, text, float(weight)
+        self.shape = (len(image), int(image.shape[1]) + int(text.shape[1]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        """``fuse(image[key], text[key], weight)``, the same numbers, written straight into one
+        array: the fused rows are read by every pass of a build over the fused space."""
+        image = np.asarray(self.image[key], dtype=np.float32)
+        text = np.asarray(self.text[key], dtype=np.float32)
+        out = np.empty(image.shape[:-1] + (image.shape[-1] + text.shape[-1],), np.float32)
+        split = image.shape[-1]
+        # as fuse: the float64 product of each float32 value, rounded once to float32
+        np.multiply(image, np.sqrt(self.weight), out=out[..., :split], casting="unsafe",
+                    dtype=np.float64)
+        np.multiply(text, np.sqrt(1.0 - self.weight), out=out[..., split:], casting="unsafe",
+                    dtype=np.float64)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+VECTOR_DTYPES = ("float32", "float16")
+
+
+def open_vectors(folder: Path, spaces=SPACES, *, mmap: bool = True,
+                 fusion_weight: float | None = None) -> dict[str, np.ndarray | FusedRows]:
+    """A generation's (or a generation being written's) vectors per space: ``{space}.npy``
+    (float32 or float16), the fused space computed from the two others (:class:`FusedRows`,
+    with ``fusion_weight``; None: the one ``info.json`` records) when its file is absent."""
+    mode = "r" if mmap else None
+
+    def read(name: str) -> np.ndarray:
+        with reading(folder / name):
+            return np.load(folder / name, mmap_mode=mode)
+
+    arrays = {}
+    for m in spaces:
+        if m == "product" and not (folder / "product.npy").exists():
+            weight = read_info(folder).fusion_weight if fusion_weight is None else fusion_weight
+            arrays[m] = FusedRows(read("image.npy"), read("text.npy"), weight)
+        else:
+            arrays[m] = read(f"{m}.npy")
+    return arrays
+
+
 @dataclass
 class StoredVectors:
-    """A generation's ids (``vids.npy``) and its vectors per space (``{space}.npy``)."""
+    """A generation's ids (``vids.npy``) and its vectors per space (``{space}.npy``, or the fused
+    space computed on read: :func:`open_vectors`)."""
 
     vids: np.ndarray
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray | FusedRows]
 
     @classmethod
     def load(cls, generation: Path, mmap: bool = False) -> StoredVectors:
         """The ids and vectors of a generation; a file that cannot be read is a SearchIndexError
         naming it."""
-        mode = "r" if mmap else None
-
-        def read(name: str) -> np.ndarray:
-            with reading(generation / name):
-                return np.load(generation / name, mmap_mode=mode)
-
-        return cls(read("vids.npy"), {m: read(f"{m}.npy") for m in SPACES})
+        with reading(generation / "vids.npy"):
+            vids = np.load(generation / "vids.npy", mmap_mode="r" if mmap else None)
+        return cls(vids, open_vectors(generation, mmap=mmap))
 
 
 def consistent(path: Path, ok: bool, detail: str) -> None:

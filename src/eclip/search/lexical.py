@@ -27,6 +27,7 @@ import re
 import sqlite3
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 from eclip.catalog.text import basic_normalize
 
@@ -47,11 +48,16 @@ _CJK = re.compile("([\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-
                   "\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff]+)")
 
 
+_ascii = str.isascii
+
+
 def normalize(text: str | None) -> str:
     """HTML entities and tags, NFKC, case folding and accents removed; "" for None."""
     if not text:
         return ""
     text = basic_normalize(text).casefold()
+    if _ascii(text):  # no accents to remove: NFD and NFC leave ASCII as it is
+        return text
     decomposed = unicodedata.normalize("NFD", text)
     # accents go (é -> e), Hangul stays composed (NFD would split syllables into jamo)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
@@ -128,11 +134,15 @@ def create_table(conn: sqlite3.Connection, tokenizer: str) -> None:
 
 
 def write_rows(conn: sqlite3.Connection, rows: Iterable[tuple[int, str, str | None, str | None]],
-               tokenizer: str) -> None:
-    """Insert or replace ``(vid, title, brand, category)`` rows."""
-    prepared = [(int(vid), indexed_text(title, tokenizer), indexed_text(brand, tokenizer),
-                 indexed_text(category, tokenizer)) for vid, title, brand, category in rows]
-    delete_rows(conn, [row[0] for row in prepared])
+               tokenizer: str, *, replace: bool = True) -> None:
+    """Insert or replace ``(vid, title, brand, category)`` rows (``replace=False``: the vids are
+    known not to be in the table, as in a store being filled for the first time). Brands and
+    categories repeat across listings: each distinct one is normalised once."""
+    repeated = lru_cache(maxsize=1 << 16)(lambda text: indexed_text(text, tokenizer))
+    prepared = [(int(vid), indexed_text(title, tokenizer), repeated(brand), repeated(category))
+                for vid, title, brand, category in rows]
+    if replace:
+        delete_rows(conn, [row[0] for row in prepared])
     conn.executemany(f"INSERT INTO {TABLE}(rowid, {', '.join(COLUMNS)}) VALUES (?, ?, ?, ?)",
                      prepared)
 

@@ -47,6 +47,7 @@ _COLUMNS = ("vid", "product_id", "catalog_id", "title", "brand", "category", "at
             "lang", "split", "images")
 
 UPSERT_BLOCK = 50_000  # listings written per executemany
+BULK_CACHE_KIB = 256 * 1024  # SQLite's page cache while a generation's store is written
 MMAP_BYTES = 1 << 36  # a read-only store is memory-mapped whole (up to SQLite's own limit)
 
 
@@ -94,16 +95,31 @@ class MetadataStore:
         else:
             self._conn = sqlite3.connect(self.path)
         self._lock = threading.Lock()
+        self._new = False
         self._lexical: str | None = None
         if lexical.has_table(self._conn):
             rows = self._conn.execute("SELECT value FROM meta WHERE key = 'lexical_tokenizer'"
                                       ).fetchall()
             self._lexical = rows[0][0] if rows else lexical.DEFAULT_TOKENIZER
 
+    def _bulk(self) -> None:
+        """Settings for a store written from scratch into a generation being assembled: no
+        rollback journal and no sync at each commit (a write that fails discards the whole
+        folder, and the finished generation is synced before it is put in service), and a page
+        cache large enough for the indexes of millions of rows."""
+        self._conn.execute("PRAGMA journal_mode = OFF")
+        self._conn.execute("PRAGMA synchronous = OFF")
+        self._conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+
     @classmethod
     def create(cls, path: str | Path, *,
-               lexical_tokenizer: str = lexical.DEFAULT_TOKENIZER) -> MetadataStore:
+               lexical_tokenizer: str = lexical.DEFAULT_TOKENIZER,
+               bulk: bool = False) -> MetadataStore:
+        """A new store; ``bulk``: written inside a generation being assembled (``_bulk``)."""
         store = cls(path, readonly=False)
+        if bulk:
+            store._bulk()
+        store._new = True  # every vid upserted into it is a new row
         store._conn.executescript(SCHEMA)
         store.set_meta("next_vid", "0")
         store._add_lexical(lexical_tokenizer)
@@ -119,8 +135,10 @@ class MetadataStore:
         lexical.write_rows(self._conn, rows, tokenizer)
 
     @classmethod
-    def copy(cls, source: str | Path, target: str | Path) -> MetadataStore:
-        """A writable copy of ``source`` at ``target`` (SQLite's online backup API)."""
+    def copy(cls, source: str | Path, target: str | Path, *, bulk: bool = False
+             ) -> MetadataStore:
+        """A writable copy of ``source`` at ``target`` (SQLite's online backup API); ``bulk``:
+        as for ``create``."""
         src = sqlite3.connect(f"file:{Path(source).as_posix()}?mode=ro", uri=True)
         dst = sqlite3.connect(target)
         try:
@@ -129,6 +147,8 @@ class MetadataStore:
             src.close()
             dst.close()
         store = cls(target, readonly=False)
+        if bulk:
+            store._bulk()
         if store.lexical_tokenizer is None:  # written by an eclip without the lexical index
             store._add_lexical(lexical.DEFAULT_TOKENIZER)
             store.commit()
@@ -159,12 +179,15 @@ class MetadataStore:
         return np.asarray(vids, dtype=np.int64)
 
     def upsert(self, vids: np.ndarray, listings: list[Listing], images: list[list[str]]) -> None:
+        # the first rows of a new store, each vid once: nothing in the lexical index to replace
+        fresh = self._new and len(np.unique(np.asarray(vids))) == len(vids)
+        self._new = False
         for start in range(0, len(listings), UPSERT_BLOCK):  # rows built a block at a time
             stop = start + UPSERT_BLOCK
             rows = [(int(vid), x.product_id, x.catalog_id, x.title, x.brand, x.category,
-                     json.dumps(x.attributes or {}, ensure_ascii=False),
+                     json.dumps(x.attributes, ensure_ascii=False) if x.attributes else "{}",
                      None if x.adult is None else int(bool(x.adult)), x.lang, x.split,
-                     json.dumps(names, ensure_ascii=False))
+                     json.dumps(names, ensure_ascii=False) if names else "[]")
                     for vid, x, names in zip(vids[start:stop], listings[start:stop],
                                              images[start:stop])]
             self._conn.executemany(
@@ -172,9 +195,10 @@ class MetadataStore:
                 f"VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
             if self._lexical is not None:
                 lexical.write_rows(self._conn, [(row[0], row[3], row[4], row[5]) for row in rows],
-                                   self._lexical)
+                                   self._lexical, replace=not fresh)
 
     def delete(self, vids: np.ndarray) -> None:
+        self._new = False
         self._conn.executemany("DELETE FROM listings WHERE vid = ?", [(int(v),) for v in vids])
         if self._lexical is not None:
             lexical.delete_rows(self._conn, vids)

@@ -192,7 +192,8 @@ class SearchIndex:
         return self.store.by_product_id(product_id)
 
     def vector(self, vid: int, modality: str = "product") -> np.ndarray:
-        return np.asarray(self.vectors[modality][int(np.searchsorted(self.vids, vid))])
+        return np.asarray(self.vectors[modality][int(np.searchsorted(self.vids, vid))],
+                          dtype=np.float32)
 
     def similar(self, product_id: str, k: int, *, adult: bool | None = None
                 ) -> tuple[StoredListing, list[Hit]] | None:
@@ -212,7 +213,7 @@ class SearchIndex:
         same: list[Hit] = []
         if members:
             rows = np.searchsorted(self.vids, np.asarray(members, dtype=np.int64))
-            scores = np.asarray(self.vectors["product"][rows]) @ query
+            scores = np.asarray(self.vectors["product"][rows], dtype=np.float32) @ query
             ranked = [members[i] for i in np.argsort(-scores, kind="stable")][:k]
             found = self.store.fetch(ranked)
             score_of = dict(zip(members, scores))

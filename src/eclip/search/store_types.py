@@ -112,10 +112,13 @@ class WriteJob:
     new_vids: np.ndarray
     settings: VectorSettings
     scalars: Callable[[], Scalars]
+    # the new generation's vectors of a space, memory-mapped (float32 or float16 rows; the fused
+    # space computed on read when it is not stored): ``generation.open_vectors``
+    vectors_of: Callable[[str], np.ndarray]
     progress: bool = False
 
     def vectors(self, space: str) -> np.ndarray:
-        return np.load(self.tmp / f"{space}.npy", mmap_mode="r")
+        return self.vectors_of(space)
 
     def fresh(self, space: str) -> np.ndarray:
         """The new vectors of ``new_vids`` (in that order) in ``space``, read from the file."""

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from eclip.encode.identity import model_sha256
 from eclip.errors import SearchIndexError
 from eclip.search.generation import (GENERATION_NAME, IndexInfo, StoredVectors, current_generation,
                                      fsync_tree, is_index, link_tree, model_sha1, next_generation,
-                                     read_info, write_pointer)
+                                     open_vectors, read_info, write_pointer)
 from eclip.search.heads import fit_adult_head
 from eclip.search.metadata import MetadataStore
 from eclip.search.spaces import API_NAME, SPACES
@@ -163,10 +164,23 @@ class IndexWriter:
                   change: Change, vector_store: StoreWriter) -> IndexInfo:
         max_pixels = change.max_pixels or (base_info.max_pixels if base_info else
                                            DEFAULT_MAX_PIXELS)
+        seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        began, began_cpu = time.perf_counter(), time.process_time()
+
+        def step(name: str) -> None:  # each step's wall-clock and CPU time, into info.json
+            nonlocal began, began_cpu
+            seconds[name] = round(time.perf_counter() - began, 3)
+            cpu[name] = round(time.process_time() - began_cpu, 3)
+            began, began_cpu = time.perf_counter(), time.process_time()
+
         link_tree(change.model_dir, tmp / "model")
         names, problems = self._store_photos(change, max_pixels)
+        step("photos")
         rows = _write_metadata(tmp, base, change, names)
-        layout = _write_vectors(tmp, base, change, rows)
+        step("metadata")
+        fusion_weight = _fusion_weight(change.embeddings, base_info)
+        layout = _write_vectors(tmp, base, change, rows, fusion_weight, step)
         generation = next_generation(self.root)
         stats, store_entry = vector_store.write(WriteJob(
             root=self.root, tmp=tmp, generation=generation, base=base,
@@ -174,7 +188,10 @@ class IndexWriter:
             dropped=layout.dropped, new_vids=rows.new_vids,
             settings=change.settings, scalars=lambda: _scalars(tmp / "listings.sqlite",
                                                                layout.vids),
+            vectors_of=lambda space: open_vectors(tmp, (space,),
+                                                  fusion_weight=fusion_weight)[space],
             progress=self.progress))
+        step("vector_store")
         info = IndexInfo(
             generation=generation, listings=rows.count, dim=layout.dim, vectors=stats,
             model_sha1=model_sha1(tmp / "model"), settings=change.settings,
@@ -182,10 +199,10 @@ class IndexWriter:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             added=len(change.listings) - rows.updated, updated=rows.updated,
             deleted=len(rows.deleted), not_found=rows.not_found, image_problems=problems,
-            fusion_weight=_fusion_weight(change.embeddings, base_info), store=store_entry,
+            fusion_weight=fusion_weight, store=store_entry,
             model_sha256=model_sha256(tmp / "model"),
             thumbnails=change.thumbnails and (base_info is None or base_info.thumbnails),
-            max_pixels=max_pixels)
+            max_pixels=max_pixels, seconds=seconds, cpu_seconds=cpu)
         (tmp / "info.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n",
                                        encoding="utf-8")
         return info
@@ -226,8 +243,8 @@ def _write_metadata(tmp: Path, base: Path | None, change: Change,
                     names: list[list[str]]) -> _Rows:
     """The new generation's ``listings.sqlite``: the base's rows, less the deleted ones, with the
     change's listings added or replaced (a replaced listing keeps its vid)."""
-    store = (MetadataStore.copy(base / "listings.sqlite", tmp / "listings.sqlite") if base
-             else MetadataStore.create(tmp / "listings.sqlite"))
+    store = (MetadataStore.copy(base / "listings.sqlite", tmp / "listings.sqlite", bulk=True)
+             if base else MetadataStore.create(tmp / "listings.sqlite", bulk=True))
     try:
         found = store.vids_of(change.delete)
         deleted = np.asarray(sorted(found.values()), dtype=np.int64)
@@ -244,9 +261,13 @@ def _write_metadata(tmp: Path, base: Path | None, change: Change,
         store.close()
 
 
-def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows) -> _Layout:
+def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows,
+                   fusion_weight: float, step=lambda name: None) -> _Layout:
     """``vids.npy`` and ``{space}.npy`` (the base's vectors that stay and the new ones, by vid)
-    and ``heads.json`` (an adult head per space, fitted on the listings labelled).
+    and ``heads.json`` (an adult head per space, fitted on the listings labelled). The files hold
+    ``settings.vector_dtype`` rows; without ``settings.store_fused`` there is no
+    ``product.npy`` (the fused vectors are computed from the two others when read). ``step``
+    is called with each step's name when it ends.
 
     The vector files are written a block at a time, from the base's memory-mapped files and the
     change's :class:`VectorSource` (stored vectors are streamed part by part), so that memory holds
@@ -265,18 +286,21 @@ def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows) ->
     kept_vids = old.vids[keep] if old is not None else np.zeros(0, np.int64)
     vids = np.sort(np.concatenate([kept_vids, rows.new_vids]))  # vids are unique
     np.save(tmp / "vids.npy", vids)
-    files = {m: _VectorFile(tmp / f"{m}.npy", len(vids), dims[m]) for m in SPACES}
+    settings = change.settings
+    stored = [m for m in SPACES if m != "product" or settings.store_fused]
+    files = {m: _VectorFile(tmp / f"{m}.npy", len(vids), dims[m], settings.vector_dtype)
+             for m in stored}
     try:
         if old is not None and len(kept_vids):  # the base's vectors that stay, a block at a time
             source_rows, target = np.flatnonzero(keep), np.searchsorted(vids, kept_vids)
             for start in range(0, len(source_rows), WRITE_BLOCK):
                 block = slice(start, start + WRITE_BLOCK)
-                for m in SPACES:
+                for m in stored:
                     files[m].put(target[block], old.arrays[m][source_rows[block]])
         if source is not None:  # the change's vectors, as its source yields them
             target, written = np.searchsorted(vids, rows.new_vids), np.zeros(n, bool)
             for positions, block in source.blocks():
-                for m in SPACES:
+                for m in stored:
                     files[m].put(target[positions], block[m])
                 written[positions] = True
             if not written.all():
@@ -285,14 +309,18 @@ def _write_vectors(tmp: Path, base: Path | None, change: Change, rows: _Rows) ->
     finally:
         for file in files.values():
             file.close()
+    step("vectors")
     heads: dict[str, dict | None] = {}
     label_rows = np.searchsorted(vids, rows.label_vids)
+    written = open_vectors(tmp, fusion_weight=fusion_weight)
     for m in SPACES:
-        vectors = np.load(tmp / f"{m}.npy", mmap_mode="r")
+        vectors = written[m]
         head = fit_adult_head(vectors, rows.labels, rows=label_rows, seed=change.settings.seed)
         heads[m] = head.to_dict() if head is not None else None
         del vectors
+    del written
     (tmp / "heads.json").write_text(json.dumps({"adult": heads}), encoding="utf-8")
+    step("adult_heads")
     return _Layout(vids, dropped, dims["image"])
 
 
@@ -328,18 +356,19 @@ def vector_source(embeddings) -> VectorSource:
 
 
 class _VectorFile:
-    """A ``.npy`` file of ``rows`` float32 vectors, written at any rows in any order through the
-    file (``os.pwrite`` of each run of consecutive rows): the process keeps no mapping of it, so
-    what it wrote is page cache, not the writer's memory."""
+    """A ``.npy`` file of ``rows`` vectors of ``dtype`` (float32 or float16), written at any rows
+    in any order through the file (``os.pwrite`` of each run of consecutive rows): the process
+    keeps no mapping of it, so what it wrote is page cache, not the writer's memory."""
 
-    def __init__(self, path: Path, rows: int, dim: int):
+    def __init__(self, path: Path, rows: int, dim: int, dtype: str = "float32"):
+        self.dtype = np.dtype(dtype)
         with open(path, "wb") as handle:
             np.lib.format.write_array_header_1_0(
-                handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                handle, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                          "fortran_order": False, "shape": (rows, dim)})
             self.offset = handle.tell()
-            handle.truncate(self.offset + rows * dim * 4)
-        self.row_bytes = dim * 4
+            handle.truncate(self.offset + rows * dim * self.dtype.itemsize)
+        self.row_bytes = dim * self.dtype.itemsize
         self.fd = os.open(path, os.O_WRONLY)
 
     def put(self, rows: np.ndarray, values: np.ndarray) -> None:
@@ -347,7 +376,7 @@ class _VectorFile:
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows) or not self.row_bytes:
             return
-        values = np.asarray(values, dtype=np.float32)
+        values = np.asarray(values, dtype=self.dtype)
         if np.any(np.diff(rows) < 0):  # in row order (no copy of a block already in order)
             order = np.argsort(rows, kind="stable")
             rows, values = rows[order], values[order]

@@ -20,15 +20,17 @@ was trained at, or when ``auto`` would now choose another kind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import faiss
 import numpy as np
 
 from eclip.errors import ConfigError
 from eclip.search.compressed import (APPROXIMATE_KINDS, DEFAULT_RERANK, LABELS, bytes_per_vector,
-                                     choose_kind, new_index, search_params, training_size)
+                                     choose_kind, new_index, search_params, train_two_level,
+                                     training_size)
 
 KINDS = ("auto", "flat", "exact") + APPROXIMATE_KINDS + ("diskann",)  # "flat" is "exact";
 # diskann: the Milvus store on a server only (milvus.py)
@@ -53,10 +55,28 @@ class VectorSettings:
     pq_m: int | None = None  # ivf_pq sub-quantizers; None: dim // 8
     pq_bits: int = 8
     hnsw_m: int = 32
+    # how the generation keeps its vectors on disk (``{space}.npy``, the source of re-ranking,
+    # small filters, rebuilds and updates): float32 or float16 (half the disk; re-ranking and
+    # scans then score the rounded vectors), and whether the fused "both" vectors are stored or
+    # computed from the image and text ones when read (a third less to store)
+    vector_dtype: str = "float32"
+    store_fused: bool = True
+    # k-means of an IVF kind: vectors sampled per list and iterations (FAISS's own defaults are
+    # 256 and 25; fewer train faster, the recall is measured and tuned after)
+    train_per_list: int = 64
+    train_iterations: int = 10
+    # two-level k-means (compressed.train_two_level) from this many lists on: sqrt(nlist) coarse
+    # clusters split into the lists, instead of comparing every sampled vector with every list
+    two_level_from: int = 4096
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"index kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.vector_dtype not in ("float32", "float16"):
+            raise ConfigError(f"vector_dtype must be float32 or float16, got "
+                              f"{self.vector_dtype!r}")
+        if self.train_per_list < 1 or self.train_iterations < 1:
+            raise ConfigError("train_per_list and train_iterations must be >= 1")
         if not 0.0 < self.target_recall <= 1.0:
             raise ConfigError(f"target_recall must be in (0, 1], got {self.target_recall}")
         if self.exact_max < 0 or self.recall_queries < 1:
@@ -102,6 +122,9 @@ class IndexStats:
     ef_search: int | None = None  # hnsw
     rerank: int | None = None  # candidates re-scored exactly: rerank * k (0 / None: none)
     bytes_per_vector: int | None = None  # the index's memory per vector (compressed.py)
+    # the build's steps (train, add, tune), wall-clock, and their CPU time (cpu); not part of
+    # what the index is
+    seconds: dict[str, float] | None = field(default=None, compare=False)
 
     @property
     def param(self) -> int | None:
@@ -152,6 +175,7 @@ class VectorIndex:
         self.stats = stats
         self._keep = keep or []  # Python objects the FAISS index points to
         self._exact: tuple[np.ndarray, np.ndarray] | None = None
+        self._plain_params: dict[int, tuple] = {}  # unfiltered search parameters, by nprobe
 
     @property
     def kind(self) -> str:
@@ -189,20 +213,35 @@ class VectorIndex:
         index, quantizer, keep = new_index(
             kind, dim, nlist or 0, hnsw_quantizer_from=settings.hnsw_quantizer_from,
             pq_m=settings.pq_m, pq_bits=settings.pq_bits, hnsw_m=settings.hnsw_m,
-            seed=settings.seed)
+            seed=settings.seed, per_list=settings.train_per_list,
+            iterations=settings.train_iterations)
+        seconds = {}
+        began, cpu = time.perf_counter(), time.process_time()
         if nlist is not None:
             rng = np.random.default_rng(settings.seed)
-            sample = training_size(kind, n, nlist, settings.pq_bits)
-            index.train(_as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))]))
+            sample = training_size(kind, n, nlist, settings.pq_bits, settings.train_per_list)
+            picked = _as_matrix(vectors[np.sort(rng.choice(n, sample, replace=False))])
+            if nlist >= settings.two_level_from:
+                train_two_level(index, picked, nlist, iterations=settings.train_iterations,
+                                seed=settings.seed)
+            else:
+                index.train(picked)
+            seconds["train"] = time.perf_counter() - began
+            began = time.perf_counter()
         for start in range(0, n, ADD_BLOCK):  # a memory-mapped array is read a block at a time
             index.add_with_ids(_as_matrix(vectors[start:start + ADD_BLOCK]),
                                ids[start:start + ADD_BLOCK])
+        seconds["add"] = time.perf_counter() - began
         stats = IndexStats(kind, n, nlist=nlist, quantizer=quantizer, trained_on=n,
                            rerank=settings.rerank_for(kind),
                            bytes_per_vector=bytes_per_vector(kind, dim, pq_m=settings.pq_m,
                                                              hnsw_m=settings.hnsw_m))
         result = cls(index, stats, keep)
+        began = time.perf_counter()
         result.tune(vectors, ids, settings)
+        seconds["tune"] = time.perf_counter() - began
+        seconds["cpu"] = time.process_time() - cpu  # the three steps, every thread
+        stats.seconds = {step: round(s, 3) for step, s in seconds.items()}
         return result
 
     def needs_retraining(self, n: int, settings: VectorSettings, *, removing: bool = False,
@@ -265,7 +304,15 @@ class VectorIndex:
         fetch = max(k, min(k * self.stats.rerank, self.count)) if exact is not None else k
         if allowed is not None:
             selector = faiss.IDSelectorBatch(_as_ids(allowed))
-        params, _alive = search_params(self.kind, nprobe or self.stats.param or 1, selector)
+        param = nprobe or self.stats.param or 1
+        if selector is None:  # made once per search parameter: FAISS only reads them
+            params = self._plain_params.get(param)
+            if params is None:
+                params = self._plain_params.setdefault(param, search_params(self.kind, param,
+                                                                            None))
+            params = params[0]
+        else:
+            params, _alive = search_params(self.kind, param, selector)
         scores, found = self.index.search(queries, fetch, params=params)
         if exact is None:
             return scores, found
