@@ -56,6 +56,35 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_vector_options(p: argparse.ArgumentParser, settings: str) -> None:
+    """``eclip index``'s vector index options: the kind, its memory and recall, the stored rows."""
+    p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
+                   default=Library(settings, "kind"),
+                   help="vector index, one of %(choices)s: exact (flat) search, IVF, HNSW, IVF of "
+                        "fp16 / 8-bit vectors, OPQ+IVF-PQ (re-ranked exactly), DiskANN (Milvus "
+                        "servers only), or auto: exact up to --exact-max listings, IVF above, or "
+                        "with --max-memory the most exact kind that fits (default: %(default)s)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory for the three vector indexes (image, text, both), e.g. 12GiB: "
+                        "--kind auto picks a compressed kind that fits (default: no limit)")
+    p.add_argument("--exact-max", type=int, default=Library(settings, "exact_max"),
+                   help="largest index searched exactly with --kind auto (default: %(default)s)")
+    p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
+                   help="approximate kinds: recall@10 against exact search that nprobe (efSearch) "
+                        "is tuned to reach "
+                        "(default: %(default)s)")
+    p.add_argument("--vector-dtype", choices=("float32", "float16"),
+                   default=Library(settings, "vector_dtype"),
+                   help="the vectors kept on disk beside the indexes (the source of re-ranking, "
+                        "small filters, updates and rebuilds): float16 halves them "
+                        "(default: %(default)s)")
+    p.add_argument("--fused-vectors", action=argparse.BooleanOptionalAction,
+                   default=Library(settings, "store_fused"),
+                   help="store the fused (both) vectors; without, they are computed from the "
+                        "image and text vectors when read: half the disk of the three "
+                        "(default: %(default)s)")
+
+
 def add_index(commands: Commands) -> None:
     settings, build = "eclip.search.vectors:VectorSettings", "eclip.search.index:build_index"
     p = commands.add(
@@ -95,31 +124,7 @@ def add_index(commands: Commands) -> None:
     p.add_argument("--split", nargs="+", metavar="NAME",
                    help="index only the listings of these splits (the catalog's split column), "
                         "e.g. train: an index that holds the test listings answers for them")
-    p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
-                   default=Library(settings, "kind"),
-                   help="vector index, one of %(choices)s: exact (flat) search, IVF, HNSW, IVF of "
-                        "fp16 / 8-bit vectors, OPQ+IVF-PQ (re-ranked exactly), DiskANN (Milvus "
-                        "servers only), or auto: exact up to --exact-max listings, IVF above, or "
-                        "with --max-memory the most exact kind that fits (default: %(default)s)")
-    p.add_argument("--max-memory", metavar="SIZE",
-                   help="memory for the three vector indexes (image, text, both), e.g. 12GiB: "
-                        "--kind auto picks a compressed kind that fits (default: no limit)")
-    p.add_argument("--exact-max", type=int, default=Library(settings, "exact_max"),
-                   help="largest index searched exactly with --kind auto (default: %(default)s)")
-    p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),
-                   help="approximate kinds: recall@10 against exact search that nprobe (efSearch) "
-                        "is tuned to reach "
-                        "(default: %(default)s)")
-    p.add_argument("--vector-dtype", choices=("float32", "float16"),
-                   default=Library(settings, "vector_dtype"),
-                   help="the vectors kept on disk beside the indexes (the source of re-ranking, "
-                        "small filters, updates and rebuilds): float16 halves them "
-                        "(default: %(default)s)")
-    p.add_argument("--fused-vectors", action=argparse.BooleanOptionalAction,
-                   default=Library(settings, "store_fused"),
-                   help="store the fused (both) vectors; without, they are computed from the "
-                        "image and text vectors when read: half the disk of the three "
-                        "(default: %(default)s)")
+    _add_vector_options(p, settings)
     group = p.add_argument_group("vector store")
     group.add_argument("--store", choices=Library("eclip.search.store_types:STORE_KINDS"),
                        metavar="STORE",
