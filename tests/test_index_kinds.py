@@ -108,3 +108,33 @@ def test_an_update_of_a_compressed_index_keeps_its_kind(catalog, tiny_model_dir,
     found = index.search(index.vector(index.listing("p00003").vid), 5)
     assert found[0].listing.product_id == "p00003"
     assert not {"p00001", "p00002"} & {h.listing.product_id for h in found}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf_sq8", "ivf_pq"])
+def test_an_hnsw_coarse_quantizer_probes_as_many_lists_as_asked(kind):
+    """Found at 10 M listings (nlist 8,192): an HNSW quantizer searched at its default width
+    returned about 600 of 4,096 lists, so a larger nprobe could not raise recall. The search
+    parameters now widen the quantizer's search with nprobe."""
+    import faiss
+
+    from eclip.search.compressed import new_index, search_params
+
+    _, x, _ = clustered_unit_vectors(3, 4000, 32, products=50)
+    nlist = 128
+    built = {}
+    for name, start in (("flat", 10_000), ("hnsw", 64)):  # the quantizer: flat below `start`
+        index, quantizer, alive = new_index(kind, 32, nlist, hnsw_quantizer_from=start, pq_m=8,
+                                            pq_bits=8, hnsw_m=16, seed=0)
+        assert quantizer == name
+        index.train(x)
+        index.add(x)
+        built[name] = (index, alive)
+    queries = x[:100]
+    for name, (index, _) in built.items():
+        params, _alive = search_params(kind, nlist, None)  # every list
+        _, every = index.search(queries, 10, params=params)
+        reference = built["flat"][0].search(queries, 10, params=search_params(kind, nlist,
+                                                                                None)[0])[1]
+        assert (every == reference).mean() >= 0.99, name  # all lists probed: the same answers
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(built["hnsw"][0]).quantizer)
+    assert quantizer.hnsw.efSearch >= 64  # adding assigned lists with a wide enough search

@@ -27,6 +27,7 @@ import numpy as np
 from eclip.errors import ConfigError
 
 COMPRESSED_KINDS = ("hnsw", "ivf_fp16", "ivf_sq8", "ivf_pq")
+QUANTIZER_EF_SEARCH = 64  # an HNSW coarse quantizer's search width (at least 2 x nprobe in a search)
 APPROXIMATE_KINDS = ("ivf",) + COMPRESSED_KINDS
 AUTO_ORDER = ("exact", "ivf", "ivf_fp16", "ivf_sq8", "ivf_pq")  # most exact first; never hnsw
 DEFAULT_RERANK = {"ivf_pq": 10}  # candidates re-scored exactly: rerank * k
@@ -102,6 +103,7 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
         return faiss.IndexIDMap2(graph), None, [graph]
     if nlist >= hnsw_quantizer_from:
         quantizer, name = faiss.IndexHNSWFlat(dim, 32, metric), "hnsw"
+        quantizer.hnsw.efSearch = QUANTIZER_EF_SEARCH  # adding assigns each vector its list
     else:
         quantizer, name = faiss.IndexFlatIP(dim), "flat"
     if kind == "ivf":
@@ -207,16 +209,25 @@ def search_params(kind: str, param: int, selector) -> tuple[faiss.SearchParamete
     ``selector`` an id selector or None; ``(params, objects to keep alive during the search)``."""
     if kind == "exact":
         return (faiss.SearchParameters(sel=selector) if selector is not None else None), []
+    keep: list = []
     if kind == "hnsw":
         params = faiss.SearchParametersHNSW()
         params.efSearch = int(param)
     else:
         params = faiss.SearchParametersIVF()
         params.nprobe = int(param)
+        # an HNSW coarse quantizer returns about efSearch lists, not nprobe: its search must be
+        # at least as wide as the probe (a flat quantizer ignores it); no selector there, since
+        # the quantizer's ids are lists, not listings
+        quantizer = faiss.SearchParametersHNSW()
+        quantizer.efSearch = max(QUANTIZER_EF_SEARCH, 2 * int(param))
+        params.quantizer_params = quantizer
+        keep = [quantizer]
     if selector is not None:
         params.sel = selector
+    keep = [selector] + (keep if kind != "hnsw" else [])
     if kind != "ivf_pq":
-        return params, [selector]
+        return params, keep
     outer = faiss.SearchParametersPreTransform()
     outer.index_params = params
-    return outer, [params, selector]
+    return outer, [params] + keep
