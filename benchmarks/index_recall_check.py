@@ -1,35 +1,54 @@
-"""Recall@10 of one space of a built (or building) index against exact search, at a few nprobe.
+"""Recall@10 of one space of a built (or building) index generation at a few nprobe values.
 
-    PYTHONPATH=src python benchmarks/index_recall_check.py
+    PYTHONPATH=src python benchmarks/index_recall_check.py --generation INDEX/g000001 \\
+        --space image --nprobe 4 16 64
 
-Used on the 10 M index of docs/BENCHMARKS.md ("Index at scale: 10 M listings"): the image space's
-IVF-SQ8 (``image.faiss``) against exact inner products over its float16 ``image.npy`` (read in
-blocks of 500,000 rows), 100 near-duplicate queries (listings' own vectors plus noise 0.02,
-made unit length), FAISS on one thread, the search parameters of ``search.compressed``.
+The generation's ``SPACE.faiss`` (an IVF kind) searched with ``search.compressed.search_params``
+(what the served index runs), on one FAISS thread, against exact search over the generation's
+stored vectors, with the build's own measure (``search.vectors``: near-duplicate queries,
+``exact_top_scores``, ``recall_by_ids``, so a result tied with the 10th exact score counts). A
+generation still being written (``INDEX/.tmp-*``) can be read as soon as the space's ``.faiss``
+file is there.
 """
-import faiss, numpy as np, time, glob
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import faiss
+
 from eclip.search.compressed import search_params
-d = glob.glob('/tmp/scale_10m/index/.tmp-*/')[0]
-t = time.time()
-index = faiss.read_index(d + 'image.faiss')
-vec = np.load(d + 'image.npy', mmap_mode='r')
-rng = np.random.default_rng(1)
-rows = rng.choice(vec.shape[0], 100, replace=False)
-q = vec[rows].astype(np.float32) + 0.02 * rng.standard_normal((100, vec.shape[1])).astype(np.float32)
-q /= np.linalg.norm(q, axis=1, keepdims=True)
-best = np.full((100, 10), -np.inf, np.float32); ids = np.zeros((100, 10), np.int64)
-vids = np.load(d + 'vids.npy', mmap_mode='r')
-for s in range(0, vec.shape[0], 500_000):
-    block = np.asarray(vec[s:s + 500_000], dtype=np.float32)
-    sc = q @ block.T
-    top = np.argpartition(-sc, 10, axis=1)[:, :10]
-    cand = np.concatenate([best, np.take_along_axis(sc, top, 1)], 1)
-    cid = np.concatenate([ids, np.asarray(vids[s:s + 500_000])[top]], 1)
-    o = np.argsort(-cand, 1)[:, :10]
-    best, ids = np.take_along_axis(cand, o, 1), np.take_along_axis(cid, o, 1)
-print('exact done', round(time.time() - t, 1), flush=True)
-faiss.omp_set_num_threads(1)
-for nprobe in (4, 16, 64):
-    p, keep = search_params('ivf_sq8', nprobe, None)
-    _, got = index.search(q, 10, params=p)
-    print('nprobe', nprobe, 'recall@10', np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ids)]), flush=True)
+from eclip.search.generation import StoredVectors
+from eclip.search.vectors import exact_top_scores, near_duplicate_queries, recall_by_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generation", type=Path, required=True, help="a generation folder")
+    parser.add_argument("--space", default="image", choices=("image", "text", "product"))
+    parser.add_argument("--kind", default="ivf_sq8", help="the space's index kind (IVF kinds)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    index = faiss.read_index(str(args.generation / f"{args.space}.faiss"))
+    stored = StoredVectors.load(args.generation, mmap=True)
+    vectors = stored.arrays[args.space]
+    queries = near_duplicate_queries(vectors, args.queries, args.seed)
+    truth = exact_top_scores(vectors, queries, 10)
+    print(f"{len(stored.vids):,} vectors; exact search of {len(queries)} queries "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    faiss.omp_set_num_threads(1)
+    for nprobe in args.nprobe:
+        params, _alive = search_params(args.kind, nprobe, None)
+        _, found = index.search(queries, 10, params=params)
+        recall = recall_by_ids(truth, found, queries, vectors, stored.vids)
+        print(f"nprobe {nprobe}: recall@10 {recall:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

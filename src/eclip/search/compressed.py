@@ -225,7 +225,7 @@ def search_params(kind: str, param: int, selector) -> tuple[faiss.SearchParamete
         keep = [quantizer]
     if selector is not None:
         params.sel = selector
-    keep = [selector] + (keep if kind != "hnsw" else [])
+    keep = [selector, *keep]
     if kind != "ivf_pq":
         return params, keep
     outer = faiss.SearchParametersPreTransform()
