@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eclip.errors import ConfigError
-from eclip.search.compressed import (COMPRESSED_KINDS, bytes_per_vector, choose_kind,
+from eclip.search.compressed import (COMPRESSED_KINDS, bytes_per_vector, choose_kinds,
                                      parse_bytes)
 from eclip.search.vectors import (VectorIndex, VectorSettings, exact_top_scores, recall_by_ids)
 
@@ -64,13 +64,14 @@ def test_recall_by_ids_counts_ties_and_misses(data):
 
 def test_auto_picks_a_compressed_kind_under_a_small_budget(data):
     n, dim = 10_000_000, 256
-    assert choose_kind(1000, dim, 2**30) == "exact"
-    assert choose_kind(n, dim, 12 * 2**30) == "ivf_sq8"  # float32 would need 29 GiB
-    assert choose_kind(n, dim, 2 * 2**30) == "ivf_pq"
-    assert choose_kind(1000, dim, 2**30, exact_max=500) == "ivf"
+    three = [dim] * 3
+    assert choose_kinds(1000, three, 2**30) == ("exact",) * 3
+    assert choose_kinds(n, three, 8 * 2**30) == ("ivf_sq8",) * 3  # float32 would need 29 GiB
+    assert choose_kinds(n, three, 2 * 2**30) == ("ivf_pq",) * 3
+    assert choose_kinds(1000, three, 2**30, exact_max=500) == ("ivf",) * 3
     assert bytes_per_vector("ivf_pq", dim) == 32 + 8
     with pytest.raises(ConfigError, match="max-memory"):
-        choose_kind(n, dim, 2**20)
+        choose_kinds(n, three, 2**20)
     assert parse_bytes("12GiB") == 12 * 2**30 and parse_bytes("1.5g") == int(1.5 * 2**30)
     assert parse_bytes("500MB") == 500 * 2**20 and parse_bytes("4096") == 4096
     with pytest.raises(ConfigError, match="not a size"):
@@ -79,6 +80,29 @@ def test_auto_picks_a_compressed_kind_under_a_small_budget(data):
     x, ids = data
     settings = VectorSettings(kind="auto", exact_max=1000, max_memory=500_000, nlist=32,
                               recall_queries=100)
-    assert settings.resolve_kind(len(x), 32) == "ivf_sq8"
-    assert VectorIndex.build(x, ids, settings).kind == "ivf_sq8"
+    assert settings.resolve_kinds(len(x), [32] * 3) == ("ivf_sq8",) * 3
+    # one index alone has the whole budget: 4,000 x (64 + 8) bytes as IVF-fp16 fits it
+    assert settings.resolve_kind(len(x), 32) == "ivf_fp16"
+    assert VectorIndex.build(x, ids, settings, kind="ivf_sq8").kind == "ivf_sq8"
+
+
+def test_auto_compresses_the_largest_space_first():
+    # 10 M listings, image and text 256-d, the fused space 512-d: SQ8 everywhere is 9.8 GiB
+    n, dims = 10_000_000, [256, 256, 512]
+    need = lambda kinds: sum(n * bytes_per_vector(k, d) for k, d in zip(kinds, dims))  # noqa: E731
+    assert need(("ivf_sq8",) * 3) > 6 * 2**30
+    chosen = choose_kinds(n, dims, 6 * 2**30)
+    assert chosen == ("ivf_sq8", "ivf_sq8", "ivf_pq") and need(chosen) <= 6 * 2**30
+    # with more room the fused space is the first to be compressed and the last to leave float32
+    roomy = choose_kinds(n, dims, 30 * 2**30)
+    assert roomy == ("ivf", "ivf", "ivf_fp16")
+    # every choice fits its budget
+    for budget in (3, 5, 7, 9, 12, 20, 40):
+        kinds = choose_kinds(n, dims, budget * 2**30)
+        assert need(kinds) <= budget * 2**30
+    # the kinds offered are respected (a store that has no IVF-fp16)
+    assert "ivf_fp16" not in choose_kinds(n, dims, 20 * 2**30,
+                                          kinds=("ivf", "ivf_sq8", "ivf_pq"))
+
+
     assert VectorSettings(kind="flat").resolve_kind(10**8, 32) == "exact"

@@ -84,12 +84,16 @@ def test_each_kind_is_served_with_the_flat_top10(kind, flat, catalog, tiny_model
 
 
 def test_auto_picks_a_compressed_kind_under_a_small_budget(catalog, tiny_model_dir, tmp_path):
-    # float32 image + text + fused (32 + 32 + 64 dimensions) of 3,000 listings: 1.6 MB; SQ8: 0.4 MB
+    # float32 image + text + fused (32 + 32 + 64 dimensions) of 3,000 listings: 1.6 MB; IVF-fp16
+    # for the image, SQ8 for the text and the fused space: 0.55 MB (compressed in turn, the
+    # largest first)
     settings = VectorSettings(kind="auto", exact_max=1000, max_memory=600_000, nlist=16,
                               recall_queries=200)
     out = _write(tmp_path, tiny_model_dir, catalog, "auto", settings)
     info = SearchIndex.open(out).info
-    assert {s.kind for s in info.vectors.values()} == {"ivf_sq8"}
+    assert {s: v.kind for s, v in info.vectors.items()} == {
+        "image": "ivf_fp16", "text": "ivf_sq8", "product": "ivf_sq8"}
+    assert sum(N * v.bytes_per_vector for v in info.vectors.values()) <= 600_000
     assert all(s.recall_at_10 >= 0.95 for s in info.vectors.values())
     roomy = VectorSettings(kind="auto", exact_max=1000, max_memory=10**9)
     assert roomy.resolve_kind(N, DIM) == "ivf"

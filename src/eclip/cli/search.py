@@ -63,10 +63,11 @@ def _add_vector_options(p: argparse.ArgumentParser, settings: str) -> None:
                    help="vector index, one of %(choices)s: exact (flat) search, IVF, HNSW, IVF of "
                         "fp16 / 8-bit vectors, OPQ+IVF-PQ (re-ranked exactly), DiskANN (Milvus "
                         "servers only), or auto: exact up to --exact-max listings, IVF above, or "
-                        "with --max-memory the most exact kind that fits (default: %(default)s)")
+                        "with --max-memory the most exact kind per space that fits (default: %(default)s)")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory for the three vector indexes (image, text, both), e.g. 12GiB: "
-                        "--kind auto picks a compressed kind that fits (default: no limit)")
+                        "--kind auto compresses the spaces in turn, the largest first, until the "
+                        "three fit (default: no limit)")
     p.add_argument("--exact-max", type=int, default=Library(settings, "exact_max"),
                    help="largest index searched exactly with --kind auto (default: %(default)s)")
     p.add_argument("--target-recall", type=float, default=Library(settings, "target_recall"),

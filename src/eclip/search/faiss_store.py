@@ -34,8 +34,9 @@ class FaissWriter:
 
     def write(self, job: WriteJob) -> tuple[dict[str, IndexStats], dict | None]:
         stats = {}
-        kind = job.settings.resolve_kind(len(job.vids), [job.vectors(s).shape[1] for s in SPACES])
-        for space in SPACES:
+        kinds = job.settings.resolve_kinds(len(job.vids),
+                                           [job.vectors(s).shape[1] for s in SPACES])
+        for space, kind in zip(SPACES, kinds):
             vectors = job.vectors(space)
             index = self._index(job, space, vectors, kind)
             index.save(str(job.tmp / f"{space}.faiss"))

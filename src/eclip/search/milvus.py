@@ -36,7 +36,8 @@ from eclip.catalog.schema import CATEGORY_SEP, catalog_group_id
 from eclip.errors import ConfigError, SearchIndexError
 from eclip.search.spaces import SPACES
 from eclip.search.store_types import StoreSpec, Where, WriteJob
-from eclip.search.compressed import bytes_per_vector, default_pq_m
+from eclip.search.compressed import (AUTO_ORDER, bytes_per_vector, choose_kinds,
+                                     default_pq_m)
 from eclip.search.vectors import (RECALL_K, IndexStats, VectorSettings, default_nlist,
                                   exact_top_scores, near_duplicate_queries, recall_by_ids)
 
@@ -208,24 +209,32 @@ def category_path(category: str | None) -> list[str]:
     return found + [category]
 
 
-def milvus_kind(settings: VectorSettings, n: int, dims: list[int], lite: bool) -> str:
-    """The index kind a collection of ``n`` vectors gets, one Milvus can build: ``auto`` under a
-    memory budget takes ``ivf_sq8`` where FAISS would take ``ivf_fp16`` (Milvus has no IVF of fp16
-    vectors); a kind Milvus (or Milvus Lite) cannot build is a ConfigError saying which can."""
-    kind = settings.resolve_kind(n, dims)
-    if kind == "ivf_fp16" and settings.kind == "auto":
-        kind = "ivf_sq8"
-    if kind not in INDEX_TYPES:
-        raise ConfigError(f"--kind {kind} has no Milvus index type; with --store milvus choose "
-                          f"one of {', '.join(INDEX_TYPES)}")
-    if lite and INDEX_TYPES[kind] not in LITE_TYPES:
-        usable = [k for k, t in INDEX_TYPES.items() if t in LITE_TYPES]
-        raise ConfigError(f"Milvus Lite cannot build {INDEX_TYPES[kind]} (--kind {kind}); it "
-                          f"builds {', '.join(usable)}: use one of those, or a Milvus server "
-                          f"(--uri http://HOST:19530) that offers {INDEX_TYPES[kind]}")
-    if kind in ("ivf", "ivf_sq8", "ivf_pq") and n == 0:
-        raise ConfigError(f"a {kind} index needs vectors to train on; use kind 'exact' or 'auto'")
-    return kind
+def milvus_kinds(settings: VectorSettings, n: int, dims: list[int], lite: bool
+                 ) -> tuple[str, ...]:
+    """The index kind of each space's field in a collection of ``n`` vectors, kinds Milvus can
+    build: ``auto`` under a memory budget chooses per space among those (``choose_kinds``; no
+    IVF of fp16 vectors, and under Milvus Lite only what Lite builds); a kind Milvus (or Milvus
+    Lite) cannot build is a ConfigError saying which can."""
+    if settings.kind == "auto" and settings.max_memory is not None:
+        usable = [k for k in AUTO_ORDER
+                  if k in INDEX_TYPES and (not lite or INDEX_TYPES[k] in LITE_TYPES)]
+        kinds = choose_kinds(n, dims, settings.max_memory, exact_max=settings.exact_max,
+                             pq_m=settings.pq_m, kinds=usable)
+    else:
+        kinds = settings.resolve_kinds(n, dims)
+    for kind in dict.fromkeys(kinds):
+        if kind not in INDEX_TYPES:
+            raise ConfigError(f"--kind {kind} has no Milvus index type; with --store milvus "
+                              f"choose one of {', '.join(INDEX_TYPES)}")
+        if lite and INDEX_TYPES[kind] not in LITE_TYPES:
+            usable = [k for k, t in INDEX_TYPES.items() if t in LITE_TYPES]
+            raise ConfigError(f"Milvus Lite cannot build {INDEX_TYPES[kind]} (--kind {kind}); it "
+                              f"builds {', '.join(usable)}: use one of those, or a Milvus server "
+                              f"(--uri http://HOST:19530) that offers {INDEX_TYPES[kind]}")
+        if kind in ("ivf", "ivf_sq8", "ivf_pq") and n == 0:
+            raise ConfigError(f"a {kind} index needs vectors to train on; use kind 'exact' or "
+                              f"'auto'")
+    return kinds
 
 
 def _index_params(kind: str, settings: VectorSettings, nlist: int, dim: int) -> dict:
@@ -327,8 +336,9 @@ class MilvusWriter:
         if longest > MAX_STRING:
             raise SearchIndexError(f"a category is {longest} bytes long; Milvus holds at most "
                                    f"{MAX_STRING}")
-        kind = milvus_kind(job.settings, n, [int(vectors[s].shape[1]) for s in SPACES],
-                           is_lite(resolve_uri(self.uri, self.root)))
+        kinds = dict(zip(SPACES, milvus_kinds(job.settings, n,
+                                              [int(vectors[s].shape[1]) for s in SPACES],
+                                              is_lite(resolve_uri(self.uri, self.root)))))
         nlist = min(job.settings.nlist or default_nlist(n), max(n, 1))
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -342,9 +352,10 @@ class MilvusWriter:
         schema.add_field("adult", DataType.INT8)
         params = client.prepare_index_params()
         for space in SPACES:
-            params.add_index(field_name=space, index_type=INDEX_TYPES[kind], metric_type="IP",
-                             params=_index_params(kind, job.settings, nlist,
-                                                int(vectors[space].shape[1])))
+            params.add_index(field_name=space, index_type=INDEX_TYPES[kinds[space]],
+                             metric_type="IP",
+                             params=_index_params(kinds[space], job.settings, nlist,
+                                                  int(vectors[space].shape[1])))
         self._call(f"create the collection {name}", client.create_collection, name,
                    schema=schema)
         entry = {"kind": "milvus", "uri": self.uri, "alias": self.alias, "collection": name}
@@ -353,13 +364,14 @@ class MilvusWriter:
             # background, and we wait for it
             self._call(f"index {name}", client.create_index, name, params,
                        sync=not is_lite(resolve_uri(self.uri, self.root)))
-            return self._fill(job, name, entry, vectors, scalars, paths, kind, nlist)
+            return self._fill(job, name, entry, vectors, scalars, paths, kinds, nlist)
         except BaseException:
             self.discard(entry)  # a half-filled collection is never left behind
             raise
 
     def _fill(self, job: WriteJob, name: str, entry: dict, vectors: dict, scalars, paths: list,
-              kind: str, nlist: int) -> tuple[dict[str, IndexStats], dict | None]:
+              kinds: dict[str, str], nlist: int
+              ) -> tuple[dict[str, IndexStats], dict | None]:
         client, n = self.client, len(job.vids)
         groups = [catalog_group_id(c) for c in scalars.catalog_ids]
         steps = range(0, n, INSERT_BATCH)
@@ -383,8 +395,9 @@ class MilvusWriter:
             raise SearchIndexError(f"Milvus collection {name} holds {stored} rows after the "
                                    f"write, the generation {n}")
         stats = {}
-        ivf = kind.startswith("ivf")
         for space in SPACES:
+            kind = kinds[space]
+            ivf = kind.startswith("ivf")
             stats[space] = IndexStats(kind, n) if kind == "exact" else IndexStats(
                 kind, n, nlist=int(nlist) if ivf else None, quantizer="flat" if ivf else None,
                 trained_on=n, bytes_per_vector=None if kind == "diskann" else bytes_per_vector(

@@ -9,7 +9,8 @@ A :class:`VectorIndex` wraps one FAISS index whose ids are the listings' stable 
   ``compressed.py``, with optional exact re-ranking (``rerank``: ``rerank * k`` candidates re-scored
   from the generation's float vectors, memory-mapped);
 * ``auto``: without ``max_memory``, exact up to ``exact_max`` vectors and IVF above; with it, the
-  most exact kind whose three indexes fit (``compressed.choose_kind``).
+  most exact kinds whose three indexes fit together, chosen per space
+  (``compressed.choose_kinds``).
 
 Every approximate kind tunes its search parameter at build time (``nprobe``, or ``efSearch`` for
 HNSW) until recall@10 against exact search reaches ``target_recall`` on sampled queries; that
@@ -29,7 +30,7 @@ import numpy as np
 
 from eclip.errors import ConfigError
 from eclip.search.compressed import (APPROXIMATE_KINDS, DEFAULT_RERANK, LABELS, bytes_per_vector,
-                                     choose_kind, new_index, search_params, train_two_level,
+                                     choose_kinds, new_index, search_params, train_two_level,
                                      training_size)
 
 KINDS = ("auto", "flat", "exact") + APPROXIMATE_KINDS + ("diskann",)  # "flat" is "exact";
@@ -89,16 +90,25 @@ class VectorSettings:
         if self.rerank is not None and self.rerank < 0:
             raise ConfigError(f"rerank must be >= 0, got {self.rerank}")
 
-    def resolve_kind(self, n: int, dims: int | Sequence[int] = 0) -> str:
-        """The kind the indexes of ``n`` vectors get, one per space of ``dims`` dimensions (an
-        int: three spaces of that size); every space of a generation gets the same kind."""
+    def resolve_kinds(self, n: int, dims: Sequence[int]) -> tuple[str, ...]:
+        """The kind of each index of a generation of ``n`` vectors, one per space of ``dims``
+        dimensions: ``kind`` itself, or for ``auto`` under ``max_memory`` a kind per space
+        (``compressed.choose_kinds``: the largest compressed first until they fit together)."""
+        if self.kind == "auto" and self.max_memory is not None:
+            return choose_kinds(n, dims, self.max_memory, exact_max=self.exact_max,
+                                pq_m=self.pq_m)
+        return tuple(self.resolve_kind(n, d) for d in dims)
+
+    def resolve_kind(self, n: int, dim: int = 0) -> str:
+        """The kind of one index of ``n`` vectors of ``dim`` dimensions on its own (under
+        ``max_memory`` alone)."""
         if self.kind not in ("auto", "flat"):
             return self.kind
         if self.kind == "flat":
             return "exact"
         if self.max_memory is None:
             return "exact" if n <= self.exact_max else "ivf"
-        return choose_kind(n, dims, self.max_memory, exact_max=self.exact_max, pq_m=self.pq_m)
+        return self.resolve_kinds(n, [dim])[0]
 
     def rerank_for(self, kind: str) -> int:
         return self.rerank if self.rerank is not None else DEFAULT_RERANK.get(kind, 0)
@@ -194,7 +204,8 @@ class VectorIndex:
     def build(cls, vectors: np.ndarray, ids: np.ndarray, settings: VectorSettings, *,
               kind: str | None = None) -> VectorIndex:
         """Index ``vectors`` (unit rows) under ``ids``; an approximate kind is trained and tuned.
-        ``kind``: as resolved for the whole generation (None: ``settings`` for this space)."""
+        ``kind``: as resolved for this space of the generation (None: ``settings`` for this index
+        alone)."""
         ids = _as_ids(ids)
         n, dim = len(vectors), (vectors.shape[1] if np.ndim(vectors) == 2 else 0)
         kind = kind or settings.resolve_kind(n, dim)
