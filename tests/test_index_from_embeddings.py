@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eclip.cli import main
+from eclip.errors import ConfigError
 from eclip.encode import embed_listings, write_embeddings
 from eclip.encode.identity import model_sha256
 from eclip.encode.listings import read_embeddings
@@ -146,6 +147,31 @@ def test_an_index_without_thumbnails_serves(embedded, tiny_catalog, tiny_model_d
     if first.get("image_url"):
         assert client.get(first["image_url"]).status_code == 404
     assert client.get("/").status_code == 200
+
+
+def test_embed_stores_half_precision_without_the_fused_vectors_and_indexes_from_them(
+        embedded, tiny_catalog, tiny_model_dir, tmp_path):
+    from eclip.encode.listings import StoredEmbeddings
+    from eclip.engines.jobs import embed_catalog
+
+    half = tmp_path / "half.parquet"
+    assert main(["embed", "--model", str(tiny_model_dir), "--catalog", str(tiny_catalog),
+                 "--out", str(half), "--dtype", "float16", "--no-fused", "--quiet"]) == 0
+    (full, _), stored = read_embeddings(embedded), StoredEmbeddings(half)
+    assert not stored.stores_fused and half.stat().st_size < 0.45 * embedded.stat().st_size
+    assert stored.model_sha256 == model_sha256(tiny_model_dir)
+    rows = [block for _, block in stored.blocks(10_000)]
+    image = np.concatenate([b.image for b in rows])
+    product = np.concatenate([b.product for b in rows])
+    np.testing.assert_allclose(image, full.image, rtol=0, atol=1e-3)  # float16's rounding
+    np.testing.assert_allclose(product, full.product, rtol=0, atol=1e-3)  # computed on read
+    out = tmp_path / "index"
+    assert main(["index", "--embeddings", str(half), "--model", str(tiny_model_dir),
+                 "--catalog", str(tiny_catalog), "--no-thumbnails", "--out", str(out),
+                 "--quiet"]) == 0
+    assert len(SearchIndex.open(out)) == len(full.product_ids)
+    with pytest.raises(ConfigError, match="float32 or float16"):  # before the model runs
+        embed_catalog(tmp_path / "no_model", None, tmp_path / "x.parquet", dtype="int8")
 
 
 @pytest.mark.e2e

@@ -96,7 +96,7 @@ def test_embeddings_parquet_in_float16_without_the_fused_column(catalog, tmp_pat
                                                           text16[start:start + n], WEIGHT))
         seen += n
     assert seen == N
-    with pytest.raises(ValueError, match="float32 or float16"):
+    with pytest.raises(ConfigError, match="float32 or float16"):
         write_embeddings(emb, tmp_path / "x.parquet", dtype="int8")
 
 

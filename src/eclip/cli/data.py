@@ -38,7 +38,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     result = embed_catalog(args.model, recipe(args).data, args.out, engine=args.engine,
                            batch_size=args.batch_size, block_size=args.block_size,
                            threads=args.threads, address=args.ray_address,
-                           progress=progress(args))
+                           dtype=args.dtype, fused=args.fused, progress=progress(args))
     print(result.summary())
     return 0
 
@@ -63,6 +63,14 @@ def add_embed(commands: Commands) -> None:
     p.add_argument("--batch-size", type=int,
                    default=Library("eclip.encode.listings:embed_listings", "batch_size"),
                    help="listings per forward pass (default: %(default)s)")
+    p.add_argument("--dtype", choices=Library("eclip.encode.listings:EMBED_DTYPES"),
+                   metavar="TYPE", default=Library("eclip.engines.jobs:embed_catalog", "dtype"),
+                   help="the stored vectors' type, %(choices)s: float16 halves the files, and eclip index "
+                        "--embeddings reads either (default: %(default)s)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction,
+                   default=Library("eclip.engines.jobs:embed_catalog", "fused"),
+                   help="store the fused vectors too; without, they are computed from the image "
+                        "and text ones when read, a third less to store (default: %(default)s)")
     engine_options(p, "eclip.engines.embed:embed_with_ray", "blocks of listings embedded, "
                    "one Parquet part each,", note=" (--threads N: N torch threads per actor, "
                                                   "one actor per N CPUs; default 1)")

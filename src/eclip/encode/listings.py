@@ -31,6 +31,7 @@ from eclip.encode.fusion import FUSION_WEIGHT, fuse, model_fusion_weight, unit_r
 from eclip.encode.images import ImageFeatureCache, eval_transform
 from eclip.encode.loader import photo_batches
 from eclip.encode.text import model_composer
+from eclip.errors import ConfigError
 
 
 @dataclass
@@ -144,6 +145,15 @@ def embed_listings(model, listings: list[Listing], composer: TextComposer | None
     return out
 
 
+EMBED_DTYPES = ("float32", "float16")
+
+
+def check_embed_dtype(dtype: str) -> None:
+    """ConfigError unless ``dtype`` is a type embeddings are stored as."""
+    if dtype not in EMBED_DTYPES:
+        raise ConfigError(f"embeddings are stored as {' or '.join(EMBED_DTYPES)}, not {dtype!r}")
+
+
 def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] | None = None,
                      *, model_sha256: str | None = None, dtype: str = "float32",
                      fused: bool = True) -> Path:
@@ -162,8 +172,7 @@ def write_embeddings(emb: Embeddings, path: str | Path, listings: list[Listing] 
     columns = {"product_id": pa.array(emb.product_ids, pa.string())}
     if listings is not None:
         columns["catalog_id"] = pa.array([x.catalog_id for x in listings], pa.string())
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"embeddings are stored as float32 or float16, not {dtype!r}")
+    check_embed_dtype(dtype)
     for name, values in (("image_embedding", emb.image), ("text_embedding", emb.text),
                          ("product_embedding", emb.product))[:3 if fused else 2]:
         flat = pa.array(values.astype(dtype).reshape(-1))

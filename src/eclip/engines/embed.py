@@ -23,7 +23,7 @@ from pathlib import Path
 from eclip.atomic import clean_stale_temps
 from eclip.catalog.schema import Listing
 from eclip.encode.identity import MANIFEST_KEY, model_sha256
-from eclip.encode.listings import (EMBEDDINGS_MANIFEST, write_embeddings,
+from eclip.encode.listings import (EMBEDDINGS_MANIFEST, check_embed_dtype, write_embeddings,
                                    write_embeddings_manifest)
 from eclip.engines.ray_session import (actor_pool, crash_plan, gpus_per_worker, job_errors,
                                        maybe_crash, pool_size, ray_session)
@@ -69,7 +69,8 @@ class EmbedBlocks:
     a call embeds and writes one block."""
 
     def __init__(self, model_dir: str, out_dir: str, batch_size: int, threads: int,
-                 crash: tuple[str, int] | None = None, model_sha256: str | None = None):
+                 crash: tuple[str, int] | None = None, model_sha256: str | None = None,
+                 dtype: str = "float32", fused: bool = True):
         import torch
 
         from eclip.config import use_threads
@@ -81,6 +82,7 @@ class EmbedBlocks:
             self.model = OnDevice(self.model, "cuda")
         self.out, self.batch_size, self.crash = Path(out_dir), batch_size, crash
         self.model_sha256 = model_sha256
+        self.dtype, self.fused = dtype, fused
 
     def __call__(self, batch: dict) -> dict:
         from eclip.encode.listings import embed_listings
@@ -95,7 +97,8 @@ class EmbedBlocks:
                 emb = embed_listings(self.model, listings, batch_size=self.batch_size,
                                      progress=False)
                 write_embeddings(emb, self.out / part_name(block), listings,
-                                 model_sha256=self.model_sha256)
+                                 model_sha256=self.model_sha256, dtype=self.dtype,
+                                 fused=self.fused)
                 weight = emb.fusion_weight
             except EclipError as exc:  # the driver says it, as one line
                 error = str(exc)
@@ -108,13 +111,16 @@ class EmbedBlocks:
 def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str | Path, *,
                    batch_size: int = 128, block_size: int = 1000, workers: int | None = None,
                    threads_per_worker: int = 1, address: str | None = None,
-                   progress: bool = True) -> Path:
+                   dtype: str = "float32", fused: bool = True, progress: bool = True) -> Path:
     """Embed ``listings`` with the model in ``model_dir`` into ``out_dir`` (parts + manifest, see
     the module docstring) on a pool of ``workers`` actors (default: the cluster's CPUs divided by
     ``threads_per_worker``; where the cluster has GPUs, one actor per GPU, each holding one);
     ``address`` joins a running Ray cluster, else a local Ray is started. Returns the manifest's
     path. ``model_dir`` and the images must be readable by every worker
-    (a shared file system on a cluster); the parts are written by the workers into ``out_dir``."""
+    (a shared file system on a cluster); the parts are written by the workers into ``out_dir``,
+    their vectors stored as ``dtype``, without the fused ones when not ``fused``
+    (``write_embeddings``)."""
+    check_embed_dtype(dtype)
     for name, value in (("batch_size", batch_size), ("block_size", block_size),
                         ("threads_per_worker", threads_per_worker)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -146,7 +152,8 @@ def embed_with_ray(model_dir: str | Path, listings: list[Listing], out_dir: str 
                 num_cpus=threads_per_worker, num_gpus=gpus_per_worker(ray),
                 fn_constructor_kwargs={"model_dir": str(model_dir), "out_dir": str(out),
                                        "batch_size": batch_size, "threads": threads_per_worker,
-                                       "crash": crash_plan(), "model_sha256": identity})
+                                       "crash": crash_plan(), "model_sha256": identity,
+                                       "dtype": dtype, "fused": bool(fused)})
             for row in results.iter_rows():
                 if row["error"]:
                     raise EclipError(row["error"])

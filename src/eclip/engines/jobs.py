@@ -55,14 +55,20 @@ class EmbedResult:
 def embed_catalog(model_dir: str | Path, data: DataConfig, out: str | Path, *,
                   engine: str = "local", batch_size: int | None = None,
                   block_size: int | None = None, threads: int | None = None,
-                  address: str | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print) -> EmbedResult:
-    """``eclip embed``: image, text and fused vectors of every listing of ``data.catalog``.
+                  address: str | None = None, dtype: str = "float32", fused: bool = True,
+                  progress: bool = True, log: Callable[[str], None] = print) -> EmbedResult:
+    """``eclip embed``: image, text and fused vectors of every listing of ``data.catalog``,
+    stored as ``dtype`` (float32 or float16: half the disk); ``fused=False`` leaves the fused
+    vectors out (they are the image and text ones, weighted: whoever reads the file computes
+    them), a third of what is stored.
 
     Local: one Parquet file ``out`` (``bad_rows.json`` beside it), ``threads`` torch threads
     (default: the cores this process may use). Ray: a folder ``out`` of Parquet parts and
     ``manifest.json`` (``bad_rows.json`` inside), ``threads`` per actor (default 1), blocks of
     ``block_size`` listings, ``address`` a running cluster."""
+    from eclip.encode.listings import check_embed_dtype
+
+    check_embed_dtype(dtype)
     on_ray = check_engine(engine, address)
     out = Path(out)
     if on_ray:
@@ -70,7 +76,7 @@ def embed_catalog(model_dir: str | Path, data: DataConfig, out: str | Path, *,
 
         read = load_catalog(data, report_dir=out, progress=progress, log=log)
         manifest = embed_with_ray(model_dir, read.listings, out, threads_per_worker=threads or 1,
-                                  address=address, progress=progress,
+                                  address=address, progress=progress, dtype=dtype, fused=fused,
                                   **_given(batch_size=batch_size, block_size=block_size))
         return EmbedResult(out, len(read.listings), manifest)
     from eclip.config import use_threads
@@ -82,7 +88,8 @@ def embed_catalog(model_dir: str | Path, data: DataConfig, out: str | Path, *,
     model = load_model(model_dir)
     read = load_catalog(data, report_dir=out.parent, progress=progress, log=log)
     emb = embed_listings(model, read.listings, progress=progress, **_given(batch_size=batch_size))
-    write_embeddings(emb, out, read.listings, model_sha256=model_sha256(model_dir))
+    write_embeddings(emb, out, read.listings, model_sha256=model_sha256(model_dir), dtype=dtype,
+                     fused=fused)
     return EmbedResult(out, len(emb.product_ids))
 
 
