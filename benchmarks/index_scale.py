@@ -266,6 +266,7 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
     import httpx
 
     from eclip.search import SearchIndex
+    from eclip.search.store_types import Where
     from eclip.search.vectors import exact_top_scores, near_duplicate_queries, recall_by_ids
     from search_load import free_port, start_server, stop_server, wait_ready
 
@@ -311,6 +312,9 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
 
         kinds = {
             "raw FAISS": lambda v: (lambda: raw.search(vector_of(v), 11, params=raw_params)),
+            # the vector store alone: ids and scores, as raw FAISS gives (ivf_pq: re-ranked)
+            "vector store": lambda v: (lambda: index.vector_store.search(
+                "product", vector_of(v)[0], 10, Where(exclude=frozenset({v})))),
             "SearchIndex.search": lambda v: (lambda: index.search(vector_of(v)[0], 10,
                                                                   exclude={v})),
             "GET /similar": lambda v: (lambda: _ok(http().get(
@@ -345,6 +349,7 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
                                       "clients": clients, "p50_ms": p50, "p99_ms": p99})
         results["text_search"] = text_rows
         results["server_peak_rss_gib"] = _peak_rss_gib(server.pid)
+        results["server_rss_at_end_gib"] = _rss_split_gib(server.pid)
     finally:
         stop_server(server)
     return results
@@ -382,6 +387,20 @@ def _peak_rss_gib(pid: int) -> float | None:
         except OSError:
             pass
     return total / 2**20 if total else None
+
+
+def _rss_split_gib(pid: int) -> dict:
+    """The server's resident memory now: anonymous (the FAISS indexes, Python, the model) and
+    file pages (memory-mapped SQLite and ``.npy`` rows it touched; the kernel can drop them)."""
+    found = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                found[key] = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return found
 
 
 def _children(pid: int) -> list[int]:

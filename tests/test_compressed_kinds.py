@@ -106,3 +106,20 @@ def test_auto_compresses_the_largest_space_first():
 
 
     assert VectorSettings(kind="flat").resolve_kind(10**8, 32) == "exact"
+
+
+def test_milvus_auto_chooses_per_field_among_what_it_builds():
+    from eclip.search.milvus import milvus_kinds
+
+    n, dims = 10_000_000, [256, 256, 512]
+    budget = VectorSettings(kind="auto", max_memory=6 * 2**30)
+    assert milvus_kinds(budget, n, dims, lite=False) == ("ivf_sq8", "ivf_sq8", "ivf_pq")
+    # Milvus Lite builds no IVF_PQ: SQ8 everywhere (9.8 GiB) does not fit 6 GiB, and says so
+    with pytest.raises(ConfigError, match="max-memory"):
+        milvus_kinds(budget, n, dims, lite=True)
+    roomy = VectorSettings(kind="auto", max_memory=12 * 2**30)
+    assert milvus_kinds(roomy, n, dims, lite=True) == ("ivf_sq8",) * 3
+    # no IVF of fp16 vectors in Milvus: where FAISS would take it, Milvus takes the next kind
+    assert "ivf_fp16" in choose_kinds(n, dims, 20 * 2**30)
+    assert "ivf_fp16" not in milvus_kinds(VectorSettings(kind="auto", max_memory=20 * 2**30),
+                                          n, dims, lite=False)
