@@ -128,6 +128,10 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
         if dim % pq_m:
             raise ConfigError(f"pq_m={pq_m} must divide the dimension {dim}")
         ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, pq_bits, metric)
+        # FAISS reorders the codebooks for polysemous (Hamming) filtering by default: about 100
+        # CPU seconds of annealing per index, independent of its size, for a filter these
+        # searches never use (the same centroids, so the same answers)
+        ivf.do_polysemous_training = False
     else:
         raise ConfigError(f"unknown index kind {kind!r}")
     ivf.cp.niter = iterations
