@@ -46,7 +46,7 @@ from eclip.encode import FUSION_WEIGHT
 from eclip.errors import SearchIndexError
 from eclip.search.spaces import SPACES
 from eclip.search.store_types import StoreSpec, store_spec_of
-from eclip.search.vectors import IndexStats, VectorSettings
+from eclip.search.vectors import IndexStats, VectorSettings, as_float32, read_rows
 
 FORMAT = "eclip-search-index"
 VERSION = 1
@@ -238,8 +238,10 @@ class FusedRows:
     def __getitem__(self, key) -> np.ndarray:
         """``fuse(image[key], text[key], weight)``, the same numbers, written straight into one
         array: the fused rows are read by every pass of a build over the fused space."""
-        image = np.asarray(self.image[key], dtype=np.float32)
-        text = np.asarray(self.text[key], dtype=np.float32)
+        if isinstance(key, np.ndarray) and key.dtype.kind in "iu":
+            image, text = read_rows(self.image, key), read_rows(self.text, key)
+        else:
+            image, text = as_float32(self.image[key]), as_float32(self.text[key])
         out = np.empty(image.shape[:-1] + (image.shape[-1] + text.shape[-1],), np.float32)
         split = image.shape[-1]
         # as fuse: the float64 product of each float32 value, rounded once to float32

@@ -166,6 +166,28 @@ def default_nlist(n: int) -> int:
     return max(nlist, 1)
 
 
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (an array, or rows read from a memory-mapped vector file) as float32. Rows of
+    half precision that are a copy (as rows picked by index are) are widened by torch, whose
+    conversion is vectorised: numpy's takes about 8x as long on the hundred rows a search
+    re-scores (36 against 4 us). Every float16 value is a float32 value: the same numbers."""
+    rows = np.asarray(rows)
+    if rows.dtype == np.float16 and rows.flags.writeable and rows.flags.c_contiguous:
+        import torch
+
+        return torch.from_numpy(rows).float().numpy()
+    return np.asarray(rows, dtype=np.float32)
+
+
+def read_rows(vectors, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (positions) of ``vectors`` as float32: of an array (memory-mapped) by
+    ``take``, about 2.5x faster than indexing by an array on rows scattered over a map; of
+    ``generation.FusedRows``, the fused rows computed from them."""
+    if isinstance(vectors, np.ndarray):
+        return as_float32(vectors.take(rows, axis=0))
+    return as_float32(vectors[rows])
+
+
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
 
@@ -393,10 +415,13 @@ def exact_scores_of(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray,
         return np.full(found.shape, -np.inf, dtype=np.float32)
     rows = np.minimum(np.searchsorted(ids, np.maximum(found, 0)), len(ids) - 1)
     valid = (found >= 0) & (ids[rows] == found)
-    unique = np.unique(rows)
-    picked = np.asarray(vectors[unique], dtype=np.float32)
-    local = np.searchsorted(unique, rows)
-    scores = np.einsum("qkd,qd->qk", picked[local], _as_matrix(queries))
+    queries = _as_matrix(queries)
+    if len(rows) == 1:  # one query (a served search): its rows, read once each
+        scores = (read_rows(vectors, rows[0]) @ queries[0])[None]
+    else:  # each row read once, however many queries found it
+        unique = np.unique(rows)
+        picked = read_rows(vectors, unique)
+        scores = np.einsum("qkd,qd->qk", picked[np.searchsorted(unique, rows)], queries)
     return np.where(valid, scores, -np.inf).astype(np.float32)
 
 
