@@ -317,3 +317,25 @@ def test_a_live_server_keeps_the_last_good_generation(damage, index_copy, tmp_pa
     assert damage in warnings[0].getMessage()
     _new_generation(index, "g000003", None)  # a good one again: picked up
     assert client.post("/search/text", json=query).json()["generation"] == "g000003"
+
+
+@pytest.mark.parametrize("row", [
+    (7, "p7", "c1", "Tea 500g", "Brand", "Food > Tea", '{"size": "500g"}', 1, "ko", "train",
+     '["a.jpg", "b.jpg"]'),
+    (8, "p8", None, "Mug", None, None, "{}", None, None, None, "[]"),
+    (9, "p9", None, "Cup", None, "Home", "{}", 0, "en", None, "[]"),
+])
+def test_a_stored_row_becomes_the_listing_the_constructor_makes(row):
+    from dataclasses import asdict
+
+    from eclip.search.metadata import StoredListing
+
+    vid, pid, catalog, title, brand, category, attributes, adult, lang, split, images = row
+    made = StoredListing(vid=vid, product_id=pid, title=title, catalog_id=catalog, brand=brand,
+                         category=category, attributes=json.loads(attributes),
+                         adult=None if adult is None else bool(adult), lang=lang, split=split,
+                         images=tuple(json.loads(images)))
+    fast = StoredListing._from_row(row)
+    assert fast == made and asdict(fast) == asdict(made) and repr(fast) == repr(made)
+    with pytest.raises(AttributeError):  # still frozen
+        fast.title = "other"
