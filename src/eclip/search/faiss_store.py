@@ -19,7 +19,7 @@ from eclip.search.filters import Selection
 from eclip.search.generation import IndexInfo, consistent, reading
 from eclip.search.spaces import SPACES
 from eclip.search.store_types import Where, WriteJob
-from eclip.search.vectors import IndexStats, VectorIndex
+from eclip.search.vectors import IndexStats, VectorIndex, read_rows
 
 # A filter that keeps at most this many listings (and under a quarter of the index) is answered
 # by scanning just their vectors; a larger one by the FAISS index with an id selector.
@@ -108,8 +108,8 @@ class FaissStore:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if allowed is not None and len(allowed) <= min(SUBSET_SCAN_MAX, len(self.vids) // 4):
             kept = allowed.vids
-            subset = np.asarray(self.vectors[space][np.searchsorted(self.vids, kept)],
-                                dtype=np.float32)  # float16 rows, or fused ones, as float32
+            # float16 rows, or fused ones, as float32
+            subset = read_rows(self.vectors[space], np.searchsorted(self.vids, kept))
             values, top = faiss.knn(query, subset, min(want, len(kept)),
                                     metric=faiss.METRIC_INNER_PRODUCT)
             values, found = values[0], kept[top[0]]

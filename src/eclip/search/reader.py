@@ -31,6 +31,7 @@ from eclip.search.spaces import AGAINST, SPACES
 from eclip.search.store_types import VectorStore, Where
 from eclip.search.thumbnails import ThumbnailStore
 from eclip.search.vector_stores import open_store
+from eclip.search.vectors import read_rows
 
 logger = logging.getLogger("eclip.search")
 
@@ -213,7 +214,7 @@ class SearchIndex:
         same: list[Hit] = []
         if members:
             rows = np.searchsorted(self.vids, np.asarray(members, dtype=np.int64))
-            scores = np.asarray(self.vectors["product"][rows], dtype=np.float32) @ query
+            scores = read_rows(self.vectors["product"], rows) @ query
             ranked = [members[i] for i in np.argsort(-scores, kind="stable")][:k]
             found = self.store.fetch(ranked)
             score_of = dict(zip(members, scores))
