@@ -91,9 +91,11 @@ def test_auto_compresses_the_largest_space_first():
     # 10 M listings, image and text 256-d, the fused space 512-d: SQ8 everywhere is 9.8 GiB
     n, dims = 10_000_000, [256, 256, 512]
     need = lambda kinds: sum(n * bytes_per_vector(k, d) for k, d in zip(kinds, dims))  # noqa: E731
-    assert need(("ivf_sq8",) * 3) > 6 * 2**30
-    chosen = choose_kinds(n, dims, 6 * 2**30)
-    assert chosen == ("ivf_sq8", "ivf_sq8", "ivf_pq") and need(chosen) <= 6 * 2**30
+    assert need(("ivf_sq8",) * 3) > 8 * 2**30
+    chosen = choose_kinds(n, dims, 8 * 2**30)
+    assert chosen == ("ivf_sq8", "ivf_sq8", "ivf_sq4") and need(chosen) <= 8 * 2**30
+    # less room: the others follow, one at a time, before any goes two kinds down
+    assert choose_kinds(n, dims, 7 * 2**30) == ("ivf_sq8", "ivf_sq4", "ivf_sq4")
     # with more room the fused space is the first to be compressed and the last to leave float32
     roomy = choose_kinds(n, dims, 30 * 2**30)
     assert roomy == ("ivf", "ivf", "ivf_fp16")

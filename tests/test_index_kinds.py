@@ -18,7 +18,7 @@ from vectors import clustered_unit_vectors
 
 N, DIM, CATEGORIES = 3000, 32, ("Food", "Fashion", "Home")
 QUERIES = list(range(0, N, 60))  # 50 listings asked for their neighbours
-KINDS = ["ivf", "hnsw", "ivf_fp16", "ivf_sq8",
+KINDS = ["ivf", "hnsw", "ivf_fp16", "ivf_sq8", "ivf_sq4",
          pytest.param("ivf_pq", marks=pytest.mark.slow)]
 
 

@@ -61,9 +61,10 @@ def _add_vector_options(p: argparse.ArgumentParser, settings: str) -> None:
     p.add_argument("--kind", choices=Library("eclip.search.vectors:KINDS"), metavar="KIND",
                    default=Library(settings, "kind"),
                    help="vector index, one of %(choices)s: exact (flat) search, IVF, HNSW, IVF of "
-                        "fp16 / 8-bit vectors, OPQ+IVF-PQ (re-ranked exactly), DiskANN (Milvus "
-                        "servers only), or auto: exact up to --exact-max listings, IVF above, or "
-                        "with --max-memory the most exact kind per space that fits (default: %(default)s)")
+                        "fp16 / 8-bit / 4-bit vectors, OPQ+IVF-PQ (4-bit and PQ re-ranked "
+                        "exactly), DiskANN (Milvus servers only), or auto: exact up to "
+                        "--exact-max listings, IVF above, or with --max-memory the most exact "
+                        "kind per space that fits (default: %(default)s)")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory for the three vector indexes (image, text, both), e.g. 12GiB: "
                         "--kind auto compresses the spaces in turn, the largest first, until the "

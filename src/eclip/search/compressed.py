@@ -7,7 +7,8 @@ specific to each (inner product over unit vectors, int64 ids of our choosing):
 * ``hnsw``: ``IndexHNSWFlat`` behind an id map (float32 vectors plus the graph; ``efSearch``
   tuned), the fastest at a given recall but no compression and no removal (an update that removes
   listings rebuilds it);
-* ``ivf_fp16`` / ``ivf_sq8``: inverted lists of scalar-quantised vectors (2 or 1 byte a dimension);
+* ``ivf_fp16`` / ``ivf_sq8`` / ``ivf_sq4``: inverted lists of scalar-quantised vectors (2 bytes,
+  1 byte or 4 bits a dimension; SQ4 re-ranked exactly by default);
 * ``ivf_pq``: an ``OPQ`` rotation, then inverted lists of product-quantised codes (``pq_m`` bytes
   a vector at 8 bits), re-ranked exactly by default (``DEFAULT_RERANK``) from the float vectors.
 
@@ -26,14 +27,15 @@ import numpy as np
 
 from eclip.errors import ConfigError
 
-COMPRESSED_KINDS = ("hnsw", "ivf_fp16", "ivf_sq8", "ivf_pq")
+COMPRESSED_KINDS = ("hnsw", "ivf_fp16", "ivf_sq8", "ivf_sq4", "ivf_pq")
 QUANTIZER_EF_SEARCH = 64  # an HNSW coarse quantizer's search width (at least 2 x nprobe in a search)
 APPROXIMATE_KINDS = ("ivf",) + COMPRESSED_KINDS
-AUTO_ORDER = ("exact", "ivf", "ivf_fp16", "ivf_sq8", "ivf_pq")  # most exact first; never hnsw
-DEFAULT_RERANK = {"ivf_pq": 10}  # candidates re-scored exactly: rerank * k
+AUTO_ORDER = ("exact", "ivf", "ivf_fp16", "ivf_sq8", "ivf_sq4", "ivf_pq")  # most exact first
+DEFAULT_RERANK = {"ivf_sq4": 10, "ivf_pq": 10}  # candidates re-scored exactly: rerank * k
 ID_BYTES = 8  # an int64 id per vector in the IVF lists / the id map
 LABELS = {"exact": "exact search", "ivf": "IVF", "hnsw": "HNSW", "ivf_fp16": "IVF-fp16",
-          "ivf_sq8": "IVF-SQ8", "ivf_pq": "OPQ+IVF-PQ", "diskann": "DiskANN"}
+          "ivf_sq8": "IVF-SQ8", "ivf_sq4": "IVF-SQ4", "ivf_pq": "OPQ+IVF-PQ",
+          "diskann": "DiskANN"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -47,6 +49,8 @@ def bytes_per_vector(kind: str, dim: int, *, pq_m: int | None = None, hnsw_m: in
         return 2 * dim + ID_BYTES
     if kind == "ivf_sq8":
         return dim + ID_BYTES
+    if kind == "ivf_sq4":
+        return (dim + 1) // 2 + ID_BYTES
     if kind == "ivf_pq":
         return (pq_m or default_pq_m(dim)) + ID_BYTES
     raise ConfigError(f"unknown index kind {kind!r}")
@@ -66,8 +70,8 @@ def choose_kinds(n: int, dims: Sequence[int], max_memory: int, *,
     next kind: of the spaces whose kind is the most exact, the one whose index is largest (of
     equals, the later: the fused space before the image one). So the spaces are compressed in
     turn, the largest first, and none is two kinds behind another before it must be.
-    At 10 M listings, 256-d image and text and a 512-d fused space, 6 GiB gives IVF-SQ8, IVF-SQ8
-    and OPQ+IVF-PQ (5.6 GiB). ConfigError if even the last kind everywhere does not fit."""
+    At 10 M listings, 256-d image and text and a 512-d fused space, 8 GiB gives IVF-SQ8, IVF-SQ8
+    and IVF-SQ4 (7.4 GiB). ConfigError if even the last kind everywhere does not fit."""
     order = [k for k in kinds if k != "exact" or exact_max is None or n <= exact_max]
     if not dims:
         return ()
@@ -119,9 +123,10 @@ def new_index(kind: str, dim: int, nlist: int, *, hnsw_quantizer_from: int, pq_m
         quantizer, name = faiss.IndexFlatIP(dim), "flat"
     if kind == "ivf":
         ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-    elif kind in ("ivf_fp16", "ivf_sq8"):
+    elif kind in ("ivf_fp16", "ivf_sq8", "ivf_sq4"):
         qtypes = faiss.ScalarQuantizer
-        qtype = qtypes.QT_fp16 if kind == "ivf_fp16" else qtypes.QT_8bit
+        qtype = {"ivf_fp16": qtypes.QT_fp16, "ivf_sq8": qtypes.QT_8bit,
+                 "ivf_sq4": qtypes.QT_4bit}[kind]
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, metric)
     elif kind == "ivf_pq":
         pq_m = pq_m or default_pq_m(dim)

@@ -5,9 +5,9 @@ A :class:`VectorIndex` wraps one FAISS index whose ids are the listings' stable 
 
 * ``exact`` (also ``flat``): ``IndexIDMap2(IndexFlatIP)``, a full scan;
 * ``ivf``: ``IndexIVFFlat`` (spherical k-means lists of float32 vectors);
-* ``hnsw``, ``ivf_fp16``, ``ivf_sq8``, ``ivf_pq`` (OPQ + IVF-PQ): the compressed kinds of
-  ``compressed.py``, with optional exact re-ranking (``rerank``: ``rerank * k`` candidates re-scored
-  from the generation's float vectors, memory-mapped);
+* ``hnsw``, ``ivf_fp16``, ``ivf_sq8``, ``ivf_sq4``, ``ivf_pq`` (OPQ + IVF-PQ): the compressed
+  kinds of ``compressed.py``, with optional exact re-ranking (``rerank``: ``rerank * k``
+  candidates re-scored from the generation's float vectors, memory-mapped);
 * ``auto``: without ``max_memory``, exact up to ``exact_max`` vectors and IVF above; with it, the
   most exact kinds whose three indexes fit together, chosen per space
   (``compressed.choose_kinds``).
