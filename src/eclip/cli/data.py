@@ -65,8 +65,8 @@ def add_embed(commands: Commands) -> None:
                    help="listings per forward pass (default: %(default)s)")
     p.add_argument("--dtype", choices=Library("eclip.encode.listings:EMBED_DTYPES"),
                    metavar="TYPE", default=Library("eclip.engines.jobs:embed_catalog", "dtype"),
-                   help="the stored vectors' type, %(choices)s: float16 halves the files, and eclip index "
-                        "--embeddings reads either (default: %(default)s)")
+                   help="the stored vectors' type, %(choices)s: float16 halves the files, and "
+                        "eclip index --embeddings reads either (default: %(default)s)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction,
                    default=Library("eclip.engines.jobs:embed_catalog", "fused"),
                    help="store the fused vectors too; without, they are computed from the image "
