@@ -2,14 +2,16 @@
 of the exact re-ranking, for the codes of a built generation's space.
 
     PYTHONPATH=src python benchmarks/quantizer_recall.py --generation INDEX/g000001 \\
-        --space product --nprobe 32 128 --fetch 100 300 1000 --flat sq4 sq8
+        --space product --nprobe 32 128 --fetch 100 300 1000 --flat sq4 pq64 pq128
 
 Two measures, on the build's own near-duplicate queries (``search.vectors``):
 
 * the generation's ``SPACE.faiss`` (an IVF kind, e.g. OPQ+IVF-PQ) searched at each ``--nprobe``
   for ``--fetch`` candidates, which are re-scored exactly from the stored vectors and cut to 10;
-* each ``--flat`` scalar quantizer (``sq4``, ``sq8``) over every stored vector with no inverted
-  lists, trained on a sample: what the code alone loses, before any list is left unprobed.
+* each ``--flat`` code over every stored vector with no inverted lists, trained on a sample: a
+  scalar quantizer (``sq4``, ``sq8``: 4 or 8 bits a dimension) or a product quantizer of M
+  sub-quantizers of 8 bits (``pqM``: M bytes a vector): what the code alone loses, before any
+  list is left unprobed.
 
 Exact scores come from the generation's stored vectors (the fused ones computed on read where
 they are not stored). The answer is a table of recall@10 by code, nprobe and candidates.
@@ -29,7 +31,18 @@ from eclip.search.generation import StoredVectors
 from eclip.search.vectors import (exact_scores_of, exact_top_scores, near_duplicate_queries,
                                   recall_by_ids)
 
-FLAT = {"sq4": faiss.ScalarQuantizer.QT_4bit, "sq8": faiss.ScalarQuantizer.QT_8bit}
+SCALAR = {"sq4": faiss.ScalarQuantizer.QT_4bit, "sq8": faiss.ScalarQuantizer.QT_8bit}
+
+
+def flat_code(name: str, dim: int) -> faiss.Index:
+    """``sq4`` / ``sq8``, or ``pqM``: a flat (list-less) index of that code, inner product."""
+    if name in SCALAR:
+        return faiss.IndexScalarQuantizer(dim, SCALAR[name], faiss.METRIC_INNER_PRODUCT)
+    if not name.startswith("pq") or not name[2:].isdigit() or dim % int(name[2:]):
+        raise SystemExit(f"--flat {name}: sq4, sq8 or pqM with M dividing {dim}")
+    index = faiss.IndexPQ(dim, int(name[2:]), 8, faiss.METRIC_INNER_PRODUCT)
+    index.do_polysemous_training = False
+    return index
 
 
 def reranked_recall(found: np.ndarray, queries, truth, vectors, vids, fetch: int) -> float:
@@ -47,7 +60,7 @@ def main() -> None:
     parser.add_argument("--kind", default="ivf_pq", help="the space's index kind (IVF kinds)")
     parser.add_argument("--nprobe", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--fetch", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--flat", nargs="*", default=["sq4"], choices=sorted(FLAT))
+    parser.add_argument("--flat", nargs="*", default=["sq4"], help="sq4, sq8, pqM")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--train", type=int, default=200_000, help="vectors a flat code trains on")
     parser.add_argument("--seed", type=int, default=7)
@@ -72,8 +85,7 @@ def main() -> None:
         del index
     rng = np.random.default_rng(args.seed)
     for name in args.flat:
-        code = faiss.IndexScalarQuantizer(vectors.shape[1], FLAT[name],
-                                          faiss.METRIC_INNER_PRODUCT)
+        code = flat_code(name, vectors.shape[1])
         sample = np.sort(rng.choice(len(vids), min(args.train, len(vids)), replace=False))
         code.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         for start in range(0, len(vids), 500_000):
