@@ -320,6 +320,12 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
             "GET /similar": lambda v: (lambda: _ok(http().get(
                 f"/similar/{items[v].product_id}", params={"k": 10}))),
         }
+        if stats.rerank:  # the candidates eclip re-ranks, as FAISS alone finds them
+            fetch = 10 * stats.rerank + 1
+            kinds = {"raw FAISS": kinds["raw FAISS"],
+                     f"raw FAISS, {fetch} candidates": lambda v: (lambda: raw.search(
+                         vector_of(v), fetch, params=raw_params)),
+                     **{k: f for k, f in kinds.items() if k != "raw FAISS"}}
         vector_rows: dict = {}
         for clients in (1, 16):
             for _ in range(rounds):  # alternating, repeated
