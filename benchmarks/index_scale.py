@@ -27,9 +27,11 @@ prints each phase's wall and CPU time.
 catalog, e.g. by two source trees on ``PYTHONPATH``; ``--phase build`` then ``--phase measure``).
 3. ``measure``: recall@10 of the served index against exact search on 1,000 near-duplicate queries
    (the "both" space), and of raw FAISS (the generation's own ``product.faiss``, same parameters);
-   then latency, alternating and repeated: raw FAISS, ``SearchIndex.search`` in process, and
-   ``GET /similar`` through ``eclip serve`` (a child process, the same vector search plus metadata
-   and HTTP), at 1 and 16 concurrent clients; then ``POST /search/text`` in vector, lexical and
+   then latency in process, alternating and repeated: raw FAISS (and for a re-ranked kind, FAISS
+   finding the candidates eclip re-ranks), the vector store (ids and scores), and
+   ``SearchIndex.search`` (plus the hits' metadata), at 1 and 16 concurrent clients. Those copies
+   are then freed and ``eclip serve`` holds the index alone (a child process, as in service):
+   ``GET /similar`` (the same vector search plus metadata and HTTP); then ``POST /search/text`` in vector, lexical and
    hybrid modes, with and without a category filter (these encode the query with the model).
    The server's peak RSS is read from /proc.
 
@@ -39,6 +41,7 @@ Results go to ``WORK/results.json``; a Markdown table is printed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -295,6 +298,32 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
     lonely = [v for v in map(int, rng.sample(list(map(int, vids)), 5000))
               if index.store.fetch([v])[v].catalog_id is None][:requests]
     items = index.store.fetch(lonely)
+    query_of = {v: np.asarray(vectors[int(np.searchsorted(vids, v))], np.float32)[None]
+                for v in lonely}
+
+    # in process first: raw FAISS, the vector store and SearchIndex.search, alternating
+    paths = {
+        "raw FAISS": lambda v: (lambda: raw.search(query_of[v], 11, params=raw_params)),
+        # the vector store alone: ids and scores, as raw FAISS gives (re-ranked kinds re-ranked)
+        "vector store": lambda v: (lambda: index.vector_store.search(
+            "product", query_of[v][0], 10, Where(exclude=frozenset({v})))),
+        "SearchIndex.search": lambda v: (lambda: index.search(query_of[v][0], 10,
+                                                              exclude={v})),
+    }
+    if stats.rerank:  # the candidates eclip re-ranks, as FAISS alone finds them
+        fetch = 10 * stats.rerank + 1
+        paths = {"raw FAISS": paths["raw FAISS"],
+                 f"raw FAISS, {fetch} candidates": lambda v: (lambda: raw.search(
+                     query_of[v], fetch, params=raw_params)),
+                 **{k: f for k, f in paths.items() if k != "raw FAISS"}}
+    vector_rows: dict = {}
+    _alternate(paths, lonely, rounds, vector_rows)
+    # then the server alone holds the index, as in service: the copies above are freed (at 10 M
+    # they are 10 GiB, and the server's re-ranking reads its rows through the page cache)
+    index.close()
+    del index, raw, vectors, paths
+    gc.collect()
+
     port = free_port()
     server = start_server(str(index_dir), port)
     url = f"http://127.0.0.1:{port}"
@@ -307,31 +336,8 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
                 local.client = httpx.Client(base_url=url, timeout=60)
             return local.client
 
-        def vector_of(v):
-            return np.asarray(vectors[int(np.searchsorted(vids, v))], np.float32)[None]
-
-        kinds = {
-            "raw FAISS": lambda v: (lambda: raw.search(vector_of(v), 11, params=raw_params)),
-            # the vector store alone: ids and scores, as raw FAISS gives (ivf_pq: re-ranked)
-            "vector store": lambda v: (lambda: index.vector_store.search(
-                "product", vector_of(v)[0], 10, Where(exclude=frozenset({v})))),
-            "SearchIndex.search": lambda v: (lambda: index.search(vector_of(v)[0], 10,
-                                                                  exclude={v})),
-            "GET /similar": lambda v: (lambda: _ok(http().get(
-                f"/similar/{items[v].product_id}", params={"k": 10}))),
-        }
-        if stats.rerank:  # the candidates eclip re-ranks, as FAISS alone finds them
-            fetch = 10 * stats.rerank + 1
-            kinds = {"raw FAISS": kinds["raw FAISS"],
-                     f"raw FAISS, {fetch} candidates": lambda v: (lambda: raw.search(
-                         vector_of(v), fetch, params=raw_params)),
-                     **{k: f for k, f in kinds.items() if k != "raw FAISS"}}
-        vector_rows: dict = {}
-        for clients in (1, 16):
-            for _ in range(rounds):  # alternating, repeated
-                for name, make in kinds.items():
-                    latencies = _timed([make(v) for v in lonely], clients)
-                    vector_rows.setdefault((name, clients), []).append(_percentiles(latencies))
+        _alternate({"GET /similar": lambda v: (lambda: _ok(http().get(
+            f"/similar/{items[v].product_id}", params={"k": 10})))}, lonely, rounds, vector_rows)
         results["vector_search"] = [
             {"path": name, "clients": clients,
              "p50_ms": float(np.median([p for p, _ in rows])),
@@ -359,6 +365,16 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
     finally:
         stop_server(server)
     return results
+
+
+def _alternate(paths: dict, listings: list[int], rounds: int, rows: dict) -> None:
+    """Each path's (p50, p99) per round into ``rows[(name, clients)]``: at 1 and 16 clients,
+    the paths alternating within each round."""
+    for clients in (1, 16):
+        for _ in range(rounds):
+            for name, make in paths.items():
+                latencies = _timed([make(v) for v in listings], clients)
+                rows.setdefault((name, clients), []).append(_percentiles(latencies))
 
 
 def _everything():
