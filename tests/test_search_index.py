@@ -339,3 +339,23 @@ def test_a_stored_row_becomes_the_listing_the_constructor_makes(row):
     assert fast == made and asdict(fast) == asdict(made) and repr(fast) == repr(made)
     with pytest.raises(AttributeError):  # still frozen
         fast.title = "other"
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc only")
+def test_a_served_index_maps_its_vectors_for_scattered_reads(tiny_index):
+    # MADV_RANDOM shows as the "rr" flag of the mapping: a re-ranking's page fault then reads
+    # its page, not the pages around it
+    index = SearchIndex.open(tiny_index)
+    try:
+        flags = {}
+        name = None
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 6:
+                name = fields[5]
+            elif line.startswith("VmFlags:") and name and name.startswith(
+                    str(index.generation_dir)):
+                flags[Path(name).name] = fields[1:]
+        assert "rr" in flags["image.npy"] and "rr" in flags["text.npy"]
+    finally:
+        index.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap as mmap_module
 import os
 import re
 import shutil
@@ -259,16 +260,31 @@ class FusedRows:
 VECTOR_DTYPES = ("float32", "float16")
 
 
+def advise_random(array: np.ndarray) -> None:
+    """Tell the kernel that a memory-mapped array is read a few scattered rows at a time (a
+    search re-ranking its candidates): a page fault then reads that page, not the 128 KiB around
+    it, which at 10 M listings filled the served process with gigabytes of rows it never used."""
+    mapped = getattr(array, "_mmap", None)  # numpy.memmap's own mmap object
+    if mapped is not None and hasattr(mmap_module, "MADV_RANDOM"):
+        mapped.madvise(mmap_module.MADV_RANDOM)
+
+
 def open_vectors(folder: Path, spaces=SPACES, *, mmap: bool = True,
-                 fusion_weight: float | None = None) -> dict[str, np.ndarray | FusedRows]:
+                 fusion_weight: float | None = None, random_access: bool = False
+                 ) -> dict[str, np.ndarray | FusedRows]:
     """A generation's (or a generation being written's) vectors per space: ``{space}.npy``
     (float32 or float16), the fused space computed from the two others (:class:`FusedRows`,
-    with ``fusion_weight``; None: the one ``info.json`` records) when its file is absent."""
+    with ``fusion_weight``; None: the one ``info.json`` records) when its file is absent.
+    ``random_access``: memory-mapped files are advised to be read by scattered rows
+    (:func:`advise_random`), as a served index reads them."""
     mode = "r" if mmap else None
 
     def read(name: str) -> np.ndarray:
         with reading(folder / name):
-            return np.load(folder / name, mmap_mode=mode)
+            array = np.load(folder / name, mmap_mode=mode)
+        if mmap and random_access:
+            advise_random(array)
+        return array
 
     arrays = {}
     for m in spaces:
@@ -289,12 +305,13 @@ class StoredVectors:
     arrays: dict[str, np.ndarray | FusedRows]
 
     @classmethod
-    def load(cls, generation: Path, mmap: bool = False) -> StoredVectors:
-        """The ids and vectors of a generation; a file that cannot be read is a SearchIndexError
-        naming it."""
+    def load(cls, generation: Path, mmap: bool = False, random_access: bool = False
+             ) -> StoredVectors:
+        """The ids and vectors of a generation (``random_access``: see :func:`open_vectors`); a
+        file that cannot be read is a SearchIndexError naming it."""
         with reading(generation / "vids.npy"):
             vids = np.load(generation / "vids.npy", mmap_mode="r" if mmap else None)
-        return cls(vids, open_vectors(generation, mmap=mmap))
+        return cls(vids, open_vectors(generation, mmap=mmap, random_access=random_access))
 
 
 def consistent(path: Path, ok: bool, detail: str) -> None:

@@ -81,7 +81,7 @@ class SearchIndex:
             stored_count = self.store.count()  # reads the schema and the table: garbage fails
         consistent(generation / "listings.sqlite", stored_count == listings,
                    f"it holds {stored_count} listings, info.json {listings}")
-        stored = StoredVectors.load(generation, mmap=True)
+        stored = StoredVectors.load(generation, mmap=True, random_access=True)
         self.vids, self.vectors = np.asarray(stored.vids), stored.arrays
         consistent(generation / "vids.npy", self.vids.shape == (listings,),
                    f"{self.vids.shape[0] if self.vids.ndim else 0} ids, info.json {listings}")
