@@ -269,9 +269,9 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
     import httpx
 
     from eclip.search import SearchIndex
-    from eclip.search.store_types import Where
     from eclip.search.vectors import exact_top_scores, near_duplicate_queries, recall_by_ids
     from search_load import free_port, start_server, stop_server, wait_ready
+    from search_overhead import search_paths
 
     faiss.omp_set_num_threads(1)  # as eclip serve: one thread per request
     index = SearchIndex.open(index_dir)
@@ -302,20 +302,9 @@ def measure(work: Path, queries_n: int, rounds: int, requests: int, seed: int,
                 for v in lonely}
 
     # in process first: raw FAISS, the vector store and SearchIndex.search, alternating
-    paths = {
-        "raw FAISS": lambda v: (lambda: raw.search(query_of[v], 11, params=raw_params)),
-        # the vector store alone: ids and scores, as raw FAISS gives (re-ranked kinds re-ranked)
-        "vector store": lambda v: (lambda: index.vector_store.search(
-            "product", query_of[v][0], 10, Where(exclude=frozenset({v})))),
-        "SearchIndex.search": lambda v: (lambda: index.search(query_of[v][0], 10,
-                                                              exclude={v})),
-    }
-    if stats.rerank:  # the candidates eclip re-ranks, as FAISS alone finds them
-        fetch = 10 * stats.rerank + 1
-        paths = {"raw FAISS": paths["raw FAISS"],
-                 f"raw FAISS, {fetch} candidates": lambda v: (lambda: raw.search(
-                     query_of[v], fetch, params=raw_params)),
-                 **{k: f for k, f in paths.items() if k != "raw FAISS"}}
+    # the vector store alone gives ids and scores, as raw FAISS does (re-ranked kinds re-ranked)
+    paths = {name: (lambda v, call=call: (lambda: call(query_of[v][0], v)))
+             for name, call in search_paths(index, "product", raw, raw_params).items()}
     vector_rows: dict = {}
     _alternate(paths, lonely, rounds, vector_rows)
     # then the server alone holds the index, as in service: the copies above are freed (at 10 M

@@ -28,8 +28,8 @@ import numpy as np
 
 from eclip.search.compressed import search_params
 from eclip.search.generation import StoredVectors
-from eclip.search.vectors import (exact_scores_of, exact_top_scores, near_duplicate_queries,
-                                  recall_by_ids)
+from eclip.search.vectors import (exact_top_scores, near_duplicate_queries, recall_by_ids,
+                                  rerank)
 
 SCALAR = {"sq4": faiss.ScalarQuantizer.QT_4bit, "sq8": faiss.ScalarQuantizer.QT_8bit}
 
@@ -46,10 +46,9 @@ def flat_code(name: str, dim: int) -> faiss.Index:
 
 
 def reranked_recall(found: np.ndarray, queries, truth, vectors, vids, fetch: int) -> float:
-    """recall@10 of the first ``fetch`` candidates of ``found`` (ids) re-scored exactly."""
-    candidates = found[:, :fetch]
-    scores = exact_scores_of(candidates, queries, vectors, vids)
-    top = np.take_along_axis(candidates, np.argsort(-scores, axis=1)[:, :10], 1)
+    """recall@10 of the first ``fetch`` candidates of ``found`` (ids) re-scored exactly, as a
+    served search re-ranks them (``search.vectors.rerank``)."""
+    _, top = rerank(found[:, :fetch], queries, vectors, vids, 10)
     return recall_by_ids(truth, top, queries, vectors, vids)
 
 

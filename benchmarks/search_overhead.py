@@ -34,6 +34,24 @@ from eclip.search.store_types import Where
 AGAINST = {"product": "both", "image": "image", "text": "text"}
 
 
+def search_paths(index: SearchIndex, space: str, raw: faiss.Index, params) -> dict:
+    """The paths compared, each ``call(query, vid)`` for a query (a 1-d float32 vector) that
+    excludes listing ``vid``: raw FAISS (``raw``, the space's own index file, searched with
+    ``params``) for 11 results and, for a re-ranked kind, for the candidates eclip re-ranks; the
+    vector store; ``SearchIndex.search``."""
+    stats = index.info.vectors[space]
+    paths = {"raw FAISS": lambda q, v: raw.search(q[None], 11, params=params)}
+    if stats.rerank:
+        fetch = 10 * stats.rerank + 1
+        paths[f"raw FAISS, {fetch} candidates"] = \
+            lambda q, v: raw.search(q[None], fetch, params=params)
+    paths["vector store"] = lambda q, v: index.vector_store.search(
+        space, q, 10, Where(exclude=frozenset({v})))
+    paths["SearchIndex.search"] = lambda q, v: index.search(q, 10, against=AGAINST[space],
+                                                            exclude={v})
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, required=True, help="an index folder")
@@ -54,15 +72,7 @@ def main() -> None:
     vids = [int(index.vids[r]) for r in rows]
     queries = [np.asarray(index.vectors[space][r], np.float32) for r in rows]
 
-    paths = {"raw FAISS": lambda q, v: raw.search(q[None], 11, params=params)}
-    if stats.rerank:
-        fetch = 10 * stats.rerank + 1
-        paths[f"raw FAISS, {fetch} candidates"] = \
-            lambda q, v: raw.search(q[None], fetch, params=params)
-    paths["vector store"] = lambda q, v: index.vector_store.search(
-        space, q, 10, Where(exclude=frozenset({v})))
-    paths["SearchIndex.search"] = lambda q, v: index.search(q, 10, against=AGAINST[space],
-                                                            exclude={v})
+    paths = search_paths(index, space, raw, params)
     for call in paths.values():  # warm: the pages each query touches are mapped
         for q, v in zip(queries, vids):
             call(q, v)

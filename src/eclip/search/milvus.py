@@ -216,10 +216,10 @@ def milvus_kinds(settings: VectorSettings, n: int, dims: list[int], lite: bool
     IVF of fp16 vectors, and under Milvus Lite only what Lite builds); a kind Milvus (or Milvus
     Lite) cannot build is a ConfigError saying which can."""
     if settings.kind == "auto" and settings.max_memory is not None:
-        usable = [k for k in AUTO_ORDER
-                  if k in INDEX_TYPES and (not lite or INDEX_TYPES[k] in LITE_TYPES)]
+        buildable = [k for k in AUTO_ORDER
+                     if k in INDEX_TYPES and (not lite or INDEX_TYPES[k] in LITE_TYPES)]
         kinds = choose_kinds(n, dims, settings.max_memory, exact_max=settings.exact_max,
-                             pq_m=settings.pq_m, kinds=usable)
+                             pq_m=settings.pq_m, kinds=buildable)
     else:
         kinds = settings.resolve_kinds(n, dims)
     for kind in dict.fromkeys(kinds):

@@ -349,9 +349,7 @@ class VectorIndex:
         scores, found = self.index.search(queries, fetch, params=params)
         if exact is None:
             return scores, found
-        rescored = exact_scores_of(found, queries, *exact)
-        order = np.argsort(-rescored, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(rescored, order, 1), np.take_along_axis(found, order, 1)
+        return rerank(found, queries, *exact, k)
 
     # ------------------------------------------------------------------------------ storage
     def save(self, path: str) -> None:
@@ -423,6 +421,15 @@ def exact_scores_of(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray,
         picked = read_rows(vectors, unique)
         scores = np.einsum("qkd,qd->qk", picked[np.searchsorted(unique, rows)], queries)
     return np.where(valid, scores, -np.inf).astype(np.float32)
+
+
+def rerank(found: np.ndarray, queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` [n, k]: the candidate ids ``found`` of each query re-scored exactly
+    (``exact_scores_of``) and the ``k`` best kept, best first (ties in the candidates' order)."""
+    rescored = exact_scores_of(found, queries, vectors, ids)
+    order = np.argsort(-rescored, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rescored, order, 1), np.take_along_axis(found, order, 1)
 
 
 def recall_by_ids(truth: np.ndarray, found: np.ndarray, queries: np.ndarray,
